@@ -1,0 +1,280 @@
+//! Settings: embedded defaults, an optional file, then environment variables.
+//!
+//! The defaults live in `config/default.toml` and are compiled into the binary
+//! so that `esorisk serve` works on a machine with no configuration at all.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use snafu::{ResultExt, Snafu};
+
+/// The embedded default configuration (also the documentation of every key).
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Snafu)]
+pub enum ConfigError {
+    #[snafu(display("cannot read settings: {source}"))]
+    Load { source: config::ConfigError },
+    #[snafu(display("invalid setting {key}: {reason}"))]
+    Invalid { key: String, reason: String },
+    #[snafu(display("cannot resolve host {host:?} of allowed caller {ae_title:?}: {source}"))]
+    Resolve {
+        host: String,
+        ae_title: String,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub dicom: DicomSettings,
+    pub storage: StorageSettings,
+    pub server: ServerSettings,
+    pub logging: LoggingSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DicomSettings {
+    pub ae_title: String,
+    pub bind: String,
+    pub port: u16,
+    pub require_called_ae_title: bool,
+    pub max_associations: usize,
+    pub max_pdu: u32,
+    pub read_timeout_secs: u64,
+    pub write_timeout_secs: u64,
+    pub accept_encapsulated: bool,
+    pub allowed_callers: Vec<AllowedCaller>,
+    pub tls: TlsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AllowedCaller {
+    pub ae_title: String,
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsSettings {
+    pub enabled: bool,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct StorageSettings {
+    pub data_dir: PathBuf,
+    pub database: PathBuf,
+    pub min_free_mb: u64,
+    pub fsync: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LoggingSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+impl Settings {
+    /// Load the embedded defaults, then `file` if given, then `ESORISK__*`
+    /// environment variables, and check the result.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("ESORISK")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder
+            .build()
+            .context(LoadSnafu)?
+            .try_deserialize()
+            .context(LoadSnafu)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+            key: key.to_string(),
+            reason: reason.to_string(),
+        };
+        let d = &self.dicom;
+        if !valid_ae_title(&d.ae_title) {
+            return Err(invalid(
+                "dicom.ae_title",
+                "1 to 16 printable characters, no backslash, not only spaces",
+            ));
+        }
+        if d.max_associations == 0 {
+            return Err(invalid("dicom.max_associations", "must be at least 1"));
+        }
+        if !(4096..=4_194_304).contains(&d.max_pdu) {
+            return Err(invalid("dicom.max_pdu", "must be within 4096..4194304"));
+        }
+        for caller in &d.allowed_callers {
+            if !valid_ae_title(&caller.ae_title) {
+                return Err(invalid(
+                    "dicom.allowed_callers",
+                    &format!("{:?} is not a valid AE title", caller.ae_title),
+                ));
+            }
+        }
+        if d.tls.enabled
+            && (d.tls.certificate.as_os_str().is_empty() || d.tls.private_key.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "dicom.tls",
+                "enabled needs both certificate and private_key",
+            ));
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(invalid("storage.data_dir", "must not be empty"));
+        }
+        Ok(())
+    }
+
+    /// Path of the SQLite database.
+    pub fn database_path(&self) -> PathBuf {
+        if self.storage.database.as_os_str().is_empty() {
+            self.storage.data_dir.join("esorisk.db")
+        } else {
+            self.storage.database.clone()
+        }
+    }
+
+    /// Resolve the allow-list hosts to addresses once, at start-up.
+    pub fn resolve_allowed_callers(&self) -> Result<Vec<ResolvedCaller>, ConfigError> {
+        use std::net::ToSocketAddrs;
+        self.dicom
+            .allowed_callers
+            .iter()
+            .map(|c| {
+                let hosts = match c.host.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(h) => Some(match h.parse::<IpAddr>() {
+                        Ok(ip) => vec![ip],
+                        Err(_) => (h, 0)
+                            .to_socket_addrs()
+                            .context(ResolveSnafu {
+                                host: h.to_string(),
+                                ae_title: c.ae_title.clone(),
+                            })?
+                            .map(|a| a.ip())
+                            .collect(),
+                    }),
+                };
+                Ok(ResolvedCaller {
+                    ae_title: c.ae_title.trim().to_string(),
+                    hosts,
+                })
+            })
+            .collect()
+    }
+}
+
+/// An allow-list entry with its host resolved to addresses.
+#[derive(Debug, Clone)]
+pub struct ResolvedCaller {
+    pub ae_title: String,
+    /// `None`: any host.
+    pub hosts: Option<Vec<IpAddr>>,
+}
+
+impl ResolvedCaller {
+    pub fn admits(&self, calling_ae: &str, peer: IpAddr) -> bool {
+        if self.ae_title != calling_ae.trim() {
+            return false;
+        }
+        match &self.hosts {
+            None => true,
+            Some(hosts) => hosts.iter().any(|h| same_ip(*h, peer)),
+        }
+    }
+}
+
+/// Compare addresses treating IPv4-mapped IPv6 addresses as their IPv4 form.
+fn same_ip(a: IpAddr, b: IpAddr) -> bool {
+    a.to_canonical() == b.to_canonical()
+}
+
+/// An AE title is 1-16 characters of the default repertoire, no backslash or
+/// control characters, and not only spaces.
+pub fn valid_ae_title(ae: &str) -> bool {
+    !ae.trim().is_empty()
+        && ae.len() <= 16
+        && ae.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_load() {
+        let s = Settings::load(None).expect("defaults");
+        assert_eq!(s.dicom.ae_title, "ESORISK");
+        assert_eq!(s.dicom.port, 11112);
+        assert_eq!(s.storage.data_dir, PathBuf::from("./var"));
+        assert_eq!(s.database_path(), PathBuf::from("./var/esorisk.db"));
+        assert!(s.dicom.allowed_callers.is_empty());
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            "[dicom]\nport = 4000\nallowed_callers = [ { ae_title = \"TPS\", host = \"127.0.0.1\" } ]\n",
+        )
+        .expect("write");
+        let s = Settings::load(Some(&path)).expect("load");
+        assert_eq!(s.dicom.port, 4000);
+        assert_eq!(s.dicom.ae_title, "ESORISK");
+        let callers = s.resolve_allowed_callers().expect("resolve");
+        assert!(callers[0].admits("TPS", "127.0.0.1".parse().expect("ip")));
+        assert!(callers[0].admits("TPS ", "::ffff:127.0.0.1".parse().expect("ip")));
+        assert!(!callers[0].admits("TPS", "10.0.0.1".parse().expect("ip")));
+        assert!(!callers[0].admits("OTHER", "127.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[dicom]\nae_title = \"THIS_TITLE_IS_FAR_TOO_LONG\"\n")
+            .expect("write");
+        let err = Settings::load(Some(&path)).expect_err("must fail");
+        assert!(err.to_string().contains("dicom.ae_title"), "{err}");
+    }
+
+    #[test]
+    fn ae_titles() {
+        assert!(valid_ae_title("ESORISK"));
+        assert!(!valid_ae_title("   "));
+        assert!(!valid_ae_title("A\\B"));
+        assert!(!valid_ae_title("12345678901234567"));
+    }
+}

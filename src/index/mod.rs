@@ -1,0 +1,407 @@
+//! The SQLite index of received instances.
+//!
+//! All writes of instance rows go through one writer task that commits them
+//! in groups: under load, many associations finish an instance at nearly the
+//! same moment, and one transaction (one WAL fsync) acknowledges all of them.
+//! The database runs in WAL mode with `synchronous = FULL`, so a committed row
+//! survives a power cut, and readers (the `studies` command, later the job
+//! scheduler) never block the receiver.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use snafu::{ResultExt, Snafu};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::store::Stored;
+
+#[derive(Debug, Snafu)]
+pub enum IndexError {
+    #[snafu(display("cannot open the database {path}: {source}"))]
+    Open { path: String, source: sqlx::Error },
+    #[snafu(display("cannot apply database migrations: {source}"))]
+    Migrate { source: sqlx::migrate::MigrateError },
+    #[snafu(display("database error: {source}"))]
+    Db { source: sqlx::Error },
+    #[snafu(display("the index writer has stopped"))]
+    WriterGone,
+}
+
+/// One instance to index, with where it came from.
+#[derive(Debug, Clone)]
+pub struct InstanceRecord {
+    pub stored: Stored,
+    pub calling_ae: Option<String>,
+    pub called_ae: Option<String>,
+    pub peer_address: Option<String>,
+    pub received_at: String,
+}
+
+/// What indexing changed.
+#[derive(Debug, Clone, Default)]
+pub struct Indexed {
+    /// The earlier file of a re-sent instance when it lived elsewhere (the
+    /// instance moved to another study or series); the caller removes it.
+    pub stale_path: Option<String>,
+    pub replaced: bool,
+}
+
+type Reply = oneshot::Sender<Result<Indexed, String>>;
+
+/// Handle to the database: a reader pool and the group-commit writer.
+#[derive(Clone)]
+pub struct Index {
+    pool: SqlitePool,
+    writer: mpsc::Sender<(InstanceRecord, Reply)>,
+}
+
+/// Current UTC time as RFC 3339 with milliseconds.
+pub fn now() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+impl Index {
+    /// Open (creating if needed) the database and apply migrations.
+    pub async fn open(path: &Path) -> Result<Index, IndexError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let display = path.display().to_string();
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .context(OpenSnafu { path: display.clone() })?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone())
+            .await
+            .context(OpenSnafu { path: display.clone() })?;
+        sqlx::migrate!("./migrations").run(&pool).await.context(MigrateSnafu)?;
+        let writer_pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options)
+            .await
+            .context(OpenSnafu { path: display })?;
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(writer_task(writer_pool, rx));
+        Ok(Index { pool, writer: tx })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Index an instance; returns once the row is committed to disk.
+    pub async fn record(&self, record: InstanceRecord) -> Result<Indexed, IndexError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send((record, tx))
+            .await
+            .map_err(|_| IndexError::WriterGone)?;
+        match rx.await {
+            Ok(Ok(indexed)) => Ok(indexed),
+            Ok(Err(msg)) => Err(IndexError::Db {
+                source: sqlx::Error::Protocol(msg),
+            }),
+            Err(_) => Err(IndexError::WriterGone),
+        }
+    }
+
+    /// All file paths currently indexed (for start-up reconciliation).
+    pub async fn indexed_paths(&self) -> Result<std::collections::HashSet<String>, IndexError> {
+        let rows = sqlx::query("SELECT file_path FROM instances")
+            .fetch_all(&self.pool)
+            .await
+            .context(DbSnafu)?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    /// Record a new association; returns its row id.
+    pub async fn association_started(
+        &self,
+        calling_ae: Option<&str>,
+        called_ae: Option<&str>,
+        peer: &str,
+        outcome: Option<&str>,
+    ) -> Result<i64, IndexError> {
+        let now = now();
+        let ended = outcome.map(|_| now.clone());
+        let row = sqlx::query(
+            "INSERT INTO associations (calling_ae, called_ae, peer_address, started_at, ended_at, outcome)
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(calling_ae)
+        .bind(called_ae)
+        .bind(peer)
+        .bind(&now)
+        .bind(ended)
+        .bind(outcome)
+        .fetch_one(&self.pool)
+        .await
+        .context(DbSnafu)?;
+        Ok(row.get(0))
+    }
+
+    /// Close an association row with its outcome and counts.
+    pub async fn association_ended(
+        &self,
+        id: i64,
+        outcome: &str,
+        stored: u64,
+        failed: u64,
+        bytes: u64,
+    ) -> Result<(), IndexError> {
+        sqlx::query(
+            "UPDATE associations SET ended_at = ?, outcome = ?, instances_stored = ?,
+             instances_failed = ?, bytes_stored = ? WHERE id = ?",
+        )
+        .bind(now())
+        .bind(outcome)
+        .bind(stored as i64)
+        .bind(failed as i64)
+        .bind(bytes as i64)
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .context(DbSnafu)?;
+        Ok(())
+    }
+
+    /// Study overview for `esorisk studies`, newest first.
+    pub async fn studies(&self) -> Result<Vec<StudySummary>, IndexError> {
+        let rows = sqlx::query(
+            "SELECT s.study_instance_uid, p.patient_id, p.patient_name, s.study_date,
+                    s.description, s.last_received_at,
+                    (SELECT group_concat(m, ',') FROM
+                        (SELECT DISTINCT modality AS m FROM series se
+                         WHERE se.study_instance_uid = s.study_instance_uid ORDER BY m)) AS modalities,
+                    (SELECT count(*) FROM series se WHERE se.study_instance_uid = s.study_instance_uid),
+                    (SELECT count(*) FROM instances i WHERE i.study_instance_uid = s.study_instance_uid),
+                    (SELECT coalesce(sum(size_bytes), 0) FROM instances i
+                     WHERE i.study_instance_uid = s.study_instance_uid)
+             FROM studies s JOIN patients p ON p.id = s.patient_pk
+             ORDER BY s.last_received_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context(DbSnafu)?;
+        Ok(rows
+            .iter()
+            .map(|r| StudySummary {
+                study_instance_uid: r.get(0),
+                patient_id: r.get(1),
+                patient_name: r.get(2),
+                study_date: r.get(3),
+                description: r.get(4),
+                last_received_at: r.get(5),
+                modalities: r.get::<Option<String>, _>(6).unwrap_or_default(),
+                series: r.get(7),
+                instances: r.get(8),
+                bytes: r.get(9),
+            })
+            .collect())
+    }
+
+    /// Flush and close every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// One row of `esorisk studies`.
+#[derive(Debug, Clone)]
+pub struct StudySummary {
+    pub study_instance_uid: String,
+    pub patient_id: String,
+    pub patient_name: Option<String>,
+    pub study_date: Option<String>,
+    pub description: Option<String>,
+    pub last_received_at: String,
+    pub modalities: String,
+    pub series: i64,
+    pub instances: i64,
+    pub bytes: i64,
+}
+
+/// Commit pending records in groups. A group that fails is retried one
+/// record at a time so that one bad row cannot fail its neighbours.
+async fn writer_task(pool: SqlitePool, mut rx: mpsc::Receiver<(InstanceRecord, Reply)>) {
+    const MAX_GROUP: usize = 256;
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(item) => group.push(item),
+                Err(_) => break,
+            }
+        }
+        match commit_group(&pool, group.iter().map(|(r, _)| r)).await {
+            Ok(results) => {
+                for ((_, reply), res) in group.into_iter().zip(results) {
+                    let _ = reply.send(Ok(res));
+                }
+            }
+            Err(group_err) => {
+                tracing::warn!(error = %group_err, size = group.len(), "group commit failed, retrying one by one");
+                for (record, reply) in group {
+                    let res = commit_group(&pool, std::iter::once(&record))
+                        .await
+                        .map(|mut v| v.pop().unwrap_or_default())
+                        .map_err(|e| e.to_string());
+                    let _ = reply.send(res);
+                }
+            }
+        }
+    }
+    pool.close().await;
+}
+
+async fn commit_group<'a>(
+    pool: &SqlitePool,
+    records: impl Iterator<Item = &'a InstanceRecord>,
+) -> Result<Vec<Indexed>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::new();
+    for r in records {
+        out.push(upsert(&mut tx, r).await?);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
+async fn upsert(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    r: &InstanceRecord,
+) -> Result<Indexed, sqlx::Error> {
+    let h = &r.stored.header;
+    let sop = h.sop_instance_uid.as_deref().unwrap_or_default();
+    let study = h.study_instance_uid.as_deref().unwrap_or_default();
+    let series = h.series_instance_uid.as_deref().unwrap_or_default();
+
+    let previous: Option<String> = sqlx::query("SELECT file_path FROM instances WHERE sop_instance_uid = ?")
+        .bind(sop)
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(|row| row.get(0));
+
+    let patient_pk: i64 = sqlx::query(
+        "INSERT INTO patients (patient_id, patient_name, birth_date, sex, updated_at)
+         VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT(patient_id) DO UPDATE SET
+            patient_name = coalesce(excluded.patient_name, patient_name),
+            birth_date = coalesce(excluded.birth_date, birth_date),
+            sex = coalesce(excluded.sex, sex),
+            updated_at = excluded.updated_at
+         RETURNING id",
+    )
+    .bind(h.patient_id.as_deref().unwrap_or_default())
+    .bind(h.patient_name.as_deref())
+    .bind(h.patient_birth_date.as_deref())
+    .bind(h.patient_sex.as_deref())
+    .bind(&r.received_at)
+    .fetch_one(&mut **tx)
+    .await?
+    .get(0);
+
+    sqlx::query(
+        "INSERT INTO studies (study_instance_uid, patient_pk, study_date, study_time, accession_number,
+                              study_id, description, first_received_at, last_received_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT(study_instance_uid) DO UPDATE SET
+            patient_pk = excluded.patient_pk,
+            study_date = coalesce(excluded.study_date, study_date),
+            study_time = coalesce(excluded.study_time, study_time),
+            accession_number = coalesce(excluded.accession_number, accession_number),
+            study_id = coalesce(excluded.study_id, study_id),
+            description = coalesce(excluded.description, description),
+            last_received_at = max(last_received_at, excluded.last_received_at)",
+    )
+    .bind(study)
+    .bind(patient_pk)
+    .bind(h.study_date.as_deref())
+    .bind(h.study_time.as_deref())
+    .bind(h.accession_number.as_deref())
+    .bind(h.study_id.as_deref())
+    .bind(h.study_description.as_deref())
+    .bind(&r.received_at)
+    .bind(&r.received_at)
+    .execute(&mut **tx)
+    .await?;
+
+    sqlx::query(
+        "INSERT INTO series (series_instance_uid, study_instance_uid, modality, series_number, description,
+                             frame_of_reference_uid, first_received_at, last_received_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT(series_instance_uid) DO UPDATE SET
+            study_instance_uid = excluded.study_instance_uid,
+            modality = coalesce(excluded.modality, modality),
+            series_number = coalesce(excluded.series_number, series_number),
+            description = coalesce(excluded.description, description),
+            frame_of_reference_uid = coalesce(excluded.frame_of_reference_uid, frame_of_reference_uid),
+            last_received_at = max(last_received_at, excluded.last_received_at)",
+    )
+    .bind(series)
+    .bind(study)
+    .bind(h.modality.as_deref())
+    .bind(h.series_number)
+    .bind(h.series_description.as_deref())
+    .bind(h.frame_of_reference_uid.as_deref())
+    .bind(&r.received_at)
+    .bind(&r.received_at)
+    .execute(&mut **tx)
+    .await?;
+
+    sqlx::query(
+        "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid,
+                                transfer_syntax_uid, modality, instance_number, frame_of_reference_uid,
+                                size_bytes, file_path, calling_ae, called_ae, peer_address, received_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT(sop_instance_uid) DO UPDATE SET
+            series_instance_uid = excluded.series_instance_uid,
+            study_instance_uid = excluded.study_instance_uid,
+            sop_class_uid = excluded.sop_class_uid,
+            transfer_syntax_uid = excluded.transfer_syntax_uid,
+            modality = excluded.modality,
+            instance_number = excluded.instance_number,
+            frame_of_reference_uid = excluded.frame_of_reference_uid,
+            size_bytes = excluded.size_bytes,
+            file_path = excluded.file_path,
+            calling_ae = excluded.calling_ae,
+            called_ae = excluded.called_ae,
+            peer_address = excluded.peer_address,
+            received_at = excluded.received_at,
+            receive_count = receive_count + 1",
+    )
+    .bind(sop)
+    .bind(series)
+    .bind(study)
+    .bind(h.sop_class_uid.as_deref().unwrap_or_default())
+    .bind(&r.stored.transfer_syntax_uid)
+    .bind(h.modality.as_deref())
+    .bind(h.instance_number)
+    .bind(h.frame_of_reference_uid.as_deref())
+    .bind(r.stored.size_bytes as i64)
+    .bind(&r.stored.relative_path)
+    .bind(r.calling_ae.as_deref())
+    .bind(r.called_ae.as_deref())
+    .bind(r.peer_address.as_deref())
+    .bind(&r.received_at)
+    .execute(&mut **tx)
+    .await?;
+
+    Ok(Indexed {
+        replaced: previous.is_some(),
+        stale_path: previous.filter(|p| *p != r.stored.relative_path),
+    })
+}

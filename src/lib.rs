@@ -1,0 +1,16 @@
+//! esorisk: a DICOM node that receives lung radiotherapy plans and scores
+//! the risk of grade ≥ 2 radiation esophagitis.
+//!
+//! Research tool, not a medical device.
+//!
+//! The modules follow the data: [`receive`] (DICOM associations) →
+//! [`store`] (durable files) → [`index`] (SQLite).
+
+pub mod config;
+pub mod dimse;
+pub mod index;
+pub mod logging;
+pub mod receive;
+pub mod store;
+pub mod testgen;
+pub mod uid;

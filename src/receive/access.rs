@@ -1,0 +1,117 @@
+//! Who may open an association.
+//!
+//! dicom-ul asks an [`AccessControl`] for its verdict while it negotiates, but
+//! gives it only AE titles. The policy here is built per connection so that it
+//! also knows the peer's address, which the allow-list may pin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dicom_ul::association::server::AccessControl;
+use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
+
+use crate::config::ResolvedCaller;
+
+/// The node-wide rules.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub require_called_ae_title: bool,
+    /// Empty: any calling AE title.
+    pub allowed_callers: Vec<ResolvedCaller>,
+}
+
+/// The rules applied to one incoming connection.
+#[derive(Debug, Clone)]
+pub struct PeerAccess {
+    pub policy: Arc<Policy>,
+    pub peer: SocketAddr,
+}
+
+impl PeerAccess {
+    /// The verdict, separate from dicom-ul's trait so it can be tested alone.
+    pub fn decide(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        if self.policy.require_called_ae_title && called_ae_title.trim() != this_ae_title.trim() {
+            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+        }
+        let callers = &self.policy.allowed_callers;
+        if !callers.is_empty() && !callers.iter().any(|c| c.admits(calling_ae_title, self.peer.ip())) {
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
+        Ok(())
+    }
+}
+
+impl AccessControl for PeerAccess {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&UserIdentity>,
+    ) -> Result<(), AssociationRJServiceUserReason> {
+        let verdict = self.decide(this_ae_title, calling_ae_title, called_ae_title);
+        if let Err(reason) = &verdict {
+            tracing::warn!(
+                calling_ae = calling_ae_title.trim(),
+                called_ae = called_ae_title.trim(),
+                peer = %self.peer,
+                reason = %reason,
+                "association rejected"
+            );
+        }
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(callers: Vec<ResolvedCaller>) -> PeerAccess {
+        PeerAccess {
+            policy: Arc::new(Policy {
+                require_called_ae_title: true,
+                allowed_callers: callers,
+            }),
+            peer: "192.0.2.7:40000".parse().expect("addr"),
+        }
+    }
+
+    #[test]
+    fn called_title_must_match() {
+        let a = access(vec![]);
+        assert_eq!(a.decide("ESORISK", "ANY", "ESORISK"), Ok(()));
+        assert_eq!(
+            a.decide("ESORISK", "ANY", "OTHER"),
+            Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
+        );
+    }
+
+    #[test]
+    fn allow_list_with_host() {
+        let a = access(vec![
+            ResolvedCaller {
+                ae_title: "TPS".into(),
+                hosts: Some(vec!["192.0.2.7".parse().expect("ip")]),
+            },
+            ResolvedCaller {
+                ae_title: "PACS".into(),
+                hosts: Some(vec!["192.0.2.8".parse().expect("ip")]),
+            },
+        ]);
+        assert_eq!(a.decide("ESORISK", "TPS", "ESORISK"), Ok(()));
+        assert_eq!(
+            a.decide("ESORISK", "PACS", "ESORISK"),
+            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        );
+        assert_eq!(
+            a.decide("ESORISK", "STRANGER", "ESORISK"),
+            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        );
+    }
+}

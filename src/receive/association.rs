@@ -1,0 +1,465 @@
+//! One accepted association: C-ECHO and C-STORE until release or abort.
+//!
+//! Data set fragments are handed, as they arrive, to a blocking writer thread
+//! through a small bounded channel, so the async runtime never waits on the
+//! disk and memory per association stays at a few PDUs whatever the size of
+//! the instance. The response is sent only after the writer has fsynced and
+//! renamed the file and the index has committed its row.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dicom_ul::association::AsyncServerAssociation;
+use dicom_ul::pdu::{
+    AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType, Pdu,
+    PresentationContextResultReason,
+};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::sop;
+use crate::dimse::{self, status, Command};
+use crate::index::{self, Index, InstanceRecord};
+use crate::store::{Expected, Store, StoreError, Stored};
+use crate::uid;
+
+/// What the association task shares with the node.
+pub struct Context {
+    pub store: Store,
+    pub index: Index,
+    pub ae_title: String,
+}
+
+/// Totals for the association log.
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    pub stored: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    pub outcome: String,
+}
+
+/// Messages to the writer thread of one instance.
+enum Chunk {
+    Data(Vec<u8>),
+    Finish,
+}
+
+/// Where the data set of the current C-STORE goes.
+enum Sink {
+    /// Streaming into a temporary file on a blocking thread.
+    Writer {
+        tx: mpsc::Sender<Chunk>,
+        done: tokio::task::JoinHandle<Result<Stored, StoreError>>,
+    },
+    /// Refused before any byte was written; the data set is read and dropped.
+    Discard { status: u16, comment: String },
+}
+
+struct InFlight {
+    rq: Command,
+    pc_id: u8,
+    sink: Sink,
+}
+
+/// Serve one association until it ends. Returns the summary for the log.
+pub async fn serve<S>(
+    mut assoc: AsyncServerAssociation<S>,
+    ctx: Arc<Context>,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> Summary
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc).trim().to_string();
+    let called_ae = assoc.called_ae_title().trim().to_string();
+    let contexts: HashMap<u8, (String, String)> = assoc
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == PresentationContextResultReason::Acceptance)
+        .map(|pc| {
+            (
+                pc.id,
+                (
+                    uid::trim(&pc.abstract_syntax).to_string(),
+                    uid::trim(&pc.transfer_syntax).to_string(),
+                ),
+            )
+        })
+        .collect();
+    let mut summary = Summary::default();
+    let mut command_bytes: Vec<u8> = Vec::new();
+    let mut command_pc: Option<u8> = None;
+    let mut current: Option<InFlight> = None;
+
+    let outcome = 'assoc: loop {
+        // Between instances a shutdown ends the association; during one, the
+        // instance is finished first.
+        let pdu = if current.is_none() && command_pc.is_none() {
+            tokio::select! {
+                pdu = assoc.receive() => pdu,
+                _ = shutdown.wait_for(|s| *s) => {
+                    break 'assoc "aborted: node shutting down".to_string();
+                }
+            }
+        } else {
+            assoc.receive().await
+        };
+        let pdu = match pdu {
+            Ok(pdu) => pdu,
+            Err(e) => break 'assoc format!("failed: {e}"),
+        };
+        match pdu {
+            Pdu::PData { data } => {
+                for pdv in data {
+                    let PDataValue {
+                        presentation_context_id: pc_id,
+                        value_type,
+                        is_last,
+                        data,
+                    } = pdv;
+                    if !contexts.contains_key(&pc_id) {
+                        break 'assoc format!("aborted: P-DATA on unaccepted presentation context {pc_id}");
+                    }
+                    match value_type {
+                        PDataValueType::Command => {
+                            if current.is_some() {
+                                break 'assoc "aborted: command received while a data set was expected".to_string();
+                            }
+                            if command_pc.is_some_and(|p| p != pc_id) {
+                                break 'assoc "aborted: command fragments on two presentation contexts".to_string();
+                            }
+                            command_pc = Some(pc_id);
+                            command_bytes.extend_from_slice(&data);
+                            if command_bytes.len() > 64 * 1024 {
+                                break 'assoc "aborted: command set larger than 64 KiB".to_string();
+                            }
+                            if !is_last {
+                                continue;
+                            }
+                            command_pc = None;
+                            let cmd = match Command::decode(&std::mem::take(&mut command_bytes)) {
+                                Ok(cmd) => cmd,
+                                Err(e) => break 'assoc format!("aborted: {e}"),
+                            };
+                            let (abstract_syntax, ts) = &contexts[&pc_id];
+                            match handle_command(&ctx, cmd, pc_id, abstract_syntax, ts, &calling_ae, &called_ae) {
+                                Action::Respond(rsp) => {
+                                    if let Err(e) = send_command(&mut assoc, pc_id, &rsp).await {
+                                        break 'assoc format!("failed: sending response: {e}");
+                                    }
+                                }
+                                Action::ReceiveDataSet(inflight) => current = Some(inflight),
+                                Action::Nothing => {}
+                            }
+                        }
+                        PDataValueType::Data => {
+                            let Some(inflight) = current.as_mut() else {
+                                break 'assoc "aborted: data set without a command".to_string();
+                            };
+                            if inflight.pc_id != pc_id {
+                                break 'assoc "aborted: data set on another presentation context".to_string();
+                            }
+                            if let Sink::Writer { tx, .. } = &inflight.sink {
+                                if tx.send(Chunk::Data(data)).await.is_err() {
+                                    // The writer stopped early (it failed); its
+                                    // error is collected at the end.
+                                    debug!("writer stopped before the end of the data set");
+                                }
+                            }
+                            if is_last {
+                                let Some(inflight) = current.take() else { continue };
+                                let rsp = finish_instance(&ctx, inflight, &calling_ae, &called_ae, peer, &mut summary).await;
+                                if let Err(e) = send_command(&mut assoc, pc_id, &rsp).await {
+                                    break 'assoc format!("failed: sending response: {e}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            Pdu::ReleaseRQ => {
+                if current.is_some() {
+                    warn!(calling_ae, %peer, "release requested in the middle of a data set; the instance is dropped");
+                }
+                let _ = assoc.send(&Pdu::ReleaseRP).await;
+                break 'assoc "released".to_string();
+            }
+            Pdu::AbortRQ { source } => break 'assoc format!("aborted by peer: {source:?}"),
+            other => {
+                break 'assoc format!("aborted: unexpected PDU {}", pdu_name(&other));
+            }
+        }
+    };
+
+    // An instance cut short is dropped: closing the channel without Finish
+    // makes the writer delete its temporary file.
+    if let Some(inflight) = current.take() {
+        if let Sink::Writer { tx, done } = inflight.sink {
+            drop(tx);
+            let _ = done.await;
+        }
+        summary.failed += 1;
+        warn!(
+            calling_ae,
+            %peer,
+            sop_instance_uid = inflight.rq.affected_sop_instance_uid.as_deref().unwrap_or(""),
+            "association ended during a data set; nothing was stored"
+        );
+    }
+    if outcome.starts_with("aborted:") && !outcome.starts_with("aborted by peer") {
+        let _ = assoc
+            .send(&Pdu::AbortRQ {
+                source: AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::ReasonNotSpecified),
+            })
+            .await;
+    }
+    summary.outcome = outcome;
+    summary
+}
+
+enum Action {
+    Respond(Command),
+    ReceiveDataSet(InFlight),
+    Nothing,
+}
+
+fn handle_command(
+    ctx: &Context,
+    cmd: Command,
+    pc_id: u8,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+    calling_ae: &str,
+    called_ae: &str,
+) -> Action {
+    match cmd.command_field {
+        dimse::C_ECHO_RQ => {
+            info!(calling_ae, "C-ECHO");
+            Action::Respond(Command::echo_response(&cmd))
+        }
+        dimse::C_STORE_RQ => {
+            let refuse = |status: u16, comment: String| Sink::Discard { status, comment };
+            let sop_class = cmd.affected_sop_class_uid.as_deref().map(uid::trim).unwrap_or("");
+            let sop_instance = cmd.affected_sop_instance_uid.as_deref().map(uid::trim).unwrap_or("");
+            let sink = if !cmd.has_data_set() {
+                // Nothing will follow: answer at once.
+                return Action::Respond(Command::store_response(
+                    &cmd,
+                    status::CANNOT_UNDERSTAND,
+                    Some("C-STORE request without a data set".into()),
+                ));
+            } else if sop_class != abstract_syntax || !sop::is_storage(sop_class) {
+                refuse(
+                    status::SOP_CLASS_NOT_SUPPORTED,
+                    format!("SOP class {sop_class} differs from the negotiated {abstract_syntax}"),
+                )
+            } else if let Err(reason) = uid::validate(sop_instance) {
+                refuse(status::INVALID_UID, format!("AffectedSOPInstanceUID invalid: {reason}"))
+            } else if let Err(e) = ctx.store.check_space() {
+                refuse(status::OUT_OF_RESOURCES, e.to_string())
+            } else {
+                let expected = Expected {
+                    sop_class_uid: sop_class.to_string(),
+                    sop_instance_uid: sop_instance.to_string(),
+                    transfer_syntax_uid: transfer_syntax.to_string(),
+                    calling_ae: calling_ae.to_string(),
+                    called_ae: called_ae.to_string(),
+                };
+                start_writer(&ctx.store, expected)
+            };
+            Action::ReceiveDataSet(InFlight { rq: cmd, pc_id, sink })
+        }
+        dimse::C_CANCEL_RQ => Action::Nothing,
+        field if field & 0x8000 == 0 => {
+            warn!(calling_ae, command_field = format!("{field:#06x}"), "unsupported DIMSE operation");
+            let rsp = Command {
+                command_field: field | 0x8000,
+                message_id_being_responded_to: cmd.message_id,
+                affected_sop_class_uid: cmd.affected_sop_class_uid.clone(),
+                data_set_type: dimse::NO_DATA_SET,
+                status: Some(status::UNRECOGNIZED_OPERATION),
+                ..Default::default()
+            };
+            if cmd.has_data_set() {
+                Action::ReceiveDataSet(InFlight {
+                    rq: cmd,
+                    pc_id,
+                    sink: Sink::Discard {
+                        status: status::UNRECOGNIZED_OPERATION,
+                        comment: "operation not supported".into(),
+                    },
+                })
+            } else {
+                Action::Respond(rsp)
+            }
+        }
+        _ => Action::Nothing,
+    }
+}
+
+/// Open the temporary file and start the blocking writer for one instance.
+fn start_writer(store: &Store, expected: Expected) -> Sink {
+    let store = store.clone();
+    let (tx, mut rx) = mpsc::channel::<Chunk>(8);
+    let done = tokio::task::spawn_blocking(move || {
+        let mut incoming = store.begin(expected)?;
+        let mut failure: Option<StoreError> = None;
+        while let Some(chunk) = rx.blocking_recv() {
+            match chunk {
+                Chunk::Data(bytes) => {
+                    // After a write error keep draining so the peer gets an
+                    // answer once its data set is complete.
+                    if failure.is_none() {
+                        if let Err(e) = incoming.write(&bytes) {
+                            failure = Some(e);
+                        }
+                    }
+                }
+                Chunk::Finish => {
+                    return match failure {
+                        Some(e) => Err(e),
+                        None => incoming.commit(),
+                    };
+                }
+            }
+        }
+        // Channel closed without Finish: the association ended early.
+        // Dropping `incoming` removes the temporary file.
+        Err(StoreError::Io {
+            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "data set not completed"),
+        })
+    });
+    Sink::Writer { tx, done }
+}
+
+/// The data set is complete: commit, index, and build the response.
+async fn finish_instance(
+    ctx: &Context,
+    inflight: InFlight,
+    calling_ae: &str,
+    called_ae: &str,
+    peer: SocketAddr,
+    summary: &mut Summary,
+) -> Command {
+    let InFlight { rq, sink, .. } = inflight;
+    let sop_class = rq.affected_sop_class_uid.clone().unwrap_or_default();
+    let sop_instance = rq.affected_sop_instance_uid.clone().unwrap_or_default();
+    let (tx, done) = match sink {
+        Sink::Discard { status, comment } => {
+            summary.failed += 1;
+            warn!(
+                calling_ae, %peer, sop_class = sop::name(&sop_class), sop_instance_uid = %sop_instance,
+                status = format!("{status:#06x}"), reason = %comment, "instance refused"
+            );
+            return Command::store_response(&rq, status, Some(comment));
+        }
+        Sink::Writer { tx, done } => (tx, done),
+    };
+    let _ = tx.send(Chunk::Finish).await;
+    drop(tx);
+    let result = match done.await {
+        Ok(r) => r,
+        Err(join) => Err(StoreError::Io {
+            source: std::io::Error::other(format!("writer task failed: {join}")),
+        }),
+    };
+    let stored = match result {
+        Ok(stored) => stored,
+        Err(e) => {
+            summary.failed += 1;
+            let status = store_error_status(&e);
+            warn!(
+                calling_ae, %peer, sop_class = sop::name(&sop_class), sop_instance_uid = %sop_instance,
+                status = format!("{status:#06x}"), reason = %e, "instance refused"
+            );
+            return Command::store_response(&rq, status, Some(e.to_string()));
+        }
+    };
+    let study_uid = stored.header.study_instance_uid.clone().unwrap_or_default();
+    let series_uid = stored.header.series_instance_uid.clone().unwrap_or_default();
+    let size = stored.size_bytes;
+    let relative_path = stored.relative_path.clone();
+    let was_replacement = stored.replaced;
+    let record = InstanceRecord {
+        stored,
+        calling_ae: Some(calling_ae.to_string()),
+        called_ae: Some(called_ae.to_string()),
+        peer_address: Some(peer.to_string()),
+        received_at: index::now(),
+    };
+    match ctx.index.record(record).await {
+        Ok(indexed) => {
+            if let Some(stale) = indexed.stale_path {
+                let _ = std::fs::remove_file(ctx.store.data_dir().join(stale));
+            }
+            summary.stored += 1;
+            summary.bytes += size;
+            info!(
+                calling_ae, %peer, sop_class = sop::name(&sop_class), sop_instance_uid = %sop_instance,
+                study_uid = %study_uid, series_uid = %series_uid, bytes = size,
+                replaced = indexed.replaced, "instance stored"
+            );
+            Command::store_response(&rq, status::SUCCESS, None)
+        }
+        Err(e) => {
+            // Not acknowledged: take the new file away again unless it
+            // replaced one that the index still describes.
+            if !was_replacement {
+                let _ = std::fs::remove_file(ctx.store.data_dir().join(&relative_path));
+            }
+            summary.failed += 1;
+            warn!(
+                calling_ae, %peer, sop_instance_uid = %sop_instance, study_uid = %study_uid,
+                error = %e, "instance not indexed"
+            );
+            Command::store_response(&rq, status::OUT_OF_RESOURCES, Some(format!("index failure: {e}")))
+        }
+    }
+}
+
+/// The DIMSE status for a storage failure.
+pub fn store_error_status(e: &StoreError) -> u16 {
+    match e {
+        StoreError::Io { .. } | StoreError::DiskFull { .. } => status::OUT_OF_RESOURCES,
+        StoreError::Malformed { .. } => status::CANNOT_UNDERSTAND,
+        StoreError::Missing { .. } | StoreError::InvalidUid { .. } => status::INVALID_UID,
+        StoreError::Mismatch { .. } => status::DATA_SET_MISMATCH,
+        StoreError::UnsupportedTransferSyntax { .. } => status::CANNOT_UNDERSTAND,
+    }
+}
+
+async fn send_command<S>(
+    assoc: &mut AsyncServerAssociation<S>,
+    pc_id: u8,
+    cmd: &Command,
+) -> Result<(), dicom_ul::association::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    assoc
+        .send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc_id,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: cmd.encode(),
+            }],
+        })
+        .await
+}
+
+fn pdu_name(pdu: &Pdu) -> &'static str {
+    match pdu {
+        Pdu::AssociationRQ { .. } => "A-ASSOCIATE-RQ",
+        Pdu::AssociationAC { .. } => "A-ASSOCIATE-AC",
+        Pdu::AssociationRJ { .. } => "A-ASSOCIATE-RJ",
+        Pdu::PData { .. } => "P-DATA-TF",
+        Pdu::ReleaseRQ => "A-RELEASE-RQ",
+        Pdu::ReleaseRP => "A-RELEASE-RP",
+        Pdu::AbortRQ { .. } => "A-ABORT",
+        Pdu::Unknown { .. } => "unknown",
+    }
+}

@@ -1,0 +1,494 @@
+//! The DICOM service provider: listening, admission, and association tasks.
+//!
+//! Each accepted connection becomes its own task. A semaphore caps how many
+//! run at once; a connection beyond the cap still gets a proper answer, an
+//! A-ASSOCIATE-RJ (transient, local limit exceeded), so a sender can retry
+//! later instead of hanging on a silent socket.
+
+pub mod access;
+pub mod association;
+pub mod sop;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_ul::pdu::{
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJSource, Pdu,
+};
+use dicom_ul::ServerAssociationOptions;
+use snafu::{ResultExt, Snafu};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::{ConfigError, Settings};
+use crate::index::{Index, IndexError, InstanceRecord};
+use crate::store::{self, Store};
+use access::{PeerAccess, Policy};
+use association::Context;
+
+#[derive(Debug, Snafu)]
+pub enum NodeError {
+    #[snafu(display("cannot prepare the data directory {path}: {source}"))]
+    DataDir { path: String, source: std::io::Error },
+    #[snafu(display("{source}"))]
+    Index { source: IndexError },
+    #[snafu(display("{source}"))]
+    Config { source: ConfigError },
+    #[snafu(display("cannot listen on {addr}: {source}"))]
+    Bind { addr: String, source: std::io::Error },
+    #[snafu(display("TLS set-up failed: {message}"))]
+    Tls { message: String },
+}
+
+/// A started node: storage and index open, socket bound, not yet serving.
+pub struct Node {
+    settings: Settings,
+    ctx: Arc<Context>,
+    listener: TcpListener,
+    policy: Arc<Policy>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Node {
+    /// Open the store and index, recover from any crash, and bind the port.
+    pub async fn start(settings: Settings) -> Result<Node, NodeError> {
+        let data_dir = settings.storage.data_dir.clone();
+        let store = Store::open(&data_dir, settings.storage.fsync, settings.storage.min_free_mb).context(
+            DataDirSnafu {
+                path: data_dir.display().to_string(),
+            },
+        )?;
+        let removed = store.clean_tmp().context(DataDirSnafu {
+            path: data_dir.display().to_string(),
+        })?;
+        if removed > 0 {
+            info!(removed, "removed partial files of instances that were never acknowledged");
+        }
+        let index = Index::open(&settings.database_path()).await.context(IndexSnafu)?;
+        recover_unindexed(&store, &index).await;
+
+        let policy = Arc::new(Policy {
+            require_called_ae_title: settings.dicom.require_called_ae_title,
+            allowed_callers: settings.resolve_allowed_callers().context(ConfigSnafu)?,
+        });
+        let tls = if settings.dicom.tls.enabled {
+            Some(tls_config(&settings)?)
+        } else {
+            None
+        };
+        let addr = format!("{}:{}", settings.dicom.bind, settings.dicom.port);
+        let listener = TcpListener::bind(&addr).await.context(BindSnafu { addr: addr.clone() })?;
+        let ctx = Arc::new(Context {
+            store,
+            index,
+            ae_title: settings.dicom.ae_title.clone(),
+        });
+        Ok(Node {
+            settings,
+            ctx,
+            listener,
+            policy,
+            tls,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.ctx.index
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting, let running
+    /// instances finish (within the grace period), and close the database.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        let Node {
+            settings,
+            ctx,
+            listener,
+            policy,
+            tls,
+        } = self;
+        let limit = Arc::new(Semaphore::new(settings.dicom.max_associations));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let options = Arc::new(OptionsTemplate::new(&settings, tls.clone()));
+        tokio::pin!(shutdown);
+        info!(
+            ae_title = %settings.dicom.ae_title,
+            address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tls = tls.is_some(),
+            max_associations = settings.dicom.max_associations,
+            "listening"
+        );
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                accepted = listener.accept() => {
+                    let (socket, peer) = match accepted {
+                        Ok(x) => x,
+                        Err(e) => {
+                            warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    // Without TCP_NODELAY each response waits on Nagle's
+                    // algorithm and delayed ACKs: tens of ms per instance.
+                    let _ = socket.set_nodelay(true);
+                    let permit = limit.clone().try_acquire_owned().ok();
+                    let ctx = ctx.clone();
+                    let options = options.clone();
+                    let policy = policy.clone();
+                    let stop = stop_rx.clone();
+                    let timeout = Duration::from_secs(settings.dicom.read_timeout_secs.max(1));
+                    tasks.spawn(async move {
+                        match permit {
+                            Some(_permit) => handle_connection(socket, peer, ctx, options, policy, stop).await,
+                            None => reject_busy(socket, peer, ctx, options.tls.clone(), timeout).await,
+                        }
+                    });
+                }
+            }
+        }
+        info!("shutting down: no new associations; finishing instances in progress");
+        drop(listener);
+        let grace = Duration::from_secs(settings.server.shutdown_grace_secs);
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            warn!("grace period over; aborting idle associations");
+            let _ = stop_tx.send(true);
+            // Associations stop at the next instance boundary.
+            while tasks.join_next().await.is_some() {}
+        }
+        ctx.index.close().await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// What every association's negotiation shares; options are built per
+/// connection because access control depends on the peer address.
+struct OptionsTemplate {
+    ae_title: String,
+    abstract_syntaxes: Vec<&'static str>,
+    transfer_syntaxes: Vec<&'static str>,
+    max_pdu: u32,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl OptionsTemplate {
+    fn new(settings: &Settings, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        let mut abstract_syntaxes = vec![sop::VERIFICATION];
+        abstract_syntaxes.extend(sop::STORAGE.iter().map(|(u, _)| *u));
+        let mut transfer_syntaxes: Vec<&'static str> = store::ts::NATIVE.to_vec();
+        if settings.dicom.accept_encapsulated {
+            transfer_syntaxes.extend_from_slice(store::ts::ENCAPSULATED);
+        }
+        OptionsTemplate {
+            ae_title: settings.dicom.ae_title.clone(),
+            abstract_syntaxes,
+            transfer_syntaxes,
+            max_pdu: settings.dicom.max_pdu,
+            read_timeout: Duration::from_secs(settings.dicom.read_timeout_secs.max(1)),
+            write_timeout: Duration::from_secs(settings.dicom.write_timeout_secs.max(1)),
+            tls,
+        }
+    }
+
+    fn build(&self, access: PeerAccess) -> ServerAssociationOptions<'static, PeerAccess, dicom_ul::association::server::DefaultNegotiation> {
+        let mut options = ServerAssociationOptions::new()
+            .ae_access_control(access)
+            .ae_title(self.ae_title.clone())
+            .max_pdu_length(self.max_pdu)
+            .read_timeout(self.read_timeout)
+            .write_timeout(self.write_timeout)
+            .strict(false);
+        for a in &self.abstract_syntaxes {
+            options = options.with_abstract_syntax(*a);
+        }
+        for t in &self.transfer_syntaxes {
+            options = options.with_transfer_syntax(*t);
+        }
+        if let Some(tls) = &self.tls {
+            options = options.tls_config(tls.clone());
+        }
+        options
+    }
+}
+
+async fn handle_connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    template: Arc<OptionsTemplate>,
+    policy: Arc<Policy>,
+    stop: watch::Receiver<bool>,
+) {
+    let options = template.build(PeerAccess { policy, peer });
+    let peer_s = peer.to_string();
+    if template.tls.is_some() {
+        match options.establish_tls_async(socket).await {
+            Ok(assoc) => run_association(assoc, peer, ctx, stop).await,
+            Err(e) => log_refused(&ctx, &peer_s, &e).await,
+        }
+    } else {
+        match options.establish_async(socket).await {
+            Ok(assoc) => run_association(assoc, peer, ctx, stop).await,
+            Err(e) => log_refused(&ctx, &peer_s, &e).await,
+        }
+    }
+}
+
+async fn log_refused(ctx: &Context, peer: &str, e: &dicom_ul::association::Error) {
+    let outcome = format!("rejected: {e}");
+    info!(%peer, outcome, "association not established");
+    if let Err(err) = ctx.index.association_started(None, None, peer, Some(&outcome)).await {
+        warn!(error = %err, "cannot log association");
+    }
+}
+
+async fn run_association<S>(
+    assoc: dicom_ul::association::AsyncServerAssociation<S>,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc).trim().to_string();
+    let called_ae = assoc.called_ae_title().trim().to_string();
+    let contexts: Vec<String> = assoc
+        .presentation_contexts()
+        .iter()
+        .filter(|pc| pc.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
+        .map(|pc| format!("{}@{}", sop::name(crate::uid::trim(&pc.abstract_syntax)), crate::uid::trim(&pc.transfer_syntax)))
+        .collect();
+    info!(calling_ae, called_ae, %peer, accepted = ?contexts, "association accepted");
+    let row = ctx
+        .index
+        .association_started(Some(&calling_ae), Some(&called_ae), &peer.to_string(), None)
+        .await
+        .map_err(|e| warn!(error = %e, "cannot log association"))
+        .ok();
+    let summary = association::serve(assoc, ctx.clone(), peer, stop).await;
+    info!(
+        calling_ae, %peer, stored = summary.stored, failed = summary.failed, bytes = summary.bytes,
+        outcome = %summary.outcome, "association ended"
+    );
+    if let Some(id) = row {
+        if let Err(e) = ctx
+            .index
+            .association_ended(id, &summary.outcome, summary.stored, summary.failed, summary.bytes)
+            .await
+        {
+            warn!(error = %e, "cannot log association end");
+        }
+    }
+}
+
+/// Answer a connection over the limit with A-ASSOCIATE-RJ (transient,
+/// local limit exceeded) after reading its request.
+async fn reject_busy(
+    socket: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    timeout: Duration,
+) {
+    let result = match tls {
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+                Ok(Ok(stream)) => send_busy_reject(stream, timeout).await,
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("TLS handshake timed out".into()),
+            }
+        }
+        None => send_busy_reject(socket, timeout).await,
+    };
+    let (calling, called) = match &result {
+        Ok(titles) => titles.clone(),
+        Err(_) => (None, None),
+    };
+    warn!(
+        %peer,
+        calling_ae = calling.as_deref().unwrap_or(""),
+        error = result.as_ref().err().map(String::as_str).unwrap_or(""),
+        "association rejected: too many associations (dicom.max_associations)"
+    );
+    let _ = ctx
+        .index
+        .association_started(
+            calling.as_deref(),
+            called.as_deref(),
+            &peer.to_string(),
+            Some("rejected: local limit exceeded"),
+        )
+        .await;
+}
+
+async fn send_busy_reject<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    timeout: Duration,
+) -> Result<(Option<String>, Option<String>), String> {
+    let read = async {
+        let mut head = [0u8; 6];
+        stream.read_exact(&mut head).await.map_err(|e| e.to_string())?;
+        let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
+        if head[0] != 0x01 || len > 64 * 1024 {
+            return Err("not an A-ASSOCIATE-RQ".to_string());
+        }
+        let mut buf = head.to_vec();
+        buf.resize(6 + len, 0);
+        stream.read_exact(&mut buf[6..]).await.map_err(|e| e.to_string())?;
+        match dicom_ul::read_pdu(&buf[..], 64 * 1024 + 6, false) {
+            Ok(Some(Pdu::AssociationRQ(rq))) => Ok((
+                Some(rq.calling_ae_title.trim().to_string()),
+                Some(rq.called_ae_title.trim().to_string()),
+            )),
+            _ => Ok((None, None)),
+        }
+    };
+    let titles = tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| "no A-ASSOCIATE-RQ in time".to_string())??;
+    let mut out = Vec::new();
+    dicom_ul::write_pdu(
+        &mut out,
+        &Pdu::AssociationRJ(AssociationRJ {
+            result: AssociationRJResult::Transient,
+            source: AssociationRJSource::ServiceProviderPresentation(
+                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
+            ),
+        }),
+    )
+    .map_err(|e| e.to_string())?;
+    stream.write_all(&out).await.map_err(|e| e.to_string())?;
+    let _ = stream.shutdown().await;
+    Ok(titles)
+}
+
+/// Index complete files that a crash left in the store without a row (the
+/// window between the rename and the commit). They were never acknowledged,
+/// but they are whole, fsynced instances, so they are kept and indexed.
+async fn recover_unindexed(store: &Store, index: &Index) {
+    let known = match index.indexed_paths().await {
+        Ok(k) => k,
+        Err(e) => {
+            error!(error = %e, "cannot read the index for recovery");
+            return;
+        }
+    };
+    let data_dir = store.data_dir().to_path_buf();
+    let store_dir = store.store_dir().to_path_buf();
+    let found = tokio::task::spawn_blocking(move || recover::find_unindexed(&data_dir, &store_dir, &known))
+        .await
+        .unwrap_or_default();
+    for (stored, path) in found {
+        let record = InstanceRecord {
+            stored,
+            calling_ae: None,
+            called_ae: None,
+            peer_address: None,
+            received_at: crate::index::now(),
+        };
+        match index.record(record).await {
+            Ok(_) => info!(path, "indexed an instance stored just before a crash"),
+            Err(e) => warn!(path, error = %e, "cannot index a recovered instance"),
+        }
+    }
+}
+
+mod recover {
+    use std::collections::HashSet;
+    use std::path::Path;
+
+    use crate::store::{scan, ts, Stored};
+
+    pub fn find_unindexed(data_dir: &Path, store_dir: &Path, known: &HashSet<String>) -> Vec<(Stored, String)> {
+        let mut out = Vec::new();
+        let Ok(studies) = std::fs::read_dir(store_dir) else { return out };
+        for study in studies.flatten() {
+            let Ok(series) = std::fs::read_dir(study.path()) else { continue };
+            for s in series.flatten() {
+                let Ok(files) = std::fs::read_dir(s.path()) else { continue };
+                for f in files.flatten() {
+                    let path = f.path();
+                    let Ok(rel) = path.strip_prefix(data_dir) else { continue };
+                    let rel = rel.to_string_lossy().to_string();
+                    if known.contains(&rel) || path.extension().is_none_or(|e| e != "dcm") {
+                        continue;
+                    }
+                    match read_stored(&path, rel.clone()) {
+                        Some(stored) => out.push((stored, rel)),
+                        None => tracing::warn!(path = %path.display(), "unreadable file in the store left alone"),
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn read_stored(path: &Path, relative_path: String) -> Option<Stored> {
+        let mut file = std::fs::File::open(path).ok()?;
+        let size_bytes = file.metadata().ok()?.len();
+        let meta = {
+            use std::io::{Read, Seek};
+            let mut pre = [0u8; 132];
+            file.read_exact(&mut pre).ok()?;
+            if &pre[128..] != b"DICM" {
+                return None;
+            }
+            let meta = dicom_object::meta::FileMetaTable::from_reader(&mut file).ok()?;
+            let offset = file.stream_position().ok()?;
+            (meta, offset)
+        };
+        let ts_uid = crate::uid::trim(meta.0.transfer_syntax()).to_string();
+        let (encoding, deflated) = ts::encoding(&ts_uid)?;
+        let header = scan::scan_file(&mut file, meta.1, encoding, deflated).ok()?;
+        header.sop_instance_uid.as_ref()?;
+        Some(Stored {
+            header,
+            relative_path,
+            size_bytes,
+            transfer_syntax_uid: ts_uid,
+            replaced: false,
+        })
+    }
+}
+
+/// Build the rustls server configuration from PEM files.
+fn tls_config(settings: &Settings) -> Result<Arc<rustls::ServerConfig>, NodeError> {
+    let tls = &settings.dicom.tls;
+    let fail = |message: String| NodeError::Tls { message };
+    let cert_pem = std::fs::read(&tls.certificate)
+        .map_err(|e| fail(format!("reading {}: {e}", tls.certificate.display())))?;
+    let key_pem = std::fs::read(&tls.private_key)
+        .map_err(|e| fail(format!("reading {}: {e}", tls.private_key.display())))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .collect::<Result<_, _>>()
+        .map_err(|e| fail(format!("certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err(fail(format!("no certificate in {}", tls.certificate.display())));
+    }
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .map_err(|e| fail(format!("private key: {e}")))?
+        .ok_or_else(|| fail(format!("no private key in {}", tls.private_key.display())))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(Arc::new(config))
+}

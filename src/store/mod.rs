@@ -1,0 +1,482 @@
+//! Durable storage of received instances.
+//!
+//! An instance is streamed into `tmp/<random>.part` as a complete DICOM file
+//! (preamble, file meta information, then the data set bytes exactly as they
+//! arrived), checked, fsynced, and renamed into
+//! `store/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`. The
+//! rename is atomic, so a reader sees either the old file or the new one,
+//! never a partial one; and the directory is fsynced so the rename itself
+//! survives a power cut. Only then may the caller index it and acknowledge.
+
+pub mod scan;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use dicom_object::meta::FileMetaTableBuilder;
+use snafu::Snafu;
+
+use crate::uid;
+pub use scan::{Encoding, Header, ScanError};
+
+/// Transfer syntaxes and how their data sets are encoded.
+pub mod ts {
+    pub const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+    pub const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+    pub const DEFLATED_EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1.99";
+    pub const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
+    pub const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
+    pub const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
+    pub const JPEG_EXTENDED: &str = "1.2.840.10008.1.2.4.51";
+    pub const JPEG_LOSSLESS_NH: &str = "1.2.840.10008.1.2.4.57";
+    pub const JPEG_LOSSLESS_SV1: &str = "1.2.840.10008.1.2.4.70";
+    pub const JPEG_LS_LOSSLESS: &str = "1.2.840.10008.1.2.4.80";
+    pub const JPEG_LS_NEAR_LOSSLESS: &str = "1.2.840.10008.1.2.4.81";
+    pub const JPEG_2000_LOSSLESS: &str = "1.2.840.10008.1.2.4.90";
+    pub const JPEG_2000: &str = "1.2.840.10008.1.2.4.91";
+
+    /// Native (uncompressed) syntaxes, in our order of preference.
+    pub const NATIVE: &[&str] = &[
+        EXPLICIT_VR_LE,
+        IMPLICIT_VR_LE,
+        DEFLATED_EXPLICIT_VR_LE,
+        EXPLICIT_VR_BE,
+    ];
+
+    /// Encapsulated syntaxes stored as received.
+    pub const ENCAPSULATED: &[&str] = &[
+        RLE_LOSSLESS,
+        JPEG_BASELINE,
+        JPEG_EXTENDED,
+        JPEG_LOSSLESS_NH,
+        JPEG_LOSSLESS_SV1,
+        JPEG_LS_LOSSLESS,
+        JPEG_LS_NEAR_LOSSLESS,
+        JPEG_2000_LOSSLESS,
+        JPEG_2000,
+    ];
+
+    /// Encoding of the data set and whether it is deflated; `None` if the
+    /// transfer syntax is not one we accept.
+    pub fn encoding(uid: &str) -> Option<(super::Encoding, bool)> {
+        use super::Encoding;
+        match uid {
+            IMPLICIT_VR_LE => Some((Encoding::IMPLICIT_LE, false)),
+            EXPLICIT_VR_BE => Some((Encoding::EXPLICIT_BE, false)),
+            DEFLATED_EXPLICIT_VR_LE => Some((Encoding::EXPLICIT_LE, true)),
+            u if u == EXPLICIT_VR_LE || ENCAPSULATED.contains(&u) => Some((Encoding::EXPLICIT_LE, false)),
+            _ => None,
+        }
+    }
+}
+
+/// What the data set is expected to be, from the C-STORE request.
+#[derive(Debug, Clone)]
+pub struct Expected {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    pub calling_ae: String,
+    pub called_ae: String,
+}
+
+/// Why an instance could not be stored. Each maps to one DIMSE status.
+#[derive(Debug, Snafu)]
+pub enum StoreError {
+    #[snafu(display("storage failure: {source}"))]
+    Io { source: io::Error },
+    #[snafu(display("not enough free disk space ({free_mb} MiB free, {min_mb} MiB required)"))]
+    DiskFull { free_mb: u64, min_mb: u64 },
+    #[snafu(display("{source}"))]
+    Malformed { source: ScanError },
+    #[snafu(display("{attribute} missing"))]
+    Missing { attribute: &'static str },
+    #[snafu(display("{attribute} {value:?} is not a valid UID: {reason}"))]
+    InvalidUid {
+        attribute: &'static str,
+        value: String,
+        reason: uid::UidError,
+    },
+    #[snafu(display("{attribute} in the data set ({found}) differs from the request ({expected})"))]
+    Mismatch {
+        attribute: &'static str,
+        expected: String,
+        found: String,
+    },
+    #[snafu(display("transfer syntax {uid} is not supported"))]
+    UnsupportedTransferSyntax { uid: String },
+}
+
+impl StoreError {
+    pub fn is_out_of_resources(&self) -> bool {
+        matches!(self, StoreError::Io { .. } | StoreError::DiskFull { .. })
+    }
+}
+
+impl From<io::Error> for StoreError {
+    fn from(source: io::Error) -> Self {
+        StoreError::Io { source }
+    }
+}
+
+/// The store: directories under the data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    data_dir: PathBuf,
+    store_dir: PathBuf,
+    tmp_dir: PathBuf,
+    fsync: bool,
+    min_free_bytes: u64,
+}
+
+/// A stored, durable instance ready to be indexed.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub header: Header,
+    /// Path relative to the data directory, e.g. `store/1.2/1.3/1.4.dcm`.
+    pub relative_path: String,
+    pub size_bytes: u64,
+    pub transfer_syntax_uid: String,
+    /// True when the rename replaced an existing file at the same path.
+    pub replaced: bool,
+}
+
+impl Store {
+    pub fn open(data_dir: &Path, fsync: bool, min_free_mb: u64) -> io::Result<Store> {
+        let store_dir = data_dir.join("store");
+        let tmp_dir = data_dir.join("tmp");
+        fs::create_dir_all(&store_dir)?;
+        fs::create_dir_all(&tmp_dir)?;
+        Ok(Store {
+            data_dir: data_dir.to_path_buf(),
+            store_dir,
+            tmp_dir,
+            fsync,
+            min_free_bytes: min_free_mb.saturating_mul(1024 * 1024),
+        })
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// Remove partial files left by a crash. They were never acknowledged.
+    pub fn clean_tmp(&self) -> io::Result<usize> {
+        let mut n = 0;
+        for entry in fs::read_dir(&self.tmp_dir)? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "part") {
+                fs::remove_file(&path)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Free bytes on the file system of the data directory.
+    pub fn free_bytes(&self) -> Option<u64> {
+        free_bytes(&self.data_dir)
+    }
+
+    /// Refuse when free space is below the configured floor.
+    pub fn check_space(&self) -> Result<(), StoreError> {
+        match self.free_bytes() {
+            Some(free) if free < self.min_free_bytes => DiskFullSnafu {
+                free_mb: free / (1024 * 1024),
+                min_mb: self.min_free_bytes / (1024 * 1024),
+            }
+            .fail(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where an instance lives, relative to the data directory. All three
+    /// UIDs must already be validated.
+    pub fn relative_path(study: &str, series: &str, sop: &str) -> String {
+        format!("store/{study}/{series}/{sop}.dcm")
+    }
+
+    /// Start receiving an instance: a temporary file with the file meta
+    /// information already written.
+    pub fn begin(&self, expected: Expected) -> Result<Incoming, StoreError> {
+        let (encoding, deflated) = ts::encoding(&expected.transfer_syntax_uid).ok_or_else(|| {
+            StoreError::UnsupportedTransferSyntax {
+                uid: expected.transfer_syntax_uid.clone(),
+            }
+        })?;
+        let tmp_path = self.tmp_dir.join(format!("{}.part", uid::generate()));
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&tmp_path)?;
+        let mut incoming = Incoming {
+            store: self.clone(),
+            writer: Some(BufWriter::with_capacity(256 * 1024, file)),
+            tmp_path,
+            data_offset: 0,
+            encoding,
+            deflated,
+            expected,
+            done: false,
+        };
+        incoming.write_preamble_and_meta()?;
+        Ok(incoming)
+    }
+}
+
+/// An instance being received into a temporary file. Dropping it without
+/// [`Incoming::commit`] removes the temporary file.
+pub struct Incoming {
+    store: Store,
+    writer: Option<BufWriter<File>>,
+    tmp_path: PathBuf,
+    data_offset: u64,
+    encoding: Encoding,
+    deflated: bool,
+    expected: Expected,
+    done: bool,
+}
+
+impl Incoming {
+    fn write_preamble_and_meta(&mut self) -> Result<(), StoreError> {
+        let e = &self.expected;
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(e.sop_class_uid.as_str())
+            .media_storage_sop_instance_uid(e.sop_instance_uid.as_str())
+            .transfer_syntax(e.transfer_syntax_uid.as_str())
+            .implementation_class_uid(uid::IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(uid::IMPLEMENTATION_VERSION_NAME)
+            .source_application_entity_title(e.called_ae.trim())
+            .sending_application_entity_title(e.calling_ae.trim())
+            .receiving_application_entity_title(e.called_ae.trim())
+            .build()
+            .map_err(|err| StoreError::Io {
+                source: io::Error::other(format!("file meta information: {err}")),
+            })?;
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(&[0u8; 128]);
+        head.extend_from_slice(b"DICM");
+        meta.write(&mut head).map_err(|err| StoreError::Io {
+            source: io::Error::other(format!("file meta information: {err}")),
+        })?;
+        self.data_offset = head.len() as u64;
+        self.write(&head)
+    }
+
+    /// Append data set bytes as they arrive.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        match self.writer.as_mut() {
+            Some(w) => w.write_all(bytes).map_err(StoreError::from),
+            None => Err(io::Error::other("instance already closed").into()),
+        }
+    }
+
+    /// Check the data set, make it durable and move it into place.
+    pub fn commit(mut self) -> Result<Stored, StoreError> {
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| io::Error::other("instance already closed"))?;
+        let mut file = writer.into_inner().map_err(|e| e.into_error())?;
+        file.rewind()?;
+        let header = scan::scan_file(&mut file, self.data_offset, self.encoding, self.deflated)
+            .map_err(|source| match source {
+                ScanError::Io(source) => StoreError::Io { source },
+                other => StoreError::Malformed { source: other },
+            })?;
+        let (study, series) = self.check(&header)?;
+        let size_bytes = file.metadata()?.len();
+        if self.store.fsync {
+            file.sync_all()?;
+        }
+        drop(file);
+
+        let relative_path = Store::relative_path(&study, &series, &self.expected.sop_instance_uid);
+        let final_path = self.store.data_dir.join(&relative_path);
+        let series_dir = final_path
+            .parent()
+            .ok_or_else(|| io::Error::other("store path has no parent"))?
+            .to_path_buf();
+        if !series_dir.is_dir() {
+            fs::create_dir_all(&series_dir)?;
+            if self.store.fsync {
+                // New directories must reach the disk too, up to the store root.
+                if let Some(study_dir) = series_dir.parent() {
+                    sync_dir(study_dir)?;
+                }
+                sync_dir(&self.store.store_dir)?;
+            }
+        }
+        let replaced = final_path.exists();
+        fs::rename(&self.tmp_path, &final_path)?;
+        self.done = true;
+        if self.store.fsync {
+            sync_dir(&series_dir)?;
+        }
+        Ok(Stored {
+            header,
+            relative_path,
+            size_bytes,
+            transfer_syntax_uid: self.expected.transfer_syntax_uid.clone(),
+            replaced,
+        })
+    }
+
+    /// The data set must be the instance the request announced, and every
+    /// UID that names a path must be valid.
+    fn check(&self, h: &Header) -> Result<(String, String), StoreError> {
+        let e = &self.expected;
+        let sop_class = h.sop_class_uid.as_deref().ok_or(StoreError::Missing {
+            attribute: "SOPClassUID (0008,0016)",
+        })?;
+        if sop_class != e.sop_class_uid {
+            return MismatchSnafu {
+                attribute: "SOPClassUID",
+                expected: e.sop_class_uid.clone(),
+                found: sop_class.to_string(),
+            }
+            .fail();
+        }
+        let sop_instance = h.sop_instance_uid.as_deref().ok_or(StoreError::Missing {
+            attribute: "SOPInstanceUID (0008,0018)",
+        })?;
+        if sop_instance != e.sop_instance_uid {
+            return MismatchSnafu {
+                attribute: "SOPInstanceUID",
+                expected: e.sop_instance_uid.clone(),
+                found: sop_instance.to_string(),
+            }
+            .fail();
+        }
+        let study = required_uid(h.study_instance_uid.as_deref(), "StudyInstanceUID (0020,000D)")?;
+        let series = required_uid(h.series_instance_uid.as_deref(), "SeriesInstanceUID (0020,000E)")?;
+        Ok((study, series))
+    }
+}
+
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if !self.done {
+            self.writer = None;
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+fn required_uid(value: Option<&str>, attribute: &'static str) -> Result<String, StoreError> {
+    let value = value.ok_or(StoreError::Missing { attribute })?;
+    uid::validate(value).map_err(|reason| StoreError::InvalidUid {
+        attribute,
+        value: value.to_string(),
+        reason,
+    })?;
+    Ok(value.to_string())
+}
+
+/// fsync a directory so that entries created or renamed in it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Free bytes available to this process on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out pointer.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    if rc != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expected(sop: &str) -> Expected {
+        Expected {
+            sop_class_uid: "1.2.840.10008.5.1.4.1.1.481.2".into(),
+            sop_instance_uid: sop.into(),
+            transfer_syntax_uid: ts::EXPLICIT_VR_LE.into(),
+            calling_ae: "TPS".into(),
+            called_ae: "ESORISK".into(),
+        }
+    }
+
+    fn ui(out: &mut Vec<u8>, g: u16, e: u16, v: &str) {
+        let mut val = v.as_bytes().to_vec();
+        if val.len() % 2 == 1 {
+            val.push(0);
+        }
+        out.extend_from_slice(&g.to_le_bytes());
+        out.extend_from_slice(&e.to_le_bytes());
+        out.extend_from_slice(b"UI");
+        out.extend_from_slice(&(val.len() as u16).to_le_bytes());
+        out.extend_from_slice(&val);
+    }
+
+    fn data_set(sop: &str, study: &str) -> Vec<u8> {
+        let mut d = Vec::new();
+        ui(&mut d, 0x0008, 0x0016, "1.2.840.10008.5.1.4.1.1.481.2");
+        ui(&mut d, 0x0008, 0x0018, sop);
+        ui(&mut d, 0x0020, 0x000D, study);
+        ui(&mut d, 0x0020, 0x000E, "1.2.3.5");
+        d
+    }
+
+    #[test]
+    fn commit_places_a_readable_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), true, 0).expect("store");
+        let mut inc = store.begin(expected("1.2.3.6")).expect("begin");
+        let ds = data_set("1.2.3.6", "1.2.3.4");
+        inc.write(&ds).expect("write");
+        let stored = inc.commit().expect("commit");
+        assert_eq!(stored.relative_path, "store/1.2.3.4/1.2.3.5/1.2.3.6.dcm");
+        let path = dir.path().join(&stored.relative_path);
+        let obj = dicom_object::open_file(&path).expect("dicom-object reads it");
+        assert_eq!(obj.meta().media_storage_sop_instance_uid(), "1.2.3.6");
+        let bytes = fs::read(&path).expect("read");
+        assert!(bytes.ends_with(&ds), "data set stored byte for byte");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+    }
+
+    #[test]
+    fn path_traversal_uid_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), false, 0).expect("store");
+        let mut inc = store.begin(expected("1.2.3.6")).expect("begin");
+        inc.write(&data_set("1.2.3.6", "../../etc")).expect("write");
+        let err = inc.commit().expect_err("refused");
+        assert!(matches!(err, StoreError::InvalidUid { .. }), "{err}");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("store")).expect("store").count(), 0);
+    }
+
+    #[test]
+    fn mismatched_instance_is_refused_and_drop_cleans_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), false, 0).expect("store");
+        let mut inc = store.begin(expected("1.2.3.7")).expect("begin");
+        inc.write(&data_set("1.2.3.6", "1.2.3.4")).expect("write");
+        assert!(matches!(inc.commit(), Err(StoreError::Mismatch { .. })));
+        let inc = store.begin(expected("1.2.3.8")).expect("begin");
+        drop(inc);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+    }
+
+    #[test]
+    fn free_space_floor() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), false, u64::MAX / (1024 * 1024 * 2)).expect("store");
+        assert!(matches!(store.check_space(), Err(StoreError::DiskFull { .. })));
+    }
+}

@@ -142,7 +142,8 @@ impl Settings {
             }
         }
         if d.tls.enabled
-            && (d.tls.certificate.as_os_str().is_empty() || d.tls.private_key.as_os_str().is_empty())
+            && (d.tls.certificate.as_os_str().is_empty()
+                || d.tls.private_key.as_os_str().is_empty())
         {
             return Err(invalid(
                 "dicom.tls",
@@ -264,8 +265,11 @@ mod tests {
     fn invalid_values_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("bad.toml");
-        std::fs::write(&path, "[dicom]\nae_title = \"THIS_TITLE_IS_FAR_TOO_LONG\"\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "[dicom]\nae_title = \"THIS_TITLE_IS_FAR_TOO_LONG\"\n",
+        )
+        .expect("write");
         let err = Settings::load(Some(&path)).expect_err("must fail");
         assert!(err.to_string().contains("dicom.ae_title"), "{err}");
     }

@@ -118,7 +118,9 @@ impl Command {
                 value
                     .get(..2)
                     .map(|v| u16::from_le_bytes([v[0], v[1]]))
-                    .ok_or_else(|| CommandError(format!("(0000,{element:04X}) shorter than 2 bytes")))
+                    .ok_or_else(|| {
+                        CommandError(format!("(0000,{element:04X}) shorter than 2 bytes"))
+                    })
             };
             match t {
                 tag::COMMAND_FIELD => {
@@ -126,7 +128,9 @@ impl Command {
                     seen_field = true;
                 }
                 tag::MESSAGE_ID => cmd.message_id = Some(us()?),
-                tag::MESSAGE_ID_BEING_RESPONDED_TO => cmd.message_id_being_responded_to = Some(us()?),
+                tag::MESSAGE_ID_BEING_RESPONDED_TO => {
+                    cmd.message_id_being_responded_to = Some(us()?)
+                }
                 tag::PRIORITY => cmd.priority = Some(us()?),
                 tag::DATA_SET_TYPE => cmd.data_set_type = us()?,
                 tag::STATUS => cmd.status = Some(us()?),
@@ -178,7 +182,13 @@ impl Command {
             // LO: at most 64 characters, default repertoire, no backslash.
             let clean: String = c
                 .chars()
-                .map(|ch| if ch.is_ascii_graphic() || ch == ' ' { ch } else { '?' })
+                .map(|ch| {
+                    if ch.is_ascii_graphic() || ch == ' ' {
+                        ch
+                    } else {
+                        '?'
+                    }
+                })
                 .map(|ch| if ch == '\\' { '/' } else { ch })
                 .take(64)
                 .collect();

@@ -60,7 +60,10 @@ fn main() -> ExitCode {
         }
     };
     esorisk::logging::init(&settings.logging);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("esorisk: cannot start the runtime: {e}");
@@ -94,9 +97,17 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 println!(
                     "{}  patient {} ({})  {}  series {}  instances {}  {:.1} MB  last received {}",
                     s.study_instance_uid,
-                    if s.patient_id.is_empty() { "-" } else { &s.patient_id },
+                    if s.patient_id.is_empty() {
+                        "-"
+                    } else {
+                        &s.patient_id
+                    },
                     s.patient_name.as_deref().unwrap_or("-"),
-                    if s.modalities.is_empty() { "-" } else { &s.modalities },
+                    if s.modalities.is_empty() {
+                        "-"
+                    } else {
+                        &s.modalities
+                    },
                     s.series,
                     s.instances,
                     s.bytes as f64 / 1e6,

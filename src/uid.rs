@@ -23,7 +23,9 @@ impl fmt::Display for UidError {
             UidError::Empty => f.write_str("empty"),
             UidError::TooLong(n) => write!(f, "{n} characters, more than 64"),
             UidError::BadCharacter(c) => write!(f, "character {c:?} is not a digit or a dot"),
-            UidError::EmptyComponent => f.write_str("empty component (two dots in a row, or a dot at an end)"),
+            UidError::EmptyComponent => {
+                f.write_str("empty component (two dots in a row, or a dot at an end)")
+            }
         }
     }
 }
@@ -106,7 +108,10 @@ mod tests {
         assert_eq!(validate(""), Err(UidError::Empty));
         assert_eq!(validate("1..2"), Err(UidError::EmptyComponent));
         assert_eq!(validate("1.02"), Ok(()));
-        assert!(matches!(validate(&"1".repeat(65)), Err(UidError::TooLong(65))));
+        assert!(matches!(
+            validate(&"1".repeat(65)),
+            Err(UidError::TooLong(65))
+        ));
         assert_eq!(validate("1.2 .3"), Err(UidError::BadCharacter(' ')));
     }
 

@@ -64,7 +64,8 @@ pub fn now() -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );
-    t.format(&fmt).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    t.format(&fmt)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 impl Index {
@@ -75,7 +76,9 @@ impl Index {
         }
         let display = path.display().to_string();
         let options = SqliteConnectOptions::from_str("sqlite:")
-            .context(OpenSnafu { path: display.clone() })?
+            .context(OpenSnafu {
+                path: display.clone(),
+            })?
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -86,8 +89,13 @@ impl Index {
             .max_connections(4)
             .connect_with(options.clone())
             .await
-            .context(OpenSnafu { path: display.clone() })?;
-        sqlx::migrate!("./migrations").run(&pool).await.context(MigrateSnafu)?;
+            .context(OpenSnafu {
+                path: display.clone(),
+            })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .context(MigrateSnafu)?;
         let writer_pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options)
@@ -289,11 +297,12 @@ async fn upsert(
     let study = h.study_instance_uid.as_deref().unwrap_or_default();
     let series = h.series_instance_uid.as_deref().unwrap_or_default();
 
-    let previous: Option<String> = sqlx::query("SELECT file_path FROM instances WHERE sop_instance_uid = ?")
-        .bind(sop)
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(|row| row.get(0));
+    let previous: Option<String> =
+        sqlx::query("SELECT file_path FROM instances WHERE sop_instance_uid = ?")
+            .bind(sop)
+            .fetch_optional(&mut **tx)
+            .await?
+            .map(|row| row.get(0));
 
     let patient_pk: i64 = sqlx::query(
         "INSERT INTO patients (patient_id, patient_name, birth_date, sex, updated_at)

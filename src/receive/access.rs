@@ -39,7 +39,11 @@ impl PeerAccess {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
         let callers = &self.policy.allowed_callers;
-        if !callers.is_empty() && !callers.iter().any(|c| c.admits(calling_ae_title, self.peer.ip())) {
+        if !callers.is_empty()
+            && !callers
+                .iter()
+                .any(|c| c.admits(calling_ae_title, self.peer.ip()))
+        {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         Ok(())

@@ -73,7 +73,9 @@ pub async fn serve<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc).trim().to_string();
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
+        .trim()
+        .to_string();
     let called_ae = assoc.called_ae_title().trim().to_string();
     let contexts: HashMap<u8, (String, String)> = assoc
         .presentation_contexts()
@@ -121,7 +123,9 @@ where
                         data,
                     } = pdv;
                     if !contexts.contains_key(&pc_id) {
-                        break 'assoc format!("aborted: P-DATA on unaccepted presentation context {pc_id}");
+                        break 'assoc format!(
+                            "aborted: P-DATA on unaccepted presentation context {pc_id}"
+                        );
                     }
                     match value_type {
                         PDataValueType::Command => {
@@ -145,7 +149,15 @@ where
                                 Err(e) => break 'assoc format!("aborted: {e}"),
                             };
                             let (abstract_syntax, ts) = &contexts[&pc_id];
-                            match handle_command(&ctx, cmd, pc_id, abstract_syntax, ts, &calling_ae, &called_ae) {
+                            match handle_command(
+                                &ctx,
+                                cmd,
+                                pc_id,
+                                abstract_syntax,
+                                ts,
+                                &calling_ae,
+                                &called_ae,
+                            ) {
                                 Action::Respond(rsp) => {
                                     if let Err(e) = send_command(&mut assoc, pc_id, &rsp).await {
                                         break 'assoc format!("failed: sending response: {e}");
@@ -160,7 +172,8 @@ where
                                 break 'assoc "aborted: data set without a command".to_string();
                             };
                             if inflight.pc_id != pc_id {
-                                break 'assoc "aborted: data set on another presentation context".to_string();
+                                break 'assoc "aborted: data set on another presentation context"
+                                    .to_string();
                             }
                             if let Sink::Writer { tx, .. } = &inflight.sink {
                                 if tx.send(Chunk::Data(data)).await.is_err() {
@@ -170,8 +183,18 @@ where
                                 }
                             }
                             if is_last {
-                                let Some(inflight) = current.take() else { continue };
-                                let rsp = finish_instance(&ctx, inflight, &calling_ae, &called_ae, peer, &mut summary).await;
+                                let Some(inflight) = current.take() else {
+                                    continue;
+                                };
+                                let rsp = finish_instance(
+                                    &ctx,
+                                    inflight,
+                                    &calling_ae,
+                                    &called_ae,
+                                    peer,
+                                    &mut summary,
+                                )
+                                .await;
                                 if let Err(e) = send_command(&mut assoc, pc_id, &rsp).await {
                                     break 'assoc format!("failed: sending response: {e}");
                                 }
@@ -212,7 +235,9 @@ where
     if outcome.starts_with("aborted:") && !outcome.starts_with("aborted by peer") {
         let _ = assoc
             .send(&Pdu::AbortRQ {
-                source: AbortRQSource::ServiceProvider(AbortRQServiceProviderReason::ReasonNotSpecified),
+                source: AbortRQSource::ServiceProvider(
+                    AbortRQServiceProviderReason::ReasonNotSpecified,
+                ),
             })
             .await;
     }
@@ -242,8 +267,16 @@ fn handle_command(
         }
         dimse::C_STORE_RQ => {
             let refuse = |status: u16, comment: String| Sink::Discard { status, comment };
-            let sop_class = cmd.affected_sop_class_uid.as_deref().map(uid::trim).unwrap_or("");
-            let sop_instance = cmd.affected_sop_instance_uid.as_deref().map(uid::trim).unwrap_or("");
+            let sop_class = cmd
+                .affected_sop_class_uid
+                .as_deref()
+                .map(uid::trim)
+                .unwrap_or("");
+            let sop_instance = cmd
+                .affected_sop_instance_uid
+                .as_deref()
+                .map(uid::trim)
+                .unwrap_or("");
             let sink = if !cmd.has_data_set() {
                 // Nothing will follow: answer at once.
                 return Action::Respond(Command::store_response(
@@ -257,7 +290,10 @@ fn handle_command(
                     format!("SOP class {sop_class} differs from the negotiated {abstract_syntax}"),
                 )
             } else if let Err(reason) = uid::validate(sop_instance) {
-                refuse(status::INVALID_UID, format!("AffectedSOPInstanceUID invalid: {reason}"))
+                refuse(
+                    status::INVALID_UID,
+                    format!("AffectedSOPInstanceUID invalid: {reason}"),
+                )
             } else if let Err(e) = ctx.store.check_space() {
                 refuse(status::OUT_OF_RESOURCES, e.to_string())
             } else {
@@ -270,11 +306,19 @@ fn handle_command(
                 };
                 start_writer(&ctx.store, expected)
             };
-            Action::ReceiveDataSet(InFlight { rq: cmd, pc_id, sink })
+            Action::ReceiveDataSet(InFlight {
+                rq: cmd,
+                pc_id,
+                sink,
+            })
         }
         dimse::C_CANCEL_RQ => Action::Nothing,
         field if field & 0x8000 == 0 => {
-            warn!(calling_ae, command_field = format!("{field:#06x}"), "unsupported DIMSE operation");
+            warn!(
+                calling_ae,
+                command_field = format!("{field:#06x}"),
+                "unsupported DIMSE operation"
+            );
             let rsp = Command {
                 command_field: field | 0x8000,
                 message_id_being_responded_to: cmd.message_id,
@@ -329,7 +373,10 @@ fn start_writer(store: &Store, expected: Expected) -> Sink {
         // Channel closed without Finish: the association ended early.
         // Dropping `incoming` removes the temporary file.
         Err(StoreError::Io {
-            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "data set not completed"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "data set not completed",
+            ),
         })
     });
     Sink::Writer { tx, done }
@@ -379,7 +426,11 @@ async fn finish_instance(
         }
     };
     let study_uid = stored.header.study_instance_uid.clone().unwrap_or_default();
-    let series_uid = stored.header.series_instance_uid.clone().unwrap_or_default();
+    let series_uid = stored
+        .header
+        .series_instance_uid
+        .clone()
+        .unwrap_or_default();
     let size = stored.size_bytes;
     let relative_path = stored.relative_path.clone();
     let was_replacement = stored.replaced;
@@ -415,7 +466,11 @@ async fn finish_instance(
                 calling_ae, %peer, sop_instance_uid = %sop_instance, study_uid = %study_uid,
                 error = %e, "instance not indexed"
             );
-            Command::store_response(&rq, status::OUT_OF_RESOURCES, Some(format!("index failure: {e}")))
+            Command::store_response(
+                &rq,
+                status::OUT_OF_RESOURCES,
+                Some(format!("index failure: {e}")),
+            )
         }
     }
 }

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dicom_ul::pdu::{
-    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason, AssociationRJSource, Pdu,
+    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
+    AssociationRJSource, Pdu,
 };
 use dicom_ul::ServerAssociationOptions;
 use snafu::{ResultExt, Snafu};
@@ -34,13 +35,19 @@ use association::Context;
 #[derive(Debug, Snafu)]
 pub enum NodeError {
     #[snafu(display("cannot prepare the data directory {path}: {source}"))]
-    DataDir { path: String, source: std::io::Error },
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
     #[snafu(display("{source}"))]
     Index { source: IndexError },
     #[snafu(display("{source}"))]
     Config { source: ConfigError },
     #[snafu(display("cannot listen on {addr}: {source}"))]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[snafu(display("TLS set-up failed: {message}"))]
     Tls { message: String },
 }
@@ -58,18 +65,26 @@ impl Node {
     /// Open the store and index, recover from any crash, and bind the port.
     pub async fn start(settings: Settings) -> Result<Node, NodeError> {
         let data_dir = settings.storage.data_dir.clone();
-        let store = Store::open(&data_dir, settings.storage.fsync, settings.storage.min_free_mb).context(
-            DataDirSnafu {
-                path: data_dir.display().to_string(),
-            },
-        )?;
+        let store = Store::open(
+            &data_dir,
+            settings.storage.fsync,
+            settings.storage.min_free_mb,
+        )
+        .context(DataDirSnafu {
+            path: data_dir.display().to_string(),
+        })?;
         let removed = store.clean_tmp().context(DataDirSnafu {
             path: data_dir.display().to_string(),
         })?;
         if removed > 0 {
-            info!(removed, "removed partial files of instances that were never acknowledged");
+            info!(
+                removed,
+                "removed partial files of instances that were never acknowledged"
+            );
         }
-        let index = Index::open(&settings.database_path()).await.context(IndexSnafu)?;
+        let index = Index::open(&settings.database_path())
+            .await
+            .context(IndexSnafu)?;
         recover_unindexed(&store, &index).await;
 
         let policy = Arc::new(Policy {
@@ -82,7 +97,9 @@ impl Node {
             None
         };
         let addr = format!("{}:{}", settings.dicom.bind, settings.dicom.port);
-        let listener = TcpListener::bind(&addr).await.context(BindSnafu { addr: addr.clone() })?;
+        let listener = TcpListener::bind(&addr)
+            .await
+            .context(BindSnafu { addr: addr.clone() })?;
         let ctx = Arc::new(Context {
             store,
             index,
@@ -205,7 +222,14 @@ impl OptionsTemplate {
         }
     }
 
-    fn build(&self, access: PeerAccess) -> ServerAssociationOptions<'static, PeerAccess, dicom_ul::association::server::DefaultNegotiation> {
+    fn build(
+        &self,
+        access: PeerAccess,
+    ) -> ServerAssociationOptions<
+        'static,
+        PeerAccess,
+        dicom_ul::association::server::DefaultNegotiation,
+    > {
         let mut options = ServerAssociationOptions::new()
             .ae_access_control(access)
             .ae_title(self.ae_title.clone())
@@ -252,7 +276,11 @@ async fn handle_connection(
 async fn log_refused(ctx: &Context, peer: &str, e: &dicom_ul::association::Error) {
     let outcome = format!("rejected: {e}");
     info!(%peer, outcome, "association not established");
-    if let Err(err) = ctx.index.association_started(None, None, peer, Some(&outcome)).await {
+    if let Err(err) = ctx
+        .index
+        .association_started(None, None, peer, Some(&outcome))
+        .await
+    {
         warn!(error = %err, "cannot log association");
     }
 }
@@ -265,13 +293,21 @@ async fn run_association<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc).trim().to_string();
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
+        .trim()
+        .to_string();
     let called_ae = assoc.called_ae_title().trim().to_string();
     let contexts: Vec<String> = assoc
         .presentation_contexts()
         .iter()
         .filter(|pc| pc.reason == dicom_ul::pdu::PresentationContextResultReason::Acceptance)
-        .map(|pc| format!("{}@{}", sop::name(crate::uid::trim(&pc.abstract_syntax)), crate::uid::trim(&pc.transfer_syntax)))
+        .map(|pc| {
+            format!(
+                "{}@{}",
+                sop::name(crate::uid::trim(&pc.abstract_syntax)),
+                crate::uid::trim(&pc.transfer_syntax)
+            )
+        })
         .collect();
     info!(calling_ae, called_ae, %peer, accepted = ?contexts, "association accepted");
     let row = ctx
@@ -288,7 +324,13 @@ async fn run_association<S>(
     if let Some(id) = row {
         if let Err(e) = ctx
             .index
-            .association_ended(id, &summary.outcome, summary.stored, summary.failed, summary.bytes)
+            .association_ended(
+                id,
+                &summary.outcome,
+                summary.stored,
+                summary.failed,
+                summary.bytes,
+            )
             .await
         {
             warn!(error = %e, "cannot log association end");
@@ -343,14 +385,20 @@ async fn send_busy_reject<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(Option<String>, Option<String>), String> {
     let read = async {
         let mut head = [0u8; 6];
-        stream.read_exact(&mut head).await.map_err(|e| e.to_string())?;
+        stream
+            .read_exact(&mut head)
+            .await
+            .map_err(|e| e.to_string())?;
         let len = u32::from_be_bytes([head[2], head[3], head[4], head[5]]) as usize;
         if head[0] != 0x01 || len > 64 * 1024 {
             return Err("not an A-ASSOCIATE-RQ".to_string());
         }
         let mut buf = head.to_vec();
         buf.resize(6 + len, 0);
-        stream.read_exact(&mut buf[6..]).await.map_err(|e| e.to_string())?;
+        stream
+            .read_exact(&mut buf[6..])
+            .await
+            .map_err(|e| e.to_string())?;
         match dicom_ul::read_pdu(&buf[..], 64 * 1024 + 6, false) {
             Ok(Some(Pdu::AssociationRQ(rq))) => Ok((
                 Some(rq.calling_ae_title.trim().to_string()),
@@ -391,9 +439,10 @@ async fn recover_unindexed(store: &Store, index: &Index) {
     };
     let data_dir = store.data_dir().to_path_buf();
     let store_dir = store.store_dir().to_path_buf();
-    let found = tokio::task::spawn_blocking(move || recover::find_unindexed(&data_dir, &store_dir, &known))
-        .await
-        .unwrap_or_default();
+    let found =
+        tokio::task::spawn_blocking(move || recover::find_unindexed(&data_dir, &store_dir, &known))
+            .await
+            .unwrap_or_default();
     for (stored, path) in found {
         let record = InstanceRecord {
             stored,
@@ -415,23 +464,37 @@ mod recover {
 
     use crate::store::{scan, ts, Stored};
 
-    pub fn find_unindexed(data_dir: &Path, store_dir: &Path, known: &HashSet<String>) -> Vec<(Stored, String)> {
+    pub fn find_unindexed(
+        data_dir: &Path,
+        store_dir: &Path,
+        known: &HashSet<String>,
+    ) -> Vec<(Stored, String)> {
         let mut out = Vec::new();
-        let Ok(studies) = std::fs::read_dir(store_dir) else { return out };
+        let Ok(studies) = std::fs::read_dir(store_dir) else {
+            return out;
+        };
         for study in studies.flatten() {
-            let Ok(series) = std::fs::read_dir(study.path()) else { continue };
+            let Ok(series) = std::fs::read_dir(study.path()) else {
+                continue;
+            };
             for s in series.flatten() {
-                let Ok(files) = std::fs::read_dir(s.path()) else { continue };
+                let Ok(files) = std::fs::read_dir(s.path()) else {
+                    continue;
+                };
                 for f in files.flatten() {
                     let path = f.path();
-                    let Ok(rel) = path.strip_prefix(data_dir) else { continue };
+                    let Ok(rel) = path.strip_prefix(data_dir) else {
+                        continue;
+                    };
                     let rel = rel.to_string_lossy().to_string();
                     if known.contains(&rel) || path.extension().is_none_or(|e| e != "dcm") {
                         continue;
                     }
                     match read_stored(&path, rel.clone()) {
                         Some(stored) => out.push((stored, rel)),
-                        None => tracing::warn!(path = %path.display(), "unreadable file in the store left alone"),
+                        None => {
+                            tracing::warn!(path = %path.display(), "unreadable file in the store left alone")
+                        }
                     }
                 }
             }
@@ -444,11 +507,8 @@ mod recover {
         let size_bytes = file.metadata().ok()?.len();
         let meta = {
             use std::io::{Read, Seek};
-            let mut pre = [0u8; 132];
+            let mut pre = [0u8; 128];
             file.read_exact(&mut pre).ok()?;
-            if &pre[128..] != b"DICM" {
-                return None;
-            }
             let meta = dicom_object::meta::FileMetaTable::from_reader(&mut file).ok()?;
             let offset = file.stream_position().ok()?;
             (meta, offset)
@@ -479,16 +539,21 @@ fn tls_config(settings: &Settings) -> Result<Arc<rustls::ServerConfig>, NodeErro
         .collect::<Result<_, _>>()
         .map_err(|e| fail(format!("certificate: {e}")))?;
     if certs.is_empty() {
-        return Err(fail(format!("no certificate in {}", tls.certificate.display())));
+        return Err(fail(format!(
+            "no certificate in {}",
+            tls.certificate.display()
+        )));
     }
     let key = rustls_pemfile::private_key(&mut &key_pem[..])
         .map_err(|e| fail(format!("private key: {e}")))?
         .ok_or_else(|| fail(format!("no private key in {}", tls.private_key.display())))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fail(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| fail(e.to_string()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| fail(e.to_string()))?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| fail(e.to_string()))?;
     Ok(Arc::new(config))
 }

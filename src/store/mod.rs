@@ -65,7 +65,9 @@ pub mod ts {
             IMPLICIT_VR_LE => Some((Encoding::IMPLICIT_LE, false)),
             EXPLICIT_VR_BE => Some((Encoding::EXPLICIT_BE, false)),
             DEFLATED_EXPLICIT_VR_LE => Some((Encoding::EXPLICIT_LE, true)),
-            u if u == EXPLICIT_VR_LE || ENCAPSULATED.contains(&u) => Some((Encoding::EXPLICIT_LE, false)),
+            u if u == EXPLICIT_VR_LE || ENCAPSULATED.contains(&u) => {
+                Some((Encoding::EXPLICIT_LE, false))
+            }
             _ => None,
         }
     }
@@ -98,7 +100,9 @@ pub enum StoreError {
         value: String,
         reason: uid::UidError,
     },
-    #[snafu(display("{attribute} in the data set ({found}) differs from the request ({expected})"))]
+    #[snafu(display(
+        "{attribute} in the data set ({found}) differs from the request ({expected})"
+    ))]
     Mismatch {
         attribute: &'static str,
         expected: String,
@@ -204,11 +208,12 @@ impl Store {
     /// Start receiving an instance: a temporary file with the file meta
     /// information already written.
     pub fn begin(&self, expected: Expected) -> Result<Incoming, StoreError> {
-        let (encoding, deflated) = ts::encoding(&expected.transfer_syntax_uid).ok_or_else(|| {
-            StoreError::UnsupportedTransferSyntax {
-                uid: expected.transfer_syntax_uid.clone(),
-            }
-        })?;
+        let (encoding, deflated) =
+            ts::encoding(&expected.transfer_syntax_uid).ok_or_else(|| {
+                StoreError::UnsupportedTransferSyntax {
+                    uid: expected.transfer_syntax_uid.clone(),
+                }
+            })?;
         let tmp_path = self.tmp_dir.join(format!("{}.part", uid::generate()));
         let file = OpenOptions::new()
             .write(true)
@@ -354,8 +359,14 @@ impl Incoming {
             }
             .fail();
         }
-        let study = required_uid(h.study_instance_uid.as_deref(), "StudyInstanceUID (0020,000D)")?;
-        let series = required_uid(h.series_instance_uid.as_deref(), "SeriesInstanceUID (0020,000E)")?;
+        let study = required_uid(
+            h.study_instance_uid.as_deref(),
+            "StudyInstanceUID (0020,000D)",
+        )?;
+        let series = required_uid(
+            h.series_instance_uid.as_deref(),
+            "SeriesInstanceUID (0020,000E)",
+        )?;
         Ok((study, series))
     }
 }
@@ -446,7 +457,10 @@ mod tests {
         assert_eq!(obj.meta().media_storage_sop_instance_uid(), "1.2.3.6");
         let bytes = fs::read(&path).expect("read");
         assert!(bytes.ends_with(&ds), "data set stored byte for byte");
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0
+        );
     }
 
     #[test]
@@ -457,8 +471,16 @@ mod tests {
         inc.write(&data_set("1.2.3.6", "../../etc")).expect("write");
         let err = inc.commit().expect_err("refused");
         assert!(matches!(err, StoreError::InvalidUid { .. }), "{err}");
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
-        assert_eq!(fs::read_dir(dir.path().join("store")).expect("store").count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0
+        );
+        assert_eq!(
+            fs::read_dir(dir.path().join("store"))
+                .expect("store")
+                .count(),
+            0
+        );
     }
 
     #[test]
@@ -470,13 +492,19 @@ mod tests {
         assert!(matches!(inc.commit(), Err(StoreError::Mismatch { .. })));
         let inc = store.begin(expected("1.2.3.8")).expect("begin");
         drop(inc);
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).expect("tmp").count(), 0);
+        assert_eq!(
+            fs::read_dir(dir.path().join("tmp")).expect("tmp").count(),
+            0
+        );
     }
 
     #[test]
     fn free_space_floor() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path(), false, u64::MAX / (1024 * 1024 * 2)).expect("store");
-        assert!(matches!(store.check_space(), Err(StoreError::DiskFull { .. })));
+        assert!(matches!(
+            store.check_space(),
+            Err(StoreError::DiskFull { .. })
+        ));
     }
 }

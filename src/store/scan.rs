@@ -74,7 +74,9 @@ impl fmt::Display for ScanError {
             ScanError::Truncated { offset, what } => {
                 write!(f, "data set truncated at byte {offset}: {what}")
             }
-            ScanError::Invalid { offset, what } => write!(f, "malformed data set at byte {offset}: {what}"),
+            ScanError::Invalid { offset, what } => {
+                write!(f, "malformed data set at byte {offset}: {what}")
+            }
         }
     }
 }
@@ -182,7 +184,11 @@ pub fn scan_file<R: Read + Seek>(
     let reader = BufReader::with_capacity(64 * 1024, file);
     if deflated {
         let inflater = BufReader::new(flate2::bufread::DeflateDecoder::new(reader));
-        Walker::new(StreamSource { inner: inflater, pos: 0 }).run(encoding)
+        Walker::new(StreamSource {
+            inner: inflater,
+            pos: 0,
+        })
+        .run(encoding)
     } else {
         Walker::new(FileSource {
             inner: reader,
@@ -259,7 +265,10 @@ impl<S: Source> Walker<S> {
         let mut b = [0u8; 4];
         match self.src.read_exact_at(&mut b)? {
             0 => Ok(None),
-            4 => Ok(Some((self.u16([b[0], b[1]], enc), self.u16([b[2], b[3]], enc)))),
+            4 => Ok(Some((
+                self.u16([b[0], b[1]], enc),
+                self.u16([b[2], b[3]], enc),
+            ))),
             _ => Err(self.truncated("partial tag")),
         }
     }
@@ -272,7 +281,11 @@ impl<S: Source> Walker<S> {
         Ok(self.u32(b, enc))
     }
 
-    fn element_header(&mut self, tag: (u16, u16), enc: Encoding) -> Result<ElementHeader, ScanError> {
+    fn element_header(
+        &mut self,
+        tag: (u16, u16),
+        enc: Encoding,
+    ) -> Result<ElementHeader, ScanError> {
         let offset = self.src.position() - 4;
         if !enc.explicit_vr || tag.0 == 0xFFFE {
             let len = self.len4(enc)?;
@@ -289,12 +302,27 @@ impl<S: Source> Walker<S> {
         if !vr.iter().all(u8::is_ascii_uppercase) {
             return Err(self.invalid(
                 offset,
-                format!("element ({:04X},{:04X}) has an invalid VR {:02X}{:02X}", tag.0, tag.1, vr[0], vr[1]),
+                format!(
+                    "element ({:04X},{:04X}) has an invalid VR {:02X}{:02X}",
+                    tag.0, tag.1, vr[0], vr[1]
+                ),
             ));
         }
         let len = if matches!(
             &vr,
-            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN" | b"UR" | b"UT" | b"UV"
+            b"OB"
+                | b"OD"
+                | b"OF"
+                | b"OL"
+                | b"OV"
+                | b"OW"
+                | b"SQ"
+                | b"SV"
+                | b"UC"
+                | b"UN"
+                | b"UR"
+                | b"UT"
+                | b"UV"
         ) {
             let mut reserved = [0u8; 2];
             if self.src.read_exact_at(&mut reserved)? != 2 {
@@ -326,14 +354,23 @@ impl<S: Source> Walker<S> {
         }
         let got = self.src.skip(n)?;
         if got != n {
-            return Err(self.truncated(format!("value of ({:04X},{:04X}) is cut short", tag.0, tag.1)));
+            return Err(self.truncated(format!(
+                "value of ({:04X},{:04X}) is cut short",
+                tag.0, tag.1
+            )));
         }
         Ok(())
     }
 
     /// Walk a data set (top level or an item) until the end of input, the
     /// end of a defined-length item, or an item delimiter.
-    fn data_set(&mut self, enc: Encoding, depth: usize, end: Option<u64>, delimited: bool) -> Result<(), ScanError> {
+    fn data_set(
+        &mut self,
+        enc: Encoding,
+        depth: usize,
+        end: Option<u64>,
+        delimited: bool,
+    ) -> Result<(), ScanError> {
         if depth > MAX_DEPTH {
             return Err(self.invalid(self.src.position(), "sequences nested too deeply"));
         }
@@ -384,21 +421,30 @@ impl<S: Source> Walker<S> {
                 } else {
                     return Err(self.invalid(
                         el.offset,
-                        format!("({:04X},{:04X}) has undefined length but is not a sequence", tag.0, tag.1),
+                        format!(
+                            "({:04X},{:04X}) has undefined length but is not a sequence",
+                            tag.0, tag.1
+                        ),
                     ));
                 }
             } else if el.vr == Some(*b"SQ") {
                 let end = self.src.position() + u64::from(el.len);
                 if let Some(rem) = self.src.remaining() {
                     if u64::from(el.len) > rem {
-                        return Err(self.truncated(format!("sequence ({:04X},{:04X}) is cut short", tag.0, tag.1)));
+                        return Err(self.truncated(format!(
+                            "sequence ({:04X},{:04X}) is cut short",
+                            tag.0, tag.1
+                        )));
                     }
                 }
                 self.sequence_until(enc, depth, end)?;
             } else if depth == 0 && el.len <= MAX_KEPT_VALUE && is_kept(tag) {
                 let mut buf = vec![0u8; el.len as usize];
                 if self.src.read_exact_at(&mut buf)? != buf.len() {
-                    return Err(self.truncated(format!("value of ({:04X},{:04X}) is cut short", tag.0, tag.1)));
+                    return Err(self.truncated(format!(
+                        "value of ({:04X},{:04X}) is cut short",
+                        tag.0, tag.1
+                    )));
                 }
                 self.keep(tag, &buf, enc);
             } else {
@@ -420,7 +466,10 @@ impl<S: Source> Walker<S> {
                 other => {
                     return Err(self.invalid(
                         self.src.position() - 8,
-                        format!("({:04X},{:04X}) where a sequence item was expected", other.0, other.1),
+                        format!(
+                            "({:04X},{:04X}) where a sequence item was expected",
+                            other.0, other.1
+                        ),
                     ))
                 }
             }
@@ -441,13 +490,19 @@ impl<S: Source> Walker<S> {
                 other => {
                     return Err(self.invalid(
                         self.src.position() - 8,
-                        format!("({:04X},{:04X}) where a sequence item was expected", other.0, other.1),
+                        format!(
+                            "({:04X},{:04X}) where a sequence item was expected",
+                            other.0, other.1
+                        ),
                     ))
                 }
             }
         }
         if self.src.position() != end {
-            return Err(self.invalid(self.src.position(), "sequence items overrun the sequence length"));
+            return Err(self.invalid(
+                self.src.position(),
+                "sequence items overrun the sequence length",
+            ));
         }
         Ok(())
     }
@@ -564,7 +619,9 @@ fn is_kept(tag: (u16, u16)) -> bool {
 
 /// Strip DICOM padding (trailing NUL and spaces, leading spaces).
 fn clean(s: &str) -> String {
-    s.trim_end_matches(['\0', ' ']).trim_start_matches(' ').to_string()
+    s.trim_end_matches(['\0', ' '])
+        .trim_start_matches(' ')
+        .to_string()
 }
 
 #[cfg(test)]
@@ -626,7 +683,10 @@ mod tests {
     #[test]
     fn reads_header_and_skips_values() {
         let h = scan_bytes(&sample(), Encoding::EXPLICIT_LE).expect("scan");
-        assert_eq!(h.sop_class_uid.as_deref(), Some("1.2.840.10008.5.1.4.1.1.481.2"));
+        assert_eq!(
+            h.sop_class_uid.as_deref(),
+            Some("1.2.840.10008.5.1.4.1.1.481.2")
+        );
         assert_eq!(h.sop_instance_uid.as_deref(), Some("1.2.3.4"));
         assert_eq!(h.study_instance_uid.as_deref(), Some("1.2.5"));
         assert_eq!(h.series_instance_uid.as_deref(), Some("1.2.6"));
@@ -655,7 +715,9 @@ mod tests {
 
     #[test]
     fn garbage_is_refused() {
-        let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let junk: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         assert!(scan_bytes(&junk, Encoding::EXPLICIT_LE).is_err());
         assert!(scan_bytes(&junk, Encoding::IMPLICIT_LE).is_err());
     }
@@ -663,7 +725,13 @@ mod tests {
     #[test]
     fn encapsulated_pixel_data() {
         let mut d = Vec::new();
-        el_explicit(&mut d, 0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.2\0");
+        el_explicit(
+            &mut d,
+            0x0008,
+            0x0016,
+            b"UI",
+            b"1.2.840.10008.5.1.4.1.1.2\0",
+        );
         d.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00]);
         d.extend_from_slice(b"OB\0\0");
         d.extend_from_slice(&UNDEFINED.to_le_bytes());

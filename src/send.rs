@@ -1,0 +1,230 @@
+//! The sending side of C-STORE and C-ECHO (service class user).
+//!
+//! Used to deliver results to configured destinations, and by the tests to
+//! talk to the node the way a planning system would.
+
+use std::path::Path;
+
+use dicom_ul::association::client::AsyncClientAssociation;
+use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
+use dicom_ul::ClientAssociationOptions;
+use snafu::{ResultExt, Snafu};
+use tokio::net::TcpStream;
+
+use crate::dimse::{Command, CommandError};
+
+#[derive(Debug, Snafu)]
+pub enum SendError {
+    #[snafu(display("association with {addr} failed: {source}"))]
+    Associate {
+        addr: String,
+        #[snafu(source(from(dicom_ul::association::Error, Box::new)))]
+        source: Box<dicom_ul::association::Error>,
+    },
+    #[snafu(display("network error: {source}"))]
+    Network {
+        #[snafu(source(from(dicom_ul::association::Error, Box::new)))]
+        source: Box<dicom_ul::association::Error>,
+    },
+    #[snafu(display("the peer accepted no presentation context for {abstract_syntax}"))]
+    NoContext { abstract_syntax: String },
+    #[snafu(display("unexpected answer from the peer: {what}"))]
+    Protocol { what: String },
+    #[snafu(display("{source}"))]
+    Command { source: CommandError },
+    #[snafu(display("cannot read {path}: {message}"))]
+    File { path: String, message: String },
+}
+
+/// A DICOM file split into what C-STORE needs.
+#[derive(Debug, Clone)]
+pub struct DicomFile {
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+    pub transfer_syntax_uid: String,
+    /// The data set exactly as encoded in the file, after the meta group.
+    pub data_set: Vec<u8>,
+}
+
+impl DicomFile {
+    pub fn read(path: &Path) -> Result<DicomFile, SendError> {
+        let fail = |message: String| SendError::File {
+            path: path.display().to_string(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+        // Files normally have a 128-byte preamble; some writers omit it.
+        let start = if bytes.len() >= 132 && &bytes[128..132] == b"DICM" {
+            128
+        } else if bytes.starts_with(b"DICM") {
+            0
+        } else {
+            return Err(fail("no DICOM file meta information".into()));
+        };
+        let mut cursor = &bytes[start..];
+        let meta = dicom_object::meta::FileMetaTable::from_reader(&mut cursor)
+            .map_err(|e| fail(e.to_string()))?;
+        let offset = bytes.len() - cursor.len();
+        Ok(DicomFile {
+            sop_class_uid: crate::uid::trim(meta.media_storage_sop_class_uid()).to_string(),
+            sop_instance_uid: crate::uid::trim(meta.media_storage_sop_instance_uid()).to_string(),
+            transfer_syntax_uid: crate::uid::trim(meta.transfer_syntax()).to_string(),
+            data_set: bytes[offset..].to_vec(),
+        })
+    }
+}
+
+/// Open an association proposing each (abstract syntax, transfer syntaxes).
+pub async fn associate(
+    addr: &str,
+    calling_ae: &str,
+    called_ae: &str,
+    contexts: &[(&str, Vec<&str>)],
+) -> Result<AsyncClientAssociation<TcpStream>, SendError> {
+    let mut options = ClientAssociationOptions::new()
+        .calling_ae_title(calling_ae.to_string())
+        .called_ae_title(called_ae.to_string())
+        .max_pdu_length(262_138);
+    for (abstract_syntax, ts) in contexts {
+        options = options.with_presentation_context(
+            abstract_syntax.to_string(),
+            ts.iter().map(|t| t.to_string()).collect(),
+        );
+    }
+    options.establish_async(addr).await.context(AssociateSnafu {
+        addr: addr.to_string(),
+    })
+}
+
+/// The accepted presentation context for an abstract syntax and transfer syntax.
+pub fn context_id(
+    assoc: &AsyncClientAssociation<TcpStream>,
+    abstract_syntax: &str,
+    transfer_syntax: &str,
+) -> Option<u8> {
+    assoc
+        .presentation_contexts()
+        .iter()
+        .find(|pc| {
+            pc.reason == PresentationContextResultReason::Acceptance
+                && crate::uid::trim(&pc.abstract_syntax) == abstract_syntax
+                && crate::uid::trim(&pc.transfer_syntax) == transfer_syntax
+        })
+        .map(|pc| pc.id)
+}
+
+/// Send a command and an optional data set, split into PDUs that fit the
+/// peer's maximum length.
+pub async fn send_message(
+    assoc: &mut AsyncClientAssociation<TcpStream>,
+    pc_id: u8,
+    command: &Command,
+    data_set: Option<&[u8]>,
+) -> Result<(), SendError> {
+    assoc
+        .send(&Pdu::PData {
+            data: vec![PDataValue {
+                presentation_context_id: pc_id,
+                value_type: PDataValueType::Command,
+                is_last: true,
+                data: command.encode(),
+            }],
+        })
+        .await
+        .context(NetworkSnafu)?;
+    if let Some(data) = data_set {
+        // PDU header (6) + PDV header (6) must fit too.
+        let max = (assoc.acceptor_max_pdu_length() as usize)
+            .saturating_sub(12)
+            .max(1024);
+        let chunks: Vec<&[u8]> = if data.is_empty() {
+            vec![&[]]
+        } else {
+            data.chunks(max).collect()
+        };
+        let n = chunks.len();
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            assoc
+                .send(&Pdu::PData {
+                    data: vec![PDataValue {
+                        presentation_context_id: pc_id,
+                        value_type: PDataValueType::Data,
+                        is_last: i + 1 == n,
+                        data: chunk.to_vec(),
+                    }],
+                })
+                .await
+                .context(NetworkSnafu)?;
+        }
+    }
+    Ok(())
+}
+
+/// Wait for the next command (a response).
+pub async fn receive_command(
+    assoc: &mut AsyncClientAssociation<TcpStream>,
+) -> Result<Command, SendError> {
+    let mut bytes = Vec::new();
+    loop {
+        match assoc.receive().await.context(NetworkSnafu)? {
+            Pdu::PData { data } => {
+                for pdv in data {
+                    if pdv.value_type != PDataValueType::Command {
+                        return ProtocolSnafu {
+                            what: "data set where a response was expected",
+                        }
+                        .fail();
+                    }
+                    bytes.extend_from_slice(&pdv.data);
+                    if pdv.is_last {
+                        return Command::decode(&bytes).context(CommandSnafu);
+                    }
+                }
+            }
+            other => {
+                return ProtocolSnafu {
+                    what: format!("{other:?}").chars().take(120).collect::<String>(),
+                }
+                .fail()
+            }
+        }
+    }
+}
+
+/// C-STORE one data set; returns the response command.
+pub async fn store(
+    assoc: &mut AsyncClientAssociation<TcpStream>,
+    message_id: u16,
+    file: &DicomFile,
+) -> Result<Command, SendError> {
+    let pc_id =
+        context_id(assoc, &file.sop_class_uid, &file.transfer_syntax_uid).ok_or_else(|| {
+            SendError::NoContext {
+                abstract_syntax: file.sop_class_uid.clone(),
+            }
+        })?;
+    let rq = Command::store_request(message_id, &file.sop_class_uid, &file.sop_instance_uid);
+    send_message(assoc, pc_id, &rq, Some(&file.data_set)).await?;
+    receive_command(assoc).await
+}
+
+/// C-ECHO on an accepted Verification context; returns the status.
+pub async fn echo(
+    assoc: &mut AsyncClientAssociation<TcpStream>,
+    message_id: u16,
+) -> Result<u16, SendError> {
+    let pc_id = assoc
+        .presentation_contexts()
+        .iter()
+        .find(|pc| {
+            pc.reason == PresentationContextResultReason::Acceptance
+                && crate::uid::trim(&pc.abstract_syntax) == crate::dimse::VERIFICATION_SOP_CLASS
+        })
+        .map(|pc| pc.id)
+        .ok_or_else(|| SendError::NoContext {
+            abstract_syntax: crate::dimse::VERIFICATION_SOP_CLASS.into(),
+        })?;
+    send_message(assoc, pc_id, &Command::echo_request(message_id), None).await?;
+    let rsp = receive_command(assoc).await?;
+    Ok(rsp.status.unwrap_or(0xFFFF))
+}

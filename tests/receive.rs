@@ -1,0 +1,892 @@
+//! The node against real DICOM peers: DCMTK's storescu/echoscu and a Rust
+//! client built on dicom-ul, with real files and a real SQLite index.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use dicom_core::value::{PixelFragmentSequence, Value};
+use dicom_core::{DataElement, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::meta::FileMetaTableBuilder;
+use esorisk::dimse::{status, Command};
+use esorisk::send::{self, DicomFile};
+use esorisk::store::ts;
+
+const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+const RT_DOSE: &str = "1.2.840.10008.5.1.4.1.1.481.2";
+
+/// Assert that `sent` is stored byte-equal in its data set, and indexed.
+fn assert_stored(node: &TestNode, sent: &Path) {
+    let u = uids(sent);
+    let stored = node.store_path(&u.study, &u.series, &u.sop);
+    assert!(
+        stored.is_file(),
+        "{} not stored at {}",
+        sent.display(),
+        stored.display()
+    );
+    assert_eq!(uids(&stored).ts, u.ts, "transfer syntax kept");
+    assert!(
+        data_set(&stored) == data_set(sent),
+        "data set of {} differs from what was sent",
+        sent.display()
+    );
+    let rows = query(
+        &node.db_path(),
+        &format!(
+            "SELECT sop_class_uid, transfer_syntax_uid, file_path, study_instance_uid, size_bytes, calling_ae
+             FROM instances WHERE sop_instance_uid = '{}'",
+            u.sop
+        ),
+    );
+    assert_eq!(rows.len(), 1, "one row for {}", u.sop);
+    let r = &rows[0];
+    assert_eq!(r[0].as_deref(), Some(u.sop_class.as_str()));
+    assert_eq!(r[1].as_deref(), Some(u.ts.as_str()));
+    assert_eq!(
+        r[2].as_deref(),
+        Some(format!("store/{}/{}/{}.dcm", u.study, u.series, u.sop).as_str())
+    );
+    assert_eq!(r[3].as_deref(), Some(u.study.as_str()));
+    let size: u64 = r[4].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+    assert_eq!(
+        size,
+        std::fs::metadata(&stored).map(|m| m.len()).unwrap_or(1)
+    );
+    assert!(r[5].is_some(), "calling AE recorded");
+}
+
+fn convert(tool: &str, args: &[&str], src: &Path, dst: &Path) {
+    let mut all: Vec<&str> = args.to_vec();
+    let (s, d) = (src.display().to_string(), dst.display().to_string());
+    all.push(&s);
+    all.push(&d);
+    let out = dcmtk(tool, &all);
+    assert!(out.status.success(), "{tool} failed: {}", text(&out));
+}
+
+/// A CT slice re-encapsulated as JPEG 2000 (the fragment is opaque to the
+/// node, which stores encapsulated data as received).
+fn jpeg2000_file(src: &Path, dst: &Path) {
+    let file = dicom_object::open_file(src).expect("open");
+    let sop_class = file.meta().media_storage_sop_class_uid().to_string();
+    let sop = file.meta().media_storage_sop_instance_uid().to_string();
+    let mut obj = file.into_inner();
+    let fragment = vec![0xFF, 0x4F, 0xFF, 0x51, 1, 2, 3, 4, 5, 6, 0xFF, 0xD9];
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        Value::PixelSequence(PixelFragmentSequence::new(vec![], vec![fragment])),
+    ));
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(sop_class.trim_end_matches('\0'))
+        .media_storage_sop_instance_uid(sop.trim_end_matches('\0'))
+        .transfer_syntax(ts::JPEG_2000_LOSSLESS)
+        .implementation_class_uid(esorisk::uid::IMPLEMENTATION_CLASS_UID);
+    obj.with_meta(meta)
+        .expect("meta")
+        .write_to_file(dst)
+        .expect("write j2k");
+}
+
+#[test]
+fn echo_and_every_transfer_syntax_stored_byte_for_byte() {
+    let node = TestNode::start(&[]);
+    let out = dcmtk(
+        "echoscu",
+        &["-aec", AE, "127.0.0.1", &node.port.to_string()],
+    );
+    assert!(out.status.success(), "echoscu: {}", text(&out));
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    let files = synthetic_study(&src, 1, 128, 1, 7);
+    let ct = files
+        .iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "ct_0000.dcm"))
+        .expect("ct")
+        .clone();
+    let dose = src.join("rtdose.dcm");
+    let rt: Vec<PathBuf> = ["rtstruct.dcm", "rtplan.dcm", "rtdose.dcm"]
+        .iter()
+        .map(|n| src.join(n))
+        .collect();
+
+    // Native syntaxes: every RT object and the CT, converted with dcmconv.
+    for (name, conv, propose) in [
+        ("explicit-le", "+te", "-xe"),
+        ("implicit-le", "+ti", "-xi"),
+        ("explicit-be", "+tb", "-xb"),
+        ("deflated", "+td", "-xd"),
+    ] {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut sent = Vec::new();
+        for f in rt.iter().chain(std::iter::once(&ct)) {
+            let dst = dir.join(f.file_name().expect("name"));
+            convert("dcmconv", &[conv], f, &dst);
+            sent.push(dst);
+        }
+        let refs: Vec<&Path> = sent.iter().map(PathBuf::as_path).collect();
+        let out = storescu(&node, &[propose], &refs);
+        assert!(out.status.success(), "storescu {name}: {}", text(&out));
+        for f in &sent {
+            assert_stored(&node, f);
+        }
+    }
+
+    // Encapsulated syntaxes, stored as received.
+    let enc = tmp.path().join("encapsulated");
+    std::fs::create_dir_all(&enc).expect("mkdir");
+    let cases: Vec<(PathBuf, &str)> = {
+        let rle_dose = enc.join("dose_rle.dcm");
+        convert("dcmcrle", &[], &dose, &rle_dose);
+        let rle_ct = enc.join("ct_rle.dcm");
+        convert("dcmcrle", &[], &ct, &rle_ct);
+        let jpeg = enc.join("ct_jpeg.dcm");
+        convert("dcmcjpeg", &[], &ct, &jpeg);
+        let jls = enc.join("ct_jls.dcm");
+        convert("dcmcjpls", &[], &ct, &jls);
+        let j2k = enc.join("ct_j2k.dcm");
+        jpeg2000_file(&ct, &j2k);
+        vec![
+            (rle_dose, "-xr"),
+            (rle_ct, "-xr"),
+            (jpeg, "-xs"),
+            (jls, "-xt"),
+            (j2k, "-xv"),
+        ]
+    };
+    for (file, propose) in &cases {
+        let out = storescu(&node, &[propose], &[file]);
+        assert!(
+            out.status.success(),
+            "storescu {}: {}",
+            file.display(),
+            text(&out)
+        );
+        assert_stored(&node, file);
+        let u = uids(file);
+        assert_ne!(u.ts, ts::EXPLICIT_VR_LE);
+    }
+
+    // Re-sending replaced files atomically and kept one row per instance.
+    let u = uids(&ct);
+    let rows = query(
+        &node.db_path(),
+        &format!(
+            "SELECT receive_count FROM instances WHERE sop_instance_uid = '{}'",
+            u.sop
+        ),
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0][0].as_deref(),
+        Some("8"),
+        "CT sent in 4 native and 4 encapsulated syntaxes"
+    );
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 4);
+    assert_eq!(node.stored_files().len(), 4);
+    assert_eq!(node.tmp_files(), 0);
+
+    // `esorisk studies` shows it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .arg("studies")
+        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+        .output()
+        .expect("studies");
+    let listing = text(&out);
+    assert!(out.status.success(), "{listing}");
+    assert!(listing.contains(&u.study), "{listing}");
+    assert!(listing.contains("CT,RTDOSE,RTPLAN,RTSTRUCT"), "{listing}");
+    assert!(listing.contains("instances 4"), "{listing}");
+}
+
+#[test]
+fn ct_series_and_several_senders_at_once() {
+    let node = TestNode::start(&[]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    // A 120-slice CT series from one sender.
+    let ct_dir = tmp.path().join("ct");
+    let slices = esorisk::testgen::write_set(&ct_dir, "ct", 120, 256, 1, 3).expect("ct");
+    normalize(&slices);
+    let refs: Vec<&Path> = slices.iter().map(PathBuf::as_path).collect();
+    let out = storescu(&node, &[], &refs);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        count(
+            &node.db_path(),
+            "SELECT count(*) FROM instances WHERE modality = 'CT'"
+        ),
+        120
+    );
+    for s in slices.iter().step_by(17) {
+        assert_stored(&node, s);
+    }
+
+    // Four senders, four studies, at the same time.
+    let studies: Vec<Vec<PathBuf>> = (0..4)
+        .map(|k| synthetic_study(&tmp.path().join(format!("s{k}")), 20, 128, 2, 100 + k))
+        .collect();
+    let handles: Vec<_> = studies
+        .iter()
+        .cloned()
+        .map(|files| {
+            let port = node.port;
+            std::thread::spawn(move || {
+                let mut args = vec![
+                    "-aec".to_string(),
+                    AE.into(),
+                    "127.0.0.1".into(),
+                    port.to_string(),
+                ];
+                args.extend(files.iter().map(|p| p.display().to_string()));
+                let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+                dcmtk("storescu", &refs)
+            })
+        })
+        .collect();
+    for h in handles {
+        let out = h.join().expect("thread");
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    for files in &studies {
+        for f in files {
+            assert_stored(&node, f);
+        }
+    }
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM studies"), 5);
+    assert_eq!(
+        count(&node.db_path(), "SELECT count(*) FROM instances"),
+        120 + 4 * 23
+    );
+    let assoc = count(
+        &node.db_path(),
+        "SELECT count(*) FROM associations WHERE outcome = 'released' AND instances_stored > 0",
+    );
+    assert_eq!(assoc, 5);
+}
+
+fn rt_dose_file(dir: &Path) -> PathBuf {
+    let files = synthetic_study(dir, 0, 64, 1, 11);
+    files
+        .into_iter()
+        .find(|p| p.ends_with("rtdose.dcm"))
+        .expect("dose")
+}
+
+/// A dose data set with one attribute replaced (explicit VR LE).
+fn with_attribute(file: &Path, tag: dicom_core::Tag, vr: VR, value: &str) -> Vec<u8> {
+    let mut obj = dicom_object::open_file(file).expect("open").into_inner();
+    obj.put(DataElement::new(
+        tag,
+        vr,
+        dicom_core::PrimitiveValue::from(value),
+    ));
+    let mut out = Vec::new();
+    let reg = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+    use dicom_encoding::TransferSyntaxIndex;
+    let ts = reg.get(ts::EXPLICIT_VR_LE).expect("ts");
+    obj.write_dataset_with_ts(&mut out, ts).expect("write");
+    out
+}
+
+#[test]
+fn rust_client_and_bad_data_sets() {
+    let node = TestNode::start(&[]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dose_path = rt_dose_file(tmp.path());
+    let dose = DicomFile::read(&dose_path).expect("read");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let contexts = vec![
+            (
+                esorisk::dimse::VERIFICATION_SOP_CLASS,
+                vec![ts::IMPLICIT_VR_LE],
+            ),
+            (RT_DOSE, vec![ts::EXPLICIT_VR_LE]),
+            (CT, vec![ts::EXPLICIT_VR_LE]),
+        ];
+        let mut assoc = send::associate(&node.addr(), "RUSTSCU", AE, &contexts)
+            .await
+            .expect("associate");
+        assert_eq!(
+            send::echo(&mut assoc, 1).await.expect("echo"),
+            status::SUCCESS
+        );
+
+        // A good instance.
+        let rsp = send::store(&mut assoc, 2, &dose).await.expect("store");
+        assert_eq!(rsp.status, Some(status::SUCCESS), "{rsp:?}");
+        assert_eq!(rsp.message_id_being_responded_to, Some(2));
+        assert_eq!(
+            rsp.affected_sop_instance_uid.as_deref(),
+            Some(dose.sop_instance_uid.as_str())
+        );
+        assert_stored(&node, &dose_path);
+
+        let pc_dose = send::context_id(&assoc, RT_DOSE, ts::EXPLICIT_VR_LE).expect("pc");
+        let pc_ct = send::context_id(&assoc, CT, ts::EXPLICIT_VR_LE).expect("pc");
+        let cases: Vec<(&str, u8, Command, Vec<u8>, u16)> = vec![
+            (
+                "malformed data set",
+                pc_dose,
+                Command::store_request(3, RT_DOSE, "1.2.3.4.5.6"),
+                {
+                    let mut junk = dose.data_set[..400].to_vec();
+                    junk.extend_from_slice(&[0x10, 0x00, 0x10, 0x00, b'P', b'N', 0xFF, 0x7F, b'x']);
+                    junk
+                },
+                status::CANNOT_UNDERSTAND,
+            ),
+            (
+                "path traversal in StudyInstanceUID",
+                pc_dose,
+                Command::store_request(4, RT_DOSE, &dose.sop_instance_uid),
+                with_attribute(&dose_path, tags::STUDY_INSTANCE_UID, VR::UI, "../../etc"),
+                status::INVALID_UID,
+            ),
+            (
+                "path traversal in the request's SOP instance UID",
+                pc_dose,
+                Command::store_request(5, RT_DOSE, "../../etc/passwd"),
+                dose.data_set.clone(),
+                status::INVALID_UID,
+            ),
+            (
+                "data set of another SOP class",
+                pc_ct,
+                Command::store_request(6, CT, &dose.sop_instance_uid),
+                dose.data_set.clone(),
+                status::DATA_SET_MISMATCH,
+            ),
+            (
+                "request SOP class differs from the negotiated one",
+                pc_ct,
+                Command::store_request(7, RT_DOSE, &dose.sop_instance_uid),
+                dose.data_set.clone(),
+                status::SOP_CLASS_NOT_SUPPORTED,
+            ),
+        ];
+        for (what, pc, rq, data, expected) in cases {
+            send::send_message(&mut assoc, pc, &rq, Some(&data))
+                .await
+                .expect("send");
+            let rsp = send::receive_command(&mut assoc).await.expect("response");
+            assert_eq!(rsp.status, Some(expected), "{what}: {rsp:?}");
+            assert!(
+                rsp.error_comment.as_deref().is_some_and(|c| !c.is_empty()),
+                "{what}: comment"
+            );
+        }
+        assoc.release().await.expect("release");
+
+        // Dropped in the middle of a data set: nothing kept.
+        let mut assoc = send::associate(&node.addr(), "RUSTSCU", AE, &contexts)
+            .await
+            .expect("associate");
+        let sop = dose.sop_instance_uid.replacen("2.25.", "2.26.", 1);
+        let data = replace_uid(&dose.data_set, &dose.sop_instance_uid, &sop);
+        let rq = Command::store_request(1, RT_DOSE, &sop);
+        let pc = send::context_id(&assoc, RT_DOSE, ts::EXPLICIT_VR_LE).expect("pc");
+        send::send_message(&mut assoc, pc, &rq, None)
+            .await
+            .expect("command");
+        use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
+        assoc
+            .send(&Pdu::PData {
+                data: vec![PDataValue {
+                    presentation_context_id: pc,
+                    value_type: PDataValueType::Data,
+                    is_last: false,
+                    data: data[..100_000].to_vec(),
+                }],
+            })
+            .await
+            .expect("half");
+        drop(assoc); // TCP connection closed, no release
+        wait_for(|| node.log().contains("association ended during a data set"));
+        assert_eq!(
+            count(
+                &node.db_path(),
+                &format!("SELECT count(*) FROM instances WHERE sop_instance_uid = '{sop}'")
+            ),
+            0
+        );
+    });
+    // Only the one good instance is on disk and in the index; nothing in tmp.
+    assert_eq!(node.stored_files().len(), 1);
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 1);
+    assert_eq!(node.tmp_files(), 0);
+    assert!(!node.data_dir.join("etc").exists());
+    let log = node.log();
+    assert!(log.contains("instance refused"), "{log}");
+}
+
+/// Replace a UID string inside encoded bytes (same length required).
+fn replace_uid(bytes: &[u8], from: &str, to: &str) -> Vec<u8> {
+    assert_eq!(from.len(), to.len());
+    let mut out = bytes.to_vec();
+    let f = from.as_bytes();
+    let mut i = 0;
+    while i + f.len() <= out.len() {
+        if &out[i..i + f.len()] == f {
+            out[i..i + f.len()].copy_from_slice(to.as_bytes());
+            i += f.len();
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+fn wait_for(cond: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("condition not met in 10 s");
+}
+
+#[test]
+fn access_control_and_unsupported_sop_class() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = tmp.path().join("site.toml");
+    std::fs::write(
+        &cfg,
+        "[dicom]\nallowed_callers = [ { ae_title = \"TPS\", host = \"127.0.0.1\" }, { ae_title = \"FARAWAY\", host = \"192.0.2.1\" } ]\n",
+    )
+    .expect("cfg");
+    let node = TestNode::start_with_args(&["--config", &cfg.display().to_string()], &[]);
+    let port = node.port.to_string();
+
+    let ok = dcmtk("echoscu", &["-aet", "TPS", "-aec", AE, "127.0.0.1", &port]);
+    assert!(ok.status.success(), "{}", text(&ok));
+
+    let stranger = dcmtk(
+        "echoscu",
+        &["-aet", "STRANGER", "-aec", AE, "127.0.0.1", &port],
+    );
+    assert!(!stranger.status.success());
+    assert!(
+        text(&stranger).contains("Calling AE Title Not Recognized"),
+        "{}",
+        text(&stranger)
+    );
+
+    let wrong_host = dcmtk(
+        "echoscu",
+        &["-aet", "FARAWAY", "-aec", AE, "127.0.0.1", &port],
+    );
+    assert!(
+        !wrong_host.status.success(),
+        "host pinned: {}",
+        text(&wrong_host)
+    );
+
+    let wrong_called = dcmtk(
+        "echoscu",
+        &["-aet", "TPS", "-aec", "NOTUS", "127.0.0.1", &port],
+    );
+    assert!(!wrong_called.status.success());
+    assert!(
+        text(&wrong_called).contains("Called AE Title Not Recognized"),
+        "{}",
+        text(&wrong_called)
+    );
+
+    wait_for(|| node.log().matches("association rejected").count() >= 3);
+    let log = node.log();
+    assert!(log.contains("calling_ae=\"STRANGER\""), "{log}");
+    assert_eq!(
+        count(
+            &node.db_path(),
+            "SELECT count(*) FROM associations WHERE outcome LIKE 'rejected:%'"
+        ),
+        3
+    );
+
+    // An SOP class we do not store (MR Image) is refused at negotiation.
+    let ct = esorisk::testgen::write_set(&tmp.path().join("ct"), "ct", 1, 64, 1, 1).expect("ct");
+    let mr = tmp.path().join("mr.dcm");
+    let mut obj = dicom_object::open_file(&ct[0]).expect("open").into_inner();
+    let mr_class = "1.2.840.10008.5.1.4.1.1.4";
+    obj.put(DataElement::new(
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        dicom_core::PrimitiveValue::from(mr_class),
+    ));
+    obj.put(DataElement::new(
+        tags::MODALITY,
+        VR::CS,
+        dicom_core::PrimitiveValue::from("MR"),
+    ));
+    let sop = uids(&ct[0]).sop;
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(mr_class)
+        .media_storage_sop_instance_uid(sop.as_str())
+        .transfer_syntax(ts::EXPLICIT_VR_LE)
+        .implementation_class_uid(esorisk::uid::IMPLEMENTATION_CLASS_UID);
+    obj.with_meta(meta)
+        .expect("meta")
+        .write_to_file(&mr)
+        .expect("write");
+    let out = dcmtk(
+        "storescu",
+        &[
+            "-aet",
+            "TPS",
+            "-aec",
+            AE,
+            "-R",
+            "127.0.0.1",
+            &port,
+            &mr.display().to_string(),
+        ],
+    );
+    assert!(!out.status.success(), "MR must be refused: {}", text(&out));
+    assert!(
+        text(&out).contains("No Acceptable Presentation Contexts"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 0);
+}
+
+#[test]
+fn associations_over_the_limit_are_rejected_not_left_hanging() {
+    let node = TestNode::start(&[("ESORISK__DICOM__MAX_ASSOCIATIONS", "2")]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let contexts = vec![(
+            esorisk::dimse::VERIFICATION_SOP_CLASS,
+            vec![ts::IMPLICIT_VR_LE],
+        )];
+        let a = send::associate(&node.addr(), "HOLD1", AE, &contexts)
+            .await
+            .expect("first");
+        let b = send::associate(&node.addr(), "HOLD2", AE, &contexts)
+            .await
+            .expect("second");
+
+        // The third gets an A-ASSOCIATE-RJ, promptly.
+        let started = std::time::Instant::now();
+        let third = send::associate(&node.addr(), "THIRD", AE, &contexts).await;
+        let err = third.expect_err("third must be rejected").to_string();
+        assert!(err.to_lowercase().contains("reject"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let port = node.port.to_string();
+        let out = tokio::task::spawn_blocking(move || {
+            dcmtk("echoscu", &["-aec", AE, "127.0.0.1", &port])
+        })
+        .await
+        .expect("echoscu");
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains("Local Limit Exceeded"),
+            "{}",
+            text(&out)
+        );
+
+        // Freeing a slot lets the next one in.
+        a.release().await.expect("release");
+        let mut c = None;
+        for _ in 0..50 {
+            if let Ok(assoc) = send::associate(&node.addr(), "THIRD", AE, &contexts).await {
+                c = Some(assoc);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut c = c.expect("a slot frees up after a release");
+        assert_eq!(send::echo(&mut c, 1).await.expect("echo"), status::SUCCESS);
+        c.release().await.expect("release");
+        b.release().await.expect("release");
+    });
+    let log = node.log();
+    assert!(log.contains("too many associations"), "{log}");
+    assert!(
+        count(
+            &node.db_path(),
+            "SELECT count(*) FROM associations WHERE outcome = 'rejected: local limit exceeded'"
+        ) >= 2
+    );
+}
+
+/// Pairs (file, status) from `storescu -v` output: which sends were acknowledged.
+fn acknowledged(output: &str) -> Vec<(PathBuf, bool)> {
+    let mut out = Vec::new();
+    let mut current: Option<PathBuf> = None;
+    for line in output.lines() {
+        if let Some(rest) = line.split("Sending file: ").nth(1) {
+            current = Some(PathBuf::from(rest.trim()));
+        } else if line.contains("Received Store Response") {
+            if let Some(f) = current.take() {
+                out.push((f, line.contains("(Success)")));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn sigkill_while_pushing_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data_dir = tmp.path().join("var");
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    let mut senders = Vec::new();
+    for k in 0..3u64 {
+        let dir = tmp.path().join(format!("s{k}"));
+        let files = synthetic_study(&dir, 150, 256, 4, 500 + k);
+        let port = node.port;
+        senders.push(std::thread::spawn(move || {
+            let mut args = vec![
+                "-v".to_string(),
+                "-nh".into(),
+                "-aec".into(),
+                AE.into(),
+                "127.0.0.1".into(),
+                port.to_string(),
+            ];
+            args.extend(files.iter().map(|p| p.display().to_string()));
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            text(&dcmtk("storescu", &refs))
+        }));
+    }
+    // Let some instances through, then pull the plug.
+    wait_for(|| node.log().matches("instance stored").count() >= 40);
+    node.kill();
+    let outputs: Vec<String> = senders
+        .into_iter()
+        .map(|h| h.join().expect("sender"))
+        .collect();
+    let acked: Vec<PathBuf> = outputs
+        .iter()
+        .flat_map(|o| acknowledged(o))
+        .filter(|(_, ok)| *ok)
+        .map(|(f, _)| f)
+        .collect();
+    assert!(
+        acked.len() >= 40,
+        "acknowledged before the kill: {}",
+        acked.len()
+    );
+    assert!(acked.len() < 3 * 153, "the kill came before the end");
+
+    let node = TestNode::start_in(&data_dir, &[]);
+    for f in &acked {
+        let u = uids(f);
+        let stored = node.store_path(&u.study, &u.series, &u.sop);
+        let obj = dicom_object::open_file(&stored).unwrap_or_else(|e| {
+            panic!(
+                "acknowledged {} unreadable after restart: {e}",
+                stored.display()
+            )
+        });
+        assert_eq!(
+            obj.meta()
+                .media_storage_sop_instance_uid()
+                .trim_end_matches('\0'),
+            u.sop
+        );
+        assert!(data_set(&stored) == data_set(f));
+        assert_eq!(
+            count(
+                &node.db_path(),
+                &format!(
+                    "SELECT count(*) FROM instances WHERE sop_instance_uid = '{}'",
+                    u.sop
+                )
+            ),
+            1
+        );
+    }
+    // No partial file survives and nothing indexed points outside the store.
+    assert_eq!(node.tmp_files(), 0);
+    assert_eq!(
+        count(
+            &node.db_path(),
+            "SELECT count(*) FROM instances WHERE file_path NOT LIKE 'store/%'"
+        ),
+        0
+    );
+    // Every file in the store is indexed and every row has its file.
+    let files = node.stored_files();
+    assert_eq!(
+        files.len() as i64,
+        count(&node.db_path(), "SELECT count(*) FROM instances")
+    );
+    for row in query(&node.db_path(), "SELECT file_path FROM instances") {
+        let p = node.data_dir.join(row[0].as_deref().unwrap_or(""));
+        assert!(p.is_file(), "{} indexed but missing", p.display());
+    }
+}
+
+#[test]
+fn sigterm_finishes_and_exits_cleanly() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data_dir = tmp.path().join("var");
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    let files = synthetic_study(&tmp.path().join("s"), 2, 64, 1, 9);
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    assert!(storescu(&node, &[], &refs).status.success());
+    assert!(node.terminate(), "clean exit on SIGTERM: {}", node.log());
+    let log = node.log();
+    assert!(
+        log.contains("SIGTERM received") && log.contains("stopped"),
+        "{log}"
+    );
+    // The database was closed cleanly and the data is all there on restart.
+    let node = TestNode::start_in(&data_dir, &[]);
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 5);
+    let studies = count(
+        &node.db_path(),
+        "SELECT count(*) FROM studies WHERE last_received_at IS NOT NULL",
+    );
+    assert_eq!(studies, 1);
+}
+
+#[test]
+fn refuses_with_out_of_resources_below_the_free_space_floor() {
+    let node = TestNode::start(&[("ESORISK__STORAGE__MIN_FREE_MB", "1000000000")]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = synthetic_study(&tmp.path().join("s"), 0, 64, 1, 5);
+    let out = storescu(&node, &["-v", "-nh"], &[&files[0]]);
+    let t = text(&out);
+    assert!(
+        t.contains("Received Store Response (Refused: OutOfResources)"),
+        "{t}"
+    );
+    assert!(
+        node.log().contains("not enough free disk space"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(node.stored_files().len(), 0);
+    assert_eq!(node.tmp_files(), 0);
+}
+
+#[test]
+fn shared_pydicom_samples_are_stored_when_present() {
+    let Some(dir) = shared_testdata() else {
+        eprintln!("../shared/testdata/pydicom not present; skipped");
+        return;
+    };
+    let node = TestNode::start(&[]);
+    // Files DCMTK reads are pushed with storescu.
+    for name in [
+        "rtdose.dcm",
+        "rtdose_1frame.dcm",
+        "rtdose_expb.dcm",
+        "rtdose_expb_1frame.dcm",
+        "rtplan.dcm",
+        "rtstruct.dcm",
+    ] {
+        let f = dir.join(name);
+        let out = storescu(&node, &["-v", "-xb"], &[&f]);
+        let t = text(&out);
+        assert!(
+            out.status.success() && t.contains("(Success)"),
+            "{name}: {t}"
+        );
+    }
+    // The RLE doses carry their UIDs with VR UN, which storescu cannot read;
+    // the Rust client sends their bytes exactly as they are in the file.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        for name in ["rtdose_rle.dcm", "rtdose_rle_1frame.dcm"] {
+            let file = DicomFile::read(&dir.join(name)).expect("read");
+            let contexts = vec![(file.sop_class_uid.as_str(), vec![file.transfer_syntax_uid.as_str()])];
+            let mut assoc = send::associate(&node.addr(), "RUSTSCU", AE, &contexts).await.expect("associate");
+            let rsp = send::store(&mut assoc, 1, &file).await.expect("store");
+            assert_eq!(rsp.status, Some(status::SUCCESS), "{name}: {rsp:?}");
+            assoc.release().await.expect("release");
+            let row = query(
+                &node.db_path(),
+                &format!("SELECT file_path, transfer_syntax_uid FROM instances WHERE sop_instance_uid = '{}'", file.sop_instance_uid),
+            );
+            assert_eq!(row[0][1].as_deref(), Some(ts::RLE_LOSSLESS));
+            let stored = node.data_dir.join(row[0][0].as_deref().unwrap_or(""));
+            assert!(DicomFile::read(&stored).expect("stored").data_set == file.data_set, "{name} byte for byte");
+        }
+    });
+    // Every row points at a readable file.
+    let rows = query(&node.db_path(), "SELECT file_path FROM instances");
+    assert!(rows.len() >= 3, "{rows:?}");
+    for r in rows {
+        let p = node.data_dir.join(r[0].as_deref().unwrap_or(""));
+        dicom_object::open_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    }
+    // A truncated file never becomes an acknowledged instance.
+    let trunc = dir.join("rtplan_truncated.dcm");
+    let out = storescu(&node, &["-v"], &[&trunc]);
+    let t = text(&out);
+    assert!(!t.contains("(Success)"), "truncated plan acknowledged: {t}");
+    assert_eq!(node.tmp_files(), 0);
+}
+
+#[test]
+fn tls_associations_with_storescu() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let key = tmp.path().join("key.pem");
+    let cert = tmp.path().join("cert.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", text(&out));
+    let node = TestNode::start(&[
+        ("ESORISK__DICOM__TLS__ENABLED", "true"),
+        (
+            "ESORISK__DICOM__TLS__CERTIFICATE",
+            cert.to_str().expect("utf8"),
+        ),
+        (
+            "ESORISK__DICOM__TLS__PRIVATE_KEY",
+            key.to_str().expect("utf8"),
+        ),
+    ]);
+    let files = synthetic_study(&tmp.path().join("s"), 1, 64, 1, 21);
+    let (k, c) = (key.display().to_string(), cert.display().to_string());
+    let mut args = vec!["+tls", &k, &c, "+cf", &c, "-aec", AE, "127.0.0.1"];
+    let port = node.port.to_string();
+    args.push(&port);
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    let out = dcmtk("storescu", &args);
+    assert!(out.status.success(), "TLS storescu: {}", text(&out));
+    for f in &files {
+        assert_stored(&node, f);
+    }
+    // Plain TCP is not spoken on a TLS port.
+    let plain = dcmtk("echoscu", &["-aec", AE, "127.0.0.1", &port]);
+    assert!(!plain.status.success());
+}

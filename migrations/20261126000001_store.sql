@@ -72,3 +72,34 @@ CREATE TABLE associations (
     bytes_stored      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX associations_started ON associations(started_at);
+
+-- Arrival times of series and studies follow their instances. Kept by
+-- triggers so that the receiver writes one row per instance.
+CREATE TRIGGER instances_arrived_insert AFTER INSERT ON instances
+BEGIN
+    UPDATE series SET last_received_at = max(last_received_at, NEW.received_at)
+        WHERE series_instance_uid = NEW.series_instance_uid;
+    UPDATE studies SET last_received_at = max(last_received_at, NEW.received_at)
+        WHERE study_instance_uid = NEW.study_instance_uid;
+END;
+
+CREATE TRIGGER instances_arrived_update AFTER UPDATE OF received_at ON instances
+BEGIN
+    UPDATE series SET last_received_at = max(last_received_at, NEW.received_at)
+        WHERE series_instance_uid = NEW.series_instance_uid;
+    UPDATE studies SET last_received_at = max(last_received_at, NEW.received_at)
+        WHERE study_instance_uid = NEW.study_instance_uid;
+END;
+
+-- Old paths of re-sent instances that moved to another study or series;
+-- the receiver deletes those files once the new row is committed.
+CREATE TABLE superseded_files (
+    sop_instance_uid  TEXT NOT NULL,
+    file_path         TEXT NOT NULL
+);
+
+CREATE TRIGGER instances_moved AFTER UPDATE OF file_path ON instances
+WHEN OLD.file_path <> NEW.file_path
+BEGIN
+    INSERT INTO superseded_files (sop_instance_uid, file_path) VALUES (OLD.sop_instance_uid, OLD.file_path);
+END;

@@ -71,17 +71,18 @@ pub fn generate() -> String {
 }
 
 fn fill_random(buf: &mut [u8]) {
-    use std::io::Read;
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        if f.read_exact(buf).is_ok() {
-            return;
-        }
+    // SAFETY: `buf` is valid for writes of its length.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n == buf.len() as isize {
+        return;
     }
-    // Fallback: time and address entropy; unique enough for temporary names.
+    // Fallback: time, a counter and an address; unique, if not unpredictable.
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0)
+        ^ (u128::from(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)) << 64)
         ^ (buf.as_ptr() as usize as u128);
     for (i, b) in buf.iter_mut().enumerate() {
         *b = (seed >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(31);

@@ -227,8 +227,9 @@ fn ct_series_and_several_senders_at_once() {
         assert_stored(&node, s);
     }
 
-    // Four senders, four studies, at the same time.
-    let studies: Vec<Vec<PathBuf>> = (0..4)
+    // Eight senders, eight studies, at the same time: instances from many
+    // associations share index commits.
+    let studies: Vec<Vec<PathBuf>> = (0..8)
         .map(|k| synthetic_study(&tmp.path().join(format!("s{k}")), 20, 128, 2, 100 + k))
         .collect();
     let handles: Vec<_> = studies
@@ -258,16 +259,17 @@ fn ct_series_and_several_senders_at_once() {
             assert_stored(&node, f);
         }
     }
-    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM studies"), 5);
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM studies"), 9);
     assert_eq!(
         count(&node.db_path(), "SELECT count(*) FROM instances"),
-        120 + 4 * 23
+        120 + 8 * 23
     );
     let assoc = count(
         &node.db_path(),
         "SELECT count(*) FROM associations WHERE outcome = 'released' AND instances_stored > 0",
     );
-    assert_eq!(assoc, 5);
+    assert_eq!(assoc, 9);
+    assert!(!node.log().contains("not indexed"), "{}", node.log());
 }
 
 fn rt_dose_file(dir: &Path) -> PathBuf {
@@ -385,6 +387,26 @@ fn rust_client_and_bad_data_sets() {
                 "{what}: comment"
             );
         }
+
+        // Re-sent into another series: the instance moves, its old file goes,
+        // and it keeps one row.
+        let moved_series = "1.2.826.0.1.3680043.10.1.77";
+        let moved = DicomFile {
+            data_set: with_attribute(&dose_path, tags::SERIES_INSTANCE_UID, VR::UI, moved_series),
+            ..dose.clone()
+        };
+        let rsp = send::store(&mut assoc, 8, &moved).await.expect("store moved");
+        assert_eq!(rsp.status, Some(status::SUCCESS), "{rsp:?}");
+        let u = uids(&dose_path);
+        assert!(!node.store_path(&u.study, &u.series, &u.sop).exists(), "old file removed");
+        let new_path = node.store_path(&u.study, moved_series, &u.sop);
+        assert!(DicomFile::read(&new_path).expect("moved file").data_set == moved.data_set);
+        let rows = query(
+            &node.db_path(),
+            &format!("SELECT series_instance_uid, receive_count FROM instances WHERE sop_instance_uid = '{}'", u.sop),
+        );
+        assert_eq!(rows, vec![vec![Some(moved_series.to_string()), Some("2".to_string())]]);
+        assert_eq!(count(&node.db_path(), "SELECT count(*) FROM superseded_files"), 0);
         assoc.release().await.expect("release");
 
         // Dropped in the middle of a data set: nothing kept.

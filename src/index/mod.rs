@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use snafu::{ResultExt, Snafu};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::{Connection, Executor, Row, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::Stored;
@@ -82,7 +82,7 @@ impl Index {
             .filename(path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
@@ -96,13 +96,11 @@ impl Index {
             .run(&pool)
             .await
             .context(MigrateSnafu)?;
-        let writer_pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options)
+        let writer = SqliteConnection::connect_with(&options)
             .await
             .context(OpenSnafu { path: display })?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(writer_task(writer_pool, rx));
+        tokio::spawn(writer_task(writer, rx));
         Ok(Index { pool, writer: tx })
     }
 
@@ -242,10 +240,12 @@ pub struct StudySummary {
     pub bytes: i64,
 }
 
-/// Commit pending records in groups. A group that fails is retried one
-/// record at a time so that one bad row cannot fail its neighbours.
-async fn writer_task(pool: SqlitePool, mut rx: mpsc::Receiver<(InstanceRecord, Reply)>) {
+/// Commit pending records in groups on the one writer connection. A group
+/// that fails is retried one record at a time so that one bad row cannot
+/// fail its neighbours.
+async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<(InstanceRecord, Reply)>) {
     const MAX_GROUP: usize = 256;
+    let mut known = KnownSeries::default();
     while let Some(first) = rx.recv().await {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -254,7 +254,8 @@ async fn writer_task(pool: SqlitePool, mut rx: mpsc::Receiver<(InstanceRecord, R
                 Err(_) => break,
             }
         }
-        match commit_group(&pool, group.iter().map(|(r, _)| r)).await {
+        let records: Vec<&InstanceRecord> = group.iter().map(|(r, _)| r).collect();
+        match commit_group(&mut conn, &mut known, &records).await {
             Ok(results) => {
                 for ((_, reply), res) in group.into_iter().zip(results) {
                     let _ = reply.send(Ok(res));
@@ -262,8 +263,9 @@ async fn writer_task(pool: SqlitePool, mut rx: mpsc::Receiver<(InstanceRecord, R
             }
             Err(group_err) => {
                 tracing::warn!(error = %group_err, size = group.len(), "group commit failed, retrying one by one");
+                known.clear();
                 for (record, reply) in group {
-                    let res = commit_group(&pool, std::iter::once(&record))
+                    let res = commit_group(&mut conn, &mut known, &[&record])
                         .await
                         .map(|mut v| v.pop().unwrap_or_default())
                         .map_err(|e| e.to_string());
@@ -272,38 +274,162 @@ async fn writer_task(pool: SqlitePool, mut rx: mpsc::Receiver<(InstanceRecord, R
             }
         }
     }
-    pool.close().await;
+    let _ = conn.close().await;
 }
 
-async fn commit_group<'a>(
-    pool: &SqlitePool,
-    records: impl Iterator<Item = &'a InstanceRecord>,
-) -> Result<Vec<Indexed>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut out = Vec::new();
-    for r in records {
-        out.push(upsert(&mut tx, r).await?);
+/// Patient, study and series rows already written with the same values, so
+/// that the instances of a series cost one upsert each. Cleared whenever a
+/// commit fails, in case a row it remembers is gone.
+#[derive(Default)]
+struct KnownSeries {
+    seen: std::collections::HashMap<String, u64>,
+    pending: Vec<(String, u64)>,
+}
+
+impl KnownSeries {
+    const MAX: usize = 10_000;
+
+    fn clear(&mut self) {
+        self.seen.clear();
+        self.pending.clear();
     }
-    tx.commit().await?;
+
+    fn fingerprint(h: &crate::store::Header) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut s = std::collections::hash_map::DefaultHasher::new();
+        (
+            &h.patient_id,
+            &h.patient_name,
+            &h.patient_birth_date,
+            &h.patient_sex,
+            &h.study_instance_uid,
+            &h.study_date,
+            &h.study_time,
+            &h.accession_number,
+            &h.study_id,
+            &h.study_description,
+        )
+            .hash(&mut s);
+        (
+            &h.modality,
+            &h.series_number,
+            &h.series_description,
+            &h.frame_of_reference_uid,
+        )
+            .hash(&mut s);
+        s.finish()
+    }
+
+    /// Whether the parent rows need writing; remembers them until commit.
+    fn needs_parents(&mut self, h: &crate::store::Header) -> bool {
+        let series = h.series_instance_uid.clone().unwrap_or_default();
+        let fp = Self::fingerprint(h);
+        if self.seen.get(&series) == Some(&fp)
+            || self.pending.iter().any(|(s, f)| *s == series && *f == fp)
+        {
+            return false;
+        }
+        self.pending.push((series, fp));
+        true
+    }
+
+    fn committed(&mut self) {
+        if self.seen.len() > Self::MAX {
+            self.seen.clear();
+        }
+        self.seen.extend(self.pending.drain(..));
+    }
+}
+
+async fn commit_group(
+    conn: &mut SqliteConnection,
+    known: &mut KnownSeries,
+    records: &[&InstanceRecord],
+) -> Result<Vec<Indexed>, sqlx::Error> {
+    known.pending.clear();
+    let parents: Vec<bool> = records
+        .iter()
+        .map(|r| known.needs_parents(&r.stored.header))
+        .collect();
+    // One instance of a known series is one statement: atomic on its own,
+    // triggers included, and the cheapest commit there is.
+    let single = records.len() == 1 && !parents[0];
+    if !single {
+        // IMMEDIATE takes the write lock up front (waiting out busy_timeout).
+        // A deferred transaction that reads first and then writes fails at
+        // once with SQLITE_BUSY when another connection committed between.
+        conn.execute("BEGIN IMMEDIATE").await?;
+    }
+    let mut out = Vec::with_capacity(records.len());
+    let mut result = Ok(());
+    for (r, p) in records.iter().zip(&parents) {
+        match upsert(conn, r, *p).await {
+            Ok(indexed) => out.push(indexed),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if !single {
+        match &result {
+            Ok(()) => {
+                if let Err(e) = conn.execute("COMMIT").await {
+                    let _ = conn.execute("ROLLBACK").await;
+                    return Err(e);
+                }
+            }
+            Err(_) => {
+                let _ = conn.execute("ROLLBACK").await;
+            }
+        }
+    }
+    result?;
+    known.committed();
     Ok(out)
 }
 
+/// Index one instance. A re-sent instance that moved to another study or
+/// series leaves its old path in `superseded_files` (by trigger), read back
+/// only when the upsert reports a replacement.
 async fn upsert(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    conn: &mut SqliteConnection,
     r: &InstanceRecord,
+    parents: bool,
 ) -> Result<Indexed, sqlx::Error> {
-    let h = &r.stored.header;
-    let sop = h.sop_instance_uid.as_deref().unwrap_or_default();
-    let study = h.study_instance_uid.as_deref().unwrap_or_default();
-    let series = h.series_instance_uid.as_deref().unwrap_or_default();
-
-    let previous: Option<String> =
-        sqlx::query("SELECT file_path FROM instances WHERE sop_instance_uid = ?")
+    if parents {
+        upsert_parents(conn, r).await?;
+    }
+    let receive_count = instance_upsert(conn, r).await?;
+    if receive_count <= 1 {
+        return Ok(Indexed::default());
+    }
+    let sop = r
+        .stored
+        .header
+        .sop_instance_uid
+        .as_deref()
+        .unwrap_or_default();
+    let stale: Option<String> =
+        sqlx::query("DELETE FROM superseded_files WHERE sop_instance_uid = ? RETURNING file_path")
             .bind(sop)
-            .fetch_optional(&mut **tx)
+            .fetch_optional(&mut *conn)
             .await?
             .map(|row| row.get(0));
+    Ok(Indexed {
+        replaced: true,
+        stale_path: stale.filter(|p| *p != r.stored.relative_path),
+    })
+}
 
+/// Patient, study and series rows for an instance.
+async fn upsert_parents(
+    conn: &mut SqliteConnection,
+    r: &InstanceRecord,
+) -> Result<(), sqlx::Error> {
+    let h = &r.stored.header;
+    let study = h.study_instance_uid.as_deref().unwrap_or_default();
+    let series = h.series_instance_uid.as_deref().unwrap_or_default();
     let patient_pk: i64 = sqlx::query(
         "INSERT INTO patients (patient_id, patient_name, birth_date, sex, updated_at)
          VALUES (?, ?, ?, ?, ?)
@@ -319,7 +445,7 @@ async fn upsert(
     .bind(h.patient_birth_date.as_deref())
     .bind(h.patient_sex.as_deref())
     .bind(&r.received_at)
-    .fetch_one(&mut **tx)
+    .fetch_one(&mut *conn)
     .await?
     .get(0);
 
@@ -345,7 +471,7 @@ async fn upsert(
     .bind(h.study_description.as_deref())
     .bind(&r.received_at)
     .bind(&r.received_at)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
 
     sqlx::query(
@@ -368,10 +494,20 @@ async fn upsert(
     .bind(h.frame_of_reference_uid.as_deref())
     .bind(&r.received_at)
     .bind(&r.received_at)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await?;
+    Ok(())
+}
 
-    sqlx::query(
+async fn instance_upsert(
+    conn: &mut SqliteConnection,
+    r: &InstanceRecord,
+) -> Result<i64, sqlx::Error> {
+    let h = &r.stored.header;
+    let sop = h.sop_instance_uid.as_deref().unwrap_or_default();
+    let study = h.study_instance_uid.as_deref().unwrap_or_default();
+    let series = h.series_instance_uid.as_deref().unwrap_or_default();
+    let row = sqlx::query(
         "INSERT INTO instances (sop_instance_uid, series_instance_uid, study_instance_uid, sop_class_uid,
                                 transfer_syntax_uid, modality, instance_number, frame_of_reference_uid,
                                 size_bytes, file_path, calling_ae, called_ae, peer_address, received_at)
@@ -390,7 +526,8 @@ async fn upsert(
             called_ae = excluded.called_ae,
             peer_address = excluded.peer_address,
             received_at = excluded.received_at,
-            receive_count = receive_count + 1",
+            receive_count = receive_count + 1
+         RETURNING receive_count",
     )
     .bind(sop)
     .bind(series)
@@ -406,11 +543,7 @@ async fn upsert(
     .bind(r.called_ae.as_deref())
     .bind(r.peer_address.as_deref())
     .bind(&r.received_at)
-    .execute(&mut **tx)
+    .fetch_one(&mut *conn)
     .await?;
-
-    Ok(Indexed {
-        replaced: previous.is_some(),
-        stale_path: previous.filter(|p| *p != r.stored.relative_path),
-    })
+    Ok(row.get(0))
 }

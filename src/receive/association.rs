@@ -1,10 +1,11 @@
 //! One accepted association: C-ECHO and C-STORE until release or abort.
 //!
-//! Data set fragments are handed, as they arrive, to a blocking writer thread
-//! through a small bounded channel, so the async runtime never waits on the
-//! disk and memory per association stays at a few PDUs whatever the size of
-//! the instance. The response is sent only after the writer has fsynced and
-//! renamed the file and the index has committed its row.
+//! Data set fragments are appended to the instance's temporary file as they
+//! arrive, so memory per association stays at one PDU whatever the size of
+//! the instance. Appending only copies into the page cache; the slow part,
+//! the check, fsync and rename, runs once per instance on a blocking thread.
+//! The response is sent only after that and after the index has committed
+//! the instance's row.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -15,13 +16,13 @@ use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType, Pdu,
     PresentationContextResultReason,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::sop;
 use crate::dimse::{self, status, Command};
 use crate::index::{self, Index, InstanceRecord};
-use crate::store::{Expected, Store, StoreError, Stored};
+use crate::store::{Expected, Incoming, Store, StoreError};
 use crate::uid;
 
 /// What the association task shares with the node.
@@ -40,18 +41,13 @@ pub struct Summary {
     pub outcome: String,
 }
 
-/// Messages to the writer thread of one instance.
-enum Chunk {
-    Data(Vec<u8>),
-    Finish,
-}
-
 /// Where the data set of the current C-STORE goes.
 enum Sink {
-    /// Streaming into a temporary file on a blocking thread.
+    /// Streaming into a temporary file; `failed` holds the first write error,
+    /// after which the rest of the data set is read and dropped.
     Writer {
-        tx: mpsc::Sender<Chunk>,
-        done: tokio::task::JoinHandle<Result<Stored, StoreError>>,
+        incoming: Box<Incoming>,
+        failed: Option<StoreError>,
     },
     /// Refused before any byte was written; the data set is read and dropped.
     Discard { status: u16, comment: String },
@@ -175,11 +171,12 @@ where
                                 break 'assoc "aborted: data set on another presentation context"
                                     .to_string();
                             }
-                            if let Sink::Writer { tx, .. } = &inflight.sink {
-                                if tx.send(Chunk::Data(data)).await.is_err() {
-                                    // The writer stopped early (it failed); its
-                                    // error is collected at the end.
-                                    debug!("writer stopped before the end of the data set");
+                            if let Sink::Writer { incoming, failed } = &mut inflight.sink {
+                                if failed.is_none() {
+                                    if let Err(e) = incoming.write(&data) {
+                                        debug!(error = %e, "write failed; draining the data set");
+                                        *failed = Some(e);
+                                    }
                                 }
                             }
                             if is_last {
@@ -217,13 +214,9 @@ where
         }
     };
 
-    // An instance cut short is dropped: closing the channel without Finish
-    // makes the writer delete its temporary file.
+    // An instance cut short is dropped; dropping its `Incoming` deletes the
+    // temporary file.
     if let Some(inflight) = current.take() {
-        if let Sink::Writer { tx, done } = inflight.sink {
-            drop(tx);
-            let _ = done.await;
-        }
         summary.failed += 1;
         warn!(
             calling_ae,
@@ -344,42 +337,18 @@ fn handle_command(
     }
 }
 
-/// Open the temporary file and start the blocking writer for one instance.
+/// Open the temporary file for one instance.
 fn start_writer(store: &Store, expected: Expected) -> Sink {
-    let store = store.clone();
-    let (tx, mut rx) = mpsc::channel::<Chunk>(8);
-    let done = tokio::task::spawn_blocking(move || {
-        let mut incoming = store.begin(expected)?;
-        let mut failure: Option<StoreError> = None;
-        while let Some(chunk) = rx.blocking_recv() {
-            match chunk {
-                Chunk::Data(bytes) => {
-                    // After a write error keep draining so the peer gets an
-                    // answer once its data set is complete.
-                    if failure.is_none() {
-                        if let Err(e) = incoming.write(&bytes) {
-                            failure = Some(e);
-                        }
-                    }
-                }
-                Chunk::Finish => {
-                    return match failure {
-                        Some(e) => Err(e),
-                        None => incoming.commit(),
-                    };
-                }
-            }
-        }
-        // Channel closed without Finish: the association ended early.
-        // Dropping `incoming` removes the temporary file.
-        Err(StoreError::Io {
-            source: std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "data set not completed",
-            ),
-        })
-    });
-    Sink::Writer { tx, done }
+    match store.begin(expected) {
+        Ok(incoming) => Sink::Writer {
+            incoming: Box::new(incoming),
+            failed: None,
+        },
+        Err(e) => Sink::Discard {
+            status: store_error_status(&e),
+            comment: e.to_string(),
+        },
+    }
 }
 
 /// The data set is complete: commit, index, and build the response.
@@ -394,7 +363,7 @@ async fn finish_instance(
     let InFlight { rq, sink, .. } = inflight;
     let sop_class = rq.affected_sop_class_uid.clone().unwrap_or_default();
     let sop_instance = rq.affected_sop_instance_uid.clone().unwrap_or_default();
-    let (tx, done) = match sink {
+    let (incoming, failed) = match sink {
         Sink::Discard { status, comment } => {
             summary.failed += 1;
             warn!(
@@ -403,15 +372,25 @@ async fn finish_instance(
             );
             return Command::store_response(&rq, status, Some(comment));
         }
-        Sink::Writer { tx, done } => (tx, done),
+        Sink::Writer { incoming, failed } => (incoming, failed),
     };
-    let _ = tx.send(Chunk::Finish).await;
-    drop(tx);
-    let result = match done.await {
-        Ok(r) => r,
-        Err(join) => Err(StoreError::Io {
-            source: std::io::Error::other(format!("writer task failed: {join}")),
-        }),
+    let t_store = std::time::Instant::now();
+    let result = match failed {
+        Some(e) => Err(e),
+        // fsync blocks for a millisecond or more: hand this worker's other
+        // tasks to another thread while it runs here, rather than paying a
+        // round trip to the blocking pool for every instance.
+        None => match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::CurrentThread => {
+                match tokio::task::spawn_blocking(move || incoming.commit()).await {
+                    Ok(r) => r,
+                    Err(join) => Err(StoreError::Io {
+                        source: std::io::Error::other(format!("storage task failed: {join}")),
+                    }),
+                }
+            }
+            _ => tokio::task::block_in_place(move || incoming.commit()),
+        },
     };
     let stored = match result {
         Ok(stored) => stored,
@@ -441,8 +420,11 @@ async fn finish_instance(
         peer_address: Some(peer.to_string()),
         received_at: index::now(),
     };
+    let store_ms = t_store.elapsed().as_secs_f64() * 1e3;
+    let t_index = std::time::Instant::now();
     match ctx.index.record(record).await {
         Ok(indexed) => {
+            let index_ms = t_index.elapsed().as_secs_f64() * 1e3;
             if let Some(stale) = indexed.stale_path {
                 let _ = std::fs::remove_file(ctx.store.data_dir().join(stale));
             }
@@ -451,7 +433,8 @@ async fn finish_instance(
             info!(
                 calling_ae, %peer, sop_class = sop::name(&sop_class), sop_instance_uid = %sop_instance,
                 study_uid = %study_uid, series_uid = %series_uid, bytes = size,
-                replaced = indexed.replaced, "instance stored"
+                replaced = indexed.replaced, store_ms = format!("{store_ms:.2}"),
+                index_ms = format!("{index_ms:.2}"), "instance stored"
             );
             Command::store_response(&rq, status::SUCCESS, None)
         }

@@ -29,8 +29,8 @@ enum Command {
     Studies,
     /// Print the effective settings (defaults, file and environment merged).
     Settings,
-    /// Write small synthetic CT / RT objects for tests and benchmarks.
-    #[command(hide = true)]
+    /// Write synthetic CT / RT objects (valid structure, no realistic anatomy)
+    /// for trying the node and for benchmarks.
     GenTestData {
         #[arg(long)]
         out: PathBuf,

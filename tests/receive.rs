@@ -770,7 +770,17 @@ fn sigterm_finishes_and_exits_cleanly() {
         "{log}"
     );
     // The database was closed cleanly and the data is all there on restart.
+    assert!(data_dir.join("clean-shutdown").is_file());
     let node = TestNode::start_in(&data_dir, &[]);
+    assert!(
+        node.log().contains("last shutdown was clean"),
+        "{}",
+        node.log()
+    );
+    assert!(
+        !data_dir.join("clean-shutdown").exists(),
+        "marker consumed at start"
+    );
     assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 5);
     let studies = count(
         &node.db_path(),
@@ -911,4 +921,55 @@ fn tls_associations_with_storescu() {
     // Plain TCP is not spoken on a TLS port.
     let plain = dcmtk("echoscu", &["-aec", AE, "127.0.0.1", &port]);
     assert!(!plain.status.success());
+}
+
+#[test]
+fn restart_after_a_crash_reconciles_index_and_store() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data_dir = tmp.path().join("var");
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    let files = synthetic_study(&tmp.path().join("s"), 3, 64, 1, 31);
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    assert!(storescu(&node, &[], &refs).status.success());
+    node.kill();
+
+    // A file removed by hand, and a complete file that reached the store
+    // without its row (the crash window between rename and commit).
+    let removed = uids(&files[0]);
+    std::fs::remove_file(node.store_path(&removed.study, &removed.series, &removed.sop))
+        .expect("rm");
+    let extra = esorisk::testgen::write_set(&tmp.path().join("x"), "ct", 1, 64, 1, 77).expect("ct");
+    let e = uids(&extra[0]);
+    let dest = node.store_path(&e.study, &e.series, &e.sop);
+    std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+    std::fs::copy(&extra[0], &dest).expect("copy");
+
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    assert!(
+        node.log().contains("reconciling the index with the store"),
+        "{}",
+        node.log()
+    );
+    let db = node.db_path();
+    let q = |sop: &str| {
+        count(
+            &db,
+            &format!("SELECT count(*) FROM instances WHERE sop_instance_uid = '{sop}'"),
+        )
+    };
+    assert_eq!(q(&removed.sop), 0, "row of the missing file dropped");
+    assert_eq!(q(&e.sop), 1, "unindexed file indexed");
+    let row = query(
+        &db,
+        &format!(
+            "SELECT calling_ae, file_path FROM instances WHERE sop_instance_uid = '{}'",
+            e.sop
+        ),
+    );
+    assert_eq!(row[0][0], None, "recovered rows have no calling AE");
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM instances"),
+        files.len() as i64
+    );
+    assert!(node.terminate());
 }

@@ -2,10 +2,14 @@
 //!
 //! All writes of instance rows go through one writer task that commits them
 //! in groups: under load, many associations finish an instance at nearly the
-//! same moment, and one transaction (one WAL fsync) acknowledges all of them.
-//! The database runs in WAL mode with `synchronous = FULL`, so a committed row
-//! survives a power cut, and readers (the `studies` command, later the job
-//! scheduler) never block the receiver.
+//! same moment, and one transaction acknowledges all of them. The database
+//! runs in WAL mode, so readers (the `studies` command, later the job
+//! scheduler) never block the receiver, with `synchronous = NORMAL`: a commit
+//! is safe from a process crash at once, and from a power cut after the next
+//! checkpoint. The store, where every file is fsynced before it is indexed,
+//! is the source of truth; after any unclean stop the node reconciles the
+//! index with it (see `receive::reconcile`), so no acknowledged instance is
+//! ever missing from the index for long.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -131,6 +135,28 @@ impl Index {
             .await
             .context(DbSnafu)?;
         Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    /// Drop instance rows whose file no longer exists; returns how many.
+    pub async fn forget_missing(&self, data_dir: &Path) -> Result<u64, IndexError> {
+        let rows = sqlx::query("SELECT sop_instance_uid, file_path FROM instances")
+            .fetch_all(&self.pool)
+            .await
+            .context(DbSnafu)?;
+        let mut gone = 0;
+        for r in rows {
+            let (sop, path): (String, String) = (r.get(0), r.get(1));
+            if !data_dir.join(&path).is_file() {
+                tracing::warn!(sop_instance_uid = %sop, path, "indexed file missing; row dropped");
+                sqlx::query("DELETE FROM instances WHERE sop_instance_uid = ?")
+                    .bind(&sop)
+                    .execute(&self.pool)
+                    .await
+                    .context(DbSnafu)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
 
     /// Record a new association; returns its row id.

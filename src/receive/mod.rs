@@ -85,7 +85,15 @@ impl Node {
         let index = Index::open(&settings.database_path())
             .await
             .context(IndexSnafu)?;
-        recover_unindexed(&store, &index).await;
+        let clean = store.take_clean_marker().context(DataDirSnafu {
+            path: data_dir.display().to_string(),
+        })?;
+        if clean {
+            info!("last shutdown was clean; index and store agree");
+        } else {
+            info!("no record of a clean shutdown; reconciling the index with the store");
+            reconcile(&store, &index).await;
+        }
 
         let policy = Arc::new(Policy {
             require_called_ae_title: settings.dicom.require_called_ae_title,
@@ -186,6 +194,9 @@ impl Node {
             while tasks.join_next().await.is_some() {}
         }
         ctx.index.close().await;
+        if let Err(e) = ctx.store.mark_clean() {
+            warn!(error = %e, "cannot record the clean shutdown; the next start will reconcile");
+        }
         info!("stopped");
         Ok(())
     }
@@ -426,10 +437,22 @@ async fn send_busy_reject<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(titles)
 }
 
-/// Index complete files that a crash left in the store without a row (the
-/// window between the rename and the commit). They were never acknowledged,
-/// but they are whole, fsynced instances, so they are kept and indexed.
-async fn recover_unindexed(store: &Store, index: &Index) {
+/// After a crash, make the index and the store agree. The store is the
+/// source of truth: every file in it was fsynced before it was indexed, and
+/// index commits are not fsynced one by one (WAL, `synchronous = NORMAL`), so
+/// a power cut can lose the last rows but never an acknowledged file.
+/// - A complete file without a row (lost commit, or a crash between rename
+///   and commit) is indexed.
+/// - A row whose file is gone (removed by hand) is dropped, with a warning.
+async fn reconcile(store: &Store, index: &Index) {
+    match index.forget_missing(store.data_dir()).await {
+        Ok(0) => {}
+        Ok(n) => warn!(
+            rows = n,
+            "dropped index rows whose files are missing from the store"
+        ),
+        Err(e) => error!(error = %e, "cannot check index rows against the store"),
+    }
     let known = match index.indexed_paths().await {
         Ok(k) => k,
         Err(e) => {

@@ -182,6 +182,31 @@ impl Store {
         Ok(n)
     }
 
+    fn clean_marker(&self) -> PathBuf {
+        self.data_dir.join("clean-shutdown")
+    }
+
+    /// Whether the last run ended with a clean shutdown. The marker is
+    /// removed, durably, so that a crash during this run is noticed at the
+    /// next start.
+    pub fn take_clean_marker(&self) -> io::Result<bool> {
+        match fs::remove_file(self.clean_marker()) {
+            Ok(()) => {
+                sync_dir(&self.data_dir)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Record a clean shutdown: every acknowledged instance is in the index.
+    pub fn mark_clean(&self) -> io::Result<()> {
+        let f = File::create(self.clean_marker())?;
+        f.sync_all()?;
+        sync_dir(&self.data_dir)
+    }
+
     /// Free bytes on the file system of the data directory.
     pub fn free_bytes(&self) -> Option<u64> {
         free_bytes(&self.data_dir)
@@ -254,7 +279,7 @@ pub struct Incoming {
 }
 
 /// Bytes written before disk write-back of a large instance is started.
-const WRITEBACK_CHUNK: u64 = 8 * 1024 * 1024;
+const WRITEBACK_CHUNK: u64 = 256 * 1024;
 
 impl Incoming {
     fn write_preamble_and_meta(&mut self) -> Result<(), StoreError> {

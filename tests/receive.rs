@@ -973,3 +973,66 @@ fn restart_after_a_crash_reconciles_index_and_store() {
     );
     assert!(node.terminate());
 }
+
+#[test]
+fn json_logs_and_idle_timeout() {
+    let node = TestNode::start(&[
+        ("ESORISK__LOGGING__FORMAT", "json"),
+        ("ESORISK__DICOM__READ_TIMEOUT_SECS", "1"),
+    ]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = synthetic_study(&tmp.path().join("s"), 0, 64, 1, 41);
+    assert!(storescu(&node, &["-aet", "JSONTPS"], &[&files[0]])
+        .status
+        .success());
+    // An association that goes quiet is closed after the read timeout.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        let contexts = vec![(
+            esorisk::dimse::VERIFICATION_SOP_CLASS,
+            vec![ts::IMPLICIT_VR_LE],
+        )];
+        let assoc = send::associate(&node.addr(), "SLEEPY", AE, &contexts)
+            .await
+            .expect("associate");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        drop(assoc);
+    });
+    wait_for(|| node.log().contains("SLEEPY") && node.log().contains("association ended"));
+    let mut stored = None;
+    let mut sleepy = None;
+    for line in node.log().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+        if v["message"] == "instance stored" {
+            stored = Some(v.clone());
+        }
+        if v["message"] == "association ended" && v["calling_ae"] == "SLEEPY" {
+            sleepy = Some(v.clone());
+        }
+    }
+    let stored = stored.expect("instance stored line");
+    assert_eq!(stored["calling_ae"], "JSONTPS");
+    assert_eq!(stored["sop_class"], "RT Structure Set Storage");
+    assert!(stored["peer"]
+        .as_str()
+        .is_some_and(|p| p.starts_with("127.0.0.1:")));
+    for field in ["sop_instance_uid", "study_uid", "series_uid"] {
+        assert!(
+            stored[field]
+                .as_str()
+                .is_some_and(|u| esorisk::uid::validate(u).is_ok()),
+            "{field}"
+        );
+    }
+    let sleepy = sleepy.expect("SLEEPY ended");
+    assert!(
+        sleepy["outcome"]
+            .as_str()
+            .is_some_and(|o| o.contains("read timeout")),
+        "{sleepy}"
+    );
+}

@@ -57,6 +57,8 @@ struct InFlight {
     rq: Command,
     pc_id: u8,
     sink: Sink,
+    /// When the request arrived, for the latency in the log.
+    started: std::time::Instant,
 }
 
 /// Serve one association until it ends. Returns the summary for the log.
@@ -107,6 +109,14 @@ where
         };
         let pdu = match pdu {
             Ok(pdu) => pdu,
+            // Silence past the read timeout (ARTIM): abort, as PS3.8 asks.
+            Err(dicom_ul::association::Error::Timeout { .. }) => {
+                break 'assoc "aborted: no data within the read timeout (dicom.read_timeout_secs)"
+                    .to_string();
+            }
+            Err(dicom_ul::association::Error::ConnectionClosed { .. }) => {
+                break 'assoc "failed: connection closed by peer without release".to_string();
+            }
             Err(e) => break 'assoc format!("failed: {e}"),
         };
         match pdu {
@@ -303,6 +313,7 @@ fn handle_command(
                 rq: cmd,
                 pc_id,
                 sink,
+                started: std::time::Instant::now(),
             })
         }
         dimse::C_CANCEL_RQ => Action::Nothing,
@@ -324,6 +335,7 @@ fn handle_command(
                 Action::ReceiveDataSet(InFlight {
                     rq: cmd,
                     pc_id,
+                    started: std::time::Instant::now(),
                     sink: Sink::Discard {
                         status: status::UNRECOGNIZED_OPERATION,
                         comment: "operation not supported".into(),
@@ -360,7 +372,9 @@ async fn finish_instance(
     peer: SocketAddr,
     summary: &mut Summary,
 ) -> Command {
-    let InFlight { rq, sink, .. } = inflight;
+    let InFlight {
+        rq, sink, started, ..
+    } = inflight;
     let sop_class = rq.affected_sop_class_uid.clone().unwrap_or_default();
     let sop_instance = rq.affected_sop_instance_uid.clone().unwrap_or_default();
     let (incoming, failed) = match sink {
@@ -434,7 +448,8 @@ async fn finish_instance(
                 calling_ae, %peer, sop_class = sop::name(&sop_class), sop_instance_uid = %sop_instance,
                 study_uid = %study_uid, series_uid = %series_uid, bytes = size,
                 replaced = indexed.replaced, store_ms = format!("{store_ms:.2}"),
-                index_ms = format!("{index_ms:.2}"), "instance stored"
+                index_ms = format!("{index_ms:.2}"),
+                total_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1e3), "instance stored"
             );
             Command::store_response(&rq, status::SUCCESS, None)
         }

@@ -173,7 +173,8 @@ impl Node {
                     let options = options.clone();
                     let policy = policy.clone();
                     let stop = stop_rx.clone();
-                    let timeout = Duration::from_secs(settings.dicom.read_timeout_secs.max(1));
+                    // A connection over the limit gets a short leash to send its request.
+                    let timeout = Duration::from_secs(settings.dicom.read_timeout_secs.clamp(1, 10));
                     tasks.spawn(async move {
                         match permit {
                             Some(_permit) => handle_connection(socket, peer, ctx, options, policy, stop).await,

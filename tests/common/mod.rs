@@ -66,9 +66,15 @@ impl TestNode {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening") {
+                    // "address=127.0.0.1:PORT" in text logs,
+                    // "\"address\":\"127.0.0.1:PORT\"" in JSON logs.
                     if let Some(port) = line
-                        .split_whitespace()
-                        .find_map(|w| w.strip_prefix("address="))
+                        .split([' ', ','])
+                        .find_map(|w| {
+                            w.strip_prefix("address=")
+                                .or_else(|| w.strip_prefix("\"address\":"))
+                        })
+                        .map(|a| a.trim_matches('"'))
                         .and_then(|a| a.rsplit(':').next())
                         .and_then(|p| p.parse::<u16>().ok())
                     {

@@ -11,6 +11,7 @@ pub mod dimse;
 pub mod index;
 pub mod logging;
 pub mod receive;
+pub mod rt;
 pub mod send;
 pub mod store;
 pub mod testgen;

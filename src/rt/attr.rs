@@ -1,0 +1,71 @@
+//! Tolerant attribute access on dicom-object data sets.
+//!
+//! Planning systems and converters sometimes write standard attributes with
+//! VR UN (the value bytes are then the text or binary value as it would have
+//! been encoded). These helpers read the value either way, so one odd VR
+//! does not make a whole RT object unreadable.
+
+use dicom_core::Tag;
+use dicom_object::InMemDicomObject;
+
+/// Text value, trimmed of DICOM padding.
+pub fn string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    let el = obj.element(tag).ok()?;
+    let s = match el.to_str() {
+        Ok(s) => s.into_owned(),
+        Err(_) => String::from_utf8_lossy(&el.to_bytes().ok()?).into_owned(),
+    };
+    let s = s
+        .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+        .to_string();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Decimal (DS/FD/FL/IS) values.
+pub fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
+    let el = obj.element(tag).ok()?;
+    if let Ok(v) = el.to_multi_float64() {
+        if !v.is_empty() {
+            return Some(v);
+        }
+    }
+    let text = string(obj, tag)?;
+    text.split('\\')
+        .map(|p| p.trim().parse::<f64>().ok())
+        .collect()
+}
+
+pub fn float(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
+    floats(obj, tag).and_then(|v| v.first().copied())
+}
+
+/// Integer (US/IS/UL) value; a 2-byte UN is read as little-endian US.
+pub fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
+    let el = obj.element(tag).ok()?;
+    if let Ok(v) = el.to_int::<i64>() {
+        return Some(v);
+    }
+    if let Some(s) = string(obj, tag) {
+        if let Ok(v) = s.parse::<i64>() {
+            return Some(v);
+        }
+    }
+    let b = el.to_bytes().ok()?;
+    match b.len() {
+        2 => Some(i64::from(u16::from_le_bytes([b[0], b[1]]))),
+        4 => Some(i64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
+        _ => None,
+    }
+}
+
+/// Items of a sequence (empty when absent or not a sequence).
+pub fn items(obj: &InMemDicomObject, tag: Tag) -> &[InMemDicomObject] {
+    obj.element(tag).ok().and_then(|e| e.items()).unwrap_or(&[])
+}
+
+/// A referenced SOP Instance UID in the first item of a reference sequence.
+pub fn referenced_uid(obj: &InMemDicomObject, seq: Tag) -> Option<String> {
+    items(obj, seq)
+        .iter()
+        .find_map(|i| string(i, dicom_dictionary_std::tags::REFERENCED_SOP_INSTANCE_UID))
+}

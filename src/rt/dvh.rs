@@ -1,0 +1,263 @@
+//! Dose-volume histograms and the metrics computed from them.
+//!
+//! A DVH is built from the fractional-occupancy mask: every voxel the ROI
+//! touches contributes its dose with the volume of the part inside. The
+//! metrics use that weighted list directly (sorted by dose), so no binning
+//! error enters D2cc, D_x% or V_x.
+
+use serde::Serialize;
+
+use super::grid::Grid;
+use super::structure::Mask;
+
+/// Voxel doses with their volumes, sorted by dose, descending.
+#[derive(Debug, Clone, Default)]
+pub struct DoseVolume {
+    /// (dose Gy, volume cm³), hottest first.
+    pub points: Vec<(f64, f64)>,
+    pub volume_cc: f64,
+    /// Volume of the ROI outside the dose grid (counted as 0 Gy).
+    pub outside_cc: f64,
+}
+
+impl DoseVolume {
+    /// From a dose on `grid` (Gy per voxel) and a mask on the same grid.
+    pub fn new(grid: &Grid, dose: &[f32], mask: &Mask, covered: Option<&[bool]>) -> DoseVolume {
+        let plane = grid.nx * grid.ny;
+        let mut outside = 0.0;
+        let mut points: Vec<(f64, f64)> = mask
+            .voxels
+            .iter()
+            .map(|(i, f, _)| {
+                let i = *i as usize;
+                let v = f64::from(*f) * grid.voxel_cc(i / plane);
+                if covered.is_some_and(|c| !c[i]) {
+                    outside += v;
+                }
+                (f64::from(dose[i]), v)
+            })
+            .filter(|(_, v)| *v > 0.0)
+            .collect();
+        points.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let volume_cc = points.iter().map(|p| p.1).sum();
+        DoseVolume {
+            points,
+            volume_cc,
+            outside_cc: outside,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.points.is_empty()
+    }
+
+    pub fn mean(&self) -> f64 {
+        if self.volume_cc <= 0.0 {
+            return 0.0;
+        }
+        self.points.iter().map(|(d, v)| d * v).sum::<f64>() / self.volume_cc
+    }
+
+    pub fn max(&self) -> f64 {
+        self.points.first().map(|p| p.0).unwrap_or(0.0)
+    }
+
+    pub fn min(&self) -> f64 {
+        self.points.last().map(|p| p.0).unwrap_or(0.0)
+    }
+
+    /// Minimum dose to the hottest `cc` cm³ (D2cc with cc = 2).
+    pub fn d_cc(&self, cc: f64) -> f64 {
+        let mut acc = 0.0;
+        for (d, v) in &self.points {
+            acc += v;
+            if acc >= cc - 1e-9 {
+                return *d;
+            }
+        }
+        self.min()
+    }
+
+    /// Minimum dose to the hottest `pct` % of the volume (D_x%).
+    pub fn d_pct(&self, pct: f64) -> f64 {
+        self.d_cc(self.volume_cc * pct / 100.0)
+    }
+
+    /// Volume (cm³) receiving at least `gy`.
+    pub fn v_gy_cc(&self, gy: f64) -> f64 {
+        self.points
+            .iter()
+            .take_while(|(d, _)| *d >= gy)
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Share (%) of the volume receiving at least `gy`.
+    pub fn v_gy_pct(&self, gy: f64) -> f64 {
+        if self.volume_cc <= 0.0 {
+            return 0.0;
+        }
+        100.0 * self.v_gy_cc(gy) / self.volume_cc
+    }
+
+    /// Generalised EUD, (Σ vᵢ Dᵢᵃ / V)^(1/a).
+    pub fn geud(&self, a: f64) -> f64 {
+        if self.volume_cc <= 0.0 {
+            return 0.0;
+        }
+        if a == 0.0 {
+            // The geometric mean.
+            let l = self
+                .points
+                .iter()
+                .map(|(d, v)| v * d.max(1e-9).ln())
+                .sum::<f64>()
+                / self.volume_cc;
+            return l.exp();
+        }
+        let s = self
+            .points
+            .iter()
+            .map(|(d, v)| v * d.max(0.0).powf(a))
+            .sum::<f64>()
+            / self.volume_cc;
+        s.powf(1.0 / a)
+    }
+
+    /// Lyman–Kutcher–Burman NTCP: Φ((gEUD(1/n) − TD50) / (m·TD50)).
+    pub fn lkb_ntcp(&self, td50: f64, m: f64, n: f64) -> f64 {
+        let t = (self.geud(1.0 / n) - td50) / (m * td50);
+        normal_cdf(t)
+    }
+
+    /// Cumulative DVH sampled every `step` Gy: (dose, % of volume ≥ dose).
+    pub fn cumulative(&self, step: f64) -> Vec<(f64, f64)> {
+        let top = self.max();
+        let mut out = Vec::new();
+        let mut d = 0.0;
+        while d <= top + step {
+            out.push((d, self.v_gy_pct(d)));
+            d += step;
+        }
+        out
+    }
+
+    /// The usual metrics in one struct.
+    pub fn metrics(&self) -> Metrics {
+        Metrics {
+            volume_cc: self.volume_cc,
+            outside_dose_grid_cc: self.outside_cc,
+            mean_gy: self.mean(),
+            min_gy: self.min(),
+            max_gy: self.max(),
+            d2cc_gy: self.d_cc(2.0),
+            d98_gy: self.d_pct(98.0),
+            d95_gy: self.d_pct(95.0),
+            d50_gy: self.d_pct(50.0),
+            d2_gy: self.d_pct(2.0),
+            v5_pct: self.v_gy_pct(5.0),
+            v20_pct: self.v_gy_pct(20.0),
+            v35_pct: self.v_gy_pct(35.0),
+            v50_pct: self.v_gy_pct(50.0),
+            v60_pct: self.v_gy_pct(60.0),
+            v35_cc: self.v_gy_cc(35.0),
+            v50_cc: self.v_gy_cc(50.0),
+            v60_cc: self.v_gy_cc(60.0),
+        }
+    }
+}
+
+/// The metrics shown for every structure.
+#[derive(Debug, Clone, Serialize)]
+pub struct Metrics {
+    pub volume_cc: f64,
+    pub outside_dose_grid_cc: f64,
+    pub mean_gy: f64,
+    pub min_gy: f64,
+    pub max_gy: f64,
+    pub d2cc_gy: f64,
+    pub d98_gy: f64,
+    pub d95_gy: f64,
+    pub d50_gy: f64,
+    pub d2_gy: f64,
+    pub v5_pct: f64,
+    pub v20_pct: f64,
+    pub v35_pct: f64,
+    pub v50_pct: f64,
+    pub v60_pct: f64,
+    pub v35_cc: f64,
+    pub v50_cc: f64,
+    pub v60_cc: f64,
+}
+
+/// Standard normal CDF (Abramowitz–Stegun 7.1.26 on erf; |error| < 1.5e-7).
+pub fn normal_cdf(t: f64) -> f64 {
+    let x = t / std::f64::consts::SQRT_2;
+    let sign = if x < 0.0 { -1.0 } else { 1.0 };
+    let x = x.abs();
+    let k = 1.0 / (1.0 + 0.327_591_1 * x);
+    let y = 1.0
+        - (((((1.061_405_429 * k - 1.453_152_027) * k) + 1.421_413_741) * k - 0.284_496_736) * k
+            + 0.254_829_592)
+            * k
+            * (-x * x).exp();
+    0.5 * (1.0 + sign * y)
+}
+
+/// EQD2 of a total dose `d` given in `n` fractions: D (d/n + α/β) / (2 + α/β).
+pub fn eqd2(total: f64, fractions: f64, alpha_beta: f64) -> f64 {
+    if fractions <= 0.0 {
+        return total;
+    }
+    total * (total / fractions + alpha_beta) / (2.0 + alpha_beta)
+}
+
+/// EQD2 of every voxel of a dose grid.
+pub fn eqd2_grid(dose: &[f32], fractions: f64, alpha_beta: f64) -> Vec<f32> {
+    dose.iter()
+        .map(|d| eqd2(f64::from(*d), fractions, alpha_beta) as f32)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dv(points: Vec<(f64, f64)>) -> DoseVolume {
+        let mut points = points;
+        points.sort_by(|a, b| b.0.total_cmp(&a.0));
+        DoseVolume {
+            volume_cc: points.iter().map(|p| p.1).sum(),
+            points,
+            outside_cc: 0.0,
+        }
+    }
+
+    #[test]
+    fn metrics_on_a_simple_histogram() {
+        // 10 cc at 10 Gy, 5 cc at 30 Gy, 5 cc at 60 Gy.
+        let d = dv(vec![(10.0, 10.0), (30.0, 5.0), (60.0, 5.0)]);
+        assert!((d.mean() - (100.0 + 150.0 + 300.0) / 20.0).abs() < 1e-9);
+        assert_eq!(d.max(), 60.0);
+        assert_eq!(d.min(), 10.0);
+        assert_eq!(d.d_cc(2.0), 60.0);
+        assert_eq!(d.d_cc(6.0), 30.0);
+        assert_eq!(d.d_pct(50.0), 30.0);
+        assert!((d.v_gy_pct(30.0) - 50.0).abs() < 1e-9);
+        assert!((d.v_gy_cc(50.0) - 5.0).abs() < 1e-9);
+        assert!((d.geud(1.0) - d.mean()).abs() < 1e-9);
+        assert!((d.geud(100.0) - 60.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn lkb_and_eqd2() {
+        // gEUD equal to TD50 gives 50 %.
+        let d = dv(vec![(40.0, 1.0)]);
+        assert!((d.lkb_ntcp(40.0, 0.1, 1.0) - 0.5).abs() < 1e-6);
+        assert!((normal_cdf(1.0) - 0.841_344_7).abs() < 1e-6);
+        assert!((normal_cdf(-1.96) - 0.024_997_9).abs() < 1e-6);
+        // 60 Gy in 30 fractions is 60 Gy EQD2; 50 Gy in 5 fractions, α/β 10, is 83.3 Gy.
+        assert!((eqd2(60.0, 30.0, 10.0) - 60.0).abs() < 1e-9);
+        assert!((eqd2(50.0, 5.0, 10.0) - 50.0 * 20.0 / 12.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,353 @@
+//! Which ROI is which organ: TG-263 names and the variants seen in practice.
+//!
+//! Names are compared after lower-casing and dropping everything but
+//! letters and digits. Planning helper structures (PRVs, rings, "opt" and
+//! "avoid" structures, expansions) are never taken for the organ itself.
+
+use super::structure::{Roi, RoiInfo};
+
+/// The organs and targets the scoring needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Organ {
+    Esophagus,
+    Ptv,
+    Itv,
+    Gtv,
+    Lungs,
+    Heart,
+    SpinalCord,
+}
+
+impl Organ {
+    pub const ALL: [Organ; 7] = [
+        Organ::Esophagus,
+        Organ::Ptv,
+        Organ::Itv,
+        Organ::Gtv,
+        Organ::Lungs,
+        Organ::Heart,
+        Organ::SpinalCord,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Organ::Esophagus => "Esophagus",
+            Organ::Ptv => "PTV",
+            Organ::Itv => "ITV",
+            Organ::Gtv => "GTV",
+            Organ::Lungs => "Lungs",
+            Organ::Heart => "Heart",
+            Organ::SpinalCord => "SpinalCord",
+        }
+    }
+
+    fn is_target(self) -> bool {
+        matches!(self, Organ::Ptv | Organ::Itv | Organ::Gtv)
+    }
+}
+
+/// The ROI chosen for an organ and why.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Match {
+    pub organ: Organ,
+    pub roi_number: i64,
+    pub roi_name: String,
+    pub reason: String,
+    /// Other ROIs that looked like candidates, with why they lost.
+    pub passed_over: Vec<String>,
+}
+
+fn norm(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase()
+}
+
+/// Helper structures that carry an organ's name but are not the organ.
+fn helper(name: &str) -> Option<&'static str> {
+    let n = norm(name);
+    let raw = name.to_ascii_lowercase();
+    if n.contains("prv") {
+        return Some("a planning risk volume (PRV)");
+    }
+    for (w, why) in [
+        ("ring", "a ring structure"),
+        ("opt", "an optimisation structure"),
+        ("avoid", "an avoidance structure"),
+        ("wall", "a wall structure"),
+        ("expand", "an expansion"),
+        ("dose", "a dose-derived structure"),
+    ] {
+        if n.contains(w) {
+            return Some(why);
+        }
+    }
+    if raw.starts_with("z_") || raw.starts_with("zz") || raw.starts_with('_') {
+        return Some("a helper structure (name starts with z_ or _)");
+    }
+    // "PTV-GTV", "Lung-PTV": a minus followed by a structure name.
+    let minus_name = raw.match_indices('-').any(|(i, _)| {
+        raw[i + 1..]
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+    });
+    if raw.contains('+') || (minus_name && !raw.starts_with("lungs-") && !raw.starts_with("lung-"))
+    {
+        return Some("a Boolean combination of structures");
+    }
+    None
+}
+
+/// How well `name` names `organ`: 3 exact TG-263, 2 common variant, 1 loose.
+fn score(organ: Organ, name: &str) -> u8 {
+    let n = norm(name);
+    let raw = name.to_ascii_lowercase();
+    match organ {
+        Organ::Esophagus => {
+            if name == "Esophagus" {
+                3
+            } else if [
+                "esophagus",
+                "oesophagus",
+                "esophag",
+                "oesophag",
+                "esoph",
+                "oesoph",
+            ]
+            .contains(&n.as_str())
+            {
+                2
+            } else if n.starts_with("esoph") || n.starts_with("oesoph") {
+                1
+            } else {
+                0
+            }
+        }
+        Organ::Ptv | Organ::Itv | Organ::Gtv => {
+            let key = match organ {
+                Organ::Ptv => "ptv",
+                Organ::Itv => "itv",
+                _ => "gtv",
+            };
+            if n == key {
+                3
+            } else if n.starts_with(key) || (organ == Organ::Itv && n.starts_with("igtv")) {
+                2
+            } else {
+                0
+            }
+        }
+        Organ::Lungs => {
+            if name == "Lungs" || raw == "lungs-gtv" || raw == "lungs-itv" || raw == "lungs-ptv" {
+                3
+            } else if [
+                "lungs",
+                "lung",
+                "lungtotal",
+                "totallung",
+                "lungsgtv",
+                "lungsitv",
+                "lungsptv",
+                "bilaterallungs",
+                "lungbilat",
+            ]
+            .contains(&n.as_str())
+            {
+                2
+            } else {
+                0
+            }
+        }
+        Organ::Heart => {
+            if name == "Heart" {
+                3
+            } else if n == "heart" || n == "cor" || n == "coeur" {
+                2
+            } else {
+                0
+            }
+        }
+        Organ::SpinalCord => {
+            if name == "SpinalCord" {
+                3
+            } else if [
+                "spinalcord",
+                "cord",
+                "spinecord",
+                "myelon",
+                "medulla",
+                "spinal",
+            ]
+            .contains(&n.as_str())
+            {
+                2
+            } else if n.starts_with("spinalcord") || n.starts_with("cord") {
+                1
+            } else {
+                0
+            }
+        }
+    }
+}
+
+/// Pick the ROI for each organ among `rois`. Only ROIs with contours count.
+pub fn match_organs(rois: &[Roi]) -> Vec<Match> {
+    Organ::ALL
+        .iter()
+        .filter_map(|o| match_organ(*o, rois))
+        .collect()
+}
+
+pub fn match_organ(organ: Organ, rois: &[Roi]) -> Option<Match> {
+    let mut passed = Vec::new();
+    let mut best: Option<(&RoiInfo, u8, f64)> = None;
+    for r in rois {
+        let s = score(organ, &r.info.name);
+        let typed = organ.is_target()
+            && r.info.interpreted_type.as_deref() == Some(organ.label())
+            && s == 0
+            && helper(&r.info.name).is_none();
+        if s == 0 && !typed {
+            continue;
+        }
+        if let Some(why) = helper(&r.info.name) {
+            passed.push(format!("{:?}: {why}", r.info.name));
+            continue;
+        }
+        if r.planes.is_empty() {
+            passed.push(format!("{:?}: no closed contours", r.info.name));
+            continue;
+        }
+        let s = if typed { 1 } else { s };
+        // Among targets of equal name quality, prefer the largest extent in z
+        // (the outermost target, e.g. PTV over PTV_boost).
+        let extent = r.planes.last().map(|p| p.z).unwrap_or(0.0)
+            - r.planes.first().map(|p| p.z).unwrap_or(0.0);
+        let better = match best {
+            None => true,
+            Some((_, bs, be)) => s > bs || (s == bs && organ.is_target() && extent > be),
+        };
+        if better {
+            if let Some((old, _, _)) = best {
+                passed.push(format!(
+                    "{:?}: a weaker match than the one chosen",
+                    old.name
+                ));
+            }
+            best = Some((&r.info, s, extent));
+        } else {
+            passed.push(format!(
+                "{:?}: a weaker match than the one chosen",
+                r.info.name
+            ));
+        }
+    }
+    let (info, s, _) = best?;
+    let reason = match s {
+        3 => format!("TG-263 name {:?}", organ.label()),
+        2 => format!("common variant of {:?}", organ.label()),
+        _ if info.interpreted_type.as_deref() == Some(organ.label())
+            && score(organ, &info.name) == 0 =>
+        {
+            format!("RT ROI Interpreted Type {}", organ.label())
+        }
+        _ => format!("name starts like {:?}", organ.label()),
+    };
+    Some(Match {
+        organ,
+        roi_number: info.number,
+        roi_name: info.name.clone(),
+        reason,
+        passed_over: passed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::structure::{ContourPlane, Roi, RoiInfo};
+    use super::*;
+
+    fn roi(n: i64, name: &str, z: &[f64]) -> Roi {
+        Roi {
+            info: RoiInfo {
+                number: n,
+                name: name.into(),
+                interpreted_type: None,
+                frame_of_reference_uid: None,
+                planes: z.len(),
+                notes: vec![],
+            },
+            planes: z
+                .iter()
+                .map(|z| ContourPlane {
+                    z: *z,
+                    polygons: vec![vec![[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn esophagus_variants_and_prv_excluded() {
+        for name in [
+            "Esophagus",
+            "ESOPHAGUS",
+            "Oesophagus",
+            "Esoph",
+            "esophagus",
+            "OESOPHAGUS",
+        ] {
+            let rois = vec![roi(1, "esophagus_PRV", &[0.0]), roi(2, name, &[0.0])];
+            let m = match_organ(Organ::Esophagus, &rois).expect(name);
+            assert_eq!(m.roi_number, 2, "{name}");
+            assert!(
+                m.passed_over.iter().any(|p| p.contains("PRV")),
+                "{:?}",
+                m.passed_over
+            );
+        }
+        let rois = vec![
+            roi(1, "Esophagus_PRV05", &[0.0]),
+            roi(2, "Esoph_opt", &[0.0]),
+        ];
+        assert!(match_organ(Organ::Esophagus, &rois).is_none());
+    }
+
+    #[test]
+    fn exact_tg263_beats_variants_and_targets_prefer_the_largest() {
+        let rois = vec![roi(1, "esoph", &[0.0]), roi(2, "Esophagus", &[0.0])];
+        let m = match_organ(Organ::Esophagus, &rois).expect("match");
+        assert_eq!(m.roi_name, "Esophagus");
+        assert!(m.reason.contains("TG-263"));
+        let rois = vec![
+            roi(1, "PTV_boost", &[0.0, 3.0]),
+            roi(2, "PTV_60", &[0.0, 3.0, 6.0, 9.0]),
+        ];
+        assert_eq!(
+            match_organ(Organ::Ptv, &rois).expect("ptv").roi_name,
+            "PTV_60"
+        );
+        let rois = vec![
+            roi(1, "Lung_L", &[0.0]),
+            roi(2, "Lungs-GTV", &[0.0]),
+            roi(3, "Cord", &[0.0]),
+            roi(4, "Heart", &[0.0]),
+        ];
+        assert_eq!(
+            match_organ(Organ::Lungs, &rois).expect("lungs").roi_name,
+            "Lungs-GTV"
+        );
+        assert_eq!(
+            match_organ(Organ::SpinalCord, &rois)
+                .expect("cord")
+                .roi_name,
+            "Cord"
+        );
+        assert_eq!(
+            match_organ(Organ::Heart, &rois).expect("heart").roi_name,
+            "Heart"
+        );
+    }
+}

@@ -1,0 +1,182 @@
+//! RT Plan (and RT Ion Plan): prescription, fractionation, technique.
+
+use std::path::Path;
+
+use dicom_dictionary_std::tags;
+use dicom_object::{FileDicomObject, InMemDicomObject};
+
+use super::attr;
+use super::RtError;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RtPlan {
+    pub sop_instance_uid: String,
+    pub label: Option<String>,
+    pub frame_of_reference_uid: Option<String>,
+    /// Total prescribed dose (Gy) and where it came from.
+    pub prescription_gy: Option<f64>,
+    pub prescription_source: String,
+    pub fractions: Option<u32>,
+    /// Fractions per day, from the fraction pattern, when stated.
+    pub fractions_per_day: Option<u32>,
+    /// IMRT, VMAT, 3D-CRT, or as much as the plan tells.
+    pub technique: String,
+    pub radiation_type: Option<String>,
+    pub beams: usize,
+    pub referenced_structure_set_uid: Option<String>,
+    pub notes: Vec<String>,
+}
+
+impl RtPlan {
+    /// Dose per fraction (Gy), when both prescription and fractions are known.
+    pub fn dose_per_fraction(&self) -> Option<f64> {
+        Some(self.prescription_gy? / f64::from(self.fractions?))
+    }
+}
+
+pub fn read(path: &Path) -> Result<RtPlan, RtError> {
+    let obj = super::open(path)?;
+    Ok(from_object(&obj))
+}
+
+pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
+    let mut notes = Vec::new();
+    // Prescription: the target dose reference, else the fraction group.
+    let targets: Vec<f64> = attr::items(obj, tags::DOSE_REFERENCE_SEQUENCE)
+        .iter()
+        .filter(|d| {
+            attr::string(d, tags::DOSE_REFERENCE_TYPE)
+                .is_some_and(|t| t.eq_ignore_ascii_case("TARGET"))
+        })
+        .filter_map(|d| attr::float(d, tags::TARGET_PRESCRIPTION_DOSE))
+        .collect();
+    let groups = attr::items(obj, tags::FRACTION_GROUP_SEQUENCE);
+    if groups.len() > 1 {
+        notes.push(format!(
+            "{} fraction groups; the first is used for fractionation",
+            groups.len()
+        ));
+    }
+    let fg = groups.first();
+    let fractions = fg
+        .and_then(|g| attr::int(g, tags::NUMBER_OF_FRACTIONS_PLANNED))
+        .filter(|n| *n > 0)
+        .map(|n| n as u32);
+    let fractions_per_day = fg.and_then(|g| {
+        let digits = attr::int(g, tags::NUMBER_OF_FRACTION_PATTERN_DIGITS_PER_DAY)? as usize;
+        let pattern = attr::string(g, tags::FRACTION_PATTERN)?;
+        let bytes = pattern.as_bytes();
+        (digits > 0).then(|| {
+            bytes
+                .chunks(digits)
+                .map(|day| day.iter().filter(|c| **c == b'1').count() as u32)
+                .max()
+                .unwrap_or(0)
+        })
+    });
+    let (prescription_gy, prescription_source) =
+        if let Some(max) = targets.iter().copied().reduce(f64::max) {
+            if targets.len() > 1 {
+                notes.push(format!(
+                    "{} target prescriptions; the highest ({max} Gy) is used",
+                    targets.len()
+                ));
+            }
+            (
+                Some(max),
+                "Target Prescription Dose (300A,0026)".to_string(),
+            )
+        } else {
+            // The fraction group's dose: beam doses per fraction × fractions.
+            let per_fraction: f64 = fg
+                .map(|g| {
+                    attr::items(g, tags::REFERENCED_BEAM_SEQUENCE)
+                        .iter()
+                        .filter_map(|b| attr::float(b, tags::BEAM_DOSE))
+                        .sum()
+                })
+                .unwrap_or(0.0);
+            match (per_fraction > 0.0, fractions) {
+                (true, Some(n)) => (
+                    Some(per_fraction * f64::from(n)),
+                    "sum of Beam Dose (300A,0084) in the fraction group × fractions".to_string(),
+                ),
+                _ => (None, "no prescription in the plan".to_string()),
+            }
+        };
+    let photon_beams = attr::items(obj, tags::BEAM_SEQUENCE);
+    let ion_beams = attr::items(obj, tags::ION_BEAM_SEQUENCE);
+    let beams: Vec<&InMemDicomObject> = photon_beams.iter().chain(ion_beams.iter()).collect();
+    let treatment: Vec<&InMemDicomObject> = beams
+        .iter()
+        .copied()
+        .filter(|b| {
+            attr::string(b, tags::TREATMENT_DELIVERY_TYPE)
+                .is_none_or(|t| t.eq_ignore_ascii_case("TREATMENT"))
+        })
+        .collect();
+    let radiation_type = treatment
+        .iter()
+        .find_map(|b| attr::string(b, tags::RADIATION_TYPE));
+    let technique = technique(&treatment, !ion_beams.is_empty());
+    RtPlan {
+        sop_instance_uid: attr::string(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
+        label: attr::string(obj, tags::RT_PLAN_LABEL),
+        frame_of_reference_uid: attr::string(obj, tags::FRAME_OF_REFERENCE_UID),
+        prescription_gy,
+        prescription_source,
+        fractions,
+        fractions_per_day,
+        technique,
+        radiation_type,
+        beams: treatment.len(),
+        referenced_structure_set_uid: attr::referenced_uid(
+            obj,
+            tags::REFERENCED_STRUCTURE_SET_SEQUENCE,
+        ),
+        notes,
+    }
+}
+
+/// VMAT: a dynamic beam whose gantry rotates. IMRT: dynamic or many-segment
+/// static beams with MLC motion. 3D-CRT: static beams with one shape each.
+fn technique(beams: &[&InMemDicomObject], ion: bool) -> String {
+    if beams.is_empty() {
+        return "unknown (no treatment beams)".into();
+    }
+    if ion {
+        let scan = beams
+            .iter()
+            .find_map(|b| attr::string(b, tags::SCAN_MODE))
+            .unwrap_or_default();
+        return if scan.eq_ignore_ascii_case("MODULATED") {
+            "IMPT".into()
+        } else {
+            "ion therapy".into()
+        };
+    }
+    let mut vmat = false;
+    let mut modulated = false;
+    for b in beams {
+        let dynamic =
+            attr::string(b, tags::BEAM_TYPE).is_some_and(|t| t.eq_ignore_ascii_case("DYNAMIC"));
+        let cps = attr::items(b, tags::CONTROL_POINT_SEQUENCE);
+        let rotates = cps
+            .first()
+            .and_then(|cp| attr::string(cp, tags::GANTRY_ROTATION_DIRECTION))
+            .is_some_and(|d| d == "CW" || d == "CC");
+        if dynamic && rotates {
+            vmat = true;
+        }
+        if cps.len() > 2 {
+            modulated = true;
+        }
+    }
+    if vmat {
+        "VMAT".into()
+    } else if modulated {
+        "IMRT".into()
+    } else {
+        "3D-CRT".into()
+    }
+}

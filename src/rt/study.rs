@@ -1,0 +1,353 @@
+//! A study's RT objects, found among files and linked by reference:
+//! RT Dose → RT Plan → RT Structure Set, checked for one frame of reference.
+
+use std::path::{Path, PathBuf};
+
+use dicom_dictionary_std::tags;
+use serde::Serialize;
+
+use super::dose::{self, DoseOptions, RtDose, Summation};
+use super::plan::{self, RtPlan};
+use super::structure::{self, StructureSet};
+use super::{attr, RtError};
+use crate::receive::sop;
+
+/// One DICOM object seen in the input.
+#[derive(Debug, Clone, Serialize)]
+pub struct Object {
+    pub kind: String,
+    pub sop_instance_uid: String,
+    pub path: PathBuf,
+}
+
+/// The RT objects of a study, linked and checked.
+#[derive(Debug)]
+pub struct Study {
+    pub study_instance_uid: Option<String>,
+    pub patient_id: Option<String>,
+    pub objects: Vec<Object>,
+    pub dose: RtDose,
+    pub plan: Option<RtPlan>,
+    pub structures: Option<StructureSet>,
+    pub ct_images: usize,
+    /// How the objects link, one line each.
+    pub links: Vec<String>,
+    /// What is missing or inconsistent, in plain words.
+    pub problems: Vec<String>,
+}
+
+/// Every file under the given files and directories (recursively).
+pub fn collect_files(inputs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in inputs {
+        walk(p, &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn walk(p: &Path, out: &mut Vec<PathBuf>) {
+    if p.is_dir() {
+        if let Ok(rd) = std::fs::read_dir(p) {
+            for e in rd.flatten() {
+                walk(&e.path(), out);
+            }
+        }
+    } else if p.is_file() {
+        out.push(p.to_path_buf());
+    }
+}
+
+/// Find, read and link the RT objects among `inputs`.
+pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError> {
+    let files = collect_files(inputs);
+    let mut objects = Vec::new();
+    let mut doses = Vec::new();
+    let mut plans = Vec::new();
+    let mut structure_sets = Vec::new();
+    let mut ct_for: Vec<Option<String>> = Vec::new();
+    let mut study_uids: Vec<String> = Vec::new();
+    let mut patient_id = None;
+    let mut unreadable = Vec::new();
+    for f in &files {
+        let obj = match super::open(f) {
+            Ok(o) => o,
+            Err(_) => {
+                if f.extension().is_some_and(|e| e.eq_ignore_ascii_case("dcm")) {
+                    unreadable.push(f.display().to_string());
+                }
+                continue;
+            }
+        };
+        let class = attr::string(&obj, tags::SOP_CLASS_UID).unwrap_or_default();
+        let uid = attr::string(&obj, tags::SOP_INSTANCE_UID).unwrap_or_default();
+        if let Some(s) = attr::string(&obj, tags::STUDY_INSTANCE_UID) {
+            if !study_uids.contains(&s) {
+                study_uids.push(s);
+            }
+        }
+        patient_id = patient_id.or_else(|| attr::string(&obj, tags::PATIENT_ID));
+        let kind = match class.as_str() {
+            sop::RT_DOSE => {
+                doses.push((f.clone(), obj));
+                "RT Dose"
+            }
+            sop::RT_PLAN | sop::RT_ION_PLAN => {
+                plans.push(plan::from_object(&obj));
+                if class == sop::RT_PLAN {
+                    "RT Plan"
+                } else {
+                    "RT Ion Plan"
+                }
+            }
+            sop::RT_STRUCTURE_SET => {
+                structure_sets.push(structure::from_object(&obj)?);
+                "RT Structure Set"
+            }
+            sop::CT_IMAGE | sop::ENHANCED_CT_IMAGE => {
+                ct_for.push(attr::string(&obj, tags::FRAME_OF_REFERENCE_UID));
+                "CT Image"
+            }
+            _ => "other",
+        };
+        objects.push(Object {
+            kind: kind.to_string(),
+            sop_instance_uid: uid,
+            path: f.clone(),
+        });
+    }
+    let mut problems = Vec::new();
+    let mut links = Vec::new();
+    if !unreadable.is_empty() {
+        problems.push(format!(
+            "{} file(s) could not be read as DICOM: {}",
+            unreadable.len(),
+            unreadable.join(", ")
+        ));
+    }
+    if study_uids.len() > 1 {
+        problems.push(format!(
+            "the input holds {} studies; objects are linked by reference, not by study",
+            study_uids.len()
+        ));
+    }
+    if doses.is_empty() {
+        return Err(RtError::Study {
+            what: "no RT Dose among the input files: there is no dose distribution to analyse"
+                .into(),
+        });
+    }
+
+    // Read every dose; keep those that read.
+    let mut read = Vec::new();
+    for (path, obj) in &doses {
+        match dose::from_object(obj, options) {
+            Ok(d) => read.push(d),
+            Err(e) => problems.push(format!(
+                "{} ({}) cannot be used: {e}",
+                "RT Dose",
+                path.display()
+            )),
+        }
+    }
+    if read.is_empty() {
+        return Err(RtError::Study {
+            what: problems.join("; "),
+        });
+    }
+
+    // The plan: referenced by a dose, else the only plan present.
+    let referenced: Vec<String> = read
+        .iter()
+        .filter_map(|d| d.info.referenced_plan_uid.clone())
+        .collect();
+    let plan = match referenced
+        .iter()
+        .find_map(|u| plans.iter().find(|p| &p.sop_instance_uid == u))
+    {
+        Some(p) => {
+            links.push(format!(
+                "RT Dose → RT Plan {} (by reference)",
+                p.sop_instance_uid
+            ));
+            Some(p.clone())
+        }
+        None => {
+            if let Some(u) = referenced.first() {
+                problems.push(format!(
+                    "the RT Dose refers to RT Plan {u}, which is not among the input files"
+                ));
+            }
+            if plans.len() == 1 {
+                links.push(format!(
+                    "RT Plan {} is the only plan present; used without a reference",
+                    plans[0].sop_instance_uid
+                ));
+                Some(plans[0].clone())
+            } else {
+                if plans.len() > 1 {
+                    problems.push(format!(
+                        "{} RT Plans present and none referenced by the dose",
+                        plans.len()
+                    ));
+                } else {
+                    problems.push("no RT Plan: prescription and fractionation are unknown".into());
+                }
+                None
+            }
+        }
+    };
+
+    // Choose and combine doses.
+    let plan_uid = plan.as_ref().map(|p| p.sop_instance_uid.clone());
+    let of_plan = |d: &RtDose| plan_uid.is_none() || d.info.referenced_plan_uid == plan_uid;
+    let mut candidates: Vec<RtDose> = read.into_iter().filter(|d| of_plan(d)).collect();
+    if candidates.is_empty() {
+        return Err(RtError::Study {
+            what: "no RT Dose belongs to the chosen RT Plan".into(),
+        });
+    }
+    let dose = if let Some(pos) = candidates
+        .iter()
+        .position(|d| matches!(d.info.summation, Summation::Plan | Summation::MultiPlan))
+    {
+        if candidates.len() > 1 {
+            links.push(format!(
+                "plan dose {} used; {} other dose object(s) ignored",
+                candidates[pos].info.sop_instance_uid,
+                candidates.len() - 1
+            ));
+        }
+        candidates.swap_remove(pos)
+    } else if candidates
+        .iter()
+        .all(|d| matches!(d.info.summation, Summation::Beam | Summation::Brachy))
+    {
+        let n = candidates.len();
+        let summed = RtDose::sum(candidates)?;
+        if let Some(p) = &plan {
+            if p.beams > n {
+                problems.push(format!(
+                    "only {n} beam dose(s) for a plan with {} treatment beams: the summed dose is incomplete",
+                    p.beams
+                ));
+            }
+        }
+        links.push(format!("{n} beam/brachy dose(s) summed on one grid"));
+        summed
+    } else if let Some(pos) = candidates
+        .iter()
+        .position(|d| d.info.summation == Summation::Fraction)
+    {
+        let mut d = candidates.swap_remove(pos);
+        match plan.as_ref().and_then(|p| p.fractions) {
+            Some(n) => {
+                d.scale(f64::from(n));
+                links.push(format!("fraction dose × {n} planned fractions"));
+            }
+            None => {
+                return Err(RtError::Study {
+                    what: "the RT Dose is one fraction's dose and the number of fractions is unknown (no RT Plan)".into(),
+                })
+            }
+        }
+        d
+    } else {
+        let d = candidates.swap_remove(0);
+        return Err(RtError::Study {
+            what: format!(
+                "RT Dose {} has summation type {:?}, which does not describe a whole plan",
+                d.info.sop_instance_uid, d.info.summation
+            ),
+        });
+    };
+
+    // The structure set: referenced by the plan, else the only one.
+    let wanted = plan
+        .as_ref()
+        .and_then(|p| p.referenced_structure_set_uid.clone());
+    let structures = match wanted
+        .as_ref()
+        .and_then(|u| structure_sets.iter().position(|s| &s.sop_instance_uid == u))
+    {
+        Some(i) => {
+            links.push(format!(
+                "RT Plan → RT Structure Set {} (by reference)",
+                structure_sets[i].sop_instance_uid
+            ));
+            Some(structure_sets.swap_remove(i))
+        }
+        None => {
+            if let Some(u) = &wanted {
+                problems.push(format!("the RT Plan refers to RT Structure Set {u}, which is not among the input files"));
+            }
+            if structure_sets.len() == 1 {
+                links.push(format!(
+                    "RT Structure Set {} is the only one present; used without a reference",
+                    structure_sets[0].sop_instance_uid
+                ));
+                structure_sets.pop()
+            } else {
+                problems.push(if structure_sets.is_empty() {
+                    "no RT Structure Set: no organ can be analysed".to_string()
+                } else {
+                    format!(
+                        "{} RT Structure Sets and none referenced by the plan",
+                        structure_sets.len()
+                    )
+                });
+                None
+            }
+        }
+    };
+
+    // One frame of reference for dose, plan and structures.
+    let dose_for = dose.info.frame_of_reference_uid.clone();
+    if let (Some(d), Some(s)) = (&dose_for, &structures) {
+        let roi_fors: Vec<&String> = s
+            .rois
+            .iter()
+            .filter_map(|r| r.info.frame_of_reference_uid.as_ref())
+            .chain(s.frame_of_reference_uids.iter())
+            .collect();
+        if roi_fors.iter().any(|f| *f != d) {
+            problems.push(format!(
+                "the structures are drawn in another frame of reference than the dose ({d}); dose and structures may not line up"
+            ));
+        } else if !roi_fors.is_empty() {
+            links.push(format!("dose and structures share frame of reference {d}"));
+        }
+    }
+    if let (Some(d), Some(p)) = (
+        &dose_for,
+        plan.as_ref()
+            .and_then(|p| p.frame_of_reference_uid.as_ref()),
+    ) {
+        if d != p {
+            problems.push(format!(
+                "the RT Plan's frame of reference {p} differs from the dose's {d}"
+            ));
+        }
+    }
+    let ct_images = ct_for
+        .iter()
+        .filter(|f| dose_for.is_none() || **f == dose_for)
+        .count();
+    if ct_for.len() > ct_images {
+        problems.push(format!(
+            "{} CT image(s) in another frame of reference ignored",
+            ct_for.len() - ct_images
+        ));
+    }
+    Ok(Study {
+        study_instance_uid: study_uids.first().cloned(),
+        patient_id,
+        objects,
+        dose,
+        plan,
+        structures,
+        ct_images,
+        links,
+        problems,
+    })
+}

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod dimse;
 pub mod index;
+pub mod inspect;
 pub mod logging;
 pub mod receive;
 pub mod rt;

@@ -29,6 +29,27 @@ enum Command {
     Studies,
     /// Print the effective settings (defaults, file and environment merged).
     Settings,
+    /// Show a study's RT objects: how they link, the dose grid, the
+    /// structures matched, prescription, and DVH metrics.
+    Inspect {
+        /// Files or directories holding the study's RT Dose, RT Plan,
+        /// RT Structure Set (and CT).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also draw the cumulative DVH curves to this PNG file.
+        #[arg(long, value_name = "FILE")]
+        png: Option<PathBuf>,
+        /// α/β (Gy) for EQD2.
+        #[arg(long, default_value_t = 10.0)]
+        alpha_beta: f64,
+        /// Gy that a RELATIVE dose of 1.0 stands for (RELATIVE doses are
+        /// refused without it).
+        #[arg(long, value_name = "GY")]
+        relative_dose_gy: Option<f64>,
+    },
     /// Write synthetic CT / RT objects (valid structure, no realistic anatomy)
     /// for trying the node and for benchmarks.
     GenTestData {
@@ -118,6 +139,37 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
         }
         Command::Settings => {
             println!("{settings:#?}");
+        }
+        Command::Inspect {
+            paths,
+            json,
+            png,
+            alpha_beta,
+            relative_dose_gy,
+        } => {
+            let options = esorisk::rt::dose::DoseOptions {
+                relative_normalisation_gy: relative_dose_gy,
+            };
+            let study = esorisk::rt::study::load(&paths, &options)?;
+            let analysis = esorisk::rt::analysis::analyse(
+                &study,
+                &esorisk::rt::analysis::Options {
+                    alpha_beta,
+                    ..Default::default()
+                },
+            );
+            if json {
+                let report = esorisk::inspect::report(&study, &analysis);
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", esorisk::inspect::text(&study, &analysis));
+            }
+            if let Some(png) = png {
+                esorisk::inspect::png(&analysis, &png)?;
+                if !json {
+                    println!("\nDVH plot written to {}", png.display());
+                }
+            }
         }
         Command::GenTestData {
             out,

@@ -11,9 +11,12 @@ use dicom_object::InMemDicomObject;
 /// Text value, trimmed of DICOM padding.
 pub fn string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     let el = obj.element(tag).ok()?;
-    let s = match el.to_str() {
-        Ok(s) => s.into_owned(),
-        Err(_) => String::from_utf8_lossy(&el.to_bytes().ok()?).into_owned(),
+    // A UN value is the attribute's encoded bytes: for text, the text.
+    let s = match (el.vr(), el.to_str()) {
+        (dicom_core::VR::UN, _) | (_, Err(_)) => {
+            String::from_utf8_lossy(&el.to_bytes().ok()?).into_owned()
+        }
+        (_, Ok(s)) => s.into_owned(),
     };
     let s = s
         .trim_matches(|c: char| c == '\0' || c.is_whitespace())
@@ -24,9 +27,11 @@ pub fn string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
 /// Decimal (DS/FD/FL/IS) values.
 pub fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     let el = obj.element(tag).ok()?;
-    if let Ok(v) = el.to_multi_float64() {
-        if !v.is_empty() {
-            return Some(v);
+    if el.vr() != dicom_core::VR::UN {
+        if let Ok(v) = el.to_multi_float64() {
+            if !v.is_empty() {
+                return Some(v);
+            }
         }
     }
     let text = string(obj, tag)?;
@@ -42,8 +47,10 @@ pub fn float(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {
 /// Integer (US/IS/UL) value; a 2-byte UN is read as little-endian US.
 pub fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
     let el = obj.element(tag).ok()?;
-    if let Ok(v) = el.to_int::<i64>() {
-        return Some(v);
+    if el.vr() != dicom_core::VR::UN {
+        if let Ok(v) = el.to_int::<i64>() {
+            return Some(v);
+        }
     }
     if let Some(s) = string(obj, tag) {
         if let Ok(v) = s.parse::<i64>() {

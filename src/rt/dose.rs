@@ -182,6 +182,15 @@ pub fn from_object(
         attr::floats(obj, tags::GRID_FRAME_OFFSET_VECTOR)
             .ok_or_else(|| bad("Grid Frame Offset Vector missing".into()))?
     };
+    let offsets = if frames == 1 && offsets.len() > 1 {
+        notes.push(format!(
+            "single-frame dose with {} grid frame offsets; the first is used",
+            offsets.len()
+        ));
+        offsets[..1].to_vec()
+    } else {
+        offsets
+    };
     if offsets.len() != frames {
         return Err(bad(format!(
             "{} grid frame offsets for {frames} frames",
@@ -209,7 +218,16 @@ pub fn from_object(
         .collect();
 
     // Pixel values, frame by frame, in stored order.
-    let raw = pixel_values(obj, frames * rows * cols, bits as usize, signed).map_err(|e| bad(e))?;
+    let mut pixel_note = None;
+    let raw = pixel_values(
+        obj,
+        frames * rows * cols,
+        bits as usize,
+        signed,
+        &mut pixel_note,
+    )
+    .map_err(&bad)?;
+    notes.extend(pixel_note);
 
     // Put planes and axes in ascending order.
     let mut plane_order: Vec<usize> = (0..frames).collect();
@@ -285,6 +303,7 @@ fn pixel_values(
     n: usize,
     bits: usize,
     signed: bool,
+    note: &mut Option<String>,
 ) -> Result<Vec<f64>, String> {
     let ts_uid = obj
         .meta()
@@ -332,17 +351,35 @@ fn pixel_values(
             match (p, bits) {
                 (PrimitiveValue::U32(v), 32) => v.to_vec(),
                 (PrimitiveValue::U16(v), 16) => v.iter().map(|w| u32::from(*w)).collect(),
+                (PrimitiveValue::U16(v), 32) if big_endian => {
+                    // Writers disagree on 32-bit values in big-endian OW:
+                    // some store whole 32-bit big-endian values, DCMTK
+                    // swaps 16-bit words only. A dose grid is smooth, so
+                    // the word order with the smaller pixel-to-pixel
+                    // variation is the right one.
+                    let whole: Vec<u32> = v
+                        .chunks_exact(2)
+                        .map(|w| (u32::from(w[0]) << 16) | u32::from(w[1]))
+                        .collect();
+                    let words: Vec<u32> = v
+                        .chunks_exact(2)
+                        .map(|w| (u32::from(w[1]) << 16) | u32::from(w[0]))
+                        .collect();
+                    let roughness = |x: &[u32]| {
+                        x.windows(2)
+                            .map(|p| (f64::from(p[0]) - f64::from(p[1])).abs())
+                            .sum::<f64>()
+                    };
+                    if roughness(&words) < roughness(&whole) {
+                        *note = Some("32-bit big-endian pixels stored with 16-bit word swapping (DCMTK style)".into());
+                        words
+                    } else {
+                        whole
+                    }
+                }
                 (PrimitiveValue::U16(v), 32) => v
                     .chunks_exact(2)
-                    .map(|w| {
-                        // Words are already in machine order; their order
-                        // within a 32-bit value follows the file's.
-                        if big_endian {
-                            (u32::from(w[0]) << 16) | u32::from(w[1])
-                        } else {
-                            (u32::from(w[1]) << 16) | u32::from(w[0])
-                        }
-                    })
+                    .map(|w| (u32::from(w[1]) << 16) | u32::from(w[0]))
                     .collect(),
                 (PrimitiveValue::U8(b), _) => b
                     .chunks_exact(bytes_per)
@@ -418,34 +455,7 @@ impl RtDose {
 
     /// Dose at a point by trilinear interpolation; None outside the grid.
     pub fn sample(&self, x: f64, y: f64, z: f64) -> Option<f32> {
-        let g = &self.grid;
-        let (fx, fy, fz) = (g.fx(x), g.fy(y), g.fz(z)?);
-        let inside = |f: f64, n: usize| f >= -1e-6 && f <= (n as f64 - 1.0) + 1e-6;
-        if !inside(fx, g.nx) || !inside(fy, g.ny) {
-            return None;
-        }
-        Some(self.trilinear(fx, fy, fz))
-    }
-
-    fn trilinear(&self, fx: f64, fy: f64, fz: f64) -> f32 {
-        let g = &self.grid;
-        let split = |f: f64, n: usize| -> (usize, usize, f64) {
-            let f = f.clamp(0.0, (n - 1) as f64);
-            let i0 = (f.floor() as usize).min(n - 1);
-            let i1 = (i0 + 1).min(n - 1);
-            (i0, i1, f - i0 as f64)
-        };
-        let (i0, i1, tx) = split(fx, g.nx);
-        let (j0, j1, ty) = split(fy, g.ny);
-        let (k0, k1, tz) = split(fz, g.nz());
-        let v = |i, j, k| f64::from(self.gy[g.index(i, j, k)]);
-        let c00 = v(i0, j0, k0) * (1.0 - tx) + v(i1, j0, k0) * tx;
-        let c10 = v(i0, j1, k0) * (1.0 - tx) + v(i1, j1, k0) * tx;
-        let c01 = v(i0, j0, k1) * (1.0 - tx) + v(i1, j0, k1) * tx;
-        let c11 = v(i0, j1, k1) * (1.0 - tx) + v(i1, j1, k1) * tx;
-        let c0 = c00 * (1.0 - ty) + c10 * ty;
-        let c1 = c01 * (1.0 - ty) + c11 * ty;
-        (c0 * (1.0 - tz) + c1 * tz) as f32
+        self.grid.interpolate(&self.gy, x, y, z).map(|v| v as f32)
     }
 
     /// The dose on another grid by trilinear interpolation; voxels outside
@@ -468,7 +478,7 @@ impl RtDose {
                 for (i, fx) in xs.iter().enumerate() {
                     let Some(fx) = fx else { continue };
                     let idx = target.index(i, j, k);
-                    out[idx] = self.trilinear(*fx, *fy, fz);
+                    out[idx] = g.trilinear(&self.gy, *fx, *fy, fz) as f32;
                     covered[idx] = true;
                 }
             }

@@ -8,7 +8,7 @@
 use serde::Serialize;
 
 use super::grid::Grid;
-use super::structure::Mask;
+use super::structure::{Mask, Roi};
 
 /// Voxel doses with their volumes, sorted by dose, descending.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +18,8 @@ pub struct DoseVolume {
     pub volume_cc: f64,
     /// Volume of the ROI outside the dose grid (counted as 0 Gy).
     pub outside_cc: f64,
+    /// Mean computed from unbinned doses, when known.
+    pub exact_mean: Option<f64>,
 }
 
 impl DoseVolume {
@@ -44,6 +46,80 @@ impl DoseVolume {
             points,
             volume_cc,
             outside_cc: outside,
+            exact_mean: None,
+        }
+    }
+
+    /// From the ROI's sample points (n³ per voxel) with the dose
+    /// interpolated at each point, binned every 0.01 Gy (the mean, minimum
+    /// and maximum are exact). Points outside the dose grid count as 0 Gy.
+    ///
+    /// The samples are laid out on `grid`; the dose is interpolated on
+    /// `dose_grid` (they may differ, e.g. a grid extended to cover the ROI).
+    pub fn from_samples(
+        roi: &Roi,
+        grid: &Grid,
+        dose_grid: &Grid,
+        dose: &[f32],
+        n: usize,
+    ) -> DoseVolume {
+        const BIN: f64 = 0.01;
+        let n = n.max(1);
+        let mut bins: Vec<f64> = Vec::new();
+        let (mut total, mut outside) = (0.0, 0.0);
+        let (mut sum, mut lo, mut hi) = (0.0, f64::MAX, f64::MIN);
+        let per_sample: Vec<f64> = (0..grid.nz())
+            .map(|k| grid.voxel_cc(k) / (n * n * n) as f64)
+            .collect();
+        roi.for_each_sample(grid, n, |k, x, y, z| {
+            let v = per_sample[k];
+            let d = match dose_grid.interpolate(dose, x, y, z) {
+                Some(d) => d.max(0.0),
+                None => {
+                    outside += v;
+                    0.0
+                }
+            };
+            let b = (d / BIN).round() as usize;
+            if b >= bins.len() {
+                bins.resize(b + 1, 0.0);
+            }
+            bins[b] += v;
+            total += v;
+            sum += d * v;
+            lo = lo.min(d);
+            hi = hi.max(d);
+        });
+        let mut points: Vec<(f64, f64)> = bins
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(_, v)| **v > 0.0)
+            .map(|(b, v)| (b as f64 * BIN, *v))
+            .collect();
+        // Exact extremes at the ends of the binned list.
+        if let Some(first) = points.first_mut() {
+            first.0 = hi;
+        }
+        if let Some(last) = points.last_mut() {
+            last.0 = lo;
+        }
+        DoseVolume {
+            points,
+            volume_cc: total,
+            outside_cc: outside,
+            exact_mean: (total > 0.0).then(|| sum / total),
+        }
+    }
+
+    /// The same DVH with every dose mapped by a monotonic function (EQD2).
+    pub fn map_dose(&self, f: impl Fn(f64) -> f64) -> DoseVolume {
+        let points: Vec<(f64, f64)> = self.points.iter().map(|(d, v)| (f(*d), *v)).collect();
+        DoseVolume {
+            points,
+            volume_cc: self.volume_cc,
+            outside_cc: self.outside_cc,
+            exact_mean: None,
         }
     }
 
@@ -52,6 +128,9 @@ impl DoseVolume {
     }
 
     pub fn mean(&self) -> f64 {
+        if let Some(m) = self.exact_mean {
+            return m;
+        }
         if self.volume_cc <= 0.0 {
             return 0.0;
         }
@@ -230,6 +309,7 @@ mod tests {
             volume_cc: points.iter().map(|p| p.1).sum(),
             points,
             outside_cc: 0.0,
+            exact_mean: None,
         }
     }
 

@@ -132,6 +132,39 @@ impl Grid {
         Some((k - 1) as f64 + (z - a) / (b - a))
     }
 
+    /// Trilinear interpolation of per-voxel `values` at (x, y, z); None
+    /// outside the voxel centres' extent (within 1e-6 mm).
+    pub fn interpolate(&self, values: &[f32], x: f64, y: f64, z: f64) -> Option<f64> {
+        let fz = self.fz(z)?;
+        let (fx, fy) = (self.fx(x), self.fy(y));
+        let inside = |f: f64, n: usize| f >= -1e-6 && f <= (n as f64 - 1.0) + 1e-6;
+        if !inside(fx, self.nx) || !inside(fy, self.ny) {
+            return None;
+        }
+        Some(self.trilinear(values, fx, fy, fz))
+    }
+
+    /// Trilinear interpolation at fractional indices (clamped to the grid).
+    pub fn trilinear(&self, values: &[f32], fx: f64, fy: f64, fz: f64) -> f64 {
+        let split = |f: f64, n: usize| -> (usize, usize, f64) {
+            let f = f.clamp(0.0, (n.max(1) - 1) as f64);
+            let i0 = (f.floor() as usize).min(n.max(1) - 1);
+            let i1 = (i0 + 1).min(n.max(1) - 1);
+            (i0, i1, f - i0 as f64)
+        };
+        let (i0, i1, tx) = split(fx, self.nx);
+        let (j0, j1, ty) = split(fy, self.ny);
+        let (k0, k1, tz) = split(fz, self.nz());
+        let v = |i, j, k| f64::from(values[self.index(i, j, k)]);
+        let c00 = v(i0, j0, k0) * (1.0 - tx) + v(i1, j0, k0) * tx;
+        let c10 = v(i0, j1, k0) * (1.0 - tx) + v(i1, j1, k0) * tx;
+        let c01 = v(i0, j0, k1) * (1.0 - tx) + v(i1, j0, k1) * tx;
+        let c11 = v(i0, j1, k1) * (1.0 - tx) + v(i1, j1, k1) * tx;
+        let c0 = c00 * (1.0 - ty) + c10 * ty;
+        let c1 = c01 * (1.0 - ty) + c11 * ty;
+        c0 * (1.0 - tz) + c1 * tz
+    }
+
     /// Extent of the grid's voxel centres: [(xmin, xmax), (ymin, ymax), (zmin, zmax)].
     pub fn extent(&self) -> [(f64, f64); 3] {
         [

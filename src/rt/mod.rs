@@ -5,6 +5,7 @@
 //! in mm, axes ascending), so later stages (dosiomics, the model, the
 //! report) never deal with orientation or pixel encodings.
 
+pub mod analysis;
 pub mod attr;
 pub mod dose;
 pub mod dvh;
@@ -14,6 +15,7 @@ pub mod plan;
 pub mod rle;
 pub mod structure;
 pub mod study;
+pub mod write;
 
 use std::path::Path;
 
@@ -46,10 +48,22 @@ pub fn open(path: &Path) -> Result<FileDicomObject<InMemDicomObject>, RtError> {
     let bytes = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
     use dicom_encoding::TransferSyntaxIndex;
     let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-    for ts_uid in [
-        crate::store::ts::IMPLICIT_VR_LE,
-        crate::store::ts::EXPLICIT_VR_LE,
-    ] {
+    let encodings = [
+        (
+            crate::store::ts::IMPLICIT_VR_LE,
+            crate::store::Encoding::IMPLICIT_LE,
+        ),
+        (
+            crate::store::ts::EXPLICIT_VR_LE,
+            crate::store::Encoding::EXPLICIT_LE,
+        ),
+    ];
+    for (ts_uid, encoding) in encodings {
+        // The structural walk checks every length against the file size
+        // first, so a file that is not a data set is not parsed further.
+        if crate::store::scan::scan_bytes(&bytes, encoding).is_err() {
+            continue;
+        }
         let Some(ts) = registry.get(ts_uid) else {
             continue;
         };

@@ -243,30 +243,9 @@ impl Roi {
             return mask;
         }
         let half = self.half_slab(grid);
-        // Bounding box in voxel indices.
-        let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-        for p in self.planes.iter().flat_map(|p| &p.polygons).flatten() {
-            xmin = xmin.min(p[0]);
-            xmax = xmax.max(p[0]);
-            ymin = ymin.min(p[1]);
-            ymax = ymax.max(p[1]);
-        }
-        let clamp = |f: f64, len: usize| f.clamp(0.0, len as f64 - 1.0) as usize;
-        let (i0, i1) = (
-            clamp(grid.fx(xmin).floor() - 1.0, grid.nx),
-            clamp(grid.fx(xmax).ceil() + 1.0, grid.nx),
-        );
-        let (j0, j1) = (
-            clamp(grid.fy(ymin).floor() - 1.0, grid.ny),
-            clamp(grid.fy(ymax).ceil() + 1.0, grid.ny),
-        );
-        if grid.fx(xmax) < -1.0
-            || grid.fx(xmin) > grid.nx as f64
-            || grid.fy(ymax) < -1.0
-            || grid.fy(ymin) > grid.ny as f64
-        {
+        let Some((i0, i1, j0, j1)) = self.bbox(grid) else {
             return mask;
-        }
+        };
         let (bw, bh) = (i1 - i0 + 1, j1 - j0 + 1);
         // In-plane coverage (0..=n*n samples per voxel) and centre mask for
         // each contour plane, computed once and reused.
@@ -315,6 +294,76 @@ impl Roi {
             }
         }
         mask
+    }
+
+    /// The voxel index box (inclusive) around the ROI's contours, or None if
+    /// the ROI misses the grid in x or y.
+    fn bbox(&self, grid: &Grid) -> Option<(usize, usize, usize, usize)> {
+        let (mut xmin, mut xmax, mut ymin, mut ymax) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for p in self.planes.iter().flat_map(|p| &p.polygons).flatten() {
+            xmin = xmin.min(p[0]);
+            xmax = xmax.max(p[0]);
+            ymin = ymin.min(p[1]);
+            ymax = ymax.max(p[1]);
+        }
+        if xmin > xmax
+            || grid.fx(xmax) < -1.0
+            || grid.fx(xmin) > grid.nx as f64
+            || grid.fy(ymax) < -1.0
+            || grid.fy(ymin) > grid.ny as f64
+        {
+            return None;
+        }
+        let clamp = |f: f64, len: usize| f.clamp(0.0, len as f64 - 1.0) as usize;
+        Some((
+            clamp(grid.fx(xmin).floor() - 1.0, grid.nx),
+            clamp(grid.fx(xmax).ceil() + 1.0, grid.nx),
+            clamp(grid.fy(ymin).floor() - 1.0, grid.ny),
+            clamp(grid.fy(ymax).ceil() + 1.0, grid.ny),
+        ))
+    }
+
+    /// Call `f(k, x, y, z)` for every one of the n×n×n sample points per
+    /// voxel that lies inside the ROI (same rule as [`Roi::rasterize`]);
+    /// each stands for 1/n³ of voxel k's volume.
+    pub fn for_each_sample(&self, grid: &Grid, n: usize, mut f: impl FnMut(usize, f64, f64, f64)) {
+        let n = n.max(1);
+        if self.planes.is_empty() || grid.is_empty() {
+            return;
+        }
+        let Some((i0, i1, j0, j1)) = self.bbox(grid) else {
+            return;
+        };
+        let half = self.half_slab(grid);
+        let mut xs = Vec::new();
+        for (k, zc) in grid.z.iter().enumerate() {
+            let dz = grid.dz(k);
+            for m in 0..n {
+                let z = zc + ((m as f64 + 0.5) / n as f64 - 0.5) * dz;
+                let Some(p) = self.plane_at(z, half) else {
+                    continue;
+                };
+                let polys = &self.planes[p].polygons;
+                for j in j0..=j1 {
+                    for b in 0..n {
+                        let y = grid.y(j) + ((b as f64 + 0.5) / n as f64 - 0.5) * grid.dy;
+                        crossings(polys, y, &mut xs);
+                        for span in xs.chunks_exact(2) {
+                            let s_of = |x: f64| {
+                                ((x - grid.x0 + grid.dx / 2.0) / grid.dx * n as f64 - 0.5).ceil()
+                            };
+                            let lo = s_of(span[0]).max((i0 * n) as f64) as i64;
+                            let hi = s_of(span[1]).min(((i1 + 1) * n) as f64) as i64;
+                            for s in lo..hi {
+                                let x =
+                                    grid.x0 + (s as f64 + 0.5) / n as f64 * grid.dx - grid.dx / 2.0;
+                                f(k, x, y, z);
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Samples inside per voxel (of n×n) and the centre test, over the box.

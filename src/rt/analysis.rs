@@ -1,0 +1,208 @@
+//! A study's dose, structures and DVH metrics, ready to show or score.
+//!
+//! The structures are rasterised on the dose grid, extended where an organ
+//! reaches beyond it, so that the part of an organ outside the dose grid is
+//! counted (at 0 Gy) and reported instead of silently dropped.
+
+use serde::Serialize;
+
+use super::dvh::{self, DoseVolume, Metrics};
+use super::grid::Grid;
+use super::names::{self, Match, Organ};
+use super::structure::Roi;
+use super::study::Study;
+
+/// Settings of the analysis.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// α/β for EQD2, Gy.
+    pub alpha_beta: f64,
+    /// Samples per voxel edge for the fractional mask.
+    pub supersampling: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            alpha_beta: 10.0,
+            supersampling: 4,
+        }
+    }
+}
+
+/// DVH results for one structure.
+#[derive(Debug, Clone, Serialize)]
+pub struct StructureDvh {
+    pub organ: Option<Organ>,
+    pub roi_number: i64,
+    pub roi_name: String,
+    pub physical: Metrics,
+    /// The same metrics on the EQD2 dose (when fractions are known).
+    pub eqd2: Option<Metrics>,
+    /// Cumulative DVH, physical dose: (Gy, % volume ≥ Gy), 200 steps up to
+    /// the maximum (0.01 to 0.5 Gy apart).
+    pub curve: Vec<(f64, f64)>,
+    #[serde(skip)]
+    pub dose_volume: DoseVolume,
+}
+
+/// Everything `esorisk inspect` shows.
+#[derive(Debug, Serialize)]
+pub struct Analysis {
+    pub grid: Grid,
+    pub matches: Vec<Match>,
+    pub structures: Vec<StructureDvh>,
+    pub alpha_beta: f64,
+    pub fractions: Option<u32>,
+    pub notes: Vec<String>,
+}
+
+impl serde::Serialize for Grid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Grid", 6)?;
+        st.serialize_field(
+            "origin_mm",
+            &[self.x0, self.y0, self.z.first().copied().unwrap_or(0.0)],
+        )?;
+        st.serialize_field(
+            "spacing_mm",
+            &[
+                self.dx,
+                self.dy,
+                if self.z.len() > 1 {
+                    self.z[1] - self.z[0]
+                } else {
+                    0.0
+                },
+            ],
+        )?;
+        st.serialize_field("size", &[self.nx, self.ny, self.z.len()])?;
+        st.serialize_field(
+            "uniform_z",
+            &self
+                .z
+                .windows(2)
+                .all(|w| ((w[1] - w[0]) - (self.z[1] - self.z[0])).abs() < 1e-3),
+        )?;
+        st.end()
+    }
+}
+
+/// A grid with the dose grid's spacing that covers the dose grid and `rois`.
+pub fn analysis_grid(dose: &Grid, rois: &[&Roi]) -> Grid {
+    let [(mut xmin, mut xmax), (mut ymin, mut ymax), (mut zmin, mut zmax)] = dose.extent();
+    let (x_in, y_in, z_in) = ((xmin, xmax), (ymin, ymax), (zmin, zmax));
+    for r in rois {
+        for p in &r.planes {
+            zmin = zmin.min(p.z);
+            zmax = zmax.max(p.z);
+            for pt in p.polygons.iter().flatten() {
+                xmin = xmin.min(pt[0]);
+                xmax = xmax.max(pt[0]);
+                ymin = ymin.min(pt[1]);
+                ymax = ymax.max(pt[1]);
+            }
+        }
+    }
+    if (xmin, xmax) == x_in && (ymin, ymax) == y_in && (zmin, zmax) == z_in {
+        return dose.clone();
+    }
+    // Extend by whole voxels so the dose grid's own voxels stay aligned.
+    let lo = |min: f64, origin: f64, d: f64| ((origin - min) / d).ceil().max(0.0) as usize;
+    let hi = |max: f64, last: f64, d: f64| ((max - last) / d).ceil().max(0.0) as usize;
+    let (ax, bx) = (lo(xmin, x_in.0, dose.dx) + 1, hi(xmax, x_in.1, dose.dx) + 1);
+    let (ay, by) = (lo(ymin, y_in.0, dose.dy) + 1, hi(ymax, y_in.1, dose.dy) + 1);
+    let dz = if dose.z.len() > 1 {
+        dose.dz(0).min(dose.dz(dose.z.len() - 1))
+    } else {
+        dose.dx
+    };
+    let (az, bz) = (lo(zmin, z_in.0, dz) + 1, hi(zmax, z_in.1, dz) + 1);
+    let mut z: Vec<f64> = (1..=az).rev().map(|k| z_in.0 - k as f64 * dz).collect();
+    z.extend(dose.z.iter().copied());
+    z.extend((1..=bz).map(|k| z_in.1 + k as f64 * dz));
+    Grid {
+        x0: dose.x0 - ax as f64 * dose.dx,
+        y0: dose.y0 - ay as f64 * dose.dy,
+        dx: dose.dx,
+        dy: dose.dy,
+        nx: dose.nx + ax + bx,
+        ny: dose.ny + ay + by,
+        z,
+    }
+}
+
+/// Match organs, rasterise them and compute their DVHs.
+pub fn analyse(study: &Study, options: &Options) -> Analysis {
+    let mut notes = Vec::new();
+    let Some(ss) = &study.structures else {
+        return Analysis {
+            grid: study.dose.grid.clone(),
+            matches: vec![],
+            structures: vec![],
+            alpha_beta: options.alpha_beta,
+            fractions: study.plan.as_ref().and_then(|p| p.fractions),
+            notes: vec!["no structure set: no DVH".into()],
+        };
+    };
+    let matches = names::match_organs(&ss.rois);
+    for organ in [Organ::Esophagus, Organ::Ptv] {
+        if !matches.iter().any(|m| m.organ == organ) {
+            notes.push(format!("no ROI recognised as {}", organ.label()));
+        }
+    }
+    let chosen: Vec<(&Match, &Roi)> = matches
+        .iter()
+        .filter_map(|m| {
+            ss.rois
+                .iter()
+                .find(|r| r.info.number == m.roi_number)
+                .map(|r| (m, r))
+        })
+        .collect();
+    let rois: Vec<&Roi> = chosen.iter().map(|(_, r)| *r).collect();
+    let grid = analysis_grid(&study.dose.grid, &rois);
+    if !grid.same_geometry(&study.dose.grid) {
+        notes.push(
+            "structures reach beyond the dose grid; the part outside is counted at 0 Gy".into(),
+        );
+    }
+    let fractions = study.plan.as_ref().and_then(|p| p.fractions);
+    if fractions.is_none() {
+        notes.push("number of fractions unknown: no EQD2".into());
+    }
+    let structures = chosen
+        .iter()
+        .map(|(m, r)| {
+            let dv = DoseVolume::from_samples(
+                r,
+                &grid,
+                &study.dose.grid,
+                &study.dose.gy,
+                options.supersampling,
+            );
+            let eq = fractions.map(|n| {
+                dv.map_dose(|d| dvh::eqd2(d, f64::from(n), options.alpha_beta))
+                    .metrics()
+            });
+            StructureDvh {
+                organ: Some(m.organ),
+                roi_number: r.info.number,
+                roi_name: r.info.name.clone(),
+                physical: dv.metrics(),
+                eqd2: eq,
+                curve: dv.cumulative((dv.max() / 200.0).clamp(0.01, 0.5)),
+                dose_volume: dv,
+            }
+        })
+        .collect();
+    Analysis {
+        grid,
+        matches,
+        structures,
+        alpha_beta: options.alpha_beta,
+        fractions,
+        notes,
+    }
+}

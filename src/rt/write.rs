@@ -1,0 +1,569 @@
+//! Writing RT objects from in-memory data: RT Dose from a dose grid, RT
+//! Structure Set from contours, a minimal RT Plan. Used to build test
+//! phantoms and synthetic studies, and by anything that returns objects.
+
+use dicom_core::value::{DataSetSequence, PixelFragmentSequence, PrimitiveValue, Value};
+use dicom_core::{DataElement, Length, Tag, VR};
+use dicom_dictionary_std::tags;
+use dicom_object::meta::FileMetaTableBuilder;
+use dicom_object::{FileDicomObject, InMemDicomObject};
+
+use super::grid::Grid;
+use super::rle;
+use super::structure::ContourPlane;
+use crate::receive::sop;
+use crate::store::ts;
+use crate::uid;
+
+/// Patient and study attributes shared by a study's objects.
+#[derive(Debug, Clone)]
+pub struct StudyHeader {
+    pub patient_id: String,
+    pub patient_name: String,
+    pub patient_sex: Option<String>,
+    pub patient_age: Option<String>,
+    pub study_instance_uid: String,
+    pub frame_of_reference_uid: String,
+    pub study_date: String,
+}
+
+impl StudyHeader {
+    pub fn new(patient_id: &str) -> StudyHeader {
+        StudyHeader {
+            patient_id: patient_id.into(),
+            patient_name: format!("Phantom^{patient_id}"),
+            patient_sex: None,
+            patient_age: None,
+            study_instance_uid: uid::generate(),
+            frame_of_reference_uid: uid::generate(),
+            study_date: "20260101".into(),
+        }
+    }
+}
+
+pub fn put_str(obj: &mut InMemDicomObject, tag: Tag, vr: VR, v: &str) {
+    obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+}
+
+fn put_us(obj: &mut InMemDicomObject, tag: Tag, v: u16) {
+    obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
+}
+
+pub fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
+    obj.put(DataElement::new(
+        tag,
+        VR::SQ,
+        DataSetSequence::new(items, Length::UNDEFINED),
+    ));
+}
+
+fn ds(v: f64) -> String {
+    // DS holds at most 16 characters: fixed notation for ordinary numbers,
+    // scientific for tiny ones (dose grid scaling), 9 significant digits.
+    if v == 0.0 || (v.abs() >= 1e-3 && v.abs() < 1e9) {
+        let s = format!("{v:.6}");
+        let s = s.trim_end_matches('0').trim_end_matches('.').to_string();
+        if s.is_empty() || s == "-" {
+            "0".into()
+        } else {
+            s
+        }
+    } else {
+        format!("{v:.8e}")
+    }
+}
+
+fn ds_list(v: &[f64]) -> String {
+    v.iter().map(|x| ds(*x)).collect::<Vec<_>>().join("\\")
+}
+
+fn header(
+    obj: &mut InMemDicomObject,
+    h: &StudyHeader,
+    class: &str,
+    sop_uid: &str,
+    series_uid: &str,
+    modality: &str,
+) {
+    put_str(obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    put_str(obj, tags::SOP_CLASS_UID, VR::UI, class);
+    put_str(obj, tags::SOP_INSTANCE_UID, VR::UI, sop_uid);
+    put_str(obj, tags::STUDY_DATE, VR::DA, &h.study_date);
+    put_str(obj, tags::STUDY_TIME, VR::TM, "120000");
+    put_str(obj, tags::ACCESSION_NUMBER, VR::SH, "");
+    put_str(obj, tags::MODALITY, VR::CS, modality);
+    put_str(obj, tags::MANUFACTURER, VR::LO, "esorisk");
+    put_str(obj, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
+    put_str(obj, tags::PATIENT_NAME, VR::PN, &h.patient_name);
+    put_str(obj, tags::PATIENT_ID, VR::LO, &h.patient_id);
+    put_str(obj, tags::PATIENT_BIRTH_DATE, VR::DA, "");
+    put_str(
+        obj,
+        tags::PATIENT_SEX,
+        VR::CS,
+        h.patient_sex.as_deref().unwrap_or(""),
+    );
+    if let Some(age) = &h.patient_age {
+        put_str(obj, tags::PATIENT_AGE, VR::AS, age);
+    }
+    put_str(obj, tags::STUDY_INSTANCE_UID, VR::UI, &h.study_instance_uid);
+    put_str(obj, tags::SERIES_INSTANCE_UID, VR::UI, series_uid);
+    put_str(obj, tags::STUDY_ID, VR::SH, "1");
+    put_str(obj, tags::SERIES_NUMBER, VR::IS, "1");
+    put_str(obj, tags::INSTANCE_NUMBER, VR::IS, "1");
+}
+
+/// Wrap a data set with file meta information for `transfer_syntax`.
+pub fn with_meta(
+    obj: InMemDicomObject,
+    class: &str,
+    sop_uid: &str,
+    transfer_syntax: &str,
+) -> FileDicomObject<InMemDicomObject> {
+    let meta = FileMetaTableBuilder::new()
+        .media_storage_sop_class_uid(class)
+        .media_storage_sop_instance_uid(sop_uid)
+        .transfer_syntax(transfer_syntax)
+        .implementation_class_uid(uid::IMPLEMENTATION_CLASS_UID)
+        .implementation_version_name(uid::IMPLEMENTATION_VERSION_NAME);
+    obj.with_meta(meta)
+        .unwrap_or_else(|_| unreachable!("every required meta attribute is set"))
+}
+
+/// How to encode an RT Dose.
+#[derive(Debug, Clone)]
+pub struct DoseEncoding {
+    /// 16 or 32.
+    pub bits: u16,
+    /// HFS, HFP, FFS or FFP: the direction of rows and columns.
+    pub orientation: &'static str,
+    /// Grid Frame Offset Vector as absolute z (type b) instead of relative.
+    pub absolute_offsets: bool,
+    /// RLE Lossless instead of explicit VR little endian.
+    pub rle: bool,
+    pub summation: &'static str,
+    pub units: &'static str,
+    pub referenced_plan_uid: Option<String>,
+    pub referenced_beam: Option<i64>,
+}
+
+impl Default for DoseEncoding {
+    fn default() -> Self {
+        DoseEncoding {
+            bits: 32,
+            orientation: "HFS",
+            absolute_offsets: false,
+            rle: false,
+            summation: "PLAN",
+            units: "GY",
+            referenced_plan_uid: None,
+            referenced_beam: None,
+        }
+    }
+}
+
+/// An RT Dose file for dose `gy` on `grid` (ascending axes, uniform z not
+/// required). Pixel values use the full unsigned range of `bits`.
+pub fn rt_dose(
+    h: &StudyHeader,
+    grid: &Grid,
+    gy: &[f32],
+    enc: &DoseEncoding,
+) -> FileDicomObject<InMemDicomObject> {
+    let sop_uid = uid::generate();
+    let mut obj = InMemDicomObject::new_empty();
+    header(
+        &mut obj,
+        h,
+        sop::RT_DOSE,
+        &sop_uid,
+        &uid::generate(),
+        "RTDOSE",
+    );
+    put_str(
+        &mut obj,
+        tags::FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        &h.frame_of_reference_uid,
+    );
+    put_str(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
+    let (rx, cy) = match enc.orientation {
+        "HFP" => (-1.0, -1.0),
+        "FFS" => (-1.0, 1.0),
+        "FFP" => (1.0, -1.0),
+        _ => (1.0, 1.0),
+    };
+    let nz = rx * cy;
+    let (nx, ny, nk) = (grid.nx, grid.ny, grid.nz());
+    let x_first = if rx > 0.0 { grid.x0 } else { grid.x(nx - 1) };
+    let y_first = if cy > 0.0 { grid.y0 } else { grid.y(ny - 1) };
+    // Frames run along the normal: ascending z when it points up.
+    let frame_order: Vec<usize> = if nz > 0.0 {
+        (0..nk).collect()
+    } else {
+        (0..nk).rev().collect()
+    };
+    let z_first = grid.z[frame_order[0]];
+    let offsets: Vec<f64> = frame_order
+        .iter()
+        .map(|k| {
+            if enc.absolute_offsets {
+                grid.z[*k]
+            } else {
+                nz * (grid.z[*k] - z_first)
+            }
+        })
+        .collect();
+    put_str(
+        &mut obj,
+        tags::IMAGE_POSITION_PATIENT,
+        VR::DS,
+        &ds_list(&[x_first, y_first, z_first]),
+    );
+    put_str(
+        &mut obj,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        VR::DS,
+        &ds_list(&[rx, 0.0, 0.0, 0.0, cy, 0.0]),
+    );
+    put_us(&mut obj, tags::SAMPLES_PER_PIXEL, 1);
+    put_str(
+        &mut obj,
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        "MONOCHROME2",
+    );
+    put_str(&mut obj, tags::NUMBER_OF_FRAMES, VR::IS, &nk.to_string());
+    obj.put(DataElement::new(
+        tags::FRAME_INCREMENT_POINTER,
+        VR::AT,
+        PrimitiveValue::Tags(vec![tags::GRID_FRAME_OFFSET_VECTOR].into()),
+    ));
+    put_us(&mut obj, tags::ROWS, ny as u16);
+    put_us(&mut obj, tags::COLUMNS, nx as u16);
+    put_str(
+        &mut obj,
+        tags::PIXEL_SPACING,
+        VR::DS,
+        &ds_list(&[grid.dy, grid.dx]),
+    );
+    put_us(&mut obj, tags::BITS_ALLOCATED, enc.bits);
+    put_us(&mut obj, tags::BITS_STORED, enc.bits);
+    put_us(&mut obj, tags::HIGH_BIT, enc.bits - 1);
+    put_us(&mut obj, tags::PIXEL_REPRESENTATION, 0);
+    put_str(&mut obj, tags::DOSE_UNITS, VR::CS, enc.units);
+    put_str(&mut obj, tags::DOSE_TYPE, VR::CS, "PHYSICAL");
+    put_str(&mut obj, tags::DOSE_SUMMATION_TYPE, VR::CS, enc.summation);
+    put_str(
+        &mut obj,
+        tags::GRID_FRAME_OFFSET_VECTOR,
+        VR::DS,
+        &ds_list(&offsets),
+    );
+    let max = gy.iter().copied().fold(0f32, f32::max).max(1e-6);
+    let top = if enc.bits == 16 {
+        f64::from(u16::MAX)
+    } else {
+        4.0e9
+    };
+    let scaling = f64::from(max) / top;
+    // Round the scaling to what DS can hold, then quantise with it.
+    let scaling: f64 = ds(scaling).parse().unwrap_or(scaling);
+    put_str(&mut obj, tags::DOSE_GRID_SCALING, VR::DS, &ds(scaling));
+    if let Some(plan) = &enc.referenced_plan_uid {
+        let mut r = InMemDicomObject::new_empty();
+        put_str(&mut r, tags::REFERENCED_SOP_CLASS_UID, VR::UI, sop::RT_PLAN);
+        put_str(&mut r, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, plan);
+        if let Some(beam) = enc.referenced_beam {
+            let mut b = InMemDicomObject::new_empty();
+            put_str(
+                &mut b,
+                tags::REFERENCED_BEAM_NUMBER,
+                VR::IS,
+                &beam.to_string(),
+            );
+            let mut fg = InMemDicomObject::new_empty();
+            put_seq(&mut fg, tags::REFERENCED_BEAM_SEQUENCE, vec![b]);
+            put_str(&mut fg, tags::REFERENCED_FRACTION_GROUP_NUMBER, VR::IS, "1");
+            put_seq(&mut r, tags::REFERENCED_FRACTION_GROUP_SEQUENCE, vec![fg]);
+        }
+        put_seq(&mut obj, tags::REFERENCED_RT_PLAN_SEQUENCE, vec![r]);
+    }
+    // Stored order: frame by frame, row by row, in the file's directions.
+    let mut frames: Vec<Vec<u32>> = Vec::with_capacity(nk);
+    for k in &frame_order {
+        let mut f = Vec::with_capacity(nx * ny);
+        for j in 0..ny {
+            let jj = if cy > 0.0 { j } else { ny - 1 - j };
+            for i in 0..nx {
+                let ii = if rx > 0.0 { i } else { nx - 1 - i };
+                let v = f64::from(gy[grid.index(ii, jj, *k)]) / scaling;
+                f.push(v.round().clamp(0.0, top) as u32);
+            }
+        }
+        frames.push(f);
+    }
+    let transfer_syntax = if enc.rle {
+        let bytes = usize::from(enc.bits / 8);
+        let fragments: Vec<Vec<u8>> = frames.iter().map(|f| rle::encode_frame(f, bytes)).collect();
+        obj.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            Value::PixelSequence(PixelFragmentSequence::new(vec![], fragments)),
+        ));
+        ts::RLE_LOSSLESS
+    } else {
+        let flat = frames.concat();
+        let value = if enc.bits == 16 {
+            PrimitiveValue::U16(flat.iter().map(|v| *v as u16).collect())
+        } else {
+            PrimitiveValue::U32(flat.into())
+        };
+        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, value));
+        ts::EXPLICIT_VR_LE
+    };
+    with_meta(obj, sop::RT_DOSE, &sop_uid, transfer_syntax)
+}
+
+/// One ROI to write.
+#[derive(Debug, Clone)]
+pub struct RoiSpec {
+    pub number: i64,
+    pub name: String,
+    /// RT ROI Interpreted Type, e.g. ORGAN, PTV, GTV, CTV, EXTERNAL.
+    pub interpreted_type: String,
+    pub planes: Vec<ContourPlane>,
+    pub color: [u8; 3],
+}
+
+/// An RT Structure Set with the given ROIs.
+pub fn rt_struct(
+    h: &StudyHeader,
+    sop_uid: &str,
+    label: &str,
+    rois: &[RoiSpec],
+) -> FileDicomObject<InMemDicomObject> {
+    let mut obj = InMemDicomObject::new_empty();
+    header(
+        &mut obj,
+        h,
+        sop::RT_STRUCTURE_SET,
+        sop_uid,
+        &uid::generate(),
+        "RTSTRUCT",
+    );
+    put_str(&mut obj, tags::STRUCTURE_SET_LABEL, VR::SH, label);
+    put_str(&mut obj, tags::STRUCTURE_SET_DATE, VR::DA, &h.study_date);
+    put_str(&mut obj, tags::STRUCTURE_SET_TIME, VR::TM, "120000");
+    let mut f = InMemDicomObject::new_empty();
+    put_str(
+        &mut f,
+        tags::FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        &h.frame_of_reference_uid,
+    );
+    put_seq(
+        &mut obj,
+        tags::REFERENCED_FRAME_OF_REFERENCE_SEQUENCE,
+        vec![f],
+    );
+    let mut roi_items = Vec::new();
+    let mut contour_items = Vec::new();
+    let mut observation_items = Vec::new();
+    for r in rois {
+        let mut it = InMemDicomObject::new_empty();
+        put_str(&mut it, tags::ROI_NUMBER, VR::IS, &r.number.to_string());
+        put_str(
+            &mut it,
+            tags::REFERENCED_FRAME_OF_REFERENCE_UID,
+            VR::UI,
+            &h.frame_of_reference_uid,
+        );
+        put_str(&mut it, tags::ROI_NAME, VR::LO, &r.name);
+        put_str(&mut it, tags::ROI_GENERATION_ALGORITHM, VR::CS, "MANUAL");
+        roi_items.push(it);
+        let contours: Vec<InMemDicomObject> = r
+            .planes
+            .iter()
+            .flat_map(|p| p.polygons.iter().map(move |poly| (p.z, poly)))
+            .map(|(z, poly)| {
+                let mut c = InMemDicomObject::new_empty();
+                put_str(
+                    &mut c,
+                    tags::CONTOUR_GEOMETRIC_TYPE,
+                    VR::CS,
+                    "CLOSED_PLANAR",
+                );
+                put_str(
+                    &mut c,
+                    tags::NUMBER_OF_CONTOUR_POINTS,
+                    VR::IS,
+                    &poly.len().to_string(),
+                );
+                let pts: Vec<f64> = poly.iter().flat_map(|p| [p[0], p[1], z]).collect();
+                put_str(&mut c, tags::CONTOUR_DATA, VR::DS, &ds_list(&pts));
+                c
+            })
+            .collect();
+        let mut rc = InMemDicomObject::new_empty();
+        put_str(
+            &mut rc,
+            tags::ROI_DISPLAY_COLOR,
+            VR::IS,
+            &format!("{}\\{}\\{}", r.color[0], r.color[1], r.color[2]),
+        );
+        put_seq(&mut rc, tags::CONTOUR_SEQUENCE, contours);
+        put_str(
+            &mut rc,
+            tags::REFERENCED_ROI_NUMBER,
+            VR::IS,
+            &r.number.to_string(),
+        );
+        contour_items.push(rc);
+        let mut ob = InMemDicomObject::new_empty();
+        put_str(
+            &mut ob,
+            tags::OBSERVATION_NUMBER,
+            VR::IS,
+            &r.number.to_string(),
+        );
+        put_str(
+            &mut ob,
+            tags::REFERENCED_ROI_NUMBER,
+            VR::IS,
+            &r.number.to_string(),
+        );
+        put_str(
+            &mut ob,
+            tags::RTROI_INTERPRETED_TYPE,
+            VR::CS,
+            &r.interpreted_type,
+        );
+        put_str(&mut ob, tags::ROI_INTERPRETER, VR::PN, "");
+        observation_items.push(ob);
+    }
+    put_seq(&mut obj, tags::STRUCTURE_SET_ROI_SEQUENCE, roi_items);
+    put_seq(&mut obj, tags::ROI_CONTOUR_SEQUENCE, contour_items);
+    put_seq(
+        &mut obj,
+        tags::RTROI_OBSERVATIONS_SEQUENCE,
+        observation_items,
+    );
+    with_meta(obj, sop::RT_STRUCTURE_SET, sop_uid, ts::EXPLICIT_VR_LE)
+}
+
+/// A minimal RT Plan: target prescription, fractions, static photon beams
+/// with their dose per fraction, and the referenced structure set.
+pub fn rt_plan(
+    h: &StudyHeader,
+    sop_uid: &str,
+    structure_set_uid: &str,
+    prescription_gy: Option<f64>,
+    fractions: u32,
+    beam_doses: &[f64],
+) -> FileDicomObject<InMemDicomObject> {
+    let mut obj = InMemDicomObject::new_empty();
+    header(
+        &mut obj,
+        h,
+        sop::RT_PLAN,
+        sop_uid,
+        &uid::generate(),
+        "RTPLAN",
+    );
+    put_str(
+        &mut obj,
+        tags::FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        &h.frame_of_reference_uid,
+    );
+    put_str(&mut obj, tags::RT_PLAN_LABEL, VR::SH, "LUNG");
+    put_str(&mut obj, tags::RT_PLAN_GEOMETRY, VR::CS, "PATIENT");
+    if let Some(rx) = prescription_gy {
+        let mut d = InMemDicomObject::new_empty();
+        put_str(&mut d, tags::DOSE_REFERENCE_NUMBER, VR::IS, "1");
+        put_str(&mut d, tags::DOSE_REFERENCE_STRUCTURE_TYPE, VR::CS, "SITE");
+        put_str(&mut d, tags::DOSE_REFERENCE_TYPE, VR::CS, "TARGET");
+        put_str(&mut d, tags::TARGET_PRESCRIPTION_DOSE, VR::DS, &ds(rx));
+        put_seq(&mut obj, tags::DOSE_REFERENCE_SEQUENCE, vec![d]);
+    }
+    let mut fg = InMemDicomObject::new_empty();
+    put_str(&mut fg, tags::FRACTION_GROUP_NUMBER, VR::IS, "1");
+    put_str(
+        &mut fg,
+        tags::NUMBER_OF_FRACTIONS_PLANNED,
+        VR::IS,
+        &fractions.to_string(),
+    );
+    put_str(
+        &mut fg,
+        tags::NUMBER_OF_BEAMS,
+        VR::IS,
+        &beam_doses.len().to_string(),
+    );
+    put_str(
+        &mut fg,
+        tags::NUMBER_OF_BRACHY_APPLICATION_SETUPS,
+        VR::IS,
+        "0",
+    );
+    let refs: Vec<InMemDicomObject> = beam_doses
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let mut b = InMemDicomObject::new_empty();
+            put_str(&mut b, tags::BEAM_DOSE, VR::DS, &ds(*d));
+            put_str(
+                &mut b,
+                tags::REFERENCED_BEAM_NUMBER,
+                VR::IS,
+                &(i + 1).to_string(),
+            );
+            b
+        })
+        .collect();
+    put_seq(&mut fg, tags::REFERENCED_BEAM_SEQUENCE, refs);
+    put_seq(&mut obj, tags::FRACTION_GROUP_SEQUENCE, vec![fg]);
+    let beams: Vec<InMemDicomObject> = (0..beam_doses.len())
+        .map(|i| {
+            let mut b = InMemDicomObject::new_empty();
+            put_str(&mut b, tags::BEAM_NUMBER, VR::IS, &(i + 1).to_string());
+            put_str(&mut b, tags::BEAM_NAME, VR::LO, &format!("F{}", i + 1));
+            put_str(&mut b, tags::BEAM_TYPE, VR::CS, "STATIC");
+            put_str(&mut b, tags::RADIATION_TYPE, VR::CS, "PHOTON");
+            put_str(&mut b, tags::TREATMENT_DELIVERY_TYPE, VR::CS, "TREATMENT");
+            put_str(&mut b, tags::NUMBER_OF_CONTROL_POINTS, VR::IS, "2");
+            let cps: Vec<InMemDicomObject> = (0..2)
+                .map(|c| {
+                    let mut cp = InMemDicomObject::new_empty();
+                    put_str(&mut cp, tags::CONTROL_POINT_INDEX, VR::IS, &c.to_string());
+                    put_str(
+                        &mut cp,
+                        tags::CUMULATIVE_METERSET_WEIGHT,
+                        VR::DS,
+                        &c.to_string(),
+                    );
+                    cp
+                })
+                .collect();
+            put_seq(&mut b, tags::CONTROL_POINT_SEQUENCE, cps);
+            b
+        })
+        .collect();
+    put_seq(&mut obj, tags::BEAM_SEQUENCE, beams);
+    let mut rs = InMemDicomObject::new_empty();
+    put_str(
+        &mut rs,
+        tags::REFERENCED_SOP_CLASS_UID,
+        VR::UI,
+        sop::RT_STRUCTURE_SET,
+    );
+    put_str(
+        &mut rs,
+        tags::REFERENCED_SOP_INSTANCE_UID,
+        VR::UI,
+        structure_set_uid,
+    );
+    put_seq(&mut obj, tags::REFERENCED_STRUCTURE_SET_SEQUENCE, vec![rs]);
+    with_meta(obj, sop::RT_PLAN, sop_uid, ts::EXPLICIT_VR_LE)
+}

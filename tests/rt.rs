@@ -1,0 +1,611 @@
+//! Reading RT objects and DVH metrics, checked on analytic phantoms written
+//! as real DICOM files, and on the shared sample files when present.
+
+use std::f64::consts::PI;
+use std::path::{Path, PathBuf};
+
+use esorisk::rt::analysis::{self, Options};
+use esorisk::rt::dose::{self, DoseOptions, Summation};
+use esorisk::rt::grid::Grid;
+use esorisk::rt::names::Organ;
+use esorisk::rt::structure::ContourPlane;
+use esorisk::rt::study;
+use esorisk::rt::write::{self, DoseEncoding, RoiSpec, StudyHeader};
+use esorisk::uid;
+
+fn circle(cx: f64, cy: f64, r: f64, n: usize) -> Vec<[f64; 2]> {
+    (0..n)
+        .map(|i| {
+            let a = i as f64 * 2.0 * PI / n as f64;
+            [cx + r * a.cos(), cy + r * a.sin()]
+        })
+        .collect()
+}
+
+/// Polygon with the same area as the circle (so polygon error does not
+/// enter the volume).
+fn circle_area_true(cx: f64, cy: f64, r: f64, n: usize) -> Vec<[f64; 2]> {
+    let a = 2.0 * PI / n as f64;
+    let scale = (a / a.sin()).sqrt();
+    circle(cx, cy, r * scale, n)
+}
+
+fn dose_on(grid: &Grid, f: impl Fn(f64, f64, f64) -> f64) -> Vec<f32> {
+    let mut gy = vec![0f32; grid.len()];
+    for (k, z) in grid.z.iter().enumerate() {
+        for j in 0..grid.ny {
+            for i in 0..grid.nx {
+                gy[grid.index(i, j, k)] = f(grid.x(i), grid.y(j), *z) as f32;
+            }
+        }
+    }
+    gy
+}
+
+/// Write a study (struct, plan, dose) and return its directory's files.
+fn write_study(
+    dir: &Path,
+    grid: &Grid,
+    gy: &[f32],
+    rois: &[RoiSpec],
+    rx: f64,
+    fractions: u32,
+) -> Vec<PathBuf> {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    let h = StudyHeader::new("PHANTOM1");
+    let (ss, plan) = (uid::generate(), uid::generate());
+    let files = vec![
+        (write::rt_struct(&h, &ss, "PHANTOM", rois), "rtstruct.dcm"),
+        (
+            write::rt_plan(
+                &h,
+                &plan,
+                &ss,
+                Some(rx),
+                fractions,
+                &[rx / f64::from(fractions)],
+            ),
+            "rtplan.dcm",
+        ),
+        (
+            write::rt_dose(
+                &h,
+                grid,
+                gy,
+                &DoseEncoding {
+                    referenced_plan_uid: Some(plan.clone()),
+                    ..Default::default()
+                },
+            ),
+            "rtdose.dcm",
+        ),
+    ];
+    files
+        .into_iter()
+        .map(|(obj, name)| {
+            let p = dir.join(name);
+            obj.write_to_file(&p).expect("write");
+            p
+        })
+        .collect()
+}
+
+fn roi(number: i64, name: &str, kind: &str, planes: Vec<ContourPlane>) -> RoiSpec {
+    RoiSpec {
+        number,
+        name: name.into(),
+        interpreted_type: kind.into(),
+        planes,
+        color: [255, 0, 0],
+    }
+}
+
+/// V(≥D) within 1 % of the volume of the analytic curve shifted by ±0.1 Gy.
+fn assert_dvh_close(
+    what: &str,
+    computed: impl Fn(f64) -> f64,
+    analytic: impl Fn(f64) -> f64,
+    total: f64,
+    doses: impl Iterator<Item = f64>,
+) {
+    for d in doses {
+        let v = computed(d);
+        let (lo, hi) = (
+            analytic(d + 0.1) - 0.01 * total,
+            analytic(d - 0.1) + 0.01 * total,
+        );
+        assert!(
+            v >= lo && v <= hi,
+            "{what}: V(≥{d:.2} Gy) = {v:.3} cm³, expected {lo:.3}..{hi:.3}"
+        );
+    }
+}
+
+#[test]
+fn sphere_in_a_linear_gradient_matches_the_closed_form() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let r = 20.0;
+    let grid = Grid::uniform([-40.0, -40.0, -40.0], [2.5, 2.5, 2.5], [33, 33, 33]);
+    // D = 30 + 0.5·x Gy: mean 30 Gy, 20 to 40 Gy across the sphere.
+    let gy = dose_on(&grid, |x, _, _| 30.0 + 0.5 * x);
+    let planes: Vec<ContourPlane> = grid
+        .z
+        .iter()
+        .filter(|z| z.abs() < r)
+        .map(|z| ContourPlane {
+            z: *z,
+            polygons: vec![circle_area_true(0.0, 0.0, (r * r - z * z).sqrt(), 128)],
+        })
+        .collect();
+    let files = write_study(
+        &tmp.path().join("s"),
+        &grid,
+        &gy,
+        &[roi(1, "GTV", "GTV", planes)],
+        60.0,
+        30,
+    );
+    let study = study::load(&files, &DoseOptions::default()).expect("load");
+    assert!(study.problems.is_empty(), "{:?}", study.problems);
+    let a = analysis::analyse(&study, &Options::default());
+    let s = a
+        .structures
+        .iter()
+        .find(|s| s.organ == Some(Organ::Gtv))
+        .expect("GTV");
+    // The slab model integrates the sphere by the midpoint rule in z.
+    let slab: f64 = study.structures.as_ref().expect("ss").rois[0]
+        .planes
+        .iter()
+        .map(|p| PI * (r * r - p.z * p.z) * 2.5)
+        .sum::<f64>()
+        / 1000.0;
+    let exact = 4.0 / 3.0 * PI * r.powi(3) / 1000.0;
+    assert!(
+        (s.physical.volume_cc - slab).abs() / slab < 0.01,
+        "{} vs {slab}",
+        s.physical.volume_cc
+    );
+    assert!((slab - exact).abs() / exact < 0.01);
+    assert!(
+        (s.physical.mean_gy - 30.0).abs() < 0.1,
+        "mean {}",
+        s.physical.mean_gy
+    );
+    // Cap of the sphere beyond x0 = 2(D − 30): π h² (3r − h) / 3.
+    let analytic = |d: f64| {
+        let x0 = (2.0 * (d - 30.0)).clamp(-r, r);
+        let h = r - x0;
+        PI * h * h * (3.0 * r - h) / 3.0 / 1000.0
+    };
+    let dv = &s.dose_volume;
+    assert_dvh_close(
+        "sphere",
+        |d| dv.v_gy_cc(d),
+        analytic,
+        exact,
+        (0..=40).map(|i| 20.5 + i as f64 * 0.475),
+    );
+    // EQD2 (30 fractions, α/β 10) per point: d (d/30 + 10) / 12. Over the
+    // sphere E[d] = 30 and E[d²] = 900 + 0.25·r²/5, so the mean EQD2 is
+    // E[d²]/360 + 25.
+    let eq = s.eqd2.as_ref().expect("eqd2");
+    let want = (900.0 + 0.25 * r * r / 5.0) / 360.0 + 25.0;
+    assert!(
+        (eq.mean_gy - want).abs() < 0.05,
+        "EQD2 mean {} vs {want}",
+        eq.mean_gy
+    );
+}
+
+#[test]
+fn hollow_cylinder_in_a_radial_gradient_matches_the_closed_form() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (ro, ri) = (30.0, 10.0);
+    let grid = Grid::uniform([-40.0, -40.0, -25.0], [2.0, 2.0, 2.5], [41, 41, 21]);
+    // D = 10 + r Gy, from 20 Gy at the inner wall to 40 Gy at the outer.
+    let gy = dose_on(&grid, |x, y, _| 10.0 + (x * x + y * y).sqrt());
+    let planes: Vec<ContourPlane> = grid
+        .z
+        .iter()
+        .filter(|z| z.abs() <= 20.0)
+        .map(|z| ContourPlane {
+            z: *z,
+            // Even-odd: the inner circle is a hole.
+            polygons: vec![
+                circle_area_true(0.0, 0.0, ro, 256),
+                circle_area_true(0.0, 0.0, ri, 256),
+            ],
+        })
+        .collect();
+    let length = planes.len() as f64 * 2.5;
+    let files = write_study(
+        &tmp.path().join("c"),
+        &grid,
+        &gy,
+        &[roi(1, "Esophagus", "ORGAN", planes)],
+        60.0,
+        30,
+    );
+    let study = study::load(&files, &DoseOptions::default()).expect("load");
+    let a = analysis::analyse(&study, &Options::default());
+    let s = a
+        .structures
+        .iter()
+        .find(|s| s.organ == Some(Organ::Esophagus))
+        .expect("esophagus");
+    let total = PI * (ro * ro - ri * ri) * length / 1000.0;
+    assert!(
+        (s.physical.volume_cc - total).abs() / total < 0.01,
+        "{} vs {total}",
+        s.physical.volume_cc
+    );
+    let analytic = |d: f64| {
+        let r0 = (d - 10.0).clamp(ri, ro);
+        PI * (ro * ro - r0 * r0) * length / 1000.0
+    };
+    let dv = &s.dose_volume;
+    assert_dvh_close(
+        "cylinder",
+        |d| dv.v_gy_cc(d),
+        analytic,
+        total,
+        (0..=38).map(|i| 20.5 + i as f64 * 0.5),
+    );
+    // Mean of 10 + r over the annulus: 10 + (2/3)(ro³ − ri³)/(ro² − ri²).
+    let mean = 10.0 + 2.0 / 3.0 * (ro.powi(3) - ri.powi(3)) / (ro * ro - ri * ri);
+    assert!(
+        (s.physical.mean_gy - mean).abs() < 0.1,
+        "{} vs {mean}",
+        s.physical.mean_gy
+    );
+    assert!((s.physical.d2cc_gy - (10.0 + (ro * ro - 2000.0 / (PI * length)).sqrt())).abs() < 0.3);
+}
+
+#[test]
+fn every_orientation_bit_depth_and_encoding_reads_back() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let grid = Grid {
+        x0: -12.0,
+        y0: 30.0,
+        dx: 3.0,
+        dy: 2.0,
+        nx: 9,
+        ny: 7,
+        z: vec![-10.0, -7.5, -5.0, -2.5, 2.5],
+    };
+    let f = |x: f64, y: f64, z: f64| 20.0 + 0.5 * x + 0.2 * y + 0.3 * z;
+    let gy = dose_on(&grid, f);
+    let h = StudyHeader::new("ORIENT");
+    for orientation in ["HFS", "HFP", "FFS", "FFP"] {
+        for bits in [16u16, 32] {
+            for rle in [false, true] {
+                for absolute_offsets in [false, true] {
+                    let enc = DoseEncoding {
+                        bits,
+                        orientation,
+                        rle,
+                        absolute_offsets,
+                        ..Default::default()
+                    };
+                    let path = tmp
+                        .path()
+                        .join(format!("{orientation}_{bits}_{rle}_{absolute_offsets}.dcm"));
+                    write::rt_dose(&h, &grid, &gy, &enc)
+                        .write_to_file(&path)
+                        .expect("write");
+                    let d = dose::read(&path, &DoseOptions::default())
+                        .unwrap_or_else(|e| panic!("{path:?}: {e}"));
+                    assert!(d.grid.same_geometry(&grid), "{path:?}: {:?}", d.grid);
+                    assert_eq!(d.info.orientation, orientation);
+                    let tol = if bits == 16 { 0.002 } else { 1e-5 };
+                    for (a, b) in d.gy.iter().zip(&gy) {
+                        assert!((a - b).abs() < tol * 40.0, "{path:?}: {a} vs {b}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn big_endian_from_dcmtk_reads_like_little_endian() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let grid = Grid::uniform([0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [6, 5, 4]);
+    let gy = dose_on(&grid, |x, y, z| 1.0 + x + 10.0 * y + 100.0 * z);
+    let h = StudyHeader::new("BE");
+    for bits in [16u16, 32] {
+        let le = tmp.path().join(format!("le{bits}.dcm"));
+        let be = tmp.path().join(format!("be{bits}.dcm"));
+        write::rt_dose(
+            &h,
+            &grid,
+            &gy,
+            &DoseEncoding {
+                bits,
+                ..Default::default()
+            },
+        )
+        .write_to_file(&le)
+        .expect("write");
+        let out = std::process::Command::new("dcmconv")
+            .arg("+tb")
+            .arg(&le)
+            .arg(&be)
+            .output()
+            .expect("dcmconv (scripts/test installs DCMTK)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let a = dose::read(&le, &DoseOptions::default()).expect("le");
+        let b = dose::read(&be, &DoseOptions::default()).expect("be");
+        assert!(
+            a.gy == b.gy,
+            "{bits}-bit big endian differs from little endian"
+        );
+    }
+}
+
+#[test]
+fn summation_types_units_and_geometry_are_checked() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let grid = Grid::uniform([0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [10, 10, 8]);
+    let h = StudyHeader::new("SUM");
+    let (ss, plan) = (uid::generate(), uid::generate());
+    let planes: Vec<ContourPlane> = grid
+        .z
+        .iter()
+        .map(|z| ContourPlane {
+            z: *z,
+            polygons: vec![circle(9.0, 9.0, 5.0, 32)],
+        })
+        .collect();
+    let dir = tmp.path().join("beams");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    write::rt_struct(&h, &ss, "S", &[roi(1, "Esophagus", "ORGAN", planes)])
+        .write_to_file(dir.join("ss.dcm"))
+        .expect("ss");
+    write::rt_plan(&h, &plan, &ss, Some(50.0), 25, &[1.0, 1.0])
+        .write_to_file(dir.join("plan.dcm"))
+        .expect("plan");
+    for (beam, value) in [(1, 20.0f32), (2, 30.0)] {
+        let enc = DoseEncoding {
+            summation: "BEAM",
+            referenced_plan_uid: Some(plan.clone()),
+            referenced_beam: Some(beam),
+            ..Default::default()
+        };
+        write::rt_dose(&h, &grid, &vec![value; grid.len()], &enc)
+            .write_to_file(dir.join(format!("beam{beam}.dcm")))
+            .expect("dose");
+    }
+    let s = study::load(std::slice::from_ref(&dir), &DoseOptions::default()).expect("beams");
+    assert!(
+        s.dose.gy.iter().all(|v| (v - 50.0).abs() < 1e-3),
+        "beam doses summed"
+    );
+    assert!(
+        s.links.iter().any(|l| l.contains("2 beam")),
+        "{:?}",
+        s.links
+    );
+    let plan_info = s.plan.as_ref().expect("plan");
+    assert_eq!(plan_info.prescription_gy, Some(50.0));
+    assert_eq!(plan_info.fractions, Some(25));
+    assert_eq!(plan_info.technique, "3D-CRT");
+
+    // A third beam on another grid cannot be summed.
+    let shifted = Grid {
+        x0: 1.0,
+        ..grid.clone()
+    };
+    let enc = DoseEncoding {
+        summation: "BEAM",
+        referenced_plan_uid: Some(plan.clone()),
+        referenced_beam: Some(3),
+        ..Default::default()
+    };
+    write::rt_dose(&h, &shifted, &vec![1.0; grid.len()], &enc)
+        .write_to_file(dir.join("beam3.dcm"))
+        .expect("dose");
+    let err = study::load(std::slice::from_ref(&dir), &DoseOptions::default()).expect_err("mismatched grids");
+    assert!(err.to_string().contains("different grids"), "{err}");
+    std::fs::remove_file(dir.join("beam3.dcm")).expect("rm");
+
+    // A fraction dose is multiplied by the planned fractions.
+    let fdir = tmp.path().join("fraction");
+    std::fs::create_dir_all(&fdir).expect("mkdir");
+    std::fs::copy(dir.join("ss.dcm"), fdir.join("ss.dcm")).expect("cp");
+    std::fs::copy(dir.join("plan.dcm"), fdir.join("plan.dcm")).expect("cp");
+    let enc = DoseEncoding {
+        summation: "FRACTION",
+        referenced_plan_uid: Some(plan.clone()),
+        ..Default::default()
+    };
+    write::rt_dose(&h, &grid, &vec![2.0; grid.len()], &enc)
+        .write_to_file(fdir.join("f.dcm"))
+        .expect("dose");
+    let s = study::load(std::slice::from_ref(&fdir), &DoseOptions::default()).expect("fraction");
+    assert!(s.dose.gy.iter().all(|v| (v - 50.0).abs() < 1e-3));
+
+    // RELATIVE units are refused unless a normalisation is given.
+    let rel = tmp.path().join("relative.dcm");
+    let enc = DoseEncoding {
+        units: "RELATIVE",
+        ..Default::default()
+    };
+    write::rt_dose(&h, &grid, &vec![0.5; grid.len()], &enc)
+        .write_to_file(&rel)
+        .expect("dose");
+    let err = dose::read(&rel, &DoseOptions::default()).expect_err("relative refused");
+    assert!(err.to_string().contains("RELATIVE"), "{err}");
+    let d = dose::read(
+        &rel,
+        &DoseOptions {
+            relative_normalisation_gy: Some(60.0),
+        },
+    )
+    .expect("normalised");
+    assert!((d.max_gy() - 30.0).abs() < 1e-3);
+    assert_eq!(d.info.summation, Summation::Plan);
+
+    // A sagittal dose is refused with a clear reason.
+    let mut obj = dicom_object::open_file(&rel).expect("open");
+    obj.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::IMAGE_ORIENTATION_PATIENT,
+        dicom_core::VR::DS,
+        dicom_core::PrimitiveValue::from("0\\1\\0\\0\\0\\-1"),
+    ));
+    let sag = tmp.path().join("sagittal.dcm");
+    obj.write_to_file(&sag).expect("write");
+    let err = dose::read(
+        &sag,
+        &DoseOptions {
+            relative_normalisation_gy: Some(1.0),
+        },
+    )
+    .expect_err("sagittal");
+    assert!(err.to_string().contains("not axial"), "{err}");
+}
+
+#[test]
+fn missing_objects_and_frames_of_reference_are_reported() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let grid = Grid::uniform([0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [8, 8, 4]);
+    let h = StudyHeader::new("LINKS");
+    let other = StudyHeader {
+        frame_of_reference_uid: uid::generate(),
+        ..h.clone()
+    };
+    let ss = uid::generate();
+    let planes = vec![ContourPlane {
+        z: 2.0,
+        polygons: vec![circle(7.0, 7.0, 3.0, 16)],
+    }];
+    let dir = tmp.path().join("s");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    write::rt_struct(&other, &ss, "S", &[roi(1, "Esophagus", "ORGAN", planes)])
+        .write_to_file(dir.join("ss.dcm"))
+        .expect("ss");
+    let enc = DoseEncoding {
+        referenced_plan_uid: Some(uid::generate()),
+        ..Default::default()
+    };
+    write::rt_dose(&h, &grid, &vec![1.0; grid.len()], &enc)
+        .write_to_file(dir.join("d.dcm"))
+        .expect("dose");
+    let s = study::load(&[dir], &DoseOptions::default()).expect("load");
+    let all = s.problems.join("\n");
+    assert!(all.contains("which is not among the input files"), "{all}");
+    assert!(all.contains("no RT Plan"), "{all}");
+    assert!(all.contains("another frame of reference"), "{all}");
+    let err = study::load(&[tmp.path().join("nothing-here")], &DoseOptions::default())
+        .expect_err("no dose");
+    assert!(err.to_string().contains("no RT Dose"), "{err}");
+}
+
+#[test]
+fn shared_sample_files_read_without_error() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/pydicom");
+    if !dir.is_dir() {
+        eprintln!("shared sample files not present; skipped");
+        return;
+    }
+    // The sample doses are RELATIVE; a normalisation of 1 Gy reads them.
+    let opts = DoseOptions {
+        relative_normalisation_gy: Some(1.0),
+    };
+    let le = dose::read(&dir.join("rtdose.dcm"), &opts).expect("rtdose");
+    assert_eq!((le.grid.nx, le.grid.ny, le.grid.nz()), (10, 10, 15));
+    for name in ["rtdose_expb.dcm", "rtdose_rle.dcm"] {
+        let d = dose::read(&dir.join(name), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(d.grid.same_geometry(&le.grid), "{name}");
+        assert!(d.gy == le.gy, "{name} holds the same dose as rtdose.dcm");
+    }
+    for name in [
+        "rtdose_1frame.dcm",
+        "rtdose_expb_1frame.dcm",
+        "rtdose_rle_1frame.dcm",
+    ] {
+        let d = dose::read(&dir.join(name), &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(d.grid.nz(), 1, "{name}");
+        assert!(
+            d.gy[..] == le.gy[..100],
+            "{name} is the first plane of rtdose.dcm"
+        );
+    }
+    let plan = esorisk::rt::plan::read(&dir.join("rtplan.dcm")).expect("rtplan");
+    assert!(plan.fractions.is_some(), "{plan:?}");
+    let ss =
+        esorisk::rt::structure::read(&dir.join("rtstruct.dcm")).expect("rtstruct without preamble");
+    assert!(!ss.rois.is_empty());
+    assert!(ss.rois.iter().any(|r| !r.planes.is_empty()));
+    // A truncated file is an error, not a panic.
+    assert!(esorisk::rt::plan::read(&dir.join("rtplan_truncated.dcm")).is_err());
+}
+
+#[test]
+fn inspect_command_text_json_and_png() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let grid = Grid::uniform([-30.0, -30.0, -20.0], [2.5, 2.5, 2.5], [25, 25, 17]);
+    let gy = dose_on(&grid, |x, _, _| 40.0 + 0.5 * x);
+    let ring = |r: f64| -> Vec<ContourPlane> {
+        grid.z
+            .iter()
+            .filter(|z| z.abs() < 15.0)
+            .map(|z| ContourPlane {
+                z: *z,
+                polygons: vec![circle(0.0, 0.0, r, 48)],
+            })
+            .collect()
+    };
+    let rois = [
+        roi(1, "Esophagus", "ORGAN", ring(6.0)),
+        roi(2, "esophagus_PRV", "AVOIDANCE", ring(9.0)),
+        roi(3, "PTV", "PTV", ring(15.0)),
+    ];
+    let files = write_study(&tmp.path().join("s"), &grid, &gy, &rois, 60.0, 30);
+    let png = tmp.path().join("dvh.png");
+    let exe = env!("CARGO_BIN_EXE_esorisk");
+    let out = std::process::Command::new(exe)
+        .arg("inspect")
+        .arg(tmp.path().join("s"))
+        .arg("--png")
+        .arg(&png)
+        .output()
+        .expect("inspect");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "RT Dose → RT Plan",
+        "60.00 Gy in 30 fractions",
+        "Esophagus   ← \"Esophagus\"",
+        "passed over \"esophagus_PRV\"",
+        "research tool",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    let bytes = std::fs::read(&png).expect("png written");
+    assert!(bytes.starts_with(b"\x89PNG"));
+    let out = std::process::Command::new(exe)
+        .arg("inspect")
+        .arg("--json")
+        .args(&files)
+        .output()
+        .expect("inspect");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let eso = v["analysis"]["structures"]
+        .as_array()
+        .expect("structures")
+        .iter()
+        .find(|s| s["organ"] == "Esophagus")
+        .expect("esophagus");
+    assert!((eso["physical"]["mean_gy"].as_f64().expect("mean") - 40.0).abs() < 0.1);
+    assert_eq!(v["plan"]["fractions"], 30);
+}

@@ -201,7 +201,7 @@ pub fn text(study: &Study, a: &Analysis) -> String {
             "  {:<22} {:>8.2} {:>14} {:>14} {:>14} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
             format!(
                 "{} ({})",
-                s.organ.map(|o| o.label()).unwrap_or("?"),
+                s.organ.map(|o| o.label()).unwrap_or("ROI"),
                 s.roi_name
             ),
             p.volume_cc,
@@ -218,6 +218,19 @@ pub fn text(study: &Study, a: &Analysis) -> String {
                 o,
                 "  {:<22} {:.2} cm³ outside the dose grid (counted as 0 Gy)",
                 "", p.outside_dose_grid_cc
+            );
+        }
+    }
+    for s in &a.structures {
+        if let Some(l) = &s.lkb {
+            let _ = writeln!(
+                o,
+                "\n  {} LKB NTCP, grade ≥ 2 esophagitis ({}: TD50 {} Gy, m {}, n {}, {} dose): {:.1} % (gEUD {:.2} Gy)",
+                s.roi_name, l.model.source, l.model.td50_gy, l.model.m, l.model.n, l.dose, 100.0 * l.ntcp, l.geud_gy
+            );
+            let _ = writeln!(
+                o,
+                "  a published population model shown for reference, not esorisk's risk score"
             );
         }
     }
@@ -265,7 +278,7 @@ pub fn png(a: &Analysis, path: &Path) -> Result<(), String> {
         let color = Palette99::pick(i).to_rgba();
         let label = format!(
             "{} ({})",
-            s.organ.map(|o| o.label()).unwrap_or("?"),
+            s.organ.map(|o| o.label()).unwrap_or("ROI"),
             s.roi_name
         );
         chart

@@ -49,13 +49,17 @@ enum Command {
         /// refused without it).
         #[arg(long, value_name = "GY")]
         relative_dose_gy: Option<f64>,
+        /// DVH for every ROI with contours, not only the recognised organs.
+        #[arg(long)]
+        all_rois: bool,
     },
     /// Write synthetic CT / RT objects (valid structure, no realistic anatomy)
     /// for trying the node and for benchmarks.
     GenTestData {
         #[arg(long)]
         out: PathBuf,
-        /// ct, rtdose, rtplan, rtstruct
+        /// ct, rtdose, rtplan, rtstruct, study; or an analytic phantom
+        /// study: sphere, cylinder, thorax
         #[arg(long)]
         kind: String,
         #[arg(long, default_value_t = 1)]
@@ -146,6 +150,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             png,
             alpha_beta,
             relative_dose_gy,
+            all_rois,
         } => {
             let options = esorisk::rt::dose::DoseOptions {
                 relative_normalisation_gy: relative_dose_gy,
@@ -155,6 +160,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 &study,
                 &esorisk::rt::analysis::Options {
                     alpha_beta,
+                    all_rois,
                     ..Default::default()
                 },
             );
@@ -179,7 +185,17 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             mbytes,
             seed,
         } => {
-            let paths = esorisk::testgen::write_set(&out, &kind, count, size, mbytes, seed)?;
+            let paths = match kind.as_str() {
+                "sphere" => {
+                    esorisk::rt::phantom::write(&esorisk::rt::phantom::sphere_linear(), &out)?
+                }
+                "cylinder" => esorisk::rt::phantom::write(
+                    &esorisk::rt::phantom::hollow_cylinder_radial(),
+                    &out,
+                )?,
+                "thorax" => esorisk::rt::phantom::write(&esorisk::rt::phantom::thorax(), &out)?,
+                _ => esorisk::testgen::write_set(&out, &kind, count, size, mbytes, seed)?,
+            };
             println!("wrote {} files to {}", paths.len(), out.display());
         }
     }

@@ -8,6 +8,7 @@ use esorisk::rt::analysis::{self, Options};
 use esorisk::rt::dose::{self, DoseOptions, Summation};
 use esorisk::rt::grid::Grid;
 use esorisk::rt::names::Organ;
+use esorisk::rt::phantom;
 use esorisk::rt::structure::ContourPlane;
 use esorisk::rt::study;
 use esorisk::rt::write::{self, DoseEncoding, RoiSpec, StudyHeader};
@@ -20,14 +21,6 @@ fn circle(cx: f64, cy: f64, r: f64, n: usize) -> Vec<[f64; 2]> {
             [cx + r * a.cos(), cy + r * a.sin()]
         })
         .collect()
-}
-
-/// Polygon with the same area as the circle (so polygon error does not
-/// enter the volume).
-fn circle_area_true(cx: f64, cy: f64, r: f64, n: usize) -> Vec<[f64; 2]> {
-    let a = 2.0 * PI / n as f64;
-    let scale = (a / a.sin()).sqrt();
-    circle(cx, cy, r * scale, n)
 }
 
 fn dose_on(grid: &Grid, f: impl Fn(f64, f64, f64) -> f64) -> Vec<f32> {
@@ -125,26 +118,8 @@ fn assert_dvh_close(
 fn sphere_in_a_linear_gradient_matches_the_closed_form() {
     let tmp = tempfile::tempdir().expect("tmp");
     let r = 20.0;
-    let grid = Grid::uniform([-40.0, -40.0, -40.0], [2.5, 2.5, 2.5], [33, 33, 33]);
-    // D = 30 + 0.5·x Gy: mean 30 Gy, 20 to 40 Gy across the sphere.
-    let gy = dose_on(&grid, |x, _, _| 30.0 + 0.5 * x);
-    let planes: Vec<ContourPlane> = grid
-        .z
-        .iter()
-        .filter(|z| z.abs() < r)
-        .map(|z| ContourPlane {
-            z: *z,
-            polygons: vec![circle_area_true(0.0, 0.0, (r * r - z * z).sqrt(), 128)],
-        })
-        .collect();
-    let files = write_study(
-        &tmp.path().join("s"),
-        &grid,
-        &gy,
-        &[roi(1, "GTV", "GTV", planes)],
-        60.0,
-        30,
-    );
+    let p = phantom::sphere_linear();
+    let files = phantom::write(&p, tmp.path()).expect("write");
     let study = study::load(&files, &DoseOptions::default()).expect("load");
     assert!(study.problems.is_empty(), "{:?}", study.problems);
     let a = analysis::analyse(&study, &Options::default());
@@ -172,6 +147,18 @@ fn sphere_in_a_linear_gradient_matches_the_closed_form() {
         "mean {}",
         s.physical.mean_gy
     );
+    // Extremes are sampled: the outermost sample lies within dx/2n of the
+    // surface, 0.5 Gy/mm × 2.5/8 mm ≈ 0.16 Gy below the true maximum.
+    assert!(
+        (s.physical.max_gy - 40.0).abs() < 0.2,
+        "max {}",
+        s.physical.max_gy
+    );
+    assert!(
+        (s.physical.min_gy - 20.0).abs() < 0.2,
+        "min {}",
+        s.physical.min_gy
+    );
     // Cap of the sphere beyond x0 = 2(D − 30): π h² (3r − h) / 3.
     let analytic = |d: f64| {
         let x0 = (2.0 * (d - 30.0)).clamp(-r, r);
@@ -185,6 +172,12 @@ fn sphere_in_a_linear_gradient_matches_the_closed_form() {
         analytic,
         exact,
         (0..=40).map(|i| 20.5 + i as f64 * 0.475),
+    );
+    // D50% is the median dose, 30 Gy; D2cc is the dose at the 2 cc cap.
+    assert!(
+        (s.physical.d50_gy - 30.0).abs() < 0.1,
+        "D50 {}",
+        s.physical.d50_gy
     );
     // EQD2 (30 fractions, α/β 10) per point: d (d/30 + 10) / 12. Over the
     // sphere E[d] = 30 and E[d²] = 900 + 0.25·r²/5, so the mean EQD2 is
@@ -202,31 +195,9 @@ fn sphere_in_a_linear_gradient_matches_the_closed_form() {
 fn hollow_cylinder_in_a_radial_gradient_matches_the_closed_form() {
     let tmp = tempfile::tempdir().expect("tmp");
     let (ro, ri) = (30.0, 10.0);
-    let grid = Grid::uniform([-40.0, -40.0, -25.0], [2.0, 2.0, 2.5], [41, 41, 21]);
-    // D = 10 + r Gy, from 20 Gy at the inner wall to 40 Gy at the outer.
-    let gy = dose_on(&grid, |x, y, _| 10.0 + (x * x + y * y).sqrt());
-    let planes: Vec<ContourPlane> = grid
-        .z
-        .iter()
-        .filter(|z| z.abs() <= 20.0)
-        .map(|z| ContourPlane {
-            z: *z,
-            // Even-odd: the inner circle is a hole.
-            polygons: vec![
-                circle_area_true(0.0, 0.0, ro, 256),
-                circle_area_true(0.0, 0.0, ri, 256),
-            ],
-        })
-        .collect();
-    let length = planes.len() as f64 * 2.5;
-    let files = write_study(
-        &tmp.path().join("c"),
-        &grid,
-        &gy,
-        &[roi(1, "Esophagus", "ORGAN", planes)],
-        60.0,
-        30,
-    );
+    let p = phantom::hollow_cylinder_radial();
+    let length = p.rois[0].planes.len() as f64 * 2.5;
+    let files = phantom::write(&p, tmp.path()).expect("write");
     let study = study::load(&files, &DoseOptions::default()).expect("load");
     let a = analysis::analyse(&study, &Options::default());
     let s = a
@@ -259,7 +230,20 @@ fn hollow_cylinder_in_a_radial_gradient_matches_the_closed_form() {
         "{} vs {mean}",
         s.physical.mean_gy
     );
-    assert!((s.physical.d2cc_gy - (10.0 + (ro * ro - 2000.0 / (PI * length)).sqrt())).abs() < 0.3);
+    // D2cc: the outer shell holding 2 cm³.
+    let d2cc = 10.0 + (ro * ro - 2000.0 / (PI * length)).sqrt();
+    assert!(
+        (s.physical.d2cc_gy - d2cc).abs() < 0.1,
+        "{} vs {d2cc}",
+        s.physical.d2cc_gy
+    );
+    // V35 Gy in % of the volume.
+    let v35 = 100.0 * analytic(35.0) / total;
+    assert!(
+        (s.physical.v35_pct - v35).abs() < 1.0,
+        "{} vs {v35}",
+        s.physical.v35_pct
+    );
 }
 
 #[test]
@@ -349,6 +333,40 @@ fn big_endian_from_dcmtk_reads_like_little_endian() {
 }
 
 #[test]
+fn jpeg_compressed_16_bit_dose_reads_like_uncompressed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let grid = Grid::uniform([0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [16, 12, 5]);
+    let gy = dose_on(&grid, |x, y, z| 5.0 + x + 2.0 * y + 3.0 * z);
+    let raw = tmp.path().join("raw.dcm");
+    let jpeg = tmp.path().join("jpeg.dcm");
+    let h = StudyHeader::new("JPEG");
+    write::rt_dose(
+        &h,
+        &grid,
+        &gy,
+        &DoseEncoding {
+            bits: 16,
+            ..Default::default()
+        },
+    )
+    .write_to_file(&raw)
+    .expect("write");
+    let out = std::process::Command::new("dcmcjpeg")
+        .arg(&raw)
+        .arg(&jpeg)
+        .output()
+        .expect("dcmcjpeg (DCMTK)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a = dose::read(&raw, &DoseOptions::default()).expect("raw");
+    let b = dose::read(&jpeg, &DoseOptions::default()).expect("jpeg lossless");
+    assert!(a.gy == b.gy, "lossless JPEG must give the same dose");
+}
+
+#[test]
 fn summation_types_units_and_geometry_are_checked() {
     let tmp = tempfile::tempdir().expect("tmp");
     let grid = Grid::uniform([0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [10, 10, 8]);
@@ -410,7 +428,8 @@ fn summation_types_units_and_geometry_are_checked() {
     write::rt_dose(&h, &shifted, &vec![1.0; grid.len()], &enc)
         .write_to_file(dir.join("beam3.dcm"))
         .expect("dose");
-    let err = study::load(std::slice::from_ref(&dir), &DoseOptions::default()).expect_err("mismatched grids");
+    let err = study::load(std::slice::from_ref(&dir), &DoseOptions::default())
+        .expect_err("mismatched grids");
     assert!(err.to_string().contains("different grids"), "{err}");
     std::fs::remove_file(dir.join("beam3.dcm")).expect("rm");
 

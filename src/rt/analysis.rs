@@ -19,6 +19,8 @@ pub struct Options {
     pub alpha_beta: f64,
     /// Samples per voxel edge for the fractional mask.
     pub supersampling: usize,
+    /// DVHs for every ROI with contours, not only the recognised organs.
+    pub all_rois: bool,
 }
 
 impl Default for Options {
@@ -26,8 +28,38 @@ impl Default for Options {
         Options {
             alpha_beta: 10.0,
             supersampling: 4,
+            all_rois: false,
         }
     }
+}
+
+/// LKB parameters for grade ≥ 2 acute esophagitis (Belderbos et al. 2005:
+/// TD50 47 Gy, m 0.36, n 0.69), applied to the EQD2 dose.
+pub const LKB_ESOPHAGITIS: Lkb = Lkb {
+    td50_gy: 47.0,
+    m: 0.36,
+    n: 0.69,
+    source: "Belderbos et al. 2005",
+};
+
+/// Lyman–Kutcher–Burman model parameters.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Lkb {
+    pub td50_gy: f64,
+    pub m: f64,
+    pub n: f64,
+    pub source: &'static str,
+}
+
+/// A published NTCP for one structure, for reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ntcp {
+    pub model: Lkb,
+    /// gEUD with a = 1/n (Gy).
+    pub geud_gy: f64,
+    pub ntcp: f64,
+    /// "EQD2" or "physical".
+    pub dose: &'static str,
 }
 
 /// DVH results for one structure.
@@ -39,6 +71,8 @@ pub struct StructureDvh {
     pub physical: Metrics,
     /// The same metrics on the EQD2 dose (when fractions are known).
     pub eqd2: Option<Metrics>,
+    /// Published LKB NTCP (esophagus only), for reference.
+    pub lkb: Option<Ntcp>,
     /// Cumulative DVH, physical dose: (Gy, % volume ≥ Gy), 200 steps up to
     /// the maximum (0.01 to 0.5 Gy apart).
     pub curve: Vec<(f64, f64)>,
@@ -152,15 +186,22 @@ pub fn analyse(study: &Study, options: &Options) -> Analysis {
             notes.push(format!("no ROI recognised as {}", organ.label()));
         }
     }
-    let chosen: Vec<(&Match, &Roi)> = matches
+    let mut chosen: Vec<(Option<Organ>, &Roi)> = matches
         .iter()
         .filter_map(|m| {
             ss.rois
                 .iter()
                 .find(|r| r.info.number == m.roi_number)
-                .map(|r| (m, r))
+                .map(|r| (Some(m.organ), r))
         })
         .collect();
+    if options.all_rois {
+        for r in &ss.rois {
+            if !r.planes.is_empty() && !chosen.iter().any(|(_, c)| c.info.number == r.info.number) {
+                chosen.push((None, r));
+            }
+        }
+    }
     let rois: Vec<&Roi> = chosen.iter().map(|(_, r)| *r).collect();
     let grid = analysis_grid(&study.dose.grid, &rois);
     if !grid.same_geometry(&study.dose.grid) {
@@ -174,7 +215,7 @@ pub fn analyse(study: &Study, options: &Options) -> Analysis {
     }
     let structures = chosen
         .iter()
-        .map(|(m, r)| {
+        .map(|(organ, r)| {
             let dv = DoseVolume::from_samples(
                 r,
                 &grid,
@@ -182,16 +223,29 @@ pub fn analyse(study: &Study, options: &Options) -> Analysis {
                 &study.dose.gy,
                 options.supersampling,
             );
-            let eq = fractions.map(|n| {
-                dv.map_dose(|d| dvh::eqd2(d, f64::from(n), options.alpha_beta))
-                    .metrics()
+            let eq_dv =
+                fractions.map(|n| dv.map_dose(|d| dvh::eqd2(d, f64::from(n), options.alpha_beta)));
+            let eq = eq_dv.as_ref().map(|e| e.metrics());
+            let lkb = (*organ == Some(Organ::Esophagus) && !dv.is_empty()).then(|| {
+                let (basis, dose) = match &eq_dv {
+                    Some(e) => (e, "EQD2"),
+                    None => (&dv, "physical"),
+                };
+                let m = LKB_ESOPHAGITIS;
+                Ntcp {
+                    model: m,
+                    geud_gy: basis.geud(1.0 / m.n),
+                    ntcp: basis.lkb_ntcp(m.td50_gy, m.m, m.n),
+                    dose,
+                }
             });
             StructureDvh {
-                organ: Some(m.organ),
+                organ: *organ,
                 roi_number: r.info.number,
                 roi_name: r.info.name.clone(),
                 physical: dv.metrics(),
                 eqd2: eq,
+                lkb,
                 curve: dv.cumulative((dv.max() / 200.0).clamp(0.01, 0.5)),
                 dose_volume: dv,
             }

@@ -322,12 +322,25 @@ fn pixel_values(
         }
     };
     let values: Vec<u32> = match el.value() {
-        Value::PixelSequence(seq) => {
-            if ts_uid != ts::RLE_LOSSLESS {
+        Value::PixelSequence(_) if ts_uid != ts::RLE_LOSSLESS => {
+            // JPEG and friends hold at most 16 bits; dicom-pixeldata
+            // decodes them (32-bit doses come uncompressed or as RLE).
+            if bits != 16 {
                 return Err(format!(
-                    "dose pixel data compressed with transfer syntax {ts_uid}; only uncompressed and RLE doses can be read"
+                    "{bits}-bit dose compressed with transfer syntax {ts_uid}; 32-bit doses can be read uncompressed or RLE"
                 ));
             }
+            use dicom_pixeldata::PixelDecoder;
+            let decoded = obj.decode_pixel_data().map_err(|e| {
+                format!("cannot decode the dose pixel data (transfer syntax {ts_uid}): {e}")
+            })?;
+            decoded
+                .data()
+                .chunks_exact(2)
+                .map(|c| u32::from(u16::from_ne_bytes([c[0], c[1]])))
+                .collect()
+        }
+        Value::PixelSequence(seq) => {
             let frames = seq.fragments();
             let per_frame = if frames.is_empty() {
                 0

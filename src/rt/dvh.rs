@@ -145,14 +145,35 @@ impl DoseVolume {
         self.points.last().map(|p| p.0).unwrap_or(0.0)
     }
 
+    /// The dose interval each point stands for: halfway to its neighbours
+    /// (the hottest point reaches up to itself, the coldest down to itself).
+    /// Spreading each point's volume uniformly over its interval makes the
+    /// DVH continuous, as the underlying dose is.
+    fn interval(&self, i: usize) -> (f64, f64) {
+        let d = self.points[i].0;
+        let hi = if i == 0 {
+            d
+        } else {
+            (self.points[i - 1].0 + d) / 2.0
+        };
+        let lo = self.points.get(i + 1).map(|p| (p.0 + d) / 2.0).unwrap_or(d);
+        (lo, hi)
+    }
+
     /// Minimum dose to the hottest `cc` cm³ (D2cc with cc = 2).
     pub fn d_cc(&self, cc: f64) -> f64 {
         let mut acc = 0.0;
-        for (d, v) in &self.points {
-            acc += v;
-            if acc >= cc - 1e-9 {
-                return *d;
+        for (i, (_, v)) in self.points.iter().enumerate() {
+            if acc + v >= cc - 1e-12 {
+                let (lo, hi) = self.interval(i);
+                let t = if *v > 0.0 {
+                    ((cc - acc) / v).clamp(0.0, 1.0)
+                } else {
+                    1.0
+                };
+                return hi - t * (hi - lo);
             }
+            acc += v;
         }
         self.min()
     }
@@ -164,11 +185,20 @@ impl DoseVolume {
 
     /// Volume (cm³) receiving at least `gy`.
     pub fn v_gy_cc(&self, gy: f64) -> f64 {
-        self.points
-            .iter()
-            .take_while(|(d, _)| *d >= gy)
-            .map(|(_, v)| v)
-            .sum()
+        let mut total = 0.0;
+        for (i, (_, v)) in self.points.iter().enumerate() {
+            let (lo, hi) = self.interval(i);
+            if lo >= gy {
+                total += v;
+            } else if hi > gy {
+                total += v * (hi - gy) / (hi - lo);
+            } else if hi == gy && lo == gy {
+                total += v;
+            } else {
+                break;
+            }
+        }
+        total
     }
 
     /// Share (%) of the volume receiving at least `gy`.
@@ -315,16 +345,27 @@ mod tests {
 
     #[test]
     fn metrics_on_a_simple_histogram() {
-        // 10 cc at 10 Gy, 5 cc at 30 Gy, 5 cc at 60 Gy.
+        // 10 cc at 10 Gy, 5 cc at 30 Gy, 5 cc at 60 Gy; each spread over
+        // the interval halfway to its neighbours: [45, 60], [20, 45], [10, 20].
         let d = dv(vec![(10.0, 10.0), (30.0, 5.0), (60.0, 5.0)]);
         assert!((d.mean() - (100.0 + 150.0 + 300.0) / 20.0).abs() < 1e-9);
         assert_eq!(d.max(), 60.0);
         assert_eq!(d.min(), 10.0);
-        assert_eq!(d.d_cc(2.0), 60.0);
-        assert_eq!(d.d_cc(6.0), 30.0);
-        assert_eq!(d.d_pct(50.0), 30.0);
-        assert!((d.v_gy_pct(30.0) - 50.0).abs() < 1e-9);
-        assert!((d.v_gy_cc(50.0) - 5.0).abs() < 1e-9);
+        assert!((d.d_cc(2.0) - 54.0).abs() < 1e-9);
+        assert!((d.d_cc(5.0) - 45.0).abs() < 1e-9);
+        assert!((d.d_cc(7.5) - 32.5).abs() < 1e-9);
+        assert!((d.d_pct(50.0) - 20.0).abs() < 1e-9);
+        assert!((d.v_gy_cc(30.0) - 8.0).abs() < 1e-9);
+        assert!((d.v_gy_pct(30.0) - 40.0).abs() < 1e-9);
+        assert!((d.v_gy_cc(50.0) - 5.0 * 10.0 / 15.0).abs() < 1e-9);
+        assert!((d.v_gy_cc(0.0) - 20.0).abs() < 1e-9);
+        // Monotonic and continuous in between.
+        let mut last = f64::MAX;
+        for i in 0..700 {
+            let v = d.v_gy_cc(i as f64 * 0.1);
+            assert!(v <= last + 1e-12);
+            last = v;
+        }
         assert!((d.geud(1.0) - d.mean()).abs() < 1e-9);
         assert!((d.geud(100.0) - 60.0).abs() < 1.0);
     }

@@ -11,6 +11,7 @@ pub mod dose;
 pub mod dvh;
 pub mod grid;
 pub mod names;
+pub mod phantom;
 pub mod plan;
 pub mod rle;
 pub mod structure;

@@ -199,7 +199,12 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
     };
 
     // Choose and combine doses.
-    let plan_uid = plan.as_ref().map(|p| p.sop_instance_uid.clone());
+    // When the plan was found by reference, only its doses count; a plan
+    // taken for lack of anything better constrains nothing.
+    let plan_uid = plan
+        .as_ref()
+        .map(|p| p.sop_instance_uid.clone())
+        .filter(|u| referenced.contains(u));
     let of_plan = |d: &RtDose| plan_uid.is_none() || d.info.referenced_plan_uid == plan_uid;
     let mut candidates: Vec<RtDose> = read.into_iter().filter(|d| of_plan(d)).collect();
     if candidates.is_empty() {

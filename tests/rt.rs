@@ -494,10 +494,8 @@ fn missing_objects_and_frames_of_reference_are_reported() {
     let tmp = tempfile::tempdir().expect("tmp");
     let grid = Grid::uniform([0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [8, 8, 4]);
     let h = StudyHeader::new("LINKS");
-    let other = StudyHeader {
-        frame_of_reference_uid: uid::generate(),
-        ..h.clone()
-    };
+    let mut other = h.clone();
+    other.frame_of_reference_uid = uid::generate();
     let ss = uid::generate();
     let planes = vec![ContourPlane {
         z: 2.0,
@@ -627,4 +625,47 @@ fn inspect_command_text_json_and_png() {
         .expect("esophagus");
     assert!((eso["physical"]["mean_gy"].as_f64().expect("mean") - 40.0).abs() < 0.1);
     assert_eq!(v["plan"]["fractions"], 30);
+}
+
+#[test]
+fn lungs_in_halves_are_united() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = phantom::thorax_on(Grid::uniform(
+        [-254.0, -254.0, -200.0],
+        [4.0, 4.0, 4.0],
+        [128, 128, 100],
+    ));
+    let files = phantom::write(&p, tmp.path()).expect("write");
+    let study = study::load(&files, &DoseOptions::default()).expect("load");
+    let a = analysis::analyse(&study, &Options::default());
+    let m = a
+        .matches
+        .iter()
+        .find(|m| m.organ == Organ::Lungs)
+        .expect("lungs");
+    assert!(m.reason.contains("union"), "{}", m.reason);
+    let lungs = a
+        .structures
+        .iter()
+        .find(|s| s.organ == Some(Organ::Lungs))
+        .expect("lungs dvh");
+    let halves: f64 = ["Lung_L", "Lung_R"]
+        .iter()
+        .map(|n| {
+            let r = study
+                .structures
+                .as_ref()
+                .expect("ss")
+                .rois
+                .iter()
+                .find(|r| r.info.name == *n)
+                .expect("half");
+            r.rasterize(&a.grid, 4).volume_cc(&a.grid)
+        })
+        .sum();
+    assert!(
+        (lungs.physical.volume_cc - halves).abs() / halves < 0.002,
+        "{} vs {halves}",
+        lungs.physical.volume_cc
+    );
 }

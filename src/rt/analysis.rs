@@ -33,6 +33,9 @@ impl Default for Options {
     }
 }
 
+/// ROI number given to a union built here (never a real ROI's number).
+pub const UNION_ROI_NUMBER: i64 = -1;
+
 /// LKB parameters for grade ≥ 2 acute esophagitis (Belderbos et al. 2005:
 /// TD50 47 Gy, m 0.36, n 0.69), applied to the EQD2 dose.
 pub const LKB_ESOPHAGITIS: Lkb = Lkb {
@@ -180,7 +183,26 @@ pub fn analyse(study: &Study, options: &Options) -> Analysis {
             notes: vec!["no structure set: no DVH".into()],
         };
     };
-    let matches = names::match_organs(&ss.rois);
+    let mut matches = names::match_organs(&ss.rois);
+    // Lungs contoured in halves: their union stands for the lungs.
+    let lungs_union: Option<Roi> = if matches.iter().any(|m| m.organ == Organ::Lungs) {
+        None
+    } else {
+        names::lung_halves(&ss.rois).map(|(l, r)| {
+            let name = format!("{}+{}", l.info.name, r.info.name);
+            matches.push(Match {
+                organ: Organ::Lungs,
+                roi_number: UNION_ROI_NUMBER,
+                roi_name: name.clone(),
+                reason: format!(
+                    "no whole-lungs ROI; union of {:?} and {:?}",
+                    l.info.name, r.info.name
+                ),
+                passed_over: vec![],
+            });
+            Roi::union(l, r, UNION_ROI_NUMBER, &name)
+        })
+    };
     for organ in [Organ::Esophagus, Organ::Ptv] {
         if !matches.iter().any(|m| m.organ == organ) {
             notes.push(format!("no ROI recognised as {}", organ.label()));
@@ -191,6 +213,7 @@ pub fn analyse(study: &Study, options: &Options) -> Analysis {
         .filter_map(|m| {
             ss.rois
                 .iter()
+                .chain(lungs_union.iter())
                 .find(|r| r.info.number == m.roi_number)
                 .map(|r| (Some(m.organ), r))
         })

@@ -192,6 +192,35 @@ fn score(organ: Organ, name: &str) -> u8 {
     }
 }
 
+/// The left and right lung ROIs, when the lungs are contoured in halves.
+pub fn lung_halves(rois: &[Roi]) -> Option<(&Roi, &Roi)> {
+    let side = |names: &[&str]| {
+        rois.iter().find(|r| {
+            let n = norm(&r.info.name);
+            names.contains(&n.as_str()) && helper(&r.info.name).is_none() && !r.planes.is_empty()
+        })
+    };
+    let left = side(&[
+        "lungl",
+        "lunglt",
+        "lungleft",
+        "leftlung",
+        "llung",
+        "lunglinks",
+        "lungsin",
+    ])?;
+    let right = side(&[
+        "lungr",
+        "lungrt",
+        "lungright",
+        "rightlung",
+        "rlung",
+        "lungrechts",
+        "lungdx",
+    ])?;
+    Some((left, right))
+}
+
 /// Pick the ROI for each organ among `rois`. Only ROIs with contours count.
 pub fn match_organs(rois: &[Roi]) -> Vec<Match> {
     Organ::ALL

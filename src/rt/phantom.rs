@@ -120,7 +120,15 @@ pub fn hollow_cylinder_radial() -> Phantom {
 /// A thorax-like phantom on a 200×256×256 dose grid of 2 mm with eight
 /// structures and a Gaussian dose around a right-lung target (benchmarks).
 pub fn thorax() -> Phantom {
-    let grid = Grid::uniform([-255.0, -255.0, -200.0], [2.0, 2.0, 2.0], [256, 256, 200]);
+    thorax_on(Grid::uniform(
+        [-255.0, -255.0, -200.0],
+        [2.0, 2.0, 2.0],
+        [256, 256, 200],
+    ))
+}
+
+/// The thorax phantom on another dose grid (e.g. a coarse one for tests).
+pub fn thorax_on(grid: Grid) -> Phantom {
     let gy = dose_on(&grid, |x, y, z| {
         60.0 * (-((x - 40.0).powi(2) + (y + 20.0).powi(2) + z * z) / (2.0 * 45.0f64.powi(2))).exp()
     });

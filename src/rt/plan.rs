@@ -180,3 +180,57 @@ fn technique(beams: &[&InMemDicomObject], ion: bool) -> String {
         "3D-CRT".into()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rt::write::{put_seq, put_str};
+    use dicom_core::VR;
+
+    #[test]
+    fn twice_daily_fraction_pattern_and_beam_dose_prescription() {
+        let mut obj = InMemDicomObject::new_empty();
+        put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3");
+        let mut fg = InMemDicomObject::new_empty();
+        put_str(&mut fg, tags::NUMBER_OF_FRACTIONS_PLANNED, VR::IS, "30");
+        put_str(
+            &mut fg,
+            tags::NUMBER_OF_FRACTION_PATTERN_DIGITS_PER_DAY,
+            VR::IS,
+            "2",
+        );
+        // Two fractions a day, Monday to Friday, for three weeks.
+        put_str(
+            &mut fg,
+            tags::FRACTION_PATTERN,
+            VR::LT,
+            &"11111111110000".repeat(3),
+        );
+        let beams: Vec<InMemDicomObject> = [0.6, 0.9]
+            .iter()
+            .map(|d| {
+                let mut b = InMemDicomObject::new_empty();
+                put_str(&mut b, tags::BEAM_DOSE, VR::DS, &d.to_string());
+                b
+            })
+            .collect();
+        put_seq(&mut fg, tags::REFERENCED_BEAM_SEQUENCE, beams);
+        put_seq(&mut obj, tags::FRACTION_GROUP_SEQUENCE, vec![fg]);
+        let file = crate::rt::write::with_meta(
+            obj,
+            crate::receive::sop::RT_PLAN,
+            "1.2.3",
+            crate::store::ts::EXPLICIT_VR_LE,
+        );
+        let p = from_object(&file);
+        assert_eq!(p.fractions, Some(30));
+        assert_eq!(p.fractions_per_day, Some(2));
+        assert!(
+            (p.prescription_gy.expect("rx") - 45.0).abs() < 1e-9,
+            "{:?}",
+            p.prescription_gy
+        );
+        assert!(p.prescription_source.contains("Beam Dose"));
+        assert!((p.dose_per_fraction().expect("dpf") - 1.5).abs() < 1e-9);
+    }
+}

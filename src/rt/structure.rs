@@ -206,6 +206,31 @@ impl Mask {
 }
 
 impl Roi {
+    /// Two ROIs as one, plane by plane (for organs contoured in halves such
+    /// as the lungs). The parts must not overlap: planes combine by even-odd.
+    pub fn union(a: &Roi, b: &Roi, number: i64, name: &str) -> Roi {
+        let mut all: Vec<ContourPlane> = a.planes.iter().chain(&b.planes).cloned().collect();
+        all.sort_by(|p, q| p.z.total_cmp(&q.z));
+        let mut planes: Vec<ContourPlane> = Vec::new();
+        for p in all {
+            match planes.last_mut() {
+                Some(last) if (last.z - p.z).abs() < 0.05 => last.polygons.extend(p.polygons),
+                _ => planes.push(p),
+            }
+        }
+        Roi {
+            info: RoiInfo {
+                number,
+                name: name.to_string(),
+                interpreted_type: a.info.interpreted_type.clone(),
+                frame_of_reference_uid: a.info.frame_of_reference_uid.clone(),
+                planes: planes.len(),
+                notes: vec![format!("union of {:?} and {:?}", a.info.name, b.info.name)],
+            },
+            planes,
+        }
+    }
+
     /// Half the slab each contour plane stands for.
     fn half_slab(&self, grid: &Grid) -> f64 {
         if self.planes.len() < 2 {

@@ -25,6 +25,10 @@ pub struct StudyHeader {
     pub study_instance_uid: String,
     pub frame_of_reference_uid: String,
     pub study_date: String,
+    /// With a root, new UIDs are `<root>.<n>`: the same inputs then give
+    /// the same bytes. Without, they are random.
+    uid_root: Option<String>,
+    uid_counter: std::cell::Cell<u32>,
 }
 
 impl StudyHeader {
@@ -37,6 +41,31 @@ impl StudyHeader {
             study_instance_uid: uid::generate(),
             frame_of_reference_uid: uid::generate(),
             study_date: "20260101".into(),
+            uid_root: None,
+            uid_counter: std::cell::Cell::new(0),
+        }
+    }
+
+    /// A header whose UIDs all derive from `root` (at most 58 characters).
+    pub fn deterministic(patient_id: &str, root: &str) -> StudyHeader {
+        StudyHeader {
+            study_instance_uid: format!("{root}.1"),
+            frame_of_reference_uid: format!("{root}.2"),
+            uid_root: Some(root.to_string()),
+            uid_counter: std::cell::Cell::new(2),
+            ..StudyHeader::new(patient_id)
+        }
+    }
+
+    /// A new UID for an object or series of this study.
+    pub fn uid(&self) -> String {
+        match &self.uid_root {
+            Some(root) => {
+                let n = self.uid_counter.get() + 1;
+                self.uid_counter.set(n);
+                format!("{root}.{n}")
+            }
+            None => uid::generate(),
         }
     }
 }
@@ -170,16 +199,9 @@ pub fn rt_dose(
     gy: &[f32],
     enc: &DoseEncoding,
 ) -> FileDicomObject<InMemDicomObject> {
-    let sop_uid = uid::generate();
+    let sop_uid = h.uid();
     let mut obj = InMemDicomObject::new_empty();
-    header(
-        &mut obj,
-        h,
-        sop::RT_DOSE,
-        &sop_uid,
-        &uid::generate(),
-        "RTDOSE",
-    );
+    header(&mut obj, h, sop::RT_DOSE, &sop_uid, &h.uid(), "RTDOSE");
     put_str(
         &mut obj,
         tags::FRAME_OF_REFERENCE_UID,
@@ -349,7 +371,7 @@ pub fn rt_struct(
         h,
         sop::RT_STRUCTURE_SET,
         sop_uid,
-        &uid::generate(),
+        &h.uid(),
         "RTSTRUCT",
     );
     put_str(&mut obj, tags::STRUCTURE_SET_LABEL, VR::SH, label);
@@ -462,27 +484,80 @@ pub fn rt_plan(
     fractions: u32,
     beam_doses: &[f64],
 ) -> FileDicomObject<InMemDicomObject> {
+    let spec = PlanSpec {
+        label: "LUNG".into(),
+        prescription_gy,
+        fractions,
+        fractions_per_day: 1,
+        technique: Technique::Conformal3d,
+        beams: beam_doses
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i as f64 * 90.0, *d))
+            .collect(),
+    };
+    rt_plan_spec(h, sop_uid, structure_set_uid, &spec)
+}
+
+/// Delivery technique of a synthetic plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Technique {
+    /// Static beams shaped to the target, one segment each.
+    Conformal3d,
+    /// Static beams with several segments (step and shoot).
+    Imrt,
+    /// Rotating arcs.
+    Vmat,
+}
+
+impl Technique {
+    pub fn label(self) -> &'static str {
+        match self {
+            Technique::Conformal3d => "3D-CRT",
+            Technique::Imrt => "IMRT",
+            Technique::Vmat => "VMAT",
+        }
+    }
+}
+
+/// What an RT Plan says.
+#[derive(Debug, Clone)]
+pub struct PlanSpec {
+    pub label: String,
+    pub prescription_gy: Option<f64>,
+    pub fractions: u32,
+    /// 2 for twice-daily treatment (written as a fraction pattern).
+    pub fractions_per_day: u32,
+    pub technique: Technique,
+    /// (gantry angle in degrees, beam dose per fraction in Gy); for VMAT the
+    /// start angle of each arc.
+    pub beams: Vec<(f64, f64)>,
+}
+
+/// An RT Plan from a [`PlanSpec`].
+pub fn rt_plan_spec(
+    h: &StudyHeader,
+    sop_uid: &str,
+    structure_set_uid: &str,
+    spec: &PlanSpec,
+) -> FileDicomObject<InMemDicomObject> {
     let mut obj = InMemDicomObject::new_empty();
-    header(
-        &mut obj,
-        h,
-        sop::RT_PLAN,
-        sop_uid,
-        &uid::generate(),
-        "RTPLAN",
-    );
+    header(&mut obj, h, sop::RT_PLAN, sop_uid, &h.uid(), "RTPLAN");
     put_str(
         &mut obj,
         tags::FRAME_OF_REFERENCE_UID,
         VR::UI,
         &h.frame_of_reference_uid,
     );
-    put_str(&mut obj, tags::RT_PLAN_LABEL, VR::SH, "LUNG");
+    put_str(&mut obj, tags::RT_PLAN_LABEL, VR::SH, &spec.label);
+    put_str(&mut obj, tags::RT_PLAN_DATE, VR::DA, &h.study_date);
+    put_str(&mut obj, tags::RT_PLAN_TIME, VR::TM, "120000");
     put_str(&mut obj, tags::RT_PLAN_GEOMETRY, VR::CS, "PATIENT");
-    if let Some(rx) = prescription_gy {
+    if let Some(rx) = spec.prescription_gy {
         let mut d = InMemDicomObject::new_empty();
         put_str(&mut d, tags::DOSE_REFERENCE_NUMBER, VR::IS, "1");
         put_str(&mut d, tags::DOSE_REFERENCE_STRUCTURE_TYPE, VR::CS, "SITE");
+        put_str(&mut d, tags::DOSE_REFERENCE_DESCRIPTION, VR::LO, "PTV");
         put_str(&mut d, tags::DOSE_REFERENCE_TYPE, VR::CS, "TARGET");
         put_str(&mut d, tags::TARGET_PRESCRIPTION_DOSE, VR::DS, &ds(rx));
         put_seq(&mut obj, tags::DOSE_REFERENCE_SEQUENCE, vec![d]);
@@ -493,13 +568,33 @@ pub fn rt_plan(
         &mut fg,
         tags::NUMBER_OF_FRACTIONS_PLANNED,
         VR::IS,
-        &fractions.to_string(),
+        &spec.fractions.to_string(),
     );
+    if spec.fractions_per_day > 1 {
+        let per_day = spec.fractions_per_day as usize;
+        put_str(
+            &mut fg,
+            tags::NUMBER_OF_FRACTION_PATTERN_DIGITS_PER_DAY,
+            VR::IS,
+            &per_day.to_string(),
+        );
+        put_str(&mut fg, tags::REPEAT_FRACTION_CYCLE_LENGTH, VR::IS, "1");
+        let week: String = (0..7)
+            .map(|d| {
+                if d < 5 {
+                    "1".repeat(per_day)
+                } else {
+                    "0".repeat(per_day)
+                }
+            })
+            .collect();
+        put_str(&mut fg, tags::FRACTION_PATTERN, VR::LT, &week);
+    }
     put_str(
         &mut fg,
         tags::NUMBER_OF_BEAMS,
         VR::IS,
-        &beam_doses.len().to_string(),
+        &spec.beams.len().to_string(),
     );
     put_str(
         &mut fg,
@@ -507,10 +602,11 @@ pub fn rt_plan(
         VR::IS,
         "0",
     );
-    let refs: Vec<InMemDicomObject> = beam_doses
+    let refs: Vec<InMemDicomObject> = spec
+        .beams
         .iter()
         .enumerate()
-        .map(|(i, d)| {
+        .map(|(i, (_, d))| {
             let mut b = InMemDicomObject::new_empty();
             put_str(&mut b, tags::BEAM_DOSE, VR::DS, &ds(*d));
             put_str(
@@ -524,16 +620,47 @@ pub fn rt_plan(
         .collect();
     put_seq(&mut fg, tags::REFERENCED_BEAM_SEQUENCE, refs);
     put_seq(&mut obj, tags::FRACTION_GROUP_SEQUENCE, vec![fg]);
-    let beams: Vec<InMemDicomObject> = (0..beam_doses.len())
-        .map(|i| {
+    let vmat = spec.technique == Technique::Vmat;
+    let beams: Vec<InMemDicomObject> = spec
+        .beams
+        .iter()
+        .enumerate()
+        .map(|(i, (angle, _))| {
             let mut b = InMemDicomObject::new_empty();
             put_str(&mut b, tags::BEAM_NUMBER, VR::IS, &(i + 1).to_string());
-            put_str(&mut b, tags::BEAM_NAME, VR::LO, &format!("F{}", i + 1));
-            put_str(&mut b, tags::BEAM_TYPE, VR::CS, "STATIC");
+            put_str(
+                &mut b,
+                tags::BEAM_NAME,
+                VR::LO,
+                &format!("{}{}", if vmat { "ARC" } else { "F" }, i + 1),
+            );
+            put_str(
+                &mut b,
+                tags::BEAM_TYPE,
+                VR::CS,
+                if vmat { "DYNAMIC" } else { "STATIC" },
+            );
             put_str(&mut b, tags::RADIATION_TYPE, VR::CS, "PHOTON");
+            put_str(&mut b, tags::TREATMENT_MACHINE_NAME, VR::SH, "LINAC1");
+            put_str(&mut b, tags::PRIMARY_DOSIMETER_UNIT, VR::CS, "MU");
             put_str(&mut b, tags::TREATMENT_DELIVERY_TYPE, VR::CS, "TREATMENT");
-            put_str(&mut b, tags::NUMBER_OF_CONTROL_POINTS, VR::IS, "2");
-            let cps: Vec<InMemDicomObject> = (0..2)
+            put_str(&mut b, tags::NUMBER_OF_WEDGES, VR::IS, "0");
+            put_str(&mut b, tags::NUMBER_OF_COMPENSATORS, VR::IS, "0");
+            put_str(&mut b, tags::NUMBER_OF_BOLI, VR::IS, "0");
+            put_str(&mut b, tags::NUMBER_OF_BLOCKS, VR::IS, "0");
+            let n_cp: usize = match spec.technique {
+                Technique::Conformal3d => 2,
+                Technique::Imrt => 10,
+                Technique::Vmat => 90,
+            };
+            put_str(&mut b, tags::FINAL_CUMULATIVE_METERSET_WEIGHT, VR::DS, "1");
+            put_str(
+                &mut b,
+                tags::NUMBER_OF_CONTROL_POINTS,
+                VR::IS,
+                &n_cp.to_string(),
+            );
+            let cps: Vec<InMemDicomObject> = (0..n_cp)
                 .map(|c| {
                     let mut cp = InMemDicomObject::new_empty();
                     put_str(&mut cp, tags::CONTROL_POINT_INDEX, VR::IS, &c.to_string());
@@ -541,8 +668,25 @@ pub fn rt_plan(
                         &mut cp,
                         tags::CUMULATIVE_METERSET_WEIGHT,
                         VR::DS,
-                        &c.to_string(),
+                        &ds(c as f64 / (n_cp - 1) as f64),
                     );
+                    if c == 0 || vmat {
+                        let g = if vmat {
+                            (angle + 4.0 * c as f64) % 360.0
+                        } else {
+                            *angle
+                        };
+                        put_str(&mut cp, tags::GANTRY_ANGLE, VR::DS, &ds(g));
+                    }
+                    if c == 0 {
+                        put_str(&mut cp, tags::NOMINAL_BEAM_ENERGY, VR::DS, "6");
+                        put_str(
+                            &mut cp,
+                            tags::GANTRY_ROTATION_DIRECTION,
+                            VR::CS,
+                            if vmat { "CW" } else { "NONE" },
+                        );
+                    }
                     cp
                 })
                 .collect();

@@ -15,5 +15,6 @@ pub mod receive;
 pub mod rt;
 pub mod send;
 pub mod store;
+pub mod synth;
 pub mod testgen;
 pub mod uid;

@@ -29,6 +29,23 @@ enum Command {
     Studies,
     /// Print the effective settings (defaults, file and environment merged).
     Settings,
+    /// Generate a synthetic lung RT cohort ("phantom hospital") as DICOM,
+    /// with labels.csv, cohort.json and the true risk regions.
+    Synth {
+        #[arg(long)]
+        out: PathBuf,
+        /// hospital1, hospital2, hospital3 (or any name: hospital 1's habits).
+        #[arg(long, default_value = "hospital1")]
+        hospital: String,
+        #[arg(long, default_value_t = 20)]
+        patients: usize,
+        #[arg(long, default_value_t = 20260101)]
+        seed: u64,
+        /// "paper": hospital 1 with 336 patients (235 train / 101 internal
+        /// validation), hospitals 2 and 3 with 57 and 95 (external).
+        #[arg(long)]
+        preset: Option<String>,
+    },
     /// Show a study's RT objects: how they link, the dose grid, the
     /// structures matched, prescription, and DVH metrics.
     Inspect {
@@ -143,6 +160,27 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
         }
         Command::Settings => {
             println!("{settings:#?}");
+        }
+        Command::Synth {
+            out,
+            hospital,
+            patients,
+            seed,
+            preset,
+        } => {
+            let hospitals = match preset.as_deref() {
+                Some("paper") => esorisk::synth::paper_preset(),
+                Some(other) => return Err(format!("unknown preset {other:?} (paper)").into()),
+                None => vec![(esorisk::synth::Hospital::preset(&hospital), patients)],
+            };
+            let started = std::time::Instant::now();
+            let summary = esorisk::synth::generate_cohort(&out, &hospitals, seed, 235.0 / 336.0)?;
+            print!("{}", summary.text());
+            println!(
+                "written to {} in {:.1} s",
+                out.display(),
+                started.elapsed().as_secs_f64()
+            );
         }
         Command::Inspect {
             paths,

@@ -123,6 +123,7 @@ fn header(
     put_str(obj, tags::MODALITY, VR::CS, modality);
     put_str(obj, tags::MANUFACTURER, VR::LO, "esorisk");
     put_str(obj, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
+    put_str(obj, tags::OPERATORS_NAME, VR::PN, "");
     put_str(obj, tags::PATIENT_NAME, VR::PN, &h.patient_name);
     put_str(obj, tags::PATIENT_ID, VR::LO, &h.patient_id);
     put_str(obj, tags::PATIENT_BIRTH_DATE, VR::DA, "");
@@ -209,6 +210,7 @@ pub fn rt_dose(
         &h.frame_of_reference_uid,
     );
     put_str(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
+    put_str(&mut obj, tags::SLICE_THICKNESS, VR::DS, "");
     let (rx, cy) = match enc.orientation {
         "HFP" => (-1.0, -1.0),
         "FFS" => (-1.0, 1.0),
@@ -375,6 +377,13 @@ pub fn rt_struct(
         "RTSTRUCT",
     );
     put_str(&mut obj, tags::STRUCTURE_SET_LABEL, VR::SH, label);
+    put_str(
+        &mut obj,
+        tags::FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        &h.frame_of_reference_uid,
+    );
+    put_str(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
     put_str(&mut obj, tags::STRUCTURE_SET_DATE, VR::DA, &h.study_date);
     put_str(&mut obj, tags::STRUCTURE_SET_TIME, VR::TM, "120000");
     let mut f = InMemDicomObject::new_empty();
@@ -550,6 +559,7 @@ pub fn rt_plan_spec(
         &h.frame_of_reference_uid,
     );
     put_str(&mut obj, tags::RT_PLAN_LABEL, VR::SH, &spec.label);
+    put_str(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
     put_str(&mut obj, tags::RT_PLAN_DATE, VR::DA, &h.study_date);
     put_str(&mut obj, tags::RT_PLAN_TIME, VR::TM, "120000");
     put_str(&mut obj, tags::RT_PLAN_GEOMETRY, VR::CS, "PATIENT");
@@ -648,6 +658,16 @@ pub fn rt_plan_spec(
             put_str(&mut b, tags::NUMBER_OF_COMPENSATORS, VR::IS, "0");
             put_str(&mut b, tags::NUMBER_OF_BOLI, VR::IS, "0");
             put_str(&mut b, tags::NUMBER_OF_BLOCKS, VR::IS, "0");
+            let devices: Vec<InMemDicomObject> = ["ASYMX", "ASYMY"]
+                .iter()
+                .map(|t| {
+                    let mut d = InMemDicomObject::new_empty();
+                    put_str(&mut d, tags::RT_BEAM_LIMITING_DEVICE_TYPE, VR::CS, t);
+                    put_str(&mut d, tags::NUMBER_OF_LEAF_JAW_PAIRS, VR::IS, "1");
+                    d
+                })
+                .collect();
+            put_seq(&mut b, tags::BEAM_LIMITING_DEVICE_SEQUENCE, devices);
             let n_cp: usize = match spec.technique {
                 Technique::Conformal3d => 2,
                 Technique::Imrt => 10,

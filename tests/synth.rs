@@ -1,0 +1,184 @@
+//! Phantom hospitals: deterministic, valid DICOM that reads back through the
+//! RT readers, with labels whose figures land where the model says.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use esorisk::rt::dose::DoseOptions;
+use esorisk::rt::names::{self, Organ};
+use esorisk::rt::study;
+use esorisk::synth::{self, Hospital};
+
+fn labels(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let text = std::fs::read_to_string(dir.join("labels.csv")).expect("labels.csv");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .map(|h| h.to_string())
+                .zip(l.split(',').map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn same_seed_same_bytes() {
+    let (a, b) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    for d in [a.path(), b.path()] {
+        synth::generate_cohort(d, &[(Hospital::preset("hospital3"), 3)], 42, 0.7)
+            .expect("generate");
+    }
+    for f in [
+        "labels.csv",
+        "cohort.json",
+        "H3-0002/rtdose.dcm",
+        "H3-0002/rtstruct.dcm",
+        "H3-0003/rtplan.dcm",
+        "truth/H3-0001.npy",
+    ] {
+        let (x, y) = (
+            std::fs::read(a.path().join(f)).expect("a"),
+            std::fs::read(b.path().join(f)).expect("b"),
+        );
+        assert!(x == y, "{f} differs between two runs with the same seed");
+    }
+    let c = tempfile::tempdir().expect("tmp");
+    synth::generate_cohort(c.path(), &[(Hospital::preset("hospital3"), 3)], 43, 0.7)
+        .expect("generate");
+    assert_ne!(
+        std::fs::read(a.path().join("labels.csv")).expect("a"),
+        std::fs::read(c.path().join("labels.csv")).expect("c")
+    );
+}
+
+#[test]
+fn every_hospital_writes_valid_dicom_that_reads_back() {
+    let out = tempfile::tempdir().expect("tmp");
+    let hospitals: Vec<(Hospital, usize)> = ["hospital1", "hospital2", "hospital3"]
+        .iter()
+        .map(|h| (Hospital::preset(h), 2))
+        .collect();
+    synth::generate_cohort(out.path(), &hospitals, 7, 0.7).expect("generate");
+    let cohort: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.path().join("cohort.json")).expect("cohort.json"),
+    )
+    .expect("json");
+    for row in labels(out.path()) {
+        let id = &row["patient_id"];
+        let dir = out.path().join(id);
+        // dciodvfy (Debian 12's aborts on uncompressed 32-bit pixel data:
+        // those doses are checked through an RLE copy).
+        for f in files(&dir) {
+            let mut target = f.clone();
+            let ts = esorisk::send::DicomFile::read(&f)
+                .expect("read")
+                .transfer_syntax_uid;
+            if f.ends_with("rtdose.dcm") && ts != esorisk::store::ts::RLE_LOSSLESS {
+                let rle = out.path().join(format!("{id}-rle.dcm"));
+                let st = Command::new("dcmcrle")
+                    .arg(&f)
+                    .arg(&rle)
+                    .status()
+                    .expect("dcmcrle (DCMTK)");
+                assert!(st.success());
+                target = rle;
+            }
+            let o = Command::new("dciodvfy")
+                .arg(&target)
+                .output()
+                .expect("dciodvfy (dicom3tools)");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
+            assert!(errors.is_empty(), "{}: {errors:?}", f.display());
+        }
+        // The readers see what was written.
+        let s = study::load(std::slice::from_ref(&dir), &DoseOptions::default()).expect("load");
+        assert!(s.problems.is_empty(), "{id}: {:?}", s.problems);
+        let p = cohort["patients"]
+            .as_array()
+            .expect("patients")
+            .iter()
+            .find(|p| p["patient_id"] == id.as_str())
+            .expect("grid");
+        let g = &s.dose.grid;
+        assert_eq!(p["shape"], serde_json::json!([g.nz(), g.ny, g.nx]), "{id}");
+        assert!((p["origin_mm"][0].as_f64().expect("x") - g.x0).abs() < 1e-3);
+        assert!((p["spacing_mm"][2].as_f64().expect("dz") - (g.z[1] - g.z[0])).abs() < 1e-3);
+        let plan = s.plan.as_ref().expect("plan");
+        assert_eq!(
+            plan.fractions.map(|f| f.to_string()),
+            Some(row["fractions"].clone())
+        );
+        assert_eq!(plan.technique, row["technique"], "{id}");
+        let ss = s.structures.as_ref().expect("structures");
+        let eso = names::match_organ(Organ::Esophagus, &ss.rois)
+            .unwrap_or_else(|| panic!("{id}: esophagus"));
+        assert!(!eso.roi_name.contains("PRV"));
+        let mean: f64 = row["esophagus_mean_gy"].parse().expect("mean");
+        let max = s.dose.max_gy();
+        assert!(mean >= 0.0 && f64::from(max) >= mean);
+        // The truth mask has the documented shape.
+        let npy = std::fs::read(out.path().join(&row["truth_file"])).expect("npy");
+        assert!(npy.starts_with(b"\x93NUMPY"));
+        let shape = &p["truth_shape"];
+        let n: u64 = shape
+            .as_array()
+            .expect("shape")
+            .iter()
+            .map(|v| v.as_u64().expect("n"))
+            .product();
+        let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+        assert_eq!((npy.len() - 10 - header_len) as u64, n, "{id}");
+    }
+}
+
+#[test]
+fn incidence_and_ceiling_auc_of_a_small_cohort() {
+    let out = tempfile::tempdir().expect("tmp");
+    let summary = synth::generate_cohort(
+        out.path(),
+        &[(Hospital::preset("hospital1"), 120)],
+        20260101,
+        235.0 / 336.0,
+    )
+    .expect("generate");
+    let h = &summary.per_hospital[0];
+    assert!(
+        (0.25..=0.50).contains(&h.incidence_conventional),
+        "incidence {}",
+        h.incidence_conventional
+    );
+    assert!(
+        h.incidence_sbrt.is_none_or(|s| s < 0.2),
+        "SBRT incidence {:?}",
+        h.incidence_sbrt
+    );
+    assert!(h.auc_p_dose >= 0.80, "ceiling AUC {}", h.auc_p_dose);
+    let rows = labels(out.path());
+    let train = rows.iter().filter(|r| r["split"] == "train").count();
+    assert!(
+        (train as f64 / rows.len() as f64 - 235.0 / 336.0).abs() < 0.03,
+        "{train}"
+    );
+    assert!(summary.text().contains("AUC of p_dose"));
+}

@@ -166,7 +166,7 @@ pub fn draw(rng: &mut Rng, central: f64, sbrt: bool) -> Anatomy {
             let r = rng.range(12.0, 32.0);
             // Anterior or lateral to the esophagus, close to it.
             let angle = rng.range(0.65, 2.5) * if rng.bernoulli(0.5) { 1.0 } else { -1.0 };
-            let gap = rng.range(-0.4, 1.3) * r + rx;
+            let gap = rng.range(-0.4, 2.0) * r + rx;
             let d = r + gap;
             let (dx, dy) = (d * angle.sin(), -d * angle.cos().abs());
             let nodal = rng.bernoulli(0.55);

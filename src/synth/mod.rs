@@ -9,7 +9,7 @@ pub mod rng;
 
 use std::fmt::Write as _;
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -240,7 +240,7 @@ fn generate(h: &Hospital, seed: u64, index: usize) -> Patient {
             (h.sparing_habit * rng.range(0.4, 1.4)).min(0.85)
         },
         far_wall_only: technique != Technique::Conformal3d && rng.bernoulli(h.far_wall_share),
-        bath_scale: rng.range(0.5, 1.4),
+        bath_scale: rng.range(0.6, 1.7),
         bath_reach: rng.range(0.6, 1.5),
     };
     // The dose grid covers the body in x/y and the esophagus in z.
@@ -767,9 +767,4 @@ pub fn paper_preset() -> Vec<(Hospital, usize)> {
         (Hospital::preset("hospital2"), 57),
         (Hospital::preset("hospital3"), 95),
     ]
-}
-
-/// The directory of a patient's study.
-pub fn patient_dir(out: &Path, patient_id: &str) -> PathBuf {
-    out.join(patient_id)
 }

@@ -161,15 +161,15 @@ pub fn draw(rng: &mut Rng, central: f64, sbrt: bool) -> Anatomy {
     };
     let (gtv, nodal) = match location {
         Location::Central => {
-            let z = rng.range(esophagus.z_bottom + 50.0, esophagus.z_top - 60.0);
+            let z = rng.range(esophagus.z_bottom + 30.0, esophagus.z_top - 50.0);
             let (ex, ey) = esophagus.centre(z);
-            let r = rng.range(12.0, 32.0);
+            let r = rng.range(10.0, 30.0);
             // Anterior or lateral to the esophagus, close to it.
             let angle = rng.range(0.65, 2.5) * if rng.bernoulli(0.5) { 1.0 } else { -1.0 };
-            let gap = rng.range(-0.4, 2.0) * r + rx;
+            let gap = rng.range(-0.9, 1.5) * r + rx;
             let d = r + gap;
             let (dx, dy) = (d * angle.sin(), -d * angle.cos().abs());
-            let nodal = rng.bernoulli(0.55);
+            let nodal = rng.bernoulli(0.35);
             // Nodes extend the target towards and along the mediastinum.
             let (shift, stretch) = if nodal {
                 (rng.range(0.3, 0.7), rng.range(1.6, 2.8))

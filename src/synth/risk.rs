@@ -3,7 +3,9 @@
 //! Risk is driven by the length of esophagus whose whole circumference
 //! receives a high dose (EQD2, α/β = 10 Gy): the minimum EQD2 over each axial
 //! cross-section is compared with a threshold, and the slices above it add
-//! up to a length. Concurrent chemotherapy, age and sex shift the log-odds,
+//! up to a length, weighted by where they are: the upper and middle
+//! esophagus count fully, the lower third less and less towards the
+//! gastro-oesophageal junction (`segment_weight`). Concurrent chemotherapy, age and sex shift the log-odds,
 //! and a patient-level random effect stands for everything unobserved:
 //!
 //! logit p = β₀ + β_L·L(cm) + β_c·chemo + β_a·(age − 65)/10 + β_f·female + ε,
@@ -36,7 +38,7 @@ pub struct RiskModel {
 
 pub const MODEL: RiskModel = RiskModel {
     beta0: -3.0,
-    beta_length: 1.6,
+    beta_length: 2.4,
     beta_chemo: 1.2,
     beta_age: -0.1,
     beta_female: 0.3,
@@ -52,9 +54,11 @@ pub fn logistic(x: f64) -> f64 {
 /// What the dose does to the esophagus.
 #[derive(Debug, Clone, Default)]
 pub struct Exposure {
-    /// Soft length (cm) of esophagus with its whole circumference ≥ threshold.
+    /// Soft, segment-weighted length (cm) of esophagus with its whole
+    /// circumference ≥ threshold.
     pub length_cm: f64,
-    /// Voxels of the risk region (slices above the threshold), on the grid.
+    /// Voxels of the risk region (slices above the threshold where the
+    /// segment weight is at least 0.5), on the grid.
     pub region: Vec<u8>,
     pub region_cc: f64,
     /// Physical dose metrics over the esophagus (voxel centres inside).
@@ -63,6 +67,16 @@ pub struct Exposure {
     pub v35_pct: f64,
     pub v50_pct: f64,
     pub v60_pct: f64,
+}
+
+/// Sensitivity along the esophagus, t = 0 at its top and 1 at its bottom:
+/// 1 over the upper 45 %, falling linearly to 0.1 at 70 % and below.
+pub fn segment_weight(t: f64) -> f64 {
+    if t <= 0.45 {
+        1.0
+    } else {
+        1.0 - 0.9 * ((t - 0.45) / 0.25).min(1.0)
+    }
 }
 
 /// Esophageal exposure from the physical dose and the fractionation.
@@ -104,8 +118,9 @@ pub fn exposure(
         }
         count += slice.len();
         let dz_cm = grid.dz(k) / 10.0;
-        e.length_cm += dz_cm * logistic((min_eq - model.threshold_gy) / model.softness_gy);
-        if min_eq >= model.threshold_gy {
+        let w = segment_weight((a.esophagus.z_top - z) / a.esophagus.length());
+        e.length_cm += w * dz_cm * logistic((min_eq - model.threshold_gy) / model.softness_gy);
+        if min_eq >= model.threshold_gy && w >= 0.5 {
             for idx in &slice {
                 e.region[*idx] = 1;
             }

@@ -27,9 +27,9 @@ fn data_set_of(obj: &dicom_object::FileDicomObject<dicom_object::InMemDicomObjec
 }
 
 fn main() {
-    let s = testgen::StudyUids::new(1);
-    let ct = testgen::ct_slice(&s, "1.2.3", 0, 512, 1);
-    let dose = testgen::rt_dose(&s, "1.2.4", "1.2.5", 50, 1);
+    let h = testgen::study_header(1);
+    let ct = testgen::ct_slice(&h, "1.2.3", 0, 512, 1);
+    let dose = testgen::rt_dose(&h, "1.2.5", 50, 1);
     let cases = [("CT 512x512", ct, 200), ("RT Dose 50 MB", dose, 10)];
     let dir = tempfile::tempdir().expect("tempdir");
     for (name, obj, reps) in cases {

@@ -1,99 +1,19 @@
-//! Small synthetic CT and RT objects for tests and benchmarks.
-//!
-//! These are structurally valid DICOM instances with realistic sizes, not
-//! realistic anatomy or dose; the phantom-hospital generator produces those.
+//! Structurally valid CT and RT objects for the ingest tests and benchmarks:
+//! realistic sizes, no realistic anatomy or dose (the phantom hospitals in
+//! `synth` provide those). RT objects are built with [`crate::rt::write`].
 
 use std::path::{Path, PathBuf};
 
-use dicom_core::value::{DataSetSequence, PrimitiveValue};
-use dicom_core::{DataElement, Length, VR};
+use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::tags;
-use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use crate::receive::sop;
+use crate::rt::grid::Grid;
+use crate::rt::phantom::circle;
+use crate::rt::structure::ContourPlane;
+use crate::rt::write::{self, put_str, DoseEncoding, RoiSpec, StudyHeader};
 use crate::store::ts;
-use crate::uid;
-
-/// UIDs shared by the objects of one synthetic study.
-#[derive(Debug, Clone)]
-pub struct StudyUids {
-    pub study: String,
-    pub frame_of_reference: String,
-    pub patient_id: String,
-}
-
-impl StudyUids {
-    pub fn new(seed: u64) -> Self {
-        StudyUids {
-            study: uid::generate(),
-            frame_of_reference: uid::generate(),
-            patient_id: format!("SYN{seed:06}"),
-        }
-    }
-}
-
-fn text(obj: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: &str) {
-    obj.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
-}
-
-fn us(obj: &mut InMemDicomObject, tag: dicom_core::Tag, v: u16) {
-    obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
-}
-
-fn common(
-    obj: &mut InMemDicomObject,
-    s: &StudyUids,
-    sop_class: &str,
-    sop_instance: &str,
-    series: &str,
-    modality: &str,
-) {
-    text(obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100");
-    text(obj, tags::SOP_CLASS_UID, VR::UI, sop_class);
-    text(obj, tags::SOP_INSTANCE_UID, VR::UI, sop_instance);
-    text(obj, tags::STUDY_DATE, VR::DA, "20261126");
-    text(obj, tags::STUDY_TIME, VR::TM, "101500");
-    text(obj, tags::ACCESSION_NUMBER, VR::SH, "");
-    text(obj, tags::MODALITY, VR::CS, modality);
-    text(obj, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
-    text(obj, tags::STUDY_DESCRIPTION, VR::LO, "Synthetic lung RT");
-    text(
-        obj,
-        tags::PATIENT_NAME,
-        VR::PN,
-        &format!("Synthetic^{}", s.patient_id),
-    );
-    text(obj, tags::PATIENT_ID, VR::LO, &s.patient_id);
-    text(obj, tags::PATIENT_BIRTH_DATE, VR::DA, "19550101");
-    text(obj, tags::PATIENT_SEX, VR::CS, "F");
-    text(obj, tags::STUDY_INSTANCE_UID, VR::UI, &s.study);
-    text(obj, tags::SERIES_INSTANCE_UID, VR::UI, series);
-    text(obj, tags::STUDY_ID, VR::SH, "1");
-    text(obj, tags::SERIES_NUMBER, VR::IS, "1");
-    text(obj, tags::INSTANCE_NUMBER, VR::IS, "1");
-    text(
-        obj,
-        tags::FRAME_OF_REFERENCE_UID,
-        VR::UI,
-        &s.frame_of_reference,
-    );
-}
-
-fn finish(
-    obj: InMemDicomObject,
-    sop_class: &str,
-    sop_instance: &str,
-) -> FileDicomObject<InMemDicomObject> {
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(sop_class)
-        .media_storage_sop_instance_uid(sop_instance)
-        .transfer_syntax(ts::EXPLICIT_VR_LE)
-        .implementation_class_uid(uid::IMPLEMENTATION_CLASS_UID)
-        .implementation_version_name(uid::IMPLEMENTATION_VERSION_NAME);
-    obj.with_meta(meta)
-        .unwrap_or_else(|_| unreachable!("meta table fields are all set"))
-}
 
 /// xorshift64*: deterministic noise for pixel values.
 struct Rng(u64);
@@ -106,77 +26,92 @@ impl Rng {
     }
 }
 
-/// One CT slice of `size`×`size` 16-bit pixels at height `z` mm.
+/// The study every object of one `write_set` call belongs to.
+pub fn study_header(seed: u64) -> StudyHeader {
+    let mut h = StudyHeader::new(&format!("SYN{seed:06}"));
+    h.patient_name = format!("Synthetic^SYN{seed:06}");
+    h.patient_sex = Some("F".into());
+    h
+}
+
+/// One CT slice of `size`×`size` 16-bit pixels, 3 mm apart by `index`.
 pub fn ct_slice(
-    s: &StudyUids,
+    h: &StudyHeader,
     series: &str,
     index: usize,
     size: u16,
     seed: u64,
 ) -> FileDicomObject<InMemDicomObject> {
-    let sop_instance = uid::generate();
+    let sop_uid = h.uid();
     let mut obj = InMemDicomObject::new_empty();
-    common(&mut obj, s, sop::CT_IMAGE, &sop_instance, series, "CT");
-    text(
+    write::header(&mut obj, h, sop::CT_IMAGE, &sop_uid, series, "CT");
+    put_str(
+        &mut obj,
+        tags::FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        &h.frame_of_reference_uid,
+    );
+    put_str(
         &mut obj,
         tags::IMAGE_TYPE,
         VR::CS,
         "ORIGINAL\\PRIMARY\\AXIAL",
     );
-    text(
+    put_str(
         &mut obj,
         tags::INSTANCE_NUMBER,
         VR::IS,
         &(index + 1).to_string(),
     );
     let z = index as f64 * 3.0;
-    text(
+    put_str(
         &mut obj,
         tags::IMAGE_POSITION_PATIENT,
         VR::DS,
         &format!("-250\\-250\\{z}"),
     );
-    text(
+    put_str(
         &mut obj,
         tags::IMAGE_ORIENTATION_PATIENT,
         VR::DS,
         "1\\0\\0\\0\\1\\0",
     );
-    text(&mut obj, tags::SLICE_THICKNESS, VR::DS, "3");
-    text(
+    put_str(&mut obj, tags::SLICE_THICKNESS, VR::DS, "3");
+    put_str(
         &mut obj,
         tags::PIXEL_SPACING,
         VR::DS,
         "0.9765625\\0.9765625",
     );
-    text(&mut obj, tags::PATIENT_POSITION, VR::CS, "HFS");
-    us(&mut obj, tags::SAMPLES_PER_PIXEL, 1);
-    text(
+    put_str(&mut obj, tags::PATIENT_POSITION, VR::CS, "HFS");
+    for (tag, v) in [
+        (tags::SAMPLES_PER_PIXEL, 1),
+        (tags::ROWS, size),
+        (tags::COLUMNS, size),
+        (tags::BITS_ALLOCATED, 16),
+        (tags::BITS_STORED, 16),
+        (tags::HIGH_BIT, 15),
+        (tags::PIXEL_REPRESENTATION, 0),
+    ] {
+        obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
+    }
+    put_str(
         &mut obj,
         tags::PHOTOMETRIC_INTERPRETATION,
         VR::CS,
         "MONOCHROME2",
     );
-    us(&mut obj, tags::ROWS, size);
-    us(&mut obj, tags::COLUMNS, size);
-    us(&mut obj, tags::BITS_ALLOCATED, 16);
-    us(&mut obj, tags::BITS_STORED, 16);
-    us(&mut obj, tags::HIGH_BIT, 15);
-    us(&mut obj, tags::PIXEL_REPRESENTATION, 0);
-    text(&mut obj, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
-    text(&mut obj, tags::RESCALE_SLOPE, VR::DS, "1");
+    put_str(&mut obj, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
+    put_str(&mut obj, tags::RESCALE_SLOPE, VR::DS, "1");
     let mut rng = Rng(seed
         .wrapping_add(index as u64)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         | 1);
-    let n = usize::from(size) * usize::from(size);
+    let n = usize::from(size);
     let c = f64::from(size) / 2.0;
-    let pixels: Vec<u16> = (0..n)
+    let pixels: Vec<u16> = (0..n * n)
         .map(|i| {
-            let (x, y) = (
-                (i % usize::from(size)) as f64 - c,
-                (i / usize::from(size)) as f64 - c,
-            );
+            let (x, y) = ((i % n) as f64 - c, (i / n) as f64 - c);
             let body = if x * x / 1.2 + y * y < c * c * 0.7 {
                 1024.0
             } else {
@@ -190,221 +125,45 @@ pub fn ct_slice(
         VR::OW,
         PrimitiveValue::U16(pixels.into()),
     ));
-    finish(obj, sop::CT_IMAGE, &sop_instance)
+    write::with_meta(obj, sop::CT_IMAGE, &sop_uid, ts::EXPLICIT_VR_LE)
 }
 
-/// An RT Dose grid with 32-bit pixels, about `mbytes` MB of pixel data.
+/// An RT Dose of 256×256 32-bit pixels per plane and about `mbytes` MB.
 pub fn rt_dose(
-    s: &StudyUids,
-    series: &str,
+    h: &StudyHeader,
     plan_uid: &str,
     mbytes: usize,
     seed: u64,
 ) -> FileDicomObject<InMemDicomObject> {
-    let sop_instance = uid::generate();
-    let (rows, cols) = (256u16, 256u16);
-    let frames = ((mbytes * 1_000_000) / (usize::from(rows) * usize::from(cols) * 4)).max(1);
-    let mut obj = InMemDicomObject::new_empty();
-    common(&mut obj, s, sop::RT_DOSE, &sop_instance, series, "RTDOSE");
-    text(
-        &mut obj,
-        tags::IMAGE_POSITION_PATIENT,
-        VR::DS,
-        "-255\\-255\\0",
-    );
-    text(
-        &mut obj,
-        tags::IMAGE_ORIENTATION_PATIENT,
-        VR::DS,
-        "1\\0\\0\\0\\1\\0",
-    );
-    text(&mut obj, tags::PIXEL_SPACING, VR::DS, "2\\2");
-    us(&mut obj, tags::SAMPLES_PER_PIXEL, 1);
-    text(
-        &mut obj,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
-    text(
-        &mut obj,
-        tags::NUMBER_OF_FRAMES,
-        VR::IS,
-        &frames.to_string(),
-    );
-    obj.put(DataElement::new(
-        tags::FRAME_INCREMENT_POINTER,
-        VR::AT,
-        PrimitiveValue::Tags(vec![tags::GRID_FRAME_OFFSET_VECTOR].into()),
-    ));
-    us(&mut obj, tags::ROWS, rows);
-    us(&mut obj, tags::COLUMNS, cols);
-    us(&mut obj, tags::BITS_ALLOCATED, 32);
-    us(&mut obj, tags::BITS_STORED, 32);
-    us(&mut obj, tags::HIGH_BIT, 31);
-    us(&mut obj, tags::PIXEL_REPRESENTATION, 0);
-    text(&mut obj, tags::DOSE_UNITS, VR::CS, "GY");
-    text(&mut obj, tags::DOSE_TYPE, VR::CS, "PHYSICAL");
-    text(&mut obj, tags::DOSE_SUMMATION_TYPE, VR::CS, "PLAN");
-    let offsets: Vec<String> = (0..frames).map(|k| format!("{}", k * 2)).collect();
-    text(
-        &mut obj,
-        tags::GRID_FRAME_OFFSET_VECTOR,
-        VR::DS,
-        &offsets.join("\\"),
-    );
-    text(&mut obj, tags::DOSE_GRID_SCALING, VR::DS, "1e-5");
-    let mut plan_ref = InMemDicomObject::new_empty();
-    text(
-        &mut plan_ref,
-        tags::REFERENCED_SOP_CLASS_UID,
-        VR::UI,
-        sop::RT_PLAN,
-    );
-    text(
-        &mut plan_ref,
-        tags::REFERENCED_SOP_INSTANCE_UID,
-        VR::UI,
-        plan_uid,
-    );
-    obj.put(DataElement::new(
-        tags::REFERENCED_RT_PLAN_SEQUENCE,
-        VR::SQ,
-        DataSetSequence::new(vec![plan_ref], Length::UNDEFINED),
-    ));
+    let frames = ((mbytes * 1_000_000) / (256 * 256 * 4)).max(1);
+    let grid = Grid::uniform([-255.0, -255.0, 0.0], [2.0, 2.0, 2.0], [256, 256, frames]);
     let mut rng = Rng(seed | 1);
-    let n = usize::from(rows) * usize::from(cols) * frames;
-    let pixels: Vec<u32> = (0..n)
-        .map(|i| ((i % 6_000_000) as u32) + (rng.next() % 1000) as u32)
+    let gy: Vec<f32> = (0..grid.len())
+        .map(|i| ((i % 6_000_000) as f32 + (rng.next() % 1000) as f32) * 1e-5)
         .collect();
-    obj.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OW,
-        PrimitiveValue::U32(pixels.into()),
-    ));
-    finish(obj, sop::RT_DOSE, &sop_instance)
+    let enc = DoseEncoding {
+        referenced_plan_uid: Some(plan_uid.to_string()),
+        ..Default::default()
+    };
+    write::rt_dose(h, &grid, &gy, &enc)
 }
 
-/// A minimal RT Plan: 60 Gy in 30 fractions, one fraction group.
-pub fn rt_plan(
-    s: &StudyUids,
-    series: &str,
-    sop_instance: &str,
-    struct_uid: &str,
-) -> FileDicomObject<InMemDicomObject> {
-    let mut obj = InMemDicomObject::new_empty();
-    common(&mut obj, s, sop::RT_PLAN, sop_instance, series, "RTPLAN");
-    text(&mut obj, tags::RT_PLAN_LABEL, VR::SH, "LUNG");
-    text(&mut obj, tags::RT_PLAN_GEOMETRY, VR::CS, "PATIENT");
-    let mut fg = InMemDicomObject::new_empty();
-    text(&mut fg, tags::FRACTION_GROUP_NUMBER, VR::IS, "1");
-    text(&mut fg, tags::NUMBER_OF_FRACTIONS_PLANNED, VR::IS, "30");
-    text(&mut fg, tags::NUMBER_OF_BEAMS, VR::IS, "0");
-    text(
-        &mut fg,
-        tags::NUMBER_OF_BRACHY_APPLICATION_SETUPS,
-        VR::IS,
-        "0",
-    );
-    obj.put(DataElement::new(
-        tags::FRACTION_GROUP_SEQUENCE,
-        VR::SQ,
-        DataSetSequence::new(vec![fg], Length::UNDEFINED),
-    ));
-    let mut rs = InMemDicomObject::new_empty();
-    text(
-        &mut rs,
-        tags::REFERENCED_SOP_CLASS_UID,
-        VR::UI,
-        sop::RT_STRUCTURE_SET,
-    );
-    text(
-        &mut rs,
-        tags::REFERENCED_SOP_INSTANCE_UID,
-        VR::UI,
-        struct_uid,
-    );
-    obj.put(DataElement::new(
-        tags::REFERENCED_STRUCTURE_SET_SEQUENCE,
-        VR::SQ,
-        DataSetSequence::new(vec![rs], Length::UNDEFINED),
-    ));
-    finish(obj, sop::RT_PLAN, sop_instance)
-}
-
-/// A minimal RT Structure Set with one circular "Esophagus" contour per plane.
-pub fn rt_struct(
-    s: &StudyUids,
-    series: &str,
-    sop_instance: &str,
-) -> FileDicomObject<InMemDicomObject> {
-    let mut obj = InMemDicomObject::new_empty();
-    common(
-        &mut obj,
-        s,
-        sop::RT_STRUCTURE_SET,
-        sop_instance,
-        series,
-        "RTSTRUCT",
-    );
-    text(&mut obj, tags::STRUCTURE_SET_LABEL, VR::SH, "LUNG");
-    text(&mut obj, tags::STRUCTURE_SET_DATE, VR::DA, "20261126");
-    text(&mut obj, tags::STRUCTURE_SET_TIME, VR::TM, "101500");
-    let mut roi = InMemDicomObject::new_empty();
-    text(&mut roi, tags::ROI_NUMBER, VR::IS, "1");
-    text(
-        &mut roi,
-        tags::REFERENCED_FRAME_OF_REFERENCE_UID,
-        VR::UI,
-        &s.frame_of_reference,
-    );
-    text(&mut roi, tags::ROI_NAME, VR::LO, "Esophagus");
-    text(&mut roi, tags::ROI_GENERATION_ALGORITHM, VR::CS, "MANUAL");
-    obj.put(DataElement::new(
-        tags::STRUCTURE_SET_ROI_SEQUENCE,
-        VR::SQ,
-        DataSetSequence::new(vec![roi], Length::UNDEFINED),
-    ));
-    let contours: Vec<InMemDicomObject> = (0..40)
-        .map(|k| {
-            let z = f64::from(k) * 3.0;
-            let pts: Vec<String> = (0..16)
-                .map(|i| {
-                    let a = f64::from(i) * std::f64::consts::TAU / 16.0;
-                    format!("{:.2}\\{:.2}\\{z:.1}", 8.0 * a.cos(), 20.0 + 8.0 * a.sin())
-                })
-                .collect();
-            let mut c = InMemDicomObject::new_empty();
-            text(
-                &mut c,
-                tags::CONTOUR_GEOMETRIC_TYPE,
-                VR::CS,
-                "CLOSED_PLANAR",
-            );
-            text(&mut c, tags::NUMBER_OF_CONTOUR_POINTS, VR::IS, "16");
-            text(&mut c, tags::CONTOUR_DATA, VR::DS, &pts.join("\\"));
-            c
+/// An RT Structure Set with one round "Esophagus" every 3 mm over 40 planes.
+pub fn rt_struct(h: &StudyHeader, sop_uid: &str) -> FileDicomObject<InMemDicomObject> {
+    let planes = (0..40)
+        .map(|k| ContourPlane {
+            z: f64::from(k) * 3.0,
+            polygons: vec![circle(0.0, 20.0, 8.0, 16)],
         })
         .collect();
-    let mut roi_contour = InMemDicomObject::new_empty();
-    text(
-        &mut roi_contour,
-        tags::ROI_DISPLAY_COLOR,
-        VR::IS,
-        "255\\128\\0",
-    );
-    text(&mut roi_contour, tags::REFERENCED_ROI_NUMBER, VR::IS, "1");
-    roi_contour.put(DataElement::new(
-        tags::CONTOUR_SEQUENCE,
-        VR::SQ,
-        DataSetSequence::new(contours, Length::UNDEFINED),
-    ));
-    obj.put(DataElement::new(
-        tags::ROI_CONTOUR_SEQUENCE,
-        VR::SQ,
-        DataSetSequence::new(vec![roi_contour], Length::UNDEFINED),
-    ));
-    finish(obj, sop::RT_STRUCTURE_SET, sop_instance)
+    let roi = RoiSpec {
+        number: 1,
+        name: "Esophagus".into(),
+        interpreted_type: "ORGAN".into(),
+        planes,
+        color: [255, 128, 0],
+    };
+    write::rt_struct(h, sop_uid, "LUNG", &[roi])
 }
 
 /// Write `count` objects of `kind` (ct, rtdose, rtplan, rtstruct, study) to `out`.
@@ -417,8 +176,8 @@ pub fn write_set(
     seed: u64,
 ) -> Result<Vec<PathBuf>, Box<dyn std::error::Error>> {
     std::fs::create_dir_all(out)?;
-    let s = StudyUids::new(seed);
-    let series = uid::generate();
+    let h = study_header(seed);
+    let series = h.uid();
     let mut paths = Vec::new();
     let mut save = |obj: FileDicomObject<InMemDicomObject>,
                     name: String|
@@ -432,7 +191,7 @@ pub fn write_set(
         "ct" => {
             for i in 0..count {
                 save(
-                    ct_slice(&s, &series, i, size, seed),
+                    ct_slice(&h, &series, i, size, seed),
                     format!("ct_{i:04}.dcm"),
                 )?;
             }
@@ -440,7 +199,7 @@ pub fn write_set(
         "rtdose" => {
             for i in 0..count {
                 save(
-                    rt_dose(&s, &series, &uid::generate(), mbytes, seed + i as u64),
+                    rt_dose(&h, &h.uid(), mbytes, seed + i as u64),
                     format!("rtdose_{i:04}.dcm"),
                 )?;
             }
@@ -448,34 +207,28 @@ pub fn write_set(
         "rtplan" => {
             for i in 0..count {
                 save(
-                    rt_plan(&s, &series, &uid::generate(), &uid::generate()),
+                    write::rt_plan(&h, &h.uid(), &h.uid(), Some(60.0), 30, &[2.0]),
                     format!("rtplan_{i:04}.dcm"),
                 )?;
             }
         }
         "rtstruct" => {
             for i in 0..count {
-                save(
-                    rt_struct(&s, &series, &uid::generate()),
-                    format!("rtstruct_{i:04}.dcm"),
-                )?;
+                save(rt_struct(&h, &h.uid()), format!("rtstruct_{i:04}.dcm"))?;
             }
         }
         "study" => {
-            let (plan, ss) = (uid::generate(), uid::generate());
-            save(rt_struct(&s, &uid::generate(), &ss), "rtstruct.dcm".into())?;
+            let (plan, ss) = (h.uid(), h.uid());
+            save(rt_struct(&h, &ss), "rtstruct.dcm".into())?;
             save(
-                rt_plan(&s, &uid::generate(), &plan, &ss),
+                write::rt_plan(&h, &plan, &ss, Some(60.0), 30, &[2.0]),
                 "rtplan.dcm".into(),
             )?;
-            save(
-                rt_dose(&s, &uid::generate(), &plan, mbytes, seed),
-                "rtdose.dcm".into(),
-            )?;
-            let ct_series = uid::generate();
+            save(rt_dose(&h, &plan, mbytes, seed), "rtdose.dcm".into())?;
+            let ct_series = h.uid();
             for i in 0..count {
                 save(
-                    ct_slice(&s, &ct_series, i, size, seed),
+                    ct_slice(&h, &ct_series, i, size, seed),
                     format!("ct_{i:04}.dcm"),
                 )?;
             }

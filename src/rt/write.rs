@@ -106,7 +106,7 @@ fn ds_list(v: &[f64]) -> String {
     v.iter().map(|x| ds(*x)).collect::<Vec<_>>().join("\\")
 }
 
-fn header(
+pub fn header(
     obj: &mut InMemDicomObject,
     h: &StudyHeader,
     class: &str,

@@ -2,7 +2,7 @@
 //! as real DICOM files, and on the shared sample files when present.
 
 use std::f64::consts::PI;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use esorisk::rt::analysis::{self, Options};
 use esorisk::rt::dose::{self, DoseOptions, Summation};
@@ -11,87 +11,10 @@ use esorisk::rt::names::Organ;
 use esorisk::rt::phantom;
 use esorisk::rt::structure::ContourPlane;
 use esorisk::rt::study;
-use esorisk::rt::write::{self, DoseEncoding, RoiSpec, StudyHeader};
+use esorisk::rt::write::{self, DoseEncoding, StudyHeader};
 use esorisk::uid;
 
-fn circle(cx: f64, cy: f64, r: f64, n: usize) -> Vec<[f64; 2]> {
-    (0..n)
-        .map(|i| {
-            let a = i as f64 * 2.0 * PI / n as f64;
-            [cx + r * a.cos(), cy + r * a.sin()]
-        })
-        .collect()
-}
-
-fn dose_on(grid: &Grid, f: impl Fn(f64, f64, f64) -> f64) -> Vec<f32> {
-    let mut gy = vec![0f32; grid.len()];
-    for (k, z) in grid.z.iter().enumerate() {
-        for j in 0..grid.ny {
-            for i in 0..grid.nx {
-                gy[grid.index(i, j, k)] = f(grid.x(i), grid.y(j), *z) as f32;
-            }
-        }
-    }
-    gy
-}
-
-/// Write a study (struct, plan, dose) and return its directory's files.
-fn write_study(
-    dir: &Path,
-    grid: &Grid,
-    gy: &[f32],
-    rois: &[RoiSpec],
-    rx: f64,
-    fractions: u32,
-) -> Vec<PathBuf> {
-    std::fs::create_dir_all(dir).expect("mkdir");
-    let h = StudyHeader::new("PHANTOM1");
-    let (ss, plan) = (uid::generate(), uid::generate());
-    let files = vec![
-        (write::rt_struct(&h, &ss, "PHANTOM", rois), "rtstruct.dcm"),
-        (
-            write::rt_plan(
-                &h,
-                &plan,
-                &ss,
-                Some(rx),
-                fractions,
-                &[rx / f64::from(fractions)],
-            ),
-            "rtplan.dcm",
-        ),
-        (
-            write::rt_dose(
-                &h,
-                grid,
-                gy,
-                &DoseEncoding {
-                    referenced_plan_uid: Some(plan.clone()),
-                    ..Default::default()
-                },
-            ),
-            "rtdose.dcm",
-        ),
-    ];
-    files
-        .into_iter()
-        .map(|(obj, name)| {
-            let p = dir.join(name);
-            obj.write_to_file(&p).expect("write");
-            p
-        })
-        .collect()
-}
-
-fn roi(number: i64, name: &str, kind: &str, planes: Vec<ContourPlane>) -> RoiSpec {
-    RoiSpec {
-        number,
-        name: name.into(),
-        interpreted_type: kind.into(),
-        planes,
-        color: [255, 0, 0],
-    }
-}
+use phantom::{circle, dose_on, roi};
 
 /// V(≥D) within 1 % of the volume of the analytic curve shifted by ±0.1 Gy.
 fn assert_dvh_close(
@@ -583,7 +506,15 @@ fn inspect_command_text_json_and_png() {
         roi(2, "esophagus_PRV", "AVOIDANCE", ring(9.0)),
         roi(3, "PTV", "PTV", ring(15.0)),
     ];
-    let files = write_study(&tmp.path().join("s"), &grid, &gy, &rois, 60.0, 30);
+    let study_phantom = phantom::Phantom {
+        name: "inspect",
+        grid: grid.clone(),
+        gy,
+        rois: rois.to_vec(),
+        prescription_gy: 60.0,
+        fractions: 30,
+    };
+    let files = phantom::write(&study_phantom, &tmp.path().join("s")).expect("write");
     let png = tmp.path().join("dvh.png");
     let exe = env!("CARGO_BIN_EXE_esorisk");
     let out = std::process::Command::new(exe)

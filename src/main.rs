@@ -45,6 +45,9 @@ enum Command {
         /// validation), hospitals 2 and 3 with 57 and 95 (external).
         #[arg(long)]
         preset: Option<String>,
+        /// Also write a planning CT series that the structures reference.
+        #[arg(long)]
+        ct: bool,
     },
     /// Show a study's RT objects: how they link, the dose grid, the
     /// structures matched, prescription, and DVH metrics.
@@ -167,6 +170,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             patients,
             seed,
             preset,
+            ct,
         } => {
             let hospitals = match preset.as_deref() {
                 Some("paper") => esorisk::synth::paper_preset(),
@@ -174,7 +178,8 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 None => vec![(esorisk::synth::Hospital::preset(&hospital), patients)],
             };
             let started = std::time::Instant::now();
-            let summary = esorisk::synth::generate_cohort(&out, &hospitals, seed, 235.0 / 336.0)?;
+            let summary =
+                esorisk::synth::generate_cohort(&out, &hospitals, seed, 235.0 / 336.0, ct)?;
             print!("{}", summary.text());
             println!(
                 "written to {} in {:.1} s",

@@ -41,7 +41,7 @@ fn same_seed_same_bytes() {
         tempfile::tempdir().expect("tmp"),
     );
     for d in [a.path(), b.path()] {
-        synth::generate_cohort(d, &[(Hospital::preset("hospital3"), 3)], 42, 0.7)
+        synth::generate_cohort(d, &[(Hospital::preset("hospital3"), 3)], 42, 0.7, false)
             .expect("generate");
     }
     for f in [
@@ -59,8 +59,14 @@ fn same_seed_same_bytes() {
         assert!(x == y, "{f} differs between two runs with the same seed");
     }
     let c = tempfile::tempdir().expect("tmp");
-    synth::generate_cohort(c.path(), &[(Hospital::preset("hospital3"), 3)], 43, 0.7)
-        .expect("generate");
+    synth::generate_cohort(
+        c.path(),
+        &[(Hospital::preset("hospital3"), 3)],
+        43,
+        0.7,
+        false,
+    )
+    .expect("generate");
     assert_ne!(
         std::fs::read(a.path().join("labels.csv")).expect("a"),
         std::fs::read(c.path().join("labels.csv")).expect("c")
@@ -74,7 +80,7 @@ fn every_hospital_writes_valid_dicom_that_reads_back() {
         .iter()
         .map(|h| (Hospital::preset(h), 2))
         .collect();
-    synth::generate_cohort(out.path(), &hospitals, 7, 0.7).expect("generate");
+    synth::generate_cohort(out.path(), &hospitals, 7, 0.7, false).expect("generate");
     let cohort: serde_json::Value = serde_json::from_slice(
         &std::fs::read(out.path().join("cohort.json")).expect("cohort.json"),
     )
@@ -160,6 +166,7 @@ fn incidence_and_ceiling_auc_of_a_small_cohort() {
         &[(Hospital::preset("hospital1"), 120)],
         20260101,
         235.0 / 336.0,
+        false,
     )
     .expect("generate");
     let h = &summary.per_hospital[0];
@@ -181,4 +188,57 @@ fn incidence_and_ceiling_auc_of_a_small_cohort() {
         "{train}"
     );
     assert!(summary.text().contains("AUC of p_dose"));
+}
+
+#[test]
+fn planning_ct_is_written_and_referenced_by_the_structures() {
+    let out = tempfile::tempdir().expect("tmp");
+    synth::generate_cohort(
+        out.path(),
+        &[(Hospital::preset("hospital3"), 1)],
+        11,
+        0.7,
+        true,
+    )
+    .expect("generate");
+    let dir = out.path().join("H3-0001");
+    let cts: Vec<PathBuf> = files(&dir)
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ct_"))
+        })
+        .collect();
+    assert!(cts.len() > 50, "{} CT slices", cts.len());
+    let s = study::load(std::slice::from_ref(&dir), &DoseOptions::default()).expect("load");
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert_eq!(s.ct_images, cts.len());
+    let ct_uids: Vec<String> = cts
+        .iter()
+        .map(|f| {
+            esorisk::send::DicomFile::read(f)
+                .expect("ct")
+                .sop_instance_uid
+        })
+        .collect();
+    let ss = s.structures.as_ref().expect("structures");
+    assert_eq!(
+        ss.contour_image_uids.len(),
+        cts.len(),
+        "every slice listed in the referenced series"
+    );
+    assert!(ss.contour_image_uids.iter().all(|u| ct_uids.contains(u)));
+    for f in [&cts[cts.len() / 2], &dir.join("rtstruct.dcm")] {
+        let o = Command::new("dciodvfy")
+            .arg(f)
+            .output()
+            .expect("dciodvfy (dicom3tools)");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
+        assert!(errors.is_empty(), "{}: {errors:?}", f.display());
+    }
 }

@@ -367,6 +367,49 @@ pub fn rt_struct(
     label: &str,
     rois: &[RoiSpec],
 ) -> FileDicomObject<InMemDicomObject> {
+    rt_struct_on_images(h, sop_uid, label, rois, None)
+}
+
+/// The images a structure set was drawn on: one series, slices by z.
+#[derive(Debug, Clone)]
+pub struct ImageRefs {
+    pub sop_class_uid: String,
+    pub series_instance_uid: String,
+    /// (z of the slice in mm, SOP Instance UID).
+    pub slices: Vec<(f64, String)>,
+}
+
+impl ImageRefs {
+    fn at(&self, z: f64) -> Option<&str> {
+        self.slices
+            .iter()
+            .find(|(sz, _)| (sz - z).abs() < 0.05)
+            .map(|(_, u)| u.as_str())
+    }
+
+    fn item(&self, uid: &str) -> InMemDicomObject {
+        let mut i = InMemDicomObject::new_empty();
+        put_str(
+            &mut i,
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            &self.sop_class_uid,
+        );
+        put_str(&mut i, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, uid);
+        i
+    }
+}
+
+/// An RT Structure Set whose contours reference the images they lie on
+/// (Contour Image Sequence per contour, and the series in the Referenced
+/// Frame of Reference Sequence).
+pub fn rt_struct_on_images(
+    h: &StudyHeader,
+    sop_uid: &str,
+    label: &str,
+    rois: &[RoiSpec],
+    images: Option<&ImageRefs>,
+) -> FileDicomObject<InMemDicomObject> {
     let mut obj = InMemDicomObject::new_empty();
     header(
         &mut obj,
@@ -393,6 +436,40 @@ pub fn rt_struct(
         VR::UI,
         &h.frame_of_reference_uid,
     );
+    if let Some(img) = images {
+        let mut series = InMemDicomObject::new_empty();
+        put_str(
+            &mut series,
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            &img.series_instance_uid,
+        );
+        put_seq(
+            &mut series,
+            tags::CONTOUR_IMAGE_SEQUENCE,
+            img.slices.iter().map(|(_, u)| img.item(u)).collect(),
+        );
+        let mut study = InMemDicomObject::new_empty();
+        // Detached Study Management SOP Class, as PS3.3 C.8.8.5 prescribes.
+        put_str(
+            &mut study,
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.3.1.2.3.1",
+        );
+        put_str(
+            &mut study,
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            &h.study_instance_uid,
+        );
+        put_seq(
+            &mut study,
+            tags::RT_REFERENCED_SERIES_SEQUENCE,
+            vec![series],
+        );
+        put_seq(&mut f, tags::RT_REFERENCED_STUDY_SEQUENCE, vec![study]);
+    }
     put_seq(
         &mut obj,
         tags::REFERENCED_FRAME_OF_REFERENCE_SEQUENCE,
@@ -419,6 +496,14 @@ pub fn rt_struct(
             .flat_map(|p| p.polygons.iter().map(move |poly| (p.z, poly)))
             .map(|(z, poly)| {
                 let mut c = InMemDicomObject::new_empty();
+                if let Some(uid) = images.and_then(|img| img.at(z)) {
+                    let item = images.map(|img| img.item(uid));
+                    put_seq(
+                        &mut c,
+                        tags::CONTOUR_IMAGE_SEQUENCE,
+                        item.into_iter().collect(),
+                    );
+                }
                 put_str(
                     &mut c,
                     tags::CONTOUR_GEOMETRIC_TYPE,

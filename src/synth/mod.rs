@@ -3,6 +3,7 @@
 //! every label. See docs/SYNTHETIC.md for the models and their sources.
 
 pub mod anatomy;
+pub mod ct;
 pub mod dose;
 pub mod risk;
 pub mod rng;
@@ -183,7 +184,7 @@ struct Patient {
     record: PatientRecord,
     objects: Vec<(
         dicom_object::FileDicomObject<dicom_object::InMemDicomObject>,
-        &'static str,
+        String,
     )>,
     region: Vec<u8>,
     grid: Grid,
@@ -211,7 +212,7 @@ fn draw_plan(rng: &mut Rng, h: &Hospital, sbrt: bool) -> (f64, u32, u32, Techniq
     (rx, n, per_day, technique)
 }
 
-fn generate(h: &Hospital, seed: u64, index: usize) -> Patient {
+fn generate(h: &Hospital, seed: u64, index: usize, with_ct: bool) -> Patient {
     let mut rng = Rng::new(Rng::derive(seed, &h.name, index as u64));
     let patient_id = format!(
         "{}-{:04}",
@@ -267,6 +268,12 @@ fn generate(h: &Hospital, seed: u64, index: usize) -> Patient {
     header.patient_age = Some(format!("{:03}Y", age as u32));
     let rois = structures(h, &a);
     let (ss_uid, plan_uid) = (header.uid(), header.uid());
+    let (ct_objects, images) = if with_ct {
+        let (objs, refs) = ct::series(&header, &a, &contour_planes(h, &a), h.slice_spacing);
+        (objs, Some(refs))
+    } else {
+        (Vec::new(), None)
+    };
     let per_fraction = rx / f64::from(fractions);
     let n_beams = if technique == Technique::Vmat {
         2
@@ -291,7 +298,7 @@ fn generate(h: &Hospital, seed: u64, index: usize) -> Patient {
         technique,
         beams,
     };
-    let ss = write::rt_struct(&header, &ss_uid, "PLANNING", &rois);
+    let ss = write::rt_struct_on_images(&header, &ss_uid, "PLANNING", &rois, images.as_ref());
     let plan = write::rt_plan_spec(&header, &plan_uid, &ss_uid, &spec);
     let dose_obj = write::rt_dose(
         &header,
@@ -344,28 +351,38 @@ fn generate(h: &Hospital, seed: u64, index: usize) -> Patient {
         grid: Some(grid.clone()),
         truth_box: esophagus_box(&grid, &a),
     };
+    let mut objects = vec![
+        (ss, "rtstruct.dcm".to_string()),
+        (plan, "rtplan.dcm".to_string()),
+        (dose_obj, "rtdose.dcm".to_string()),
+    ];
+    objects.extend(
+        ct_objects
+            .into_iter()
+            .enumerate()
+            .map(|(i, o)| (o, format!("ct_{:04}.dcm", i + 1))),
+    );
     Patient {
         record,
-        objects: vec![
-            (ss, "rtstruct.dcm"),
-            (plan, "rtplan.dcm"),
-            (dose_obj, "rtdose.dcm"),
-        ],
+        objects,
         region: e.region,
         grid,
     }
 }
 
+/// The planning slices: every `slice_spacing` mm over the esophagus ±15 mm.
+fn contour_planes(h: &Hospital, a: &Anatomy) -> Vec<f64> {
+    let z_lo = a.esophagus.z_bottom - 15.0;
+    let n = ((a.esophagus.length() + 30.0) / h.slice_spacing).floor() as usize;
+    (0..=n).map(|k| z_lo + k as f64 * h.slice_spacing).collect()
+}
+
 /// The ROIs a planner would draw, with the hospital's names and habits.
 fn structures(h: &Hospital, a: &Anatomy) -> Vec<RoiSpec> {
-    let step = h.slice_spacing;
-    let z_lo = a.esophagus.z_bottom - 15.0;
-    let z_hi = a.esophagus.z_top + 15.0;
+    let zs = contour_planes(h, a);
     let planes = |f: &dyn Fn(f64) -> Option<Vec<Vec<[f64; 2]>>>| -> Vec<ContourPlane> {
-        let n = ((z_hi - z_lo) / step).floor() as usize;
-        (0..=n)
-            .map(|k| z_lo + k as f64 * step)
-            .filter_map(|z| f(z).map(|polygons| ContourPlane { z, polygons }))
+        zs.iter()
+            .filter_map(|z| f(*z).map(|polygons| ContourPlane { z: *z, polygons }))
             .collect()
     };
     let ell = |e: anatomy::Ellipsoid| {
@@ -535,12 +552,13 @@ pub fn generate_cohort(
     hospitals: &[(Hospital, usize)],
     seed: u64,
     train_share: f64,
+    with_ct: bool,
 ) -> Result<Summary, String> {
     std::fs::create_dir_all(out.join("truth")).map_err(|e| e.to_string())?;
     let mut all: Vec<PatientRecord> = Vec::new();
     let mut per_hospital = Vec::new();
     for (hi, (h, n)) in hospitals.iter().enumerate() {
-        let records = generate_hospital(out, h, *n, seed)?;
+        let records = generate_hospital(out, h, *n, seed, with_ct)?;
         let mut records = records;
         // Stratified split of the first hospital; deterministic.
         if hi == 0 {
@@ -583,6 +601,7 @@ fn generate_hospital(
     h: &Hospital,
     n: usize,
     seed: u64,
+    with_ct: bool,
 ) -> Result<Vec<PatientRecord>, String> {
     let workers = std::thread::available_parallelism()
         .map(|p| p.get())
@@ -598,7 +617,7 @@ fn generate_hospital(
                 if i >= n {
                     break;
                 }
-                let res = write_patient(out, generate(h, seed, i));
+                let res = write_patient(out, generate(h, seed, i, with_ct));
                 if let Ok(mut r) = results.lock() {
                     r[i] = Some(res);
                 }

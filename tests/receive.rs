@@ -1036,3 +1036,42 @@ fn json_logs_and_idle_timeout() {
         "{sleepy}"
     );
 }
+
+#[test]
+fn a_deleted_index_is_rebuilt_from_the_store() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data_dir = tmp.path().join("var");
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    assert!(node.log().contains("new data directory"), "{}", node.log());
+    let files = synthetic_study(&tmp.path().join("s"), 2, 64, 1, 61);
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    assert!(storescu(&node, &[], &refs).status.success());
+    assert!(node.terminate());
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(data_dir.join(format!("esorisk.db{suffix}")));
+    }
+    let node = TestNode::start_in(&data_dir, &[]);
+    assert!(
+        node.log().contains("indexing every stored instance"),
+        "{}",
+        node.log()
+    );
+    assert_eq!(
+        count(&node.db_path(), "SELECT count(*) FROM instances"),
+        files.len() as i64
+    );
+    for f in &files {
+        let u = uids(f);
+        assert_eq!(
+            count(
+                &node.db_path(),
+                &format!(
+                    "SELECT count(*) FROM instances WHERE sop_instance_uid = '{}'",
+                    u.sop
+                )
+            ),
+            1
+        );
+    }
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM studies"), 1);
+}

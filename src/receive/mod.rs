@@ -82,13 +82,22 @@ impl Node {
                 "removed partial files of instances that were never acknowledged"
             );
         }
+        let new_database = !settings.database_path().exists();
         let index = Index::open(&settings.database_path())
             .await
             .context(IndexSnafu)?;
         let clean = store.take_clean_marker().context(DataDirSnafu {
             path: data_dir.display().to_string(),
         })?;
-        if clean {
+        let store_empty = std::fs::read_dir(store.store_dir())
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(true);
+        if new_database && store_empty {
+            info!(data_dir = %data_dir.display(), "new data directory");
+        } else if new_database {
+            info!("no index yet for an existing store; indexing every stored instance");
+            reconcile(&store, &index).await;
+        } else if clean {
             info!("last shutdown was clean; index and store agree");
         } else {
             info!("no record of a clean shutdown; reconciling the index with the store");

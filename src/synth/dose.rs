@@ -28,8 +28,8 @@ pub struct DoseShape {
 pub fn compute(grid: &Grid, a: &Anatomy, shape: &DoseShape, rx: f64) -> Vec<f32> {
     let (sigma, bath0, lambda) = match (shape.sbrt, shape.technique) {
         (true, _) => (2.5, 0.30, 18.0),
-        (false, Technique::Vmat) => (3.5, 0.48, 70.0),
-        (false, Technique::Imrt) => (3.0, 0.40, 55.0),
+        (false, Technique::Vmat) => (3.5, 0.48, 110.0),
+        (false, Technique::Imrt) => (3.0, 0.40, 90.0),
         (false, Technique::Conformal3d) => (4.5, 0.0, 55.0),
     };
     let (bath0, lambda) = (bath0 * shape.bath_scale, lambda * shape.bath_reach);

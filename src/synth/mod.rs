@@ -242,7 +242,7 @@ fn generate(h: &Hospital, seed: u64, index: usize, with_ct: bool) -> Patient {
         },
         far_wall_only: technique != Technique::Conformal3d && rng.bernoulli(h.far_wall_share),
         bath_scale: rng.range(0.6, 1.7),
-        bath_reach: rng.range(0.6, 1.5),
+        bath_reach: rng.range(0.4, 1.8),
     };
     // The dose grid covers the body in x/y and the esophagus in z.
     let s = h.dose_spacing;

@@ -4,16 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
-use crate::receive::sop;
 use crate::rt::grid::Grid;
 use crate::rt::phantom::circle;
 use crate::rt::structure::ContourPlane;
-use crate::rt::write::{self, put_str, DoseEncoding, RoiSpec, StudyHeader};
-use crate::store::ts;
+use crate::rt::write::{self, CtSlice, DoseEncoding, RoiSpec, StudyHeader};
 
 /// xorshift64*: deterministic noise for pixel values.
 struct Rng(u64);
@@ -42,67 +38,6 @@ pub fn ct_slice(
     size: u16,
     seed: u64,
 ) -> FileDicomObject<InMemDicomObject> {
-    let sop_uid = h.uid();
-    let mut obj = InMemDicomObject::new_empty();
-    write::header(&mut obj, h, sop::CT_IMAGE, &sop_uid, series, "CT");
-    put_str(
-        &mut obj,
-        tags::FRAME_OF_REFERENCE_UID,
-        VR::UI,
-        &h.frame_of_reference_uid,
-    );
-    put_str(
-        &mut obj,
-        tags::IMAGE_TYPE,
-        VR::CS,
-        "ORIGINAL\\PRIMARY\\AXIAL",
-    );
-    put_str(
-        &mut obj,
-        tags::INSTANCE_NUMBER,
-        VR::IS,
-        &(index + 1).to_string(),
-    );
-    let z = index as f64 * 3.0;
-    put_str(
-        &mut obj,
-        tags::IMAGE_POSITION_PATIENT,
-        VR::DS,
-        &format!("-250\\-250\\{z}"),
-    );
-    put_str(
-        &mut obj,
-        tags::IMAGE_ORIENTATION_PATIENT,
-        VR::DS,
-        "1\\0\\0\\0\\1\\0",
-    );
-    put_str(&mut obj, tags::SLICE_THICKNESS, VR::DS, "3");
-    put_str(
-        &mut obj,
-        tags::PIXEL_SPACING,
-        VR::DS,
-        "0.9765625\\0.9765625",
-    );
-    put_str(&mut obj, tags::PATIENT_POSITION, VR::CS, "HFS");
-    for (tag, v) in [
-        (tags::SAMPLES_PER_PIXEL, 1),
-        (tags::ROWS, size),
-        (tags::COLUMNS, size),
-        (tags::BITS_ALLOCATED, 16),
-        (tags::BITS_STORED, 16),
-        (tags::HIGH_BIT, 15),
-        (tags::PIXEL_REPRESENTATION, 0),
-    ] {
-        obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
-    }
-    put_str(
-        &mut obj,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
-    put_str(&mut obj, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
-    put_str(&mut obj, tags::RESCALE_SLOPE, VR::DS, "1");
     let mut rng = Rng(seed
         .wrapping_add(index as u64)
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
@@ -120,12 +55,20 @@ pub fn ct_slice(
             (body + (rng.next() % 40) as f64) as u16
         })
         .collect();
-    obj.put(DataElement::new(
-        tags::PIXEL_DATA,
-        VR::OW,
-        PrimitiveValue::U16(pixels.into()),
-    ));
-    write::with_meta(obj, sop::CT_IMAGE, &sop_uid, ts::EXPLICIT_VR_LE)
+    let spacing = 500.0 / f64::from(size);
+    write::ct_image(
+        h,
+        CtSlice {
+            series_instance_uid: series,
+            instance_number: index + 1,
+            position: [-250.0, -250.0, index as f64 * 3.0],
+            pixel_spacing: spacing,
+            size,
+            slice_thickness: 3.0,
+            pixels,
+        },
+    )
+    .0
 }
 
 /// An RT Dose of 256×256 32-bit pixels per plane and about `mbytes` MB.

@@ -302,10 +302,7 @@ fn rust_client_and_bad_data_sets() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dose_path = rt_dose_file(tmp.path());
     let dose = DicomFile::read(&dose_path).expect("read");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = runtime();
     rt.block_on(async {
         let contexts = vec![
             (
@@ -586,15 +583,9 @@ fn access_control_and_unsupported_sop_class() {
 #[test]
 fn associations_over_the_limit_are_rejected_not_left_hanging() {
     let node = TestNode::start(&[("ESORISK__DICOM__MAX_ASSOCIATIONS", "2")]);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = runtime();
     rt.block_on(async {
-        let contexts = vec![(
-            esorisk::dimse::VERIFICATION_SOP_CLASS,
-            vec![ts::IMPLICIT_VR_LE],
-        )];
+        let contexts = verification_contexts();
         let a = send::associate(&node.addr(), "HOLD1", AE, &contexts)
             .await
             .expect("first");
@@ -835,10 +826,7 @@ fn shared_pydicom_samples_are_stored_when_present() {
     }
     // The RLE doses carry their UIDs with VR UN, which storescu cannot read;
     // the Rust client sends their bytes exactly as they are in the file.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = runtime();
     rt.block_on(async {
         for name in ["rtdose_rle.dcm", "rtdose_rle_1frame.dcm"] {
             let file = DicomFile::read(&dir.join(name)).expect("read");
@@ -986,15 +974,9 @@ fn json_logs_and_idle_timeout() {
         .status
         .success());
     // An association that goes quiet is closed after the read timeout.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = runtime();
     rt.block_on(async {
-        let contexts = vec![(
-            esorisk::dimse::VERIFICATION_SOP_CLASS,
-            vec![ts::IMPLICIT_VR_LE],
-        )];
+        let contexts = verification_contexts();
         let assoc = send::associate(&node.addr(), "SLEEPY", AE, &contexts)
             .await
             .expect("associate");

@@ -24,6 +24,23 @@ fn labels(dir: &Path) -> Vec<std::collections::HashMap<String, String>> {
         .collect()
 }
 
+/// dciodvfy's error lines for a file.
+fn dciodvfy_errors(f: &Path) -> Vec<String> {
+    let o = Command::new("dciodvfy")
+        .arg(f)
+        .output()
+        .expect("dciodvfy (dicom3tools)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text.lines()
+        .filter(|l| l.starts_with("Error"))
+        .map(String::from)
+        .collect()
+}
+
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("dir")
@@ -105,16 +122,7 @@ fn every_hospital_writes_valid_dicom_that_reads_back() {
                 assert!(st.success());
                 target = rle;
             }
-            let o = Command::new("dciodvfy")
-                .arg(&target)
-                .output()
-                .expect("dciodvfy (dicom3tools)");
-            let text = format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            );
-            let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
+            let errors = dciodvfy_errors(&target);
             assert!(errors.is_empty(), "{}: {errors:?}", f.display());
         }
         // The readers see what was written.
@@ -229,16 +237,7 @@ fn planning_ct_is_written_and_referenced_by_the_structures() {
     );
     assert!(ss.contour_image_uids.iter().all(|u| ct_uids.contains(u)));
     for f in [&cts[cts.len() / 2], &dir.join("rtstruct.dcm")] {
-        let o = Command::new("dciodvfy")
-            .arg(f)
-            .output()
-            .expect("dciodvfy (dicom3tools)");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
+        let errors = dciodvfy_errors(f);
         assert!(errors.is_empty(), "{}: {errors:?}", f.display());
     }
 }

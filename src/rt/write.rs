@@ -816,3 +816,110 @@ pub fn rt_plan_spec(
     put_seq(&mut obj, tags::REFERENCED_STRUCTURE_SET_SEQUENCE, vec![rs]);
     with_meta(obj, sop::RT_PLAN, sop_uid, ts::EXPLICIT_VR_LE)
 }
+
+/// One axial CT slice to write (HFS, pixels row by row, stored = HU + 1024).
+#[derive(Debug, Clone)]
+pub struct CtSlice<'a> {
+    pub series_instance_uid: &'a str,
+    pub instance_number: usize,
+    /// Centre of the first pixel (x, y) and the slice's z, mm.
+    pub position: [f64; 3],
+    pub pixel_spacing: f64,
+    pub size: u16,
+    pub slice_thickness: f64,
+    pub pixels: Vec<u16>,
+}
+
+/// A CT Image object; returns it with its SOP Instance UID.
+pub fn ct_image(h: &StudyHeader, s: CtSlice<'_>) -> (FileDicomObject<InMemDicomObject>, String) {
+    let sop_uid = h.uid();
+    let mut obj = InMemDicomObject::new_empty();
+    header(
+        &mut obj,
+        h,
+        sop::CT_IMAGE,
+        &sop_uid,
+        s.series_instance_uid,
+        "CT",
+    );
+    put_str(&mut obj, tags::SERIES_NUMBER, VR::IS, "2");
+    put_str(
+        &mut obj,
+        tags::INSTANCE_NUMBER,
+        VR::IS,
+        &s.instance_number.to_string(),
+    );
+    put_str(
+        &mut obj,
+        tags::FRAME_OF_REFERENCE_UID,
+        VR::UI,
+        &h.frame_of_reference_uid,
+    );
+    put_str(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
+    put_str(
+        &mut obj,
+        tags::IMAGE_TYPE,
+        VR::CS,
+        "ORIGINAL\\PRIMARY\\AXIAL",
+    );
+    put_str(&mut obj, tags::ACQUISITION_NUMBER, VR::IS, "1");
+    put_str(&mut obj, tags::PATIENT_POSITION, VR::CS, "HFS");
+    put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, "CHEST");
+    put_str(&mut obj, tags::KVP, VR::DS, "120");
+    put_str(
+        &mut obj,
+        tags::SLICE_THICKNESS,
+        VR::DS,
+        &ds(s.slice_thickness),
+    );
+    put_str(
+        &mut obj,
+        tags::IMAGE_POSITION_PATIENT,
+        VR::DS,
+        &ds_list(&s.position),
+    );
+    put_str(
+        &mut obj,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        VR::DS,
+        "1\\0\\0\\0\\1\\0",
+    );
+    put_str(&mut obj, tags::SLICE_LOCATION, VR::DS, &ds(s.position[2]));
+    put_str(
+        &mut obj,
+        tags::PIXEL_SPACING,
+        VR::DS,
+        &ds_list(&[s.pixel_spacing, s.pixel_spacing]),
+    );
+    for (tag, v) in [
+        (tags::SAMPLES_PER_PIXEL, 1u16),
+        (tags::ROWS, s.size),
+        (tags::COLUMNS, s.size),
+        (tags::BITS_ALLOCATED, 16),
+        (tags::BITS_STORED, 16),
+        (tags::HIGH_BIT, 15),
+        (tags::PIXEL_REPRESENTATION, 0),
+    ] {
+        put_us(&mut obj, tag, v);
+    }
+    put_str(
+        &mut obj,
+        tags::PHOTOMETRIC_INTERPRETATION,
+        VR::CS,
+        "MONOCHROME2",
+    );
+    put_str(&mut obj, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
+    put_str(&mut obj, tags::RESCALE_SLOPE, VR::DS, "1");
+    put_str(&mut obj, tags::RESCALE_TYPE, VR::LO, "HU");
+    put_str(&mut obj, tags::WINDOW_CENTER, VR::DS, "40");
+    put_str(&mut obj, tags::WINDOW_WIDTH, VR::DS, "400");
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OW,
+        PrimitiveValue::U16(s.pixels.into()),
+    ));
+    (
+        with_meta(obj, sop::CT_IMAGE, &sop_uid, ts::EXPLICIT_VR_LE),
+        sop_uid,
+    )
+}

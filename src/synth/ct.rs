@@ -2,14 +2,11 @@
 //! plane, Hounsfield units painted from the same anatomy the structures and
 //! the dose come from.
 
-use dicom_core::{DataElement, PrimitiveValue, VR};
-use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use super::anatomy::Anatomy;
 use crate::receive::sop;
-use crate::rt::write::{self, put_str, ImageRefs, StudyHeader};
-use crate::store::ts;
+use crate::rt::write::{self, CtSlice, ImageRefs, StudyHeader};
 
 /// Pixels per row and column.
 const SIZE: usize = 256;
@@ -69,80 +66,6 @@ pub fn series(
     let mut objects = Vec::with_capacity(z.len());
     let mut slices = Vec::with_capacity(z.len());
     for (n, zz) in z.iter().enumerate() {
-        let sop_uid = h.uid();
-        let mut obj = InMemDicomObject::new_empty();
-        write::header(&mut obj, h, sop::CT_IMAGE, &sop_uid, &series_uid, "CT");
-        put_str(&mut obj, tags::SERIES_NUMBER, VR::IS, "2");
-        put_str(
-            &mut obj,
-            tags::INSTANCE_NUMBER,
-            VR::IS,
-            &(n + 1).to_string(),
-        );
-        put_str(
-            &mut obj,
-            tags::FRAME_OF_REFERENCE_UID,
-            VR::UI,
-            &h.frame_of_reference_uid,
-        );
-        put_str(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
-        put_str(
-            &mut obj,
-            tags::IMAGE_TYPE,
-            VR::CS,
-            "ORIGINAL\\PRIMARY\\AXIAL",
-        );
-        put_str(&mut obj, tags::ACQUISITION_NUMBER, VR::IS, "1");
-        put_str(&mut obj, tags::PATIENT_POSITION, VR::CS, "HFS");
-        put_str(&mut obj, tags::BODY_PART_EXAMINED, VR::CS, "CHEST");
-        put_str(&mut obj, tags::KVP, VR::DS, "120");
-        put_str(
-            &mut obj,
-            tags::SLICE_THICKNESS,
-            VR::DS,
-            &format!("{thickness}"),
-        );
-        put_str(
-            &mut obj,
-            tags::IMAGE_POSITION_PATIENT,
-            VR::DS,
-            &format!("{x0:.4}\\{x0:.4}\\{zz:.4}"),
-        );
-        put_str(
-            &mut obj,
-            tags::IMAGE_ORIENTATION_PATIENT,
-            VR::DS,
-            "1\\0\\0\\0\\1\\0",
-        );
-        put_str(&mut obj, tags::SLICE_LOCATION, VR::DS, &format!("{zz:.4}"));
-        put_str(
-            &mut obj,
-            tags::PIXEL_SPACING,
-            VR::DS,
-            &format!("{spacing:.6}\\{spacing:.6}"),
-        );
-        for (tag, v) in [
-            (tags::SAMPLES_PER_PIXEL, 1u16),
-            (tags::ROWS, SIZE as u16),
-            (tags::COLUMNS, SIZE as u16),
-            (tags::BITS_ALLOCATED, 16),
-            (tags::BITS_STORED, 16),
-            (tags::HIGH_BIT, 15),
-            (tags::PIXEL_REPRESENTATION, 0),
-        ] {
-            obj.put(DataElement::new(tag, VR::US, PrimitiveValue::from(v)));
-        }
-        put_str(
-            &mut obj,
-            tags::PHOTOMETRIC_INTERPRETATION,
-            VR::CS,
-            "MONOCHROME2",
-        );
-        put_str(&mut obj, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
-        put_str(&mut obj, tags::RESCALE_SLOPE, VR::DS, "1");
-        put_str(&mut obj, tags::RESCALE_TYPE, VR::LO, "HU");
-        put_str(&mut obj, tags::WINDOW_CENTER, VR::DS, "40");
-        put_str(&mut obj, tags::WINDOW_WIDTH, VR::DS, "400");
         let pixels: Vec<u16> = (0..SIZE * SIZE)
             .map(|i| {
                 let (x, y) = (
@@ -152,17 +75,19 @@ pub fn series(
                 (hu(a, x, y, *zz) + 1024.0).clamp(0.0, 4095.0) as u16
             })
             .collect();
-        obj.put(DataElement::new(
-            tags::PIXEL_DATA,
-            VR::OW,
-            PrimitiveValue::U16(pixels.into()),
-        ));
-        objects.push(write::with_meta(
-            obj,
-            sop::CT_IMAGE,
-            &sop_uid,
-            ts::EXPLICIT_VR_LE,
-        ));
+        let (obj, sop_uid) = write::ct_image(
+            h,
+            CtSlice {
+                series_instance_uid: &series_uid,
+                instance_number: n + 1,
+                position: [x0, x0, *zz],
+                pixel_spacing: spacing,
+                size: SIZE as u16,
+                slice_thickness: thickness,
+                pixels,
+            },
+        );
+        objects.push(obj);
         slices.push((*zz, sop_uid));
     }
     (

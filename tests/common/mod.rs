@@ -373,3 +373,19 @@ pub fn shared_testdata() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata/pydicom");
     p.is_dir().then_some(p)
 }
+
+/// A current-thread runtime for tests that talk to the node from Rust.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Presentation contexts proposing only Verification.
+pub fn verification_contexts() -> Vec<(&'static str, Vec<&'static str>)> {
+    vec![(
+        esorisk::dimse::VERIFICATION_SOP_CLASS,
+        vec![esorisk::store::ts::IMPLICIT_VR_LE],
+    )]
+}

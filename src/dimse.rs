@@ -208,6 +208,19 @@ impl Command {
         out
     }
 
+    /// The command as one P-DATA-TF PDU on presentation context `pc_id`
+    /// (command sets are small; they always fit one PDU).
+    pub fn to_pdu(&self, pc_id: u8) -> dicom_ul::Pdu {
+        dicom_ul::Pdu::PData {
+            data: vec![dicom_ul::pdu::PDataValue {
+                presentation_context_id: pc_id,
+                value_type: dicom_ul::pdu::PDataValueType::Command,
+                is_last: true,
+                data: self.encode(),
+            }],
+        }
+    }
+
     /// A C-ECHO-RSP answering `rq`.
     pub fn echo_response(rq: &Command) -> Command {
         Command {

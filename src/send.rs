@@ -122,14 +122,7 @@ pub async fn send_message(
     data_set: Option<&[u8]>,
 ) -> Result<(), SendError> {
     assoc
-        .send(&Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: pc_id,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: command.encode(),
-            }],
-        })
+        .send(&command.to_pdu(pc_id))
         .await
         .context(NetworkSnafu)?;
     if let Some(data) = data_set {

@@ -751,9 +751,7 @@ fn sigterm_finishes_and_exits_cleanly() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data_dir = tmp.path().join("var");
     let mut node = TestNode::start_in(&data_dir, &[]);
-    let files = synthetic_study(&tmp.path().join("s"), 2, 64, 1, 9);
-    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    assert!(storescu(&node, &[], &refs).status.success());
+    push_study(&node, &tmp.path().join("s"), 2, 9);
     assert!(node.terminate(), "clean exit on SIGTERM: {}", node.log());
     let log = node.log();
     assert!(
@@ -916,9 +914,7 @@ fn restart_after_a_crash_reconciles_index_and_store() {
     let tmp = tempfile::tempdir().expect("tmp");
     let data_dir = tmp.path().join("var");
     let mut node = TestNode::start_in(&data_dir, &[]);
-    let files = synthetic_study(&tmp.path().join("s"), 3, 64, 1, 31);
-    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    assert!(storescu(&node, &[], &refs).status.success());
+    let files = push_study(&node, &tmp.path().join("s"), 3, 31);
     node.kill();
 
     // A file removed by hand, and a complete file that reached the store
@@ -1025,9 +1021,7 @@ fn a_deleted_index_is_rebuilt_from_the_store() {
     let data_dir = tmp.path().join("var");
     let mut node = TestNode::start_in(&data_dir, &[]);
     assert!(node.log().contains("new data directory"), "{}", node.log());
-    let files = synthetic_study(&tmp.path().join("s"), 2, 64, 1, 61);
-    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
-    assert!(storescu(&node, &[], &refs).status.success());
+    let files = push_study(&node, &tmp.path().join("s"), 2, 61);
     assert!(node.terminate());
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(data_dir.join(format!("esorisk.db{suffix}")));

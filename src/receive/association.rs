@@ -165,7 +165,7 @@ where
                                 &called_ae,
                             ) {
                                 Action::Respond(rsp) => {
-                                    if let Err(e) = send_command(&mut assoc, pc_id, &rsp).await {
+                                    if let Err(e) = assoc.send(&rsp.to_pdu(pc_id)).await {
                                         break 'assoc format!("failed: sending response: {e}");
                                     }
                                 }
@@ -202,7 +202,7 @@ where
                                     &mut summary,
                                 )
                                 .await;
-                                if let Err(e) = send_command(&mut assoc, pc_id, &rsp).await {
+                                if let Err(e) = assoc.send(&rsp.to_pdu(pc_id)).await {
                                     break 'assoc format!("failed: sending response: {e}");
                                 }
                             }
@@ -482,26 +482,6 @@ pub fn store_error_status(e: &StoreError) -> u16 {
         StoreError::Mismatch { .. } => status::DATA_SET_MISMATCH,
         StoreError::UnsupportedTransferSyntax { .. } => status::CANNOT_UNDERSTAND,
     }
-}
-
-async fn send_command<S>(
-    assoc: &mut AsyncServerAssociation<S>,
-    pc_id: u8,
-    cmd: &Command,
-) -> Result<(), dicom_ul::association::Error>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
-{
-    assoc
-        .send(&Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: pc_id,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data: cmd.encode(),
-            }],
-        })
-        .await
 }
 
 fn pdu_name(pdu: &Pdu) -> &'static str {

@@ -1,14 +1,16 @@
 //! Dose-volume histograms and the metrics computed from them.
 //!
-//! A DVH is built from the fractional-occupancy mask: every voxel the ROI
-//! touches contributes its dose with the volume of the part inside. The
-//! metrics use that weighted list directly (sorted by dose), so no binning
-//! error enters D2cc, D_x% or V_x.
+//! A DVH is built from the ROI's sample points (the same n³ points per voxel
+//! that make the fractional-occupancy mask): each inside point carries its
+//! share of the voxel's volume and the dose interpolated at that point. The
+//! doses are binned every 0.01 Gy and each bin spread over the interval to
+//! its neighbours, so the cumulative DVH is continuous and D2cc, D_x% and
+//! V_x read from it carry no more than that binning.
 
 use serde::Serialize;
 
 use super::grid::Grid;
-use super::structure::{Mask, Roi};
+use super::structure::Roi;
 
 /// Voxel doses with their volumes, sorted by dose, descending.
 #[derive(Debug, Clone, Default)]
@@ -23,33 +25,6 @@ pub struct DoseVolume {
 }
 
 impl DoseVolume {
-    /// From a dose on `grid` (Gy per voxel) and a mask on the same grid.
-    pub fn new(grid: &Grid, dose: &[f32], mask: &Mask, covered: Option<&[bool]>) -> DoseVolume {
-        let plane = grid.nx * grid.ny;
-        let mut outside = 0.0;
-        let mut points: Vec<(f64, f64)> = mask
-            .voxels
-            .iter()
-            .map(|(i, f, _)| {
-                let i = *i as usize;
-                let v = f64::from(*f) * grid.voxel_cc(i / plane);
-                if covered.is_some_and(|c| !c[i]) {
-                    outside += v;
-                }
-                (f64::from(dose[i]), v)
-            })
-            .filter(|(_, v)| *v > 0.0)
-            .collect();
-        points.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let volume_cc = points.iter().map(|p| p.1).sum();
-        DoseVolume {
-            points,
-            volume_cc,
-            outside_cc: outside,
-            exact_mean: None,
-        }
-    }
-
     /// From the ROI's sample points (n³ per voxel) with the dose
     /// interpolated at each point, binned every 0.01 Gy (the mean, minimum
     /// and maximum are exact). Points outside the dose grid count as 0 Gy.
@@ -380,5 +355,11 @@ mod tests {
         // 60 Gy in 30 fractions is 60 Gy EQD2; 50 Gy in 5 fractions, α/β 10, is 83.3 Gy.
         assert!((eqd2(60.0, 30.0, 10.0) - 60.0).abs() < 1e-9);
         assert!((eqd2(50.0, 5.0, 10.0) - 50.0 * 20.0 / 12.0).abs() < 1e-9);
+        // Per voxel, with the fractions of the plan.
+        let grid = eqd2_grid(&[0.0, 30.0, 60.0], 30.0, 10.0);
+        assert_eq!(grid[0], 0.0);
+        assert!(
+            (f64::from(grid[1]) - 27.5).abs() < 1e-5 && (f64::from(grid[2]) - 60.0).abs() < 1e-5
+        );
     }
 }

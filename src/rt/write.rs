@@ -143,6 +143,44 @@ pub fn header(
     put_str(obj, tags::INSTANCE_NUMBER, VR::IS, "1");
 }
 
+/// The axial image plane and monochrome pixel description shared by CT and
+/// RT Dose: position, orientation, spacing (row, column), size and bits.
+fn image_plane(
+    obj: &mut InMemDicomObject,
+    position: [f64; 3],
+    orientation: [f64; 6],
+    spacing: [f64; 2],
+    rows: u16,
+    columns: u16,
+    bits: u16,
+) {
+    put_str(
+        obj,
+        tags::IMAGE_POSITION_PATIENT,
+        VR::DS,
+        &ds_list(&position),
+    );
+    put_str(
+        obj,
+        tags::IMAGE_ORIENTATION_PATIENT,
+        VR::DS,
+        &ds_list(&orientation),
+    );
+    put_str(obj, tags::PIXEL_SPACING, VR::DS, &ds_list(&spacing));
+    put_str(obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    for (tag, v) in [
+        (tags::SAMPLES_PER_PIXEL, 1),
+        (tags::ROWS, rows),
+        (tags::COLUMNS, columns),
+        (tags::BITS_ALLOCATED, bits),
+        (tags::BITS_STORED, bits),
+        (tags::HIGH_BIT, bits - 1),
+        (tags::PIXEL_REPRESENTATION, 0),
+    ] {
+        put_us(obj, tag, v);
+    }
+}
+
 /// Wrap a data set with file meta information for `transfer_syntax`.
 pub fn with_meta(
     obj: InMemDicomObject,
@@ -238,24 +276,14 @@ pub fn rt_dose(
             }
         })
         .collect();
-    put_str(
+    image_plane(
         &mut obj,
-        tags::IMAGE_POSITION_PATIENT,
-        VR::DS,
-        &ds_list(&[x_first, y_first, z_first]),
-    );
-    put_str(
-        &mut obj,
-        tags::IMAGE_ORIENTATION_PATIENT,
-        VR::DS,
-        &ds_list(&[rx, 0.0, 0.0, 0.0, cy, 0.0]),
-    );
-    put_us(&mut obj, tags::SAMPLES_PER_PIXEL, 1);
-    put_str(
-        &mut obj,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
+        [x_first, y_first, z_first],
+        [rx, 0.0, 0.0, 0.0, cy, 0.0],
+        [grid.dy, grid.dx],
+        ny as u16,
+        nx as u16,
+        enc.bits,
     );
     put_str(&mut obj, tags::NUMBER_OF_FRAMES, VR::IS, &nk.to_string());
     obj.put(DataElement::new(
@@ -263,18 +291,6 @@ pub fn rt_dose(
         VR::AT,
         PrimitiveValue::Tags(vec![tags::GRID_FRAME_OFFSET_VECTOR].into()),
     ));
-    put_us(&mut obj, tags::ROWS, ny as u16);
-    put_us(&mut obj, tags::COLUMNS, nx as u16);
-    put_str(
-        &mut obj,
-        tags::PIXEL_SPACING,
-        VR::DS,
-        &ds_list(&[grid.dy, grid.dx]),
-    );
-    put_us(&mut obj, tags::BITS_ALLOCATED, enc.bits);
-    put_us(&mut obj, tags::BITS_STORED, enc.bits);
-    put_us(&mut obj, tags::HIGH_BIT, enc.bits - 1);
-    put_us(&mut obj, tags::PIXEL_REPRESENTATION, 0);
     put_str(&mut obj, tags::DOSE_UNITS, VR::CS, enc.units);
     put_str(&mut obj, tags::DOSE_TYPE, VR::CS, "PHYSICAL");
     put_str(&mut obj, tags::DOSE_SUMMATION_TYPE, VR::CS, enc.summation);
@@ -872,41 +888,15 @@ pub fn ct_image(h: &StudyHeader, s: CtSlice<'_>) -> (FileDicomObject<InMemDicomO
         VR::DS,
         &ds(s.slice_thickness),
     );
-    put_str(
-        &mut obj,
-        tags::IMAGE_POSITION_PATIENT,
-        VR::DS,
-        &ds_list(&s.position),
-    );
-    put_str(
-        &mut obj,
-        tags::IMAGE_ORIENTATION_PATIENT,
-        VR::DS,
-        "1\\0\\0\\0\\1\\0",
-    );
     put_str(&mut obj, tags::SLICE_LOCATION, VR::DS, &ds(s.position[2]));
-    put_str(
+    image_plane(
         &mut obj,
-        tags::PIXEL_SPACING,
-        VR::DS,
-        &ds_list(&[s.pixel_spacing, s.pixel_spacing]),
-    );
-    for (tag, v) in [
-        (tags::SAMPLES_PER_PIXEL, 1u16),
-        (tags::ROWS, s.size),
-        (tags::COLUMNS, s.size),
-        (tags::BITS_ALLOCATED, 16),
-        (tags::BITS_STORED, 16),
-        (tags::HIGH_BIT, 15),
-        (tags::PIXEL_REPRESENTATION, 0),
-    ] {
-        put_us(&mut obj, tag, v);
-    }
-    put_str(
-        &mut obj,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
+        s.position,
+        [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        [s.pixel_spacing, s.pixel_spacing],
+        s.size,
+        s.size,
+        16,
     );
     put_str(&mut obj, tags::RESCALE_INTERCEPT, VR::DS, "-1024");
     put_str(&mut obj, tags::RESCALE_SLOPE, VR::DS, "1");

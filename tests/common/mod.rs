@@ -389,3 +389,13 @@ pub fn verification_contexts() -> Vec<(&'static str, Vec<&'static str>)> {
         vec![esorisk::store::ts::IMPLICIT_VR_LE],
     )]
 }
+
+/// Push a small synthetic study (RT objects and `ct` CT slices) to the node
+/// with storescu, asserting success; returns the files sent.
+pub fn push_study(node: &TestNode, dir: &Path, ct: usize, seed: u64) -> Vec<PathBuf> {
+    let files = synthetic_study(dir, ct, 64, 1, seed);
+    let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let out = storescu(node, &[], &refs);
+    assert!(out.status.success(), "{}", text(&out));
+    files
+}

@@ -32,6 +32,7 @@ pub struct Settings {
     pub storage: StorageSettings,
     pub server: ServerSettings,
     pub logging: LoggingSettings,
+    pub dosiomics: DosiomicsSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -84,6 +85,14 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct DosiomicsSettings {
+    pub bin_width_gy: f64,
+    pub dose: crate::dosiomics::roi::DoseKind,
+    pub alpha_beta_gy: f64,
+    pub model: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct LoggingSettings {
     pub format: LogFormat,
     pub level: String,
@@ -125,6 +134,16 @@ impl Settings {
             return Err(invalid(
                 "dicom.ae_title",
                 "1 to 16 printable characters, no backslash, not only spaces",
+            ));
+        }
+        let ds = &self.dosiomics;
+        if !(ds.bin_width_gy.is_finite() && ds.bin_width_gy > 0.0) {
+            return Err(invalid("dosiomics.bin_width_gy", "a positive number of Gy"));
+        }
+        if !(ds.alpha_beta_gy.is_finite() && ds.alpha_beta_gy > 0.0) {
+            return Err(invalid(
+                "dosiomics.alpha_beta_gy",
+                "a positive number of Gy",
             ));
         }
         if d.max_associations == 0 {

@@ -302,7 +302,7 @@ pub fn png(a: &Analysis, path: &Path) -> Result<(), String> {
 }
 
 /// Register a system TrueType font for plot text (once).
-fn load_font() -> Result<(), String> {
+pub(crate) fn load_font() -> Result<(), String> {
     use std::sync::OnceLock;
     static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
     LOADED

@@ -8,9 +8,11 @@
 
 pub mod config;
 pub mod dimse;
+pub mod dosiomics;
 pub mod index;
 pub mod inspect;
 pub mod logging;
+pub mod metrics;
 pub mod receive;
 pub mod rt;
 pub mod send;

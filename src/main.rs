@@ -73,6 +73,53 @@ enum Command {
         #[arg(long)]
         all_rois: bool,
     },
+    /// Print the IBSI dosiomic features of one region of a study: a
+    /// structure (by name) or a candidate ROI (esophagus, esophagus_5mm,
+    /// esophagus_ge50gy_eqd2, ...), on the dose grid in Gy.
+    Features {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Structure name or candidate ROI name.
+        #[arg(long)]
+        roi: String,
+        /// Bin width in Gy (default: dosiomics.bin_width_gy).
+        #[arg(long, value_name = "GY")]
+        bin_width: Option<f64>,
+        /// Dose the features read: physical or eqd2 (default: dosiomics.dose).
+        #[arg(long)]
+        dose: Option<String>,
+        /// json or csv.
+        #[arg(long, default_value = "json")]
+        format: String,
+        #[arg(long, value_name = "GY")]
+        relative_dose_gy: Option<f64>,
+    },
+    /// Rank the candidate ROIs of a synthetic cohort by cross-validated AUC
+    /// of a dosiomics-only model, and save the optimal ROI and its model.
+    RoiSearch {
+        /// Cohort directory written by `esorisk synth`.
+        #[arg(long)]
+        cohort: PathBuf,
+        /// Where the table, chart and feature table go
+        /// (default: COHORT/roi-search).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The model file to write (default: dosiomics.model).
+        #[arg(long)]
+        model_out: Option<PathBuf>,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        #[arg(long, default_value_t = 1000)]
+        bootstrap: usize,
+        #[arg(long, default_value_t = 20261126)]
+        seed: u64,
+        /// Penalty chosen by inner CV: "min" (lowest deviance) or "1se"
+        /// (sparser: within one standard error of it).
+        #[arg(long, default_value = "min")]
+        lambda_rule: esorisk::dosiomics::model::LambdaRule,
+    },
     /// Write synthetic CT / RT objects (valid structure, no realistic anatomy)
     /// for trying the node and for benchmarks.
     GenTestData {
@@ -97,6 +144,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve) {
+        // A report piped into `head` should end quietly, not panic on EPIPE.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
@@ -219,6 +273,106 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     println!("\nDVH plot written to {}", png.display());
                 }
             }
+        }
+        Command::Features {
+            paths,
+            roi,
+            bin_width,
+            dose,
+            format,
+            relative_dose_gy,
+        } => {
+            let dose = match dose.as_deref() {
+                None => settings.dosiomics.dose,
+                Some("physical") => esorisk::dosiomics::roi::DoseKind::Physical,
+                Some("eqd2") => esorisk::dosiomics::roi::DoseKind::Eqd2,
+                Some(o) => return Err(format!("--dose {o:?}: physical or eqd2").into()),
+            };
+            let width = bin_width.unwrap_or(settings.dosiomics.bin_width_gy);
+            if !(width.is_finite() && width > 0.0) {
+                return Err("--bin-width must be a positive number of Gy".into());
+            }
+            let study = esorisk::rt::study::load(
+                &paths,
+                &esorisk::rt::dose::DoseOptions {
+                    relative_normalisation_gy: relative_dose_gy,
+                },
+            )?;
+            let f = esorisk::dosiomics::region_features(
+                &study,
+                &roi,
+                dose,
+                width,
+                settings.dosiomics.alpha_beta_gy,
+            )?;
+            match format.as_str() {
+                "json" => println!("{}", serde_json::to_string_pretty(&f)?),
+                "csv" => {
+                    println!("feature,value,ibsi_name");
+                    for x in &f.features {
+                        let ibsi = esorisk::dosiomics::ibsi_name(&x.name)
+                            .map(|(_, n)| n)
+                            .unwrap_or("");
+                        println!(
+                            "{},{},\"{}\"",
+                            x.name,
+                            x.value.map(|v| v.to_string()).unwrap_or_default(),
+                            ibsi
+                        );
+                    }
+                }
+                o => return Err(format!("--format {o:?}: json or csv").into()),
+            }
+        }
+        Command::RoiSearch {
+            cohort,
+            out,
+            model_out,
+            repeats,
+            folds,
+            bootstrap,
+            seed,
+            lambda_rule,
+        } => {
+            use esorisk::dosiomics::search;
+            let o = search::SearchOptions {
+                bin_width_gy: settings.dosiomics.bin_width_gy,
+                dose: settings.dosiomics.dose,
+                alpha_beta: settings.dosiomics.alpha_beta_gy,
+                repeats,
+                folds,
+                bootstrap,
+                seed,
+                lambda_rule,
+                ..Default::default()
+            };
+            let out = out.unwrap_or_else(|| cohort.join("roi-search"));
+            std::fs::create_dir_all(&out)?;
+            let model_out = model_out.unwrap_or_else(|| settings.dosiomics.model.clone());
+            let started = std::time::Instant::now();
+            let patients = search::read_labels(&cohort)?;
+            let features = search::cohort_features(&cohort, &patients, &o);
+            let t_features = started.elapsed().as_secs_f64();
+            let [csv, png, eval_csv, features_csv, txt] = search::outputs(&out);
+            search::write_features_csv(&features_csv, &patients, &features)?;
+            let (report, model) = search::search(&patients, &features, &o, &cohort)?;
+            let text = report.text();
+            print!("{text}");
+            std::fs::write(&txt, &text)?;
+            std::fs::write(&csv, report.csv())?;
+            std::fs::write(&eval_csv, report.evaluation_csv())?;
+            report.png(&png)?;
+            model.save(&model_out)?;
+            println!(
+                "\nfeatures {t_features:.1} s, search {:.1} s; wrote {}, {}, {}, {}, {} and the model {}",
+                started.elapsed().as_secs_f64() - t_features,
+                txt.display(),
+                csv.display(),
+                png.display(),
+                eval_csv.display(),
+                features_csv.display(),
+                model_out.display()
+            );
         }
         Command::GenTestData {
             out,

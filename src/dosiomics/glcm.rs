@@ -1,0 +1,787 @@
+//! Grey level co-occurrence matrix (GLCM) features, IBSI-1 §3.6: how often
+//! pairs of grey levels occur in neighbouring voxels (Chebyshev distance 1)
+//! of the ROI, in 3D over the 13 unique directions, as symmetric matrices.
+//! Every feature is given twice: "3D, averaged" (computed per direction, then
+//! averaged) and "3D, merged" (computed once on the sum of the 13 matrices).
+
+use super::volume::{Discretised, Feature};
+
+/// The 13 unique 3D neighbour offsets `[dz, dy, dx]` at Chebyshev distance 1;
+/// the other 13 are their negatives, covered by making the matrices symmetric.
+const DIRECTIONS: [[isize; 3]; 13] = [
+    [0, 0, 1],
+    [0, 1, -1],
+    [0, 1, 0],
+    [0, 1, 1],
+    [1, -1, -1],
+    [1, -1, 0],
+    [1, -1, 1],
+    [1, 0, -1],
+    [1, 0, 0],
+    [1, 0, 1],
+    [1, 1, -1],
+    [1, 1, 0],
+    [1, 1, 1],
+];
+
+/// Number of features per aggregation.
+const N_FEATURES: usize = 25;
+
+/// Every emitted feature name (in emission order: 25 averaged, then the same
+/// 25 merged) and its key in `reference_values.glcm` of the IBSI phantom data.
+/// `SumVariance` and `Dissimilarity` are the names older pyradiomics versions
+/// used before dropping them as duplicates (of `ClusterTendency` and
+/// `DifferenceAverage`); IBSI keeps them as separate features.
+pub const IBSI_NAMES: &[(&str, &str)] = &[
+    (
+        "original_glcm_MaximumProbability",
+        "Joint maximum [3D, averaged]",
+    ),
+    ("original_glcm_JointAverage", "Joint average [3D, averaged]"),
+    ("original_glcm_SumSquares", "Joint variance [3D, averaged]"),
+    ("original_glcm_JointEntropy", "Joint entropy [3D, averaged]"),
+    (
+        "original_glcm_DifferenceAverage",
+        "Difference average [3D, averaged]",
+    ),
+    (
+        "original_glcm_DifferenceVariance",
+        "Difference variance [3D, averaged]",
+    ),
+    (
+        "original_glcm_DifferenceEntropy",
+        "Difference entropy [3D, averaged]",
+    ),
+    ("original_glcm_SumAverage", "Sum average [3D, averaged]"),
+    ("original_glcm_SumVariance", "Sum variance [3D, averaged]"),
+    ("original_glcm_SumEntropy", "Sum entropy [3D, averaged]"),
+    (
+        "original_glcm_JointEnergy",
+        "Angular second moment [3D, averaged]",
+    ),
+    ("original_glcm_Contrast", "Contrast [3D, averaged]"),
+    (
+        "original_glcm_Dissimilarity",
+        "Dissimilarity [3D, averaged]",
+    ),
+    ("original_glcm_Id", "Inverse difference [3D, averaged]"),
+    (
+        "original_glcm_Idn",
+        "Normalised inverse difference [3D, averaged]",
+    ),
+    (
+        "original_glcm_Idm",
+        "Inverse difference moment [3D, averaged]",
+    ),
+    (
+        "original_glcm_Idmn",
+        "Normalised inverse difference moment [3D, averaged]",
+    ),
+    (
+        "original_glcm_InverseVariance",
+        "Inverse variance [3D, averaged]",
+    ),
+    ("original_glcm_Correlation", "Correlation [3D, averaged]"),
+    (
+        "original_glcm_Autocorrelation",
+        "Autocorrelation [3D, averaged]",
+    ),
+    (
+        "original_glcm_ClusterTendency",
+        "Cluster tendency [3D, averaged]",
+    ),
+    ("original_glcm_ClusterShade", "Cluster shade [3D, averaged]"),
+    (
+        "original_glcm_ClusterProminence",
+        "Cluster prominence [3D, averaged]",
+    ),
+    (
+        "original_glcm_Imc1",
+        "Information correlation 1 [3D, averaged]",
+    ),
+    (
+        "original_glcm_Imc2",
+        "Information correlation 2 [3D, averaged]",
+    ),
+    (
+        "original_glcmMerged_MaximumProbability",
+        "Joint maximum [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_JointAverage",
+        "Joint average [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_SumSquares",
+        "Joint variance [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_JointEntropy",
+        "Joint entropy [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_DifferenceAverage",
+        "Difference average [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_DifferenceVariance",
+        "Difference variance [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_DifferenceEntropy",
+        "Difference entropy [3D, merged]",
+    ),
+    ("original_glcmMerged_SumAverage", "Sum average [3D, merged]"),
+    (
+        "original_glcmMerged_SumVariance",
+        "Sum variance [3D, merged]",
+    ),
+    ("original_glcmMerged_SumEntropy", "Sum entropy [3D, merged]"),
+    (
+        "original_glcmMerged_JointEnergy",
+        "Angular second moment [3D, merged]",
+    ),
+    ("original_glcmMerged_Contrast", "Contrast [3D, merged]"),
+    (
+        "original_glcmMerged_Dissimilarity",
+        "Dissimilarity [3D, merged]",
+    ),
+    ("original_glcmMerged_Id", "Inverse difference [3D, merged]"),
+    (
+        "original_glcmMerged_Idn",
+        "Normalised inverse difference [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_Idm",
+        "Inverse difference moment [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_Idmn",
+        "Normalised inverse difference moment [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_InverseVariance",
+        "Inverse variance [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_Correlation",
+        "Correlation [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_Autocorrelation",
+        "Autocorrelation [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_ClusterTendency",
+        "Cluster tendency [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_ClusterShade",
+        "Cluster shade [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_ClusterProminence",
+        "Cluster prominence [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_Imc1",
+        "Information correlation 1 [3D, merged]",
+    ),
+    (
+        "original_glcmMerged_Imc2",
+        "Information correlation 2 [3D, merged]",
+    ),
+];
+
+/// GLCM features of the ROI of `d`: 25 "3D, averaged" then 25 "3D, merged"
+/// values, named as in [`IBSI_NAMES`]. All `None` when no two neighbouring
+/// voxels lie in the ROI.
+pub fn glcm(d: &Discretised) -> Vec<Feature> {
+    let (averaged, merged) = compute(d);
+    IBSI_NAMES
+        .iter()
+        .zip(averaged.iter().chain(merged.iter()))
+        .map(|(&(name, _), &v)| match v {
+            Some(v) => Feature::new(name, v),
+            None => Feature {
+                name: name.to_string(),
+                value: None,
+            },
+        })
+        .collect()
+}
+
+type Values = [Option<f64>; N_FEATURES];
+
+fn compute(d: &Discretised) -> (Values, Values) {
+    let none = [None; N_FEATURES];
+    let [nz, ny, nx] = d.dims;
+    let n = nz.checked_mul(ny).and_then(|v| v.checked_mul(nx));
+    if n != Some(d.levels.len()) || d.levels.is_empty() {
+        return (none, none);
+    }
+    // Only the levels present in the ROI get a matrix row: the matrix stays
+    // small even when the bin grid is fine, while the features still use the
+    // true level values (`lv`) and the full Ng for Idn/Idmn.
+    let lmax = d.levels.iter().copied().max().unwrap_or(0) as usize;
+    if lmax == 0 {
+        return (none, none);
+    }
+    let mut compact = vec![u32::MAX; lmax + 1];
+    for &l in &d.levels {
+        if l > 0 {
+            compact[l as usize] = 0;
+        }
+    }
+    let mut lv = Vec::new();
+    for (l, c) in compact.iter_mut().enumerate() {
+        if *c == 0 {
+            *c = lv.len() as u32;
+            lv.push(l as f64);
+        }
+    }
+    let nc = lv.len();
+    // IBSI normalises Idn/Idmn by Ng, the number of bins of the
+    // discretisation, including bins that no ROI voxel falls in.
+    let ng = d.n_levels.max(lmax) as f64;
+
+    // Zero-padded grid of compact level + 1 (0 outside the ROI), so a
+    // neighbour lookup needs no bounds check; `roi` lists the ROI voxels.
+    let pdims = [nz + 2, ny + 2, nx + 2];
+    let mut grid = vec![0u32; pdims[0] * pdims[1] * pdims[2]];
+    let mut roi = Vec::new();
+    for z in 0..nz {
+        for y in 0..ny {
+            let src = (z * ny + y) * nx;
+            let dst = ((z + 1) * pdims[1] + y + 1) * pdims[2] + 1;
+            for x in 0..nx {
+                let l = d.levels[src + x];
+                if l > 0 {
+                    grid[dst + x] = compact[l as usize] + 1;
+                    roi.push(dst + x);
+                }
+            }
+        }
+    }
+
+    let mut counts = vec![0u32; nc * nc];
+    let mut m = vec![0.0f64; nc * nc];
+    let mut merged = vec![0.0f64; nc * nc];
+    let mut work = Work::new(lmax);
+    let mut sum = [0.0f64; N_FEATURES];
+    let mut cnt = [0usize; N_FEATURES];
+    for dir in DIRECTIONS {
+        let pairs = count_pairs(&grid, pdims, &roi, dir, nc, &mut counts);
+        // Symmetric matrix: each pair counts once as (a, b) and once as (b, a).
+        for i in 0..nc {
+            for j in 0..nc {
+                m[i * nc + j] = f64::from(counts[i * nc + j]) + f64::from(counts[j * nc + i]);
+            }
+        }
+        if pairs == 0 {
+            // A direction without pairs contributes nothing to the average.
+            continue;
+        }
+        for (acc, &v) in merged.iter_mut().zip(&m) {
+            *acc += v;
+        }
+        let f = features(&m, &lv, ng, &mut work);
+        // A feature undefined in one direction (e.g. correlation where that
+        // direction sees a single grey level) is averaged over the directions
+        // where it is defined.
+        for k in 0..N_FEATURES {
+            if f[k].is_finite() {
+                sum[k] += f[k];
+                cnt[k] += 1;
+            }
+        }
+    }
+    let mut averaged = none;
+    for k in 0..N_FEATURES {
+        if cnt[k] > 0 {
+            averaged[k] = Some(sum[k] / cnt[k] as f64);
+        }
+    }
+    let total: f64 = merged.iter().sum();
+    let merged = if total > 0.0 {
+        features(&merged, &lv, ng, &mut work).map(|v| v.is_finite().then_some(v))
+    } else {
+        none
+    };
+    (averaged, merged)
+}
+
+/// Counts the ordered pairs (voxel, its neighbour along `dir`) with both
+/// in the ROI into `counts` (`nc`×`nc`, cleared first; not yet symmetric);
+/// returns the number of pairs. `grid`, `pdims` and `roi` as in [`compute`].
+fn count_pairs(
+    grid: &[u32],
+    pdims: [usize; 3],
+    roi: &[usize],
+    dir: [isize; 3],
+    nc: usize,
+    counts: &mut [u32],
+) -> usize {
+    counts.iter_mut().for_each(|v| *v = 0);
+    let [_, py, px] = pdims;
+    // Positive for all 13 directions (their first non-zero component is +1).
+    let off = (dir[0] * (py * px) as isize + dir[1] * px as isize + dir[2]).unsigned_abs();
+    let mut pairs = 0usize;
+    for &i in roi {
+        let b = grid[i + off];
+        if b != 0 {
+            let a = grid[i];
+            counts[(a as usize - 1) * nc + b as usize - 1] += 1;
+            pairs += 1;
+        }
+    }
+    pairs
+}
+
+/// Scratch marginals reused across matrices.
+struct Work {
+    px: Vec<f64>,
+    /// `p_{i−j}` indexed by |i − j|.
+    pdiff: Vec<f64>,
+    /// `p_{i+j}` indexed by i + j.
+    psum: Vec<f64>,
+}
+
+impl Work {
+    fn new(lmax: usize) -> Work {
+        Work {
+            px: Vec::new(),
+            pdiff: vec![0.0; lmax + 1],
+            psum: vec![0.0; 2 * lmax + 1],
+        }
+    }
+}
+
+/// The 25 IBSI features (in [`IBSI_NAMES`] order) of one symmetric count
+/// matrix with at least one pair. Entropies use log2. Undefined values come
+/// out non-finite.
+fn features(m: &[f64], lv: &[f64], ng: f64, w: &mut Work) -> [f64; N_FEATURES] {
+    let nc = lv.len();
+    let total: f64 = m.iter().sum();
+    let inv = 1.0 / total;
+    w.px.clear();
+    w.px.resize(nc, 0.0);
+    w.pdiff.iter_mut().for_each(|v| *v = 0.0);
+    w.psum.iter_mut().for_each(|v| *v = 0.0);
+
+    let (mut jmax, mut mu, mut hxy, mut asm) = (0.0f64, 0.0, 0.0, 0.0);
+    let (mut contrast, mut dissim, mut id, mut idn, mut idm, mut idmn, mut invvar, mut autoc) =
+        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+    let ng2 = ng * ng;
+    for i in 0..nc {
+        let a = lv[i];
+        let mut row = 0.0;
+        for j in 0..nc {
+            let c = m[i * nc + j];
+            if c == 0.0 {
+                continue;
+            }
+            let p = c * inv;
+            let b = lv[j];
+            let dd = (a - b).abs();
+            let d2 = dd * dd;
+            row += p;
+            jmax = jmax.max(p);
+            mu += a * p;
+            hxy -= p * p.log2();
+            asm += p * p;
+            contrast += d2 * p;
+            dissim += dd * p;
+            id += p / (1.0 + dd);
+            idn += p / (1.0 + dd / ng);
+            idm += p / (1.0 + d2);
+            idmn += p / (1.0 + d2 / ng2);
+            if dd > 0.0 {
+                invvar += p / d2;
+            }
+            autoc += a * b * p;
+            w.pdiff[dd as usize] += p;
+            w.psum[(a + b) as usize] += p;
+        }
+        w.px[i] = row;
+    }
+
+    // Second pass: moments about the mean (the matrix is symmetric, so both
+    // marginals share the mean `mu` and the variance `var`).
+    let (mut var, mut cov, mut ct, mut cs, mut cp) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for i in 0..nc {
+        let da = lv[i] - mu;
+        for j in 0..nc {
+            let c = m[i * nc + j];
+            if c == 0.0 {
+                continue;
+            }
+            let p = c * inv;
+            let db = lv[j] - mu;
+            var += da * da * p;
+            cov += da * db * p;
+            let s = da + db;
+            let s2 = s * s;
+            ct += s2 * p;
+            cs += s2 * s * p;
+            cp += s2 * s2 * p;
+        }
+    }
+
+    let (mut mud, mut hd) = (0.0, 0.0);
+    for (k, &p) in w.pdiff.iter().enumerate() {
+        if p > 0.0 {
+            mud += k as f64 * p;
+            hd -= p * p.log2();
+        }
+    }
+    let mut vard = 0.0;
+    for (k, &p) in w.pdiff.iter().enumerate() {
+        if p > 0.0 {
+            vard += (k as f64 - mud).powi(2) * p;
+        }
+    }
+    let (mut mus, mut hs) = (0.0, 0.0);
+    for (k, &p) in w.psum.iter().enumerate() {
+        if p > 0.0 {
+            mus += k as f64 * p;
+            hs -= p * p.log2();
+        }
+    }
+    let mut vars = 0.0;
+    for (k, &p) in w.psum.iter().enumerate() {
+        if p > 0.0 {
+            vars += (k as f64 - mus).powi(2) * p;
+        }
+    }
+
+    // Marginal entropy HX (= HY). With p_i. = p_.j, IBSI's HXY1 =
+    // −Σ p_ij log2(p_i. p_.j) and HXY2 = −Σ p_i. p_.j log2(p_i. p_.j) both
+    // reduce exactly to HX + HY = 2 HX.
+    let hx: f64 =
+        w.px.iter()
+            .filter(|&&p| p > 0.0)
+            .map(|&p| -p * p.log2())
+            .sum();
+    let hxy12 = 2.0 * hx;
+    // IMC1 is undefined for a single grey level (HX = 0): 0/0 → None.
+    let imc1 = if hx > 0.0 {
+        (hxy - hxy12) / hx
+    } else {
+        f64::NAN
+    };
+    // HXY ≤ HX + HY, so the exponent is ≤ 0; clamp rounding noise.
+    let imc2 = (1.0 - (-2.0 * (hxy12 - hxy).max(0.0)).exp())
+        .max(0.0)
+        .sqrt();
+    // Correlation is undefined when the marginal variance is zero.
+    let corr = if var > 0.0 { cov / var } else { f64::NAN };
+
+    [
+        jmax, mu, var, hxy, mud, vard, hd, mus, vars, hs, asm, contrast, dissim, id, idn, idm,
+        idmn, invvar, corr, autoc, ct, cs, cp, imc1, imc2,
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::volume::{Discretisation, Discretised, Volume};
+    use super::*;
+
+    /// IBSI digital phantom, `values[z][y][x]`, 2 mm voxels.
+    const VALUES: [[[u8; 5]; 4]; 4] = [
+        [
+            [1, 4, 4, 1, 1],
+            [1, 4, 6, 1, 1],
+            [4, 1, 6, 4, 1],
+            [4, 4, 6, 4, 1],
+        ],
+        [
+            [1, 4, 4, 1, 1],
+            [1, 1, 6, 1, 1],
+            [1, 1, 3, 1, 1],
+            [4, 4, 6, 1, 1],
+        ],
+        [
+            [1, 4, 4, 1, 1],
+            [1, 1, 1, 1, 1],
+            [1, 1, 9, 1, 1],
+            [1, 1, 6, 1, 1],
+        ],
+        [
+            [1, 4, 4, 1, 1],
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+            [1, 1, 6, 1, 1],
+        ],
+    ];
+    const MASK: [[[u8; 5]; 4]; 4] = [
+        [
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+        ],
+        [
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+            [0, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+        ],
+        [
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1],
+            [1, 1, 0, 1, 1],
+            [1, 1, 1, 1, 1],
+        ],
+        [
+            [1, 1, 1, 0, 0],
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+            [1, 1, 1, 1, 1],
+        ],
+    ];
+
+    fn phantom() -> Discretised {
+        let values = VALUES
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|&v| v as f64)
+            .collect();
+        let mask = MASK.iter().flatten().flatten().map(|&m| m == 1).collect();
+        let vol = Volume {
+            dims: [4, 4, 5],
+            spacing: [2.0; 3],
+            values,
+            mask,
+        };
+        let d = Discretised::new(
+            &vol,
+            Discretisation::BinWidth {
+                width: 1.0,
+                lower: 1.0,
+            },
+        );
+        // Fixed bin size 1 from 1 reproduces the phantom's values as levels.
+        for (i, &l) in d.levels.iter().enumerate() {
+            let want = if vol.mask[i] { vol.values[i] as u32 } else { 0 };
+            assert_eq!(l, want);
+        }
+        d
+    }
+
+    /// `reference_values.glcm` rows "[3D, averaged]" and "[3D, merged]" of
+    /// /work/shared/reference/ibsi_phantom.json (no tolerance given: 3
+    /// significant digits).
+    const REFERENCE: &[(&str, f64)] = &[
+        ("Joint maximum [3D, averaged]", 0.503),
+        ("Joint maximum [3D, merged]", 0.509),
+        ("Joint average [3D, averaged]", 2.14),
+        ("Joint average [3D, merged]", 2.15),
+        ("Joint variance [3D, averaged]", 3.1),
+        ("Joint variance [3D, merged]", 3.13),
+        ("Joint entropy [3D, averaged]", 2.4),
+        ("Joint entropy [3D, merged]", 2.57),
+        ("Difference average [3D, averaged]", 1.43),
+        ("Difference average [3D, merged]", 1.38),
+        ("Difference variance [3D, averaged]", 3.06),
+        ("Difference variance [3D, merged]", 3.21),
+        ("Difference entropy [3D, averaged]", 1.56),
+        ("Difference entropy [3D, merged]", 1.64),
+        ("Sum average [3D, averaged]", 4.29),
+        ("Sum average [3D, merged]", 4.3),
+        ("Sum variance [3D, averaged]", 7.07),
+        ("Sum variance [3D, merged]", 7.41),
+        ("Sum entropy [3D, averaged]", 1.92),
+        ("Sum entropy [3D, merged]", 2.11),
+        ("Angular second moment [3D, averaged]", 0.303),
+        ("Angular second moment [3D, merged]", 0.291),
+        ("Contrast [3D, averaged]", 5.32),
+        ("Contrast [3D, merged]", 5.12),
+        ("Dissimilarity [3D, averaged]", 1.43),
+        ("Dissimilarity [3D, merged]", 1.38),
+        ("Inverse difference [3D, averaged]", 0.677),
+        ("Inverse difference [3D, merged]", 0.688),
+        ("Normalised inverse difference [3D, averaged]", 0.851),
+        ("Normalised inverse difference [3D, merged]", 0.856),
+        ("Inverse difference moment [3D, averaged]", 0.618),
+        ("Inverse difference moment [3D, merged]", 0.631),
+        ("Normalised inverse difference moment [3D, averaged]", 0.898),
+        ("Normalised inverse difference moment [3D, merged]", 0.902),
+        ("Inverse variance [3D, averaged]", 0.0604),
+        ("Inverse variance [3D, merged]", 0.0574),
+        ("Correlation [3D, averaged]", 0.157),
+        ("Correlation [3D, merged]", 0.183),
+        ("Autocorrelation [3D, averaged]", 5.06),
+        ("Autocorrelation [3D, merged]", 5.19),
+        ("Cluster tendency [3D, averaged]", 7.07),
+        ("Cluster tendency [3D, merged]", 7.41),
+        ("Cluster shade [3D, averaged]", 16.6),
+        ("Cluster shade [3D, merged]", 17.4),
+        ("Cluster prominence [3D, averaged]", 145.0),
+        ("Cluster prominence [3D, merged]", 147.0),
+        ("Information correlation 1 [3D, averaged]", -0.157),
+        ("Information correlation 1 [3D, merged]", -0.0288),
+        ("Information correlation 2 [3D, averaged]", 0.52),
+        ("Information correlation 2 [3D, merged]", 0.269),
+    ];
+
+    /// |computed − ref| ≤ half a unit in the 3rd significant digit.
+    fn within_3_sig(computed: f64, reference: f64) -> bool {
+        let tol = 0.5 * 10f64.powi(reference.abs().log10().floor() as i32 - 2);
+        (computed - reference).abs() <= tol
+    }
+
+    fn names(features: &[Feature]) -> Vec<&str> {
+        features.iter().map(|f| f.name.as_str()).collect()
+    }
+
+    fn expected_names() -> Vec<&'static str> {
+        IBSI_NAMES.iter().map(|&(n, _)| n).collect()
+    }
+
+    #[test]
+    fn names_table_is_consistent() {
+        assert_eq!(IBSI_NAMES.len(), 2 * N_FEATURES);
+        for k in 0..N_FEATURES {
+            let (avg, key_a) = IBSI_NAMES[k];
+            let (mrg, key_m) = IBSI_NAMES[k + N_FEATURES];
+            assert_eq!(
+                avg.strip_prefix("original_glcm_"),
+                mrg.strip_prefix("original_glcmMerged_")
+            );
+            assert_eq!(
+                key_a.strip_suffix(" [3D, averaged]"),
+                key_m.strip_suffix(" [3D, merged]")
+            );
+            assert!(key_a.ends_with(" [3D, averaged]"));
+        }
+    }
+
+    #[test]
+    fn ibsi_phantom() {
+        let f = glcm(&phantom());
+        assert_eq!(names(&f), expected_names());
+        let mut failures = Vec::new();
+        for (feature, &(_, key)) in f.iter().zip(IBSI_NAMES) {
+            if key.is_empty() {
+                continue;
+            }
+            let reference = REFERENCE.iter().find(|r| r.0 == key).map(|r| r.1);
+            let reference = reference.unwrap_or_else(|| panic!("no reference for {key}"));
+            let value = feature.value.unwrap_or(f64::NAN);
+            println!("{:45} {:>10} {:>12.5}", feature.name, reference, value);
+            if !within_3_sig(value, reference) {
+                failures.push(format!("{key}: computed {value}, reference {reference}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    fn volume(dims: [usize; 3], values: Vec<f64>, mask: Vec<bool>) -> Discretised {
+        let vol = Volume {
+            dims,
+            spacing: [1.0; 3],
+            values,
+            mask,
+        };
+        Discretised::new(
+            &vol,
+            Discretisation::BinWidth {
+                width: 1.0,
+                lower: 0.0,
+            },
+        )
+    }
+
+    fn check_edge(d: &Discretised) -> Vec<Feature> {
+        let f = glcm(d);
+        assert_eq!(names(&f), expected_names());
+        assert!(f.iter().all(|x| x.value.is_none_or(f64::is_finite)));
+        f
+    }
+
+    #[test]
+    fn edge_cases() {
+        // Empty mask.
+        let f = check_edge(&volume([3, 3, 3], vec![5.0; 27], vec![false; 27]));
+        assert!(f.iter().all(|x| x.value.is_none()));
+        // Single voxel: no pairs.
+        let mut mask = vec![false; 27];
+        mask[13] = true;
+        let f = check_edge(&volume([3, 3, 3], vec![5.0; 27], mask));
+        assert!(f.iter().all(|x| x.value.is_none()));
+        // Constant intensity: correlation and IMC1 undefined, the rest defined.
+        let f = check_edge(&volume([3, 3, 3], vec![5.0; 27], vec![true; 27]));
+        let get = |n: &str| f.iter().find(|x| x.name == n).and_then(|x| x.value);
+        assert_eq!(get("original_glcm_JointEnergy"), Some(1.0));
+        assert_eq!(get("original_glcmMerged_MaximumProbability"), Some(1.0));
+        assert_eq!(get("original_glcm_Correlation"), None);
+        // Empty grid and a grid whose levels do not match its dims.
+        check_edge(&volume([0, 0, 0], vec![], vec![]));
+        let mut bad = volume([2, 2, 2], vec![1.0; 8], vec![true; 8]);
+        bad.levels.pop();
+        check_edge(&bad);
+        // Flat and thin grids.
+        check_edge(&volume(
+            [1, 1, 7],
+            (0..7).map(f64::from).collect(),
+            vec![true; 7],
+        ));
+        check_edge(&volume(
+            [7, 1, 1],
+            (0..7).map(f64::from).collect(),
+            vec![true; 7],
+        ));
+    }
+
+    /// 30×40×40 grid, cylinder of radius 14.6 voxels along z (~20,000
+    /// voxels), smooth dose 0–70 Gy, 1 Gy bins from 0.
+    fn bench_volume() -> Discretised {
+        let dims = [30, 40, 40];
+        let mut values = Vec::new();
+        let mut mask = Vec::new();
+        for z in 0..30 {
+            for y in 0..40 {
+                for x in 0..40 {
+                    let (dy, dx) = (y as f64 - 19.5, x as f64 - 19.5);
+                    let r2 = dy * dy + dx * dx;
+                    values.push(70.0 * (-r2 / 300.0).exp() * (1.0 - z as f64 / 60.0) + 0.1 * dx);
+                    mask.push(r2 <= 14.6 * 14.6);
+                }
+            }
+        }
+        let vol = Volume {
+            dims,
+            spacing: [2.0; 3],
+            values,
+            mask,
+        };
+        Discretised::new(
+            &vol,
+            Discretisation::BinWidth {
+                width: 1.0,
+                lower: 0.0,
+            },
+        )
+    }
+
+    /// Release-mode timing on a ~20,000-voxel cylinder of smooth dose:
+    /// `cargo test --release -- --ignored --nocapture timing`.
+    #[test]
+    #[ignore]
+    fn timing() {
+        let d = bench_volume();
+        let n = d.levels.iter().filter(|&&l| l > 0).count();
+        let reps = 500;
+        let t = std::time::Instant::now();
+        let mut out = Vec::new();
+        for _ in 0..reps {
+            out = glcm(&d);
+        }
+        let ms = t.elapsed().as_secs_f64() * 1e3 / reps as f64;
+        println!("glcm: {n} voxels, {} levels: {ms:.3} ms", d.n_levels);
+        assert_eq!(out.len(), IBSI_NAMES.len());
+    }
+}

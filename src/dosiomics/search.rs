@@ -1,0 +1,871 @@
+//! The search for the optimal ROI: dosiomic features of every candidate
+//! region for every patient of a synthetic cohort, a dosiomics-only model
+//! per region ranked by repeated stratified cross-validation on the
+//! training split, and the winner fitted on the whole training split and
+//! saved for the model and the node.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{self, FitOptions, LogisticModel};
+use super::roi::{self, DoseKind, PatientDose, CANDIDATES};
+use super::{extract, feature_names, Discretisation};
+use crate::metrics::{auc, auc_ci, stratified_folds, AucCi};
+use crate::rt::dose::DoseOptions;
+
+/// Settings of feature extraction and of the search.
+#[derive(Debug, Clone)]
+pub struct SearchOptions {
+    pub bin_width_gy: f64,
+    pub dose: DoseKind,
+    pub alpha_beta: f64,
+    /// Repeats × folds of the outer cross-validation.
+    pub repeats: usize,
+    pub folds: usize,
+    pub bootstrap: usize,
+    pub seed: u64,
+    pub threads: usize,
+    pub lambda_rule: model::LambdaRule,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            bin_width_gy: 1.0,
+            dose: DoseKind::Physical,
+            alpha_beta: 10.0,
+            repeats: 5,
+            folds: 5,
+            bootstrap: 1000,
+            seed: 20261126,
+            lambda_rule: model::LambdaRule::Min,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        }
+    }
+}
+
+impl SearchOptions {
+    pub fn discretisation(&self) -> Discretisation {
+        Discretisation::BinWidth {
+            width: self.bin_width_gy,
+            lower: 0.0,
+        }
+    }
+}
+
+/// One patient of a cohort's `labels.csv`.
+#[derive(Debug, Clone)]
+pub struct Patient {
+    pub patient_id: String,
+    pub hospital: String,
+    pub split: String,
+    pub label: bool,
+    pub p_dose: f64,
+    pub truth_file: String,
+}
+
+/// Read `labels.csv` (columns found by header name).
+pub fn read_labels(dir: &Path) -> Result<Vec<Patient>, String> {
+    let path = dir.join("labels.csv");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "{}: {e} (is this a cohort written by `esorisk synth`?)",
+            path.display()
+        )
+    })?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| format!("{}: no column {name:?}", path.display()))
+    };
+    let (id, hosp, split, label, p_dose, truth) = (
+        col("patient_id")?,
+        col("hospital")?,
+        col("split")?,
+        col("label")?,
+        col("p_dose")?,
+        col("truth_file")?,
+    );
+    let mut out = Vec::new();
+    for (n, line) in lines.enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let f: Vec<&str> = line.split(',').collect();
+        let get = |i: usize| {
+            f.get(i)
+                .copied()
+                .ok_or_else(|| format!("{} line {}: too few fields", path.display(), n + 2))
+        };
+        let patient_id = get(id)?.to_string();
+        let safe = !patient_id.is_empty()
+            && patient_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            && !patient_id.starts_with('.');
+        if !safe {
+            return Err(format!(
+                "{}: unusable patient id {patient_id:?}",
+                path.display()
+            ));
+        }
+        out.push(Patient {
+            patient_id,
+            hospital: get(hosp)?.to_string(),
+            split: get(split)?.to_string(),
+            label: get(label)? == "1",
+            p_dose: get(p_dose)?
+                .parse()
+                .map_err(|_| format!("{}: bad p_dose", path.display()))?,
+            truth_file: get(truth)?.to_string(),
+        });
+    }
+    Ok(out)
+}
+
+/// Features of every candidate ROI of one patient.
+#[derive(Debug, Clone, Default)]
+pub struct PatientFeatures {
+    /// Per candidate (CANDIDATES order): the feature values, or `None` when
+    /// the candidate cannot be defined for this patient.
+    pub rois: Vec<Option<Vec<Option<f64>>>>,
+    /// Per candidate: Dice against the saved truth mask (when the truth
+    /// region is not empty).
+    pub dice: Vec<Option<f64>>,
+    /// Why the patient has no features at all.
+    pub error: Option<String>,
+}
+
+/// Load a patient's study from `dir/<patient_id>` and compute everything;
+/// `cohort` is the parsed `cohort.json` (for the truth masks), when present.
+pub fn patient_features(
+    dir: &Path,
+    cohort: Option<&serde_json::Value>,
+    p: &Patient,
+    o: &SearchOptions,
+) -> PatientFeatures {
+    let fail = |e: String| PatientFeatures {
+        rois: vec![None; CANDIDATES.len()],
+        dice: vec![None; CANDIDATES.len()],
+        error: Some(e),
+    };
+    let study = match crate::rt::study::load(&[dir.join(&p.patient_id)], &DoseOptions::default()) {
+        Ok(s) => s,
+        Err(e) => return fail(e.to_string()),
+    };
+    let pd = match PatientDose::from_study(&study, o.alpha_beta) {
+        Ok(pd) => pd,
+        Err(e) => return fail(e.to_string()),
+    };
+    let truth = cohort.and_then(|c| read_truth(dir, c, p, &pd).ok());
+    let mut out = PatientFeatures::default();
+    for c in CANDIDATES {
+        let mask = c.mask(&pd);
+        out.dice.push(match (&mask, &truth) {
+            (Some(m), Some(t)) if t.iter().any(|&v| v) => Some(roi::dice(m, t)),
+            _ => None,
+        });
+        out.rois
+            .push(mask.and_then(|m| pd.volume(&m, o.dose, 4)).map(|v| {
+                extract(&v, o.discretisation())
+                    .into_iter()
+                    .map(|f| f.value)
+                    .collect()
+            }));
+    }
+    out
+}
+
+/// The truth mask of a synthetic patient on the patient's feature grid.
+fn read_truth(
+    dir: &Path,
+    cohort: &serde_json::Value,
+    p: &Patient,
+    pd: &PatientDose,
+) -> Result<Vec<bool>, String> {
+    let rec = cohort["patients"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["patient_id"] == p.patient_id.as_str()))
+        .ok_or("patient not in cohort.json")?;
+    let num = |v: &serde_json::Value, i: usize| v[i].as_f64().ok_or("bad cohort.json");
+    let (origin, spacing, offset) = (&rec["origin_mm"], &rec["spacing_mm"], &rec["truth_offset"]);
+    let (data, shape) = read_npy(&dir.join(&p.truth_file))?;
+    let g = &pd.grid;
+    let mut mask = vec![false; g.len()];
+    for k in 0..shape[0] {
+        for j in 0..shape[1] {
+            for i in 0..shape[2] {
+                if data[(k * shape[1] + j) * shape[2] + i] == 0 {
+                    continue;
+                }
+                let x = num(origin, 0)? + (i as f64 + num(offset, 2)?) * num(spacing, 0)?;
+                let y = num(origin, 1)? + (j as f64 + num(offset, 1)?) * num(spacing, 1)?;
+                let z = num(origin, 2)? + (k as f64 + num(offset, 0)?) * num(spacing, 2)?;
+                let gi = ((x - g.x0) / g.dx).round();
+                let gj = ((y - g.y0) / g.dy).round();
+                let gk = g.fz(z).map(f64::round);
+                if let Some(gk) = gk {
+                    if gi >= 0.0 && gj >= 0.0 && (gi as usize) < g.nx && (gj as usize) < g.ny {
+                        mask[g.index(gi as usize, gj as usize, gk as usize)] = true;
+                    }
+                }
+            }
+        }
+    }
+    Ok(mask)
+}
+
+/// The cohort's `cohort.json`.
+pub fn read_cohort_json(dir: &Path) -> Result<serde_json::Value, String> {
+    let path = dir.join("cohort.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A uint8 `.npy` array and its 3D shape.
+fn read_npy(path: &Path) -> Result<(Vec<u8>, [usize; 3]), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(format!("{}: not a .npy file", path.display()));
+    }
+    let hlen = usize::from(u16::from_le_bytes([bytes[8], bytes[9]]));
+    let header = String::from_utf8_lossy(bytes.get(10..10 + hlen).ok_or("short .npy")?);
+    let shape_txt = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split(['(', ')']).nth(1))
+        .ok_or("no shape in .npy header")?;
+    let dims: Vec<usize> = shape_txt
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().map_err(|_| "bad .npy shape".to_string()))
+        .collect::<Result<_, _>>()?;
+    let [a, b, c] = dims[..] else {
+        return Err("the .npy array is not 3D".into());
+    };
+    let data = bytes[10 + hlen..].to_vec();
+    if data.len() != a * b * c {
+        return Err("the .npy data does not match its shape".into());
+    }
+    Ok((data, [a, b, c]))
+}
+
+/// Features of every patient, `threads` at a time, in patient order.
+pub fn cohort_features(
+    dir: &Path,
+    patients: &[Patient],
+    o: &SearchOptions,
+) -> Vec<PatientFeatures> {
+    let cohort = read_cohort_json(dir).ok();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let results = Mutex::new(vec![PatientFeatures::default(); patients.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..o.threads.max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= patients.len() {
+                    break;
+                }
+                let f = patient_features(dir, cohort.as_ref(), &patients[i], o);
+                if let Some(e) = &f.error {
+                    tracing::warn!(patient = %patients[i].patient_id, "no dosiomics: {e}");
+                }
+                if let Ok(mut r) = results.lock() {
+                    r[i] = f;
+                }
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % 50 == 0 || n == patients.len() {
+                    eprintln!("features: {n}/{} patients", patients.len());
+                }
+            });
+        }
+    });
+    results.into_inner().unwrap_or_default()
+}
+
+/// Write the feature table as CSV: one row per patient and defined
+/// candidate; an empty field is a missing value.
+pub fn write_features_csv(
+    path: &Path,
+    patients: &[Patient],
+    features: &[PatientFeatures],
+) -> Result<(), String> {
+    let names = feature_names();
+    let mut s = String::from("patient_id,roi");
+    for n in &names {
+        s.push(',');
+        s.push_str(n);
+    }
+    s.push('\n');
+    for (p, f) in patients.iter().zip(features) {
+        for (c, row) in CANDIDATES.iter().zip(&f.rois) {
+            let Some(row) = row else { continue };
+            s.push_str(&p.patient_id);
+            s.push(',');
+            s.push_str(c.name);
+            for v in row {
+                s.push(',');
+                if let Some(v) = v {
+                    s.push_str(&format!("{v}"));
+                }
+            }
+            s.push('\n');
+        }
+    }
+    std::fs::write(path, s).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// One row of the ranking.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoiResult {
+    pub roi: String,
+    pub description: String,
+    /// Mean over repeats of the pooled out-of-fold AUC.
+    pub cv_auc: f64,
+    pub cv_auc_sd: f64,
+    /// Bootstrap CI of the AUC of the repeat-averaged out-of-fold risk.
+    pub ci: AucCi,
+    /// Features kept by the LASSO when fitted on the whole training split.
+    pub selected: usize,
+    /// Training patients for whom the region is empty.
+    pub empty_share: f64,
+    /// Mean Dice against the truth masks (patients whose truth is not empty).
+    pub dice: Option<f64>,
+    pub patients: usize,
+}
+
+/// The saved dosiomics model: the optimal ROI's definition and the fitted
+/// classifier, loaded by the DGD model and the node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DosiomicsModelFile {
+    pub format: String,
+    pub version: u32,
+    pub created_by: String,
+    pub roi: String,
+    pub roi_description: String,
+    pub dose: DoseKind,
+    pub alpha_beta: f64,
+    pub bin_width_gy: f64,
+    pub model: LogisticModel,
+    pub training: TrainingInfo,
+    pub intended_use: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainingInfo {
+    pub cohort: String,
+    /// Generator and seed of the cohort (from its cohort.json).
+    pub cohort_generator: String,
+    pub cohort_seed: Option<u64>,
+    pub patients: usize,
+    pub events: usize,
+    pub cv_auc: f64,
+    pub lambda_rule: model::LambdaRule,
+    pub seed: u64,
+}
+
+pub const MODEL_FORMAT: &str = "esorisk-dosiomics";
+pub const MODEL_VERSION: u32 = 1;
+
+impl DosiomicsModelFile {
+    pub fn load(path: &Path) -> Result<DosiomicsModelFile, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let m: DosiomicsModelFile =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if m.format != MODEL_FORMAT || m.version != MODEL_VERSION {
+            return Err(format!(
+                "{}: format {} v{} (this esorisk reads {MODEL_FORMAT} v{MODEL_VERSION})",
+                path.display(),
+                m.format,
+                m.version
+            ));
+        }
+        if roi::candidate(&m.roi).is_none() {
+            return Err(format!("{}: unknown ROI {:?}", path.display(), m.roi));
+        }
+        Ok(m)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), String> {
+        if let Some(d) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Risk for one feature vector in `feature_names()` order.
+    pub fn predict(&self, names: &HashMap<&str, usize>, row: &[Option<f64>]) -> f64 {
+        self.model
+            .predict(|n| names.get(n).and_then(|&i| row.get(i).copied().flatten()))
+    }
+}
+
+/// A validation row: AUC with CI on one group of patients.
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalRow {
+    pub model: String,
+    pub group: String,
+    pub patients: usize,
+    pub events: usize,
+    pub auc: AucCi,
+}
+
+/// Everything `roi-search` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchReport {
+    pub ranking: Vec<RoiResult>,
+    pub best: String,
+    pub evaluation: Vec<EvalRow>,
+    pub excluded: Vec<(String, String)>,
+}
+
+/// Rank the candidates and fit the winner. `features` is in `patients`
+/// order, as [`cohort_features`] returns it.
+pub fn search(
+    patients: &[Patient],
+    features: &[PatientFeatures],
+    o: &SearchOptions,
+    cohort: &Path,
+) -> Result<(SearchReport, DosiomicsModelFile), String> {
+    let names = feature_names();
+    let excluded: Vec<(String, String)> = patients
+        .iter()
+        .zip(features)
+        .filter_map(|(p, f)| f.error.clone().map(|e| (p.patient_id.clone(), e)))
+        .collect();
+    let train: Vec<usize> = (0..patients.len())
+        .filter(|&i| patients[i].split == "train" && features[i].error.is_none())
+        .collect();
+    if train.len() < 2 * o.folds {
+        return Err(format!(
+            "{} usable training patients: too few for {}-fold cross-validation",
+            train.len(),
+            o.folds
+        ));
+    }
+    let fit_opts = FitOptions {
+        seed: o.seed,
+        lambda_rule: o.lambda_rule,
+        ..FitOptions::default()
+    };
+    let labels: Vec<bool> = train.iter().map(|&i| patients[i].label).collect();
+    // Candidates are independent: rank them `threads` at a time.
+    let next = AtomicUsize::new(0);
+    let slots: Mutex<Vec<Option<RoiResult>>> = Mutex::new(vec![None; CANDIDATES.len()]);
+    std::thread::scope(|s| {
+        for _ in 0..o.threads.max(1) {
+            s.spawn(|| loop {
+                let c_idx = next.fetch_add(1, Ordering::Relaxed);
+                if c_idx >= CANDIDATES.len() {
+                    break;
+                }
+                let r = rank_candidate(c_idx, &train, &labels, features, &names, o, &fit_opts);
+                if let Ok(mut v) = slots.lock() {
+                    v[c_idx] = r;
+                }
+            });
+        }
+    });
+    let mut ranking: Vec<RoiResult> = slots
+        .into_inner()
+        .unwrap_or_default()
+        .into_iter()
+        .flatten()
+        .collect();
+    ranking.sort_by(|a, b| b.cv_auc.total_cmp(&a.cv_auc));
+    let best = ranking
+        .first()
+        .ok_or("no candidate ROI is defined for every training patient")?;
+    let best_idx = CANDIDATES
+        .iter()
+        .position(|c| c.name == best.roi)
+        .ok_or("internal: best ROI not a candidate")?;
+    let rows: Vec<Vec<Option<f64>>> = train
+        .iter()
+        .filter_map(|&i| features[i].rois[best_idx].clone())
+        .collect();
+    let fitted = model::fit(&rows, &labels, &names, &fit_opts);
+    let cohort_json = read_cohort_json(cohort).ok();
+    let file = DosiomicsModelFile {
+        format: MODEL_FORMAT.into(),
+        version: MODEL_VERSION,
+        created_by: format!("esorisk {}", env!("CARGO_PKG_VERSION")),
+        roi: best.roi.clone(),
+        roi_description: best.description.clone(),
+        dose: o.dose,
+        alpha_beta: o.alpha_beta,
+        bin_width_gy: o.bin_width_gy,
+        model: fitted,
+        training: TrainingInfo {
+            cohort: cohort.display().to_string(),
+            cohort_generator: cohort_json
+                .as_ref()
+                .and_then(|c| c["generator"].as_str())
+                .unwrap_or("unknown")
+                .to_string(),
+            cohort_seed: cohort_json.as_ref().and_then(|c| c["seed"].as_u64()),
+            patients: train.len(),
+            events: labels.iter().filter(|&&l| l).count(),
+            cv_auc: best.cv_auc,
+            lambda_rule: o.lambda_rule,
+            seed: o.seed,
+        },
+        intended_use: "Research only; not a medical device. Trained on synthetic phantom-hospital \
+                       data generated by `esorisk synth`, not on patients."
+            .into(),
+    };
+    let evaluation = evaluate(patients, features, &file, best_idx, &train, o);
+    Ok((
+        SearchReport {
+            best: best.roi.clone(),
+            ranking,
+            evaluation,
+            excluded,
+        },
+        file,
+    ))
+}
+
+/// Cross-validate one candidate; `None` when it is not defined for every
+/// training patient (an EQD2 candidate without fraction numbers, a PTV
+/// candidate without a PTV).
+fn rank_candidate(
+    c_idx: usize,
+    train: &[usize],
+    labels: &[bool],
+    features: &[PatientFeatures],
+    names: &[String],
+    o: &SearchOptions,
+    fit_opts: &FitOptions,
+) -> Option<RoiResult> {
+    let c = &CANDIDATES[c_idx];
+    let rows: Option<Vec<Vec<Option<f64>>>> = train
+        .iter()
+        .map(|&i| features[i].rois[c_idx].clone())
+        .collect();
+    let Some(rows) = rows else {
+        tracing::info!(
+            roi = c.name,
+            "not defined for every training patient; skipped"
+        );
+        return None;
+    };
+    let (cv_auc, cv_sd, oof) = cross_validate(&rows, labels, names, o, fit_opts);
+    let ci = auc_ci(&oof, labels, o.bootstrap, o.seed ^ c_idx as u64);
+    let full = model::fit(&rows, labels, names, fit_opts);
+    let vol = names.iter().position(|n| n == "original_shape_VoxelVolume");
+    let empty = rows
+        .iter()
+        .filter(|r| vol.and_then(|v| r[v]).unwrap_or(0.0) <= 0.0)
+        .count();
+    let dice: Vec<f64> = train
+        .iter()
+        .filter_map(|&i| features[i].dice[c_idx])
+        .collect();
+    eprintln!("roi-search: {:<24} CV AUC {cv_auc:.3}", c.name);
+    Some(RoiResult {
+        roi: c.name.to_string(),
+        description: c.description.to_string(),
+        cv_auc,
+        cv_auc_sd: cv_sd,
+        ci,
+        selected: full.features.len(),
+        empty_share: empty as f64 / rows.len() as f64,
+        dice: (!dice.is_empty()).then(|| dice.iter().sum::<f64>() / dice.len() as f64),
+        patients: rows.len(),
+    })
+}
+
+/// Repeated stratified k-fold CV: (mean AUC over repeats, its SD, the
+/// out-of-fold risk averaged over repeats).
+fn cross_validate(
+    rows: &[Vec<Option<f64>>],
+    labels: &[bool],
+    names: &[String],
+    o: &SearchOptions,
+    fit_opts: &FitOptions,
+) -> (f64, f64, Vec<f64>) {
+    let index: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let n = rows.len();
+    let mut aucs = Vec::new();
+    let mut mean_oof = vec![0.0; n];
+    for r in 0..o.repeats.max(1) {
+        let folds = stratified_folds(labels, o.folds, o.seed.wrapping_add(1000 + r as u64));
+        let mut oof = vec![0.0; n];
+        for f in 0..o.folds {
+            let tr: Vec<usize> = (0..n).filter(|&i| folds[i] != f).collect();
+            let xs: Vec<Vec<Option<f64>>> = tr.iter().map(|&i| rows[i].clone()).collect();
+            let ys: Vec<bool> = tr.iter().map(|&i| labels[i]).collect();
+            let m = model::fit(&xs, &ys, names, fit_opts);
+            for i in (0..n).filter(|&i| folds[i] == f) {
+                oof[i] = m.predict(|k| index.get(k).and_then(|&j| rows[i][j]));
+            }
+        }
+        aucs.push(auc(&oof, labels));
+        for i in 0..n {
+            mean_oof[i] += oof[i] / o.repeats.max(1) as f64;
+        }
+    }
+    let mean = aucs.iter().sum::<f64>() / aucs.len() as f64;
+    let sd = (aucs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / aucs.len() as f64).sqrt();
+    (mean, sd, mean_oof)
+}
+
+/// AUCs of the fitted model, the whole-esophagus mean-dose logistic
+/// regression and the `p_dose` ceiling on every validation group.
+fn evaluate(
+    patients: &[Patient],
+    features: &[PatientFeatures],
+    file: &DosiomicsModelFile,
+    best_idx: usize,
+    train: &[usize],
+    o: &SearchOptions,
+) -> Vec<EvalRow> {
+    let names = feature_names();
+    let index: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let whole = CANDIDATES
+        .iter()
+        .position(|c| c.name == "esophagus")
+        .unwrap_or(0);
+    let mean_col = index.get("original_firstorder_Mean").copied();
+    let mean_dose =
+        |i: usize| -> Option<f64> { features[i].rois[whole].as_ref().and_then(|r| r[mean_col?]) };
+    // Mean-dose baseline: logistic regression on the training split.
+    let md_rows: Vec<Vec<Option<f64>>> = train.iter().map(|&i| vec![mean_dose(i)]).collect();
+    let md_labels: Vec<bool> = train.iter().map(|&i| patients[i].label).collect();
+    let md = model::fit(
+        &md_rows,
+        &md_labels,
+        &["esophagus_mean_gy".to_string()],
+        &FitOptions {
+            path_ratio: 1e-4,
+            ..FitOptions::default()
+        },
+    );
+    let mut groups: Vec<(String, Vec<usize>)> =
+        vec![("training (apparent)".into(), train.to_vec())];
+    let mut internal = Vec::new();
+    let mut external: Vec<(String, Vec<usize>)> = Vec::new();
+    for (i, p) in patients.iter().enumerate() {
+        if features[i].error.is_some() {
+            continue;
+        }
+        match p.split.as_str() {
+            "internal" => internal.push(i),
+            "external" => match external.iter_mut().find(|(h, _)| *h == p.hospital) {
+                Some((_, v)) => v.push(i),
+                None => external.push((p.hospital.clone(), vec![i])),
+            },
+            _ => {}
+        }
+    }
+    groups.push(("internal validation".into(), internal));
+    for (h, v) in external {
+        groups.push((format!("external ({h})"), v));
+    }
+    let mut rows = Vec::new();
+    for (g, idx) in &groups {
+        if idx.is_empty() {
+            continue;
+        }
+        let labels: Vec<bool> = idx.iter().map(|&i| patients[i].label).collect();
+        let events = labels.iter().filter(|&&l| l).count();
+        let scored: [(&str, Vec<f64>); 3] = [
+            (
+                "dosiomics (optimal ROI)",
+                idx.iter()
+                    .map(|&i| match &features[i].rois[best_idx] {
+                        Some(r) => file.predict(&index, r),
+                        None => f64::NAN,
+                    })
+                    .collect(),
+            ),
+            (
+                "mean esophagus dose (logistic)",
+                idx.iter().map(|&i| md.predict(|_| mean_dose(i))).collect(),
+            ),
+            (
+                "p_dose (ceiling)",
+                idx.iter().map(|&i| patients[i].p_dose).collect(),
+            ),
+        ];
+        for (k, (name, s)) in scored.iter().enumerate() {
+            rows.push(EvalRow {
+                model: name.to_string(),
+                group: g.clone(),
+                patients: idx.len(),
+                events,
+                auc: auc_ci(s, &labels, o.bootstrap, o.seed.wrapping_add(7 + k as u64)),
+            });
+        }
+    }
+    rows
+}
+
+impl SearchReport {
+    /// The ranking as a text table.
+    pub fn text(&self) -> String {
+        let mut s = String::from(
+            "rank  ROI                      CV AUC (sd)     95% CI         features  empty  Dice\n",
+        );
+        for (i, r) in self.ranking.iter().enumerate() {
+            s.push_str(&format!(
+                "{:>4}  {:<24} {:.3} ({:.3})   {:.3}-{:.3}    {:>8}  {:>4.0}%  {}\n",
+                i + 1,
+                r.roi,
+                r.cv_auc,
+                r.cv_auc_sd,
+                r.ci.lo,
+                r.ci.hi,
+                r.selected,
+                100.0 * r.empty_share,
+                r.dice
+                    .map(|d| format!("{d:.3}"))
+                    .unwrap_or_else(|| "-".into())
+            ));
+        }
+        s.push_str(&format!("\noptimal ROI: {}\n\n", self.best));
+        s.push_str(
+            "model                            group                   n   events  AUC (95% CI)\n",
+        );
+        for e in &self.evaluation {
+            s.push_str(&format!(
+                "{:<32} {:<22} {:>4} {:>6}   {}\n",
+                e.model, e.group, e.patients, e.events, e.auc
+            ));
+        }
+        if !self.excluded.is_empty() {
+            s.push_str(&format!("\n{} patients excluded:\n", self.excluded.len()));
+            for (p, e) in &self.excluded {
+                s.push_str(&format!("  {p}: {e}\n"));
+            }
+        }
+        s
+    }
+
+    /// The ranking as CSV.
+    pub fn csv(&self) -> String {
+        let mut s = String::from(
+            "rank,roi,cv_auc,cv_auc_sd,ci_lo,ci_hi,selected_features,empty_share,dice,patients,description\n",
+        );
+        for (i, r) in self.ranking.iter().enumerate() {
+            s.push_str(&format!(
+                "{},{},{:.4},{:.4},{:.4},{:.4},{},{:.4},{},{},\"{}\"\n",
+                i + 1,
+                r.roi,
+                r.cv_auc,
+                r.cv_auc_sd,
+                r.ci.lo,
+                r.ci.hi,
+                r.selected,
+                r.empty_share,
+                r.dice.map(|d| format!("{d:.4}")).unwrap_or_default(),
+                r.patients,
+                r.description
+            ));
+        }
+        s
+    }
+
+    pub fn evaluation_csv(&self) -> String {
+        let mut s = String::from("model,group,patients,events,auc,ci_lo,ci_hi\n");
+        for e in &self.evaluation {
+            s.push_str(&format!(
+                "{},{},{},{},{:.4},{:.4},{:.4}\n",
+                e.model, e.group, e.patients, e.events, e.auc.auc, e.auc.lo, e.auc.hi
+            ));
+        }
+        s
+    }
+
+    /// Bar chart of the CV AUC per candidate with its 95% CI.
+    pub fn png(&self, path: &Path) -> Result<(), String> {
+        use plotters::prelude::*;
+        crate::inspect::load_font()?;
+        let n = self.ranking.len();
+        let root = BitMapBackend::new(path, (1100, 140 + 34 * n as u32)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(
+                "ROI search: cross-validated AUC (95% CI) — synthetic data, research use only",
+                ("sans-serif", 20),
+            )
+            .margin(20)
+            .x_label_area_size(40)
+            .y_label_area_size(10)
+            .build_cartesian_2d(0.4f64..1.0f64, 0f64..n as f64)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("AUC")
+            .disable_y_mesh()
+            .disable_y_axis()
+            .draw()
+            .map_err(|e| e.to_string())?;
+        // Best at the top.
+        let row = |rank: usize| (n - 1 - rank) as f64;
+        let colour = |i: usize| {
+            if i == 0 {
+                RGBColor(200, 80, 40)
+            } else {
+                RGBColor(70, 110, 170)
+            }
+        };
+        chart
+            .draw_series(self.ranking.iter().enumerate().map(|(i, r)| {
+                Rectangle::new(
+                    [(0.4, row(i) + 0.15), (r.cv_auc.max(0.4), row(i) + 0.85)],
+                    colour(i).mix(0.8).filled(),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(self.ranking.iter().enumerate().map(|(i, r)| {
+                PathElement::new(
+                    vec![
+                        (r.ci.lo.max(0.4), row(i) + 0.5),
+                        (r.ci.hi.max(0.4), row(i) + 0.5),
+                    ],
+                    BLACK.stroke_width(2),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+        chart
+            .draw_series(self.ranking.iter().enumerate().map(|(i, r)| {
+                Text::new(
+                    format!("{}  {:.3}", r.roi, r.cv_auc),
+                    (0.405, row(i) + 0.62),
+                    ("sans-serif", 15).into_font().color(&WHITE),
+                )
+            }))
+            .map_err(|e| e.to_string())?;
+        root.present().map_err(|e| e.to_string())
+    }
+}
+
+/// Where `roi-search` writes its table, chart and feature table.
+pub fn outputs(out: &Path) -> [PathBuf; 5] {
+    [
+        out.join("roi-search.csv"),
+        out.join("roi-search.png"),
+        out.join("evaluation.csv"),
+        out.join("features.csv"),
+        out.join("roi-search.txt"),
+    ]
+}

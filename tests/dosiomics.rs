@@ -1,0 +1,242 @@
+//! Dosiomics on synthetic patients: candidate ROIs, the `features` command,
+//! and the ROI search's determinism.
+
+use std::path::Path;
+use std::process::Command;
+
+use esorisk::dosiomics::roi::{DoseKind, PatientDose, CANDIDATES};
+use esorisk::dosiomics::search::{self, DosiomicsModelFile, SearchOptions};
+use esorisk::dosiomics::{self, Discretisation};
+use esorisk::rt::study::{self, Study};
+
+fn cohort(dir: &Path, patients: usize) {
+    esorisk::synth::generate_cohort(
+        dir,
+        &[(esorisk::synth::Hospital::preset("hospital1"), patients)],
+        42,
+        0.7,
+        false,
+    )
+    .expect("synth");
+}
+
+fn load(dir: &Path) -> Study {
+    study::load(&[dir.to_path_buf()], &Default::default()).expect("study loads")
+}
+
+/// Every candidate's features, in CANDIDATES order.
+fn candidate_features(s: &Study) -> Vec<Option<Vec<Option<f64>>>> {
+    let pd = PatientDose::from_study(s, 10.0).expect("scorable");
+    CANDIDATES
+        .iter()
+        .map(|c| {
+            c.mask(&pd)
+                .and_then(|m| pd.volume(&m, DoseKind::Physical, 4))
+                .map(|v| {
+                    dosiomics::extract(
+                        &v,
+                        Discretisation::BinWidth {
+                            width: 1.0,
+                            lower: 0.0,
+                        },
+                    )
+                    .into_iter()
+                    .map(|f| f.value)
+                    .collect()
+                })
+        })
+        .collect()
+}
+
+fn assert_same(a: &[Option<Vec<Option<f64>>>], b: &[Option<Vec<Option<f64>>>]) {
+    let names = dosiomics::feature_names();
+    for (c, (x, y)) in CANDIDATES.iter().zip(a.iter().zip(b)) {
+        let (Some(x), Some(y)) = (x, y) else {
+            assert_eq!(x.is_some(), y.is_some(), "{}", c.name);
+            continue;
+        };
+        for (n, (p, q)) in names.iter().zip(x.iter().zip(y)) {
+            match (p, q) {
+                (Some(p), Some(q)) => assert!(
+                    (p - q).abs() <= 1e-6 * (1.0 + p.abs()),
+                    "{} {n}: {p} vs {q}",
+                    c.name
+                ),
+                _ => assert_eq!(p, q, "{} {n}", c.name),
+            }
+        }
+    }
+}
+
+#[test]
+fn candidates_ignore_roi_names_and_patient_position() {
+    let dir = tempfile::tempdir().expect("tmp");
+    cohort(dir.path(), 3);
+    // A patient with dose on the esophagus (the first with a non-empty
+    // 20 Gy region), so the isodose candidates are not trivially empty.
+    let mut chosen = None;
+    for p in ["H1-0001", "H1-0002", "H1-0003"] {
+        let s = load(&dir.path().join(p));
+        let f = candidate_features(&s);
+        let vol = dosiomics::feature_names()
+            .iter()
+            .position(|n| n == "original_shape_VoxelVolume")
+            .expect("volume feature");
+        let i20 = CANDIDATES
+            .iter()
+            .position(|c| c.name == "esophagus_ge20gy")
+            .expect("candidate");
+        if f[i20].as_ref().and_then(|r| r[vol]).unwrap_or(0.0) > 0.0 {
+            chosen = Some((s, f));
+            break;
+        }
+    }
+    let (s, reference) = chosen.expect("a patient with ≥ 20 Gy on the esophagus");
+    assert!(
+        reference.iter().all(|r| r.is_some()),
+        "every candidate defined"
+    );
+
+    // Renamed structures: matched by meaning, same regions, same features.
+    let mut s2 = s;
+    if let Some(ss) = &mut s2.structures {
+        for r in &mut ss.rois {
+            r.info.name = match r.info.name.as_str() {
+                "Esophagus" => "OESOPHAGUS".into(),
+                "PTV" => "PTV_60".into(),
+                n => format!("{n}_renamed"),
+            };
+        }
+    }
+    assert_same(&reference, &candidate_features(&s2));
+
+    // The whole patient moved (dose grid and contours together).
+    let shift = [12.5, -25.0, 37.5];
+    s2.dose.grid.x0 += shift[0];
+    s2.dose.grid.y0 += shift[1];
+    for z in &mut s2.dose.grid.z {
+        *z += shift[2];
+    }
+    if let Some(ss) = &mut s2.structures {
+        for r in &mut ss.rois {
+            for p in &mut r.planes {
+                p.z += shift[2];
+                for poly in &mut p.polygons {
+                    for pt in poly {
+                        pt[0] += shift[0];
+                        pt[1] += shift[1];
+                    }
+                }
+            }
+        }
+    }
+    assert_same(&reference, &candidate_features(&s2));
+}
+
+#[test]
+fn features_command_prints_every_feature_and_no_nan() {
+    let dir = tempfile::tempdir().expect("tmp");
+    cohort(dir.path(), 1);
+    let out = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["features", "--roi", "esophagus_5mm", "--format", "json"])
+        .arg(dir.path().join("H1-0001"))
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("NaN") && !text.contains("inf"), "{text}");
+    let j: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let f = j["features"].as_object().expect("features");
+    let names = dosiomics::feature_names();
+    assert_eq!(f.len(), names.len());
+    for n in &names {
+        assert!(f[n].is_number() || f[n].is_null(), "{n}: {}", f[n]);
+    }
+    assert!(j["voxels"].as_u64().unwrap_or(0) > 100, "{}", j["voxels"]);
+    assert!(f["original_firstorder_Mean"].is_number());
+
+    // A structure by its own name, CSV with IBSI names.
+    let out = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args([
+            "features",
+            "--roi",
+            "esophagus",
+            "--format",
+            "csv",
+            "--bin-width",
+            "2.5",
+        ])
+        .arg(dir.path().join("H1-0001"))
+        .output()
+        .expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("original_glcm_JointEntropy,"), "{text}");
+    assert!(text.contains("\"Joint entropy [3D, averaged]\""));
+
+    // An unknown region is an error that lists what exists.
+    let out = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["features", "--roi", "Liver"])
+        .arg(dir.path().join("H1-0001"))
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Liver") && err.contains("esophagus_infield"),
+        "{err}"
+    );
+}
+
+#[test]
+fn roi_search_is_deterministic_and_saves_a_loadable_model() {
+    let dir = tempfile::tempdir().expect("tmp");
+    cohort(dir.path(), 40);
+    let patients = search::read_labels(dir.path()).expect("labels");
+    let o = SearchOptions {
+        repeats: 2,
+        folds: 3,
+        bootstrap: 100,
+        seed: 5,
+        ..Default::default()
+    };
+    let features = search::cohort_features(dir.path(), &patients, &o);
+    assert!(features.iter().all(|f| f.error.is_none()));
+    let (a, model_a) = search::search(&patients, &features, &o, dir.path()).expect("search");
+    let (b, model_b) = search::search(&patients, &features, &o, dir.path()).expect("search");
+    assert_eq!(a.csv(), b.csv());
+    assert_eq!(model_a, model_b);
+    assert_eq!(a.ranking.len(), CANDIDATES.len());
+    assert!(a.ranking.windows(2).all(|w| w[0].cv_auc >= w[1].cv_auc));
+    assert_eq!(a.best, model_a.roi);
+    // The saved file loads back to the same model and predicts.
+    let path = dir.path().join("models/dosiomics.json");
+    model_a.save(&path).expect("save");
+    let loaded = DosiomicsModelFile::load(&path).expect("load");
+    assert_eq!(loaded, model_a);
+    assert!(loaded.intended_use.contains("synthetic"));
+    let names = dosiomics::feature_names();
+    let index = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    let best = CANDIDATES
+        .iter()
+        .position(|c| c.name == a.best)
+        .expect("best");
+    let p = loaded.predict(&index, features[0].rois[best].as_ref().expect("defined"));
+    assert!(p > 0.0 && p < 1.0);
+    // The CSV and the chart are written.
+    a.png(&dir.path().join("roi.png")).expect("png");
+    assert!(
+        std::fs::metadata(dir.path().join("roi.png"))
+            .map(|m| m.len())
+            .unwrap_or(0)
+            > 1000
+    );
+}

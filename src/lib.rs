@@ -14,6 +14,7 @@ pub mod inspect;
 pub mod logging;
 pub mod metrics;
 pub mod receive;
+pub mod report;
 pub mod rt;
 pub mod send;
 pub mod store;

@@ -86,7 +86,7 @@ pub fn put_seq(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject
     ));
 }
 
-fn ds(v: f64) -> String {
+pub(crate) fn ds(v: f64) -> String {
     // DS holds at most 16 characters: fixed notation for ordinary numbers,
     // scientific for tiny ones (dose grid scaling), 9 significant digits.
     if v == 0.0 || (v.abs() >= 1e-3 && v.abs() < 1e9) {
@@ -102,7 +102,7 @@ fn ds(v: f64) -> String {
     }
 }
 
-fn ds_list(v: &[f64]) -> String {
+pub(crate) fn ds_list(v: &[f64]) -> String {
     v.iter().map(|x| ds(*x)).collect::<Vec<_>>().join("\\")
 }
 

@@ -1,0 +1,321 @@
+//! The returned objects on a synthetic study with CT: the RT Structure Set
+//! with the learned ROI and the risk SR, checked with dciodvfy and dsrdump
+//! and read back with esorisk's own structure set reader.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use dicom_dictionary_std::tags;
+use dicom_object::{FileDicomObject, InMemDicomObject};
+use esorisk::receive::sop;
+use esorisk::report::rtstruct::{learned_roi_rtstruct, DEFAULT_ROI_NAME, LEARNED_ROI_NUMBER};
+use esorisk::report::sr::{not_scored_sr, risk_sr, RiskReport, CODING_SCHEME};
+use esorisk::report::ReportInputs;
+use esorisk::rt::attr;
+use esorisk::rt::names::{self, Organ};
+use esorisk::rt::{structure, study};
+
+/// Whether the DICOM validators are installed; says so when they are not.
+fn validators() -> bool {
+    let missing: Vec<&str> = ["dciodvfy", "dsrdump"]
+        .into_iter()
+        .filter(|t| Command::new(t).arg("--version").output().is_err())
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "skipped: {} not installed (packages dicom3tools, dcmtk)",
+            missing.join(", ")
+        );
+    }
+    missing.is_empty()
+}
+
+/// dciodvfy's output for a file (printed), and its lines that say Error.
+fn dciodvfy(f: &Path) -> Vec<String> {
+    let o = Command::new("dciodvfy").arg(f).output().expect("dciodvfy");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("dciodvfy {}:\n{text}", f.display());
+    text.lines()
+        .filter(|l| l.contains("Error"))
+        .map(String::from)
+        .collect()
+}
+
+/// dsrdump's output, with all codes, long values and referenced UIDs;
+/// fails the test unless it exits 0.
+fn dsrdump(f: &Path) -> String {
+    let o = Command::new("dsrdump")
+        .args(["+Pc", "+Pl", "+Pu"])
+        .arg(f)
+        .output()
+        .expect("dsrdump");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(o.status.success(), "dsrdump {}:\n{text}", f.display());
+    text
+}
+
+fn write(obj: &FileDicomObject<InMemDicomObject>, path: &Path) -> PathBuf {
+    obj.write_to_file(path).expect("write");
+    path.to_path_buf()
+}
+
+fn uid(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {
+    attr::string(obj, tag).expect("uid")
+}
+
+#[test]
+fn returned_objects_validate_and_read_back() {
+    if !validators() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data = tmp.path().join("cohort");
+    esorisk::synth::generate_cohort(
+        &data,
+        &[(esorisk::synth::Hospital::preset("hospital1"), 1)],
+        7,
+        1.0,
+        true,
+    )
+    .expect("synth");
+    let patient = std::fs::read_dir(&data)
+        .expect("cohort dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir() && !p.ends_with("truth"))
+        .expect("patient dir");
+    let s = study::load(std::slice::from_ref(&patient), &Default::default()).expect("load");
+    let objects: Vec<FileDicomObject<InMemDicomObject>> = s
+        .objects
+        .iter()
+        .map(|o| esorisk::rt::open(&o.path).expect("open"))
+        .collect();
+    let input = ReportInputs::from_objects(&objects).expect("inputs");
+    let ct_uids: Vec<String> = objects
+        .iter()
+        .filter(|o| attr::string(o, tags::SOP_CLASS_UID).as_deref() == Some(sop::CT_IMAGE))
+        .map(|o| uid(o, tags::SOP_INSTANCE_UID))
+        .collect();
+    assert!(!ct_uids.is_empty(), "the synthetic study has CT");
+    assert_eq!(input.ct_slices.len(), ct_uids.len());
+    assert_eq!(input.evidence.len(), objects.len());
+    let dose_for = s
+        .dose
+        .info
+        .frame_of_reference_uid
+        .clone()
+        .expect("dose FoR");
+    assert_eq!(
+        input.frame_of_reference_uid.as_deref(),
+        Some(dose_for.as_str())
+    );
+
+    // The esophagus on the dose grid, with holes punched into it so that
+    // planes carry outer contours and holes.
+    let grid = &s.dose.grid;
+    let ss = s.structures.as_ref().expect("structures");
+    let eso = names::match_organ(Organ::Esophagus, &ss.rois).expect("esophagus");
+    let roi = ss
+        .rois
+        .iter()
+        .find(|r| r.info.number == eso.roi_number)
+        .expect("roi");
+    let mut mask = roi.rasterize(grid, 1).centre_mask(grid);
+    let full = mask.clone();
+    let mut holes = 0;
+    for k in 0..grid.nz() {
+        for j in 1..grid.ny - 1 {
+            for i in 1..grid.nx - 1 {
+                let interior = [(i - 1, j), (i + 1, j), (i, j - 1), (i, j + 1)]
+                    .iter()
+                    .all(|(a, b)| full[grid.index(*a, *b, k)]);
+                if interior && full[grid.index(i, j, k)] && (i + j + k) % 4 == 0 {
+                    mask[grid.index(i, j, k)] = false;
+                    holes += 1;
+                }
+            }
+        }
+    }
+    let voxels = mask.iter().filter(|v| **v).count();
+    assert!(voxels > 100 && holes > 0, "{voxels} voxels, {holes} holes");
+
+    // The RT Structure Set.
+    let rs = learned_roi_rtstruct(&input, grid, &mask, DEFAULT_ROI_NAME).expect("rtstruct");
+    let rs_path = write(&rs, &tmp.path().join("learned_roi.dcm"));
+    let errors = dciodvfy(&rs_path);
+    assert!(errors.is_empty(), "RTSTRUCT: {errors:#?}");
+    assert_eq!(
+        uid(&rs, tags::STUDY_INSTANCE_UID),
+        input.study_instance_uid,
+        "joins the input study"
+    );
+    assert_eq!(uid(&rs, tags::FRAME_OF_REFERENCE_UID), dose_for);
+    assert_eq!(
+        attr::string(&rs, tags::PATIENT_ID),
+        attr::string(&objects[0], tags::PATIENT_ID)
+    );
+    let back = structure::read(&rs_path).expect("read back");
+    assert_eq!(back.frame_of_reference_uids, vec![dose_for.clone()]);
+    assert_eq!(back.rois.len(), 1);
+    assert_eq!(back.rois[0].info.number, LEARNED_ROI_NUMBER);
+    assert_eq!(back.rois[0].info.name, DEFAULT_ROI_NAME);
+    let again = back.rois[0].rasterize(grid, 1).centre_mask(grid);
+    let both = mask.iter().zip(&again).filter(|(a, b)| **a && **b).count();
+    let dice = 2.0 * both as f64 / (voxels + again.iter().filter(|v| **v).count()) as f64;
+    eprintln!("learned ROI: {voxels} voxels, {holes} holes punched, Dice after round trip {dice}");
+    assert!(dice >= 0.99, "Dice {dice}");
+    assert!(again == mask, "the round trip gives back the mask exactly");
+    // Contours reference CT slices that were received, on their own plane.
+    assert!(!back.contour_image_uids.is_empty());
+    assert!(back.contour_image_uids.iter().all(|u| ct_uids.contains(u)));
+    let mut linked = 0;
+    for rc in attr::items(&rs, tags::ROI_CONTOUR_SEQUENCE) {
+        for c in attr::items(rc, tags::CONTOUR_SEQUENCE) {
+            let z = attr::floats(c, tags::CONTOUR_DATA).expect("data")[2];
+            for img in attr::items(c, tags::CONTOUR_IMAGE_SEQUENCE) {
+                let u = uid(img, tags::REFERENCED_SOP_INSTANCE_UID);
+                let slice = input
+                    .ct_slices
+                    .iter()
+                    .find(|s| s.sop_instance_uid == u)
+                    .expect("a received CT slice");
+                assert!((slice.z - z).abs() < 1.25 + 1e-6, "{} vs {z}", slice.z);
+                linked += 1;
+            }
+        }
+    }
+    assert!(linked > 0, "no contour references a CT slice");
+
+    // An empty mask gives an ROI without contours, still valid.
+    let empty = learned_roi_rtstruct(&input, grid, &vec![false; grid.len()], DEFAULT_ROI_NAME)
+        .expect("empty rtstruct");
+    let empty_path = write(&empty, &tmp.path().join("empty_roi.dcm"));
+    let errors = dciodvfy(&empty_path);
+    assert!(errors.is_empty(), "empty RTSTRUCT: {errors:#?}");
+    let back = structure::read(&empty_path).expect("read empty");
+    assert_eq!(back.rois.len(), 1);
+    assert!(back.rois[0].planes.is_empty());
+    assert!(learned_roi_rtstruct(&input, grid, &mask[1..], "X").is_err());
+
+    // The risk SR, referencing the structure set.
+    let result = RiskReport {
+        risk: 0.2345,
+        model_name: "esorisk dosiomics".into(),
+        model_version: "dosiomics-v1".into(),
+        esophagus_dmean_gy: Some(23.45678),
+        esophagus_v35_pct: Some(31.5),
+        esophagus_v50_pct: Some(12.25),
+        esophagus_v60_pct: Some(0.0),
+        roi_volume_cc: Some(4.321),
+        roi_mean_gy: Some(41.75),
+        features: vec![
+            ("glcm_joint_entropy".into(), 5.4321),
+            ("firstorder_p90_gy".into(), 57.125),
+        ],
+        rtstruct_ref: Some((
+            uid(&rs, tags::SERIES_INSTANCE_UID),
+            uid(&rs, tags::SOP_INSTANCE_UID),
+        )),
+        predecessor: None,
+    };
+    let sr = risk_sr(&input, &result).expect("sr");
+    let sr_path = write(&sr, &tmp.path().join("risk_sr.dcm"));
+    let errors = dciodvfy(&sr_path);
+    assert!(errors.is_empty(), "SR: {errors:#?}");
+    let dump = dsrdump(&sr_path);
+    eprintln!("dsrdump:\n{dump}");
+    for needle in [
+        "0.2345",
+        "Imaging Measurement Report",
+        "en-US",
+        "Esophagitis",
+        "Esophagus",
+        CODING_SCHEME,
+        "23.45678",
+        "glcm_joint_entropy = 5.4321",
+        "Research result from a model trained on synthetic data",
+        "(ESR0001,99ESORISK,\"Probability of grade >= 2 radiation esophagitis\")=\"0.2345\"",
+        "(130488,DCM,\"Region in Space\")",
+        &uid(&rs, tags::SOP_INSTANCE_UID),
+    ] {
+        assert!(dump.contains(needle), "dsrdump lacks {needle:?}");
+    }
+    assert_eq!(uid(&sr, tags::STUDY_INSTANCE_UID), input.study_instance_uid);
+    assert!(
+        sr.meta()
+            .implementation_version_name
+            .as_deref()
+            .map_or(0, |v| v.trim_end().len())
+            <= 16
+    );
+    // Evidence: every input instance, and the structure set as other evidence.
+    let listed: Vec<String> = attr::items(&sr, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+        .iter()
+        .flat_map(|st| attr::items(st, tags::REFERENCED_SERIES_SEQUENCE))
+        .flat_map(|se| attr::items(se, tags::REFERENCED_SOP_SEQUENCE))
+        .map(|r| uid(r, tags::REFERENCED_SOP_INSTANCE_UID))
+        .collect();
+    assert_eq!(listed.len(), objects.len());
+    for o in &objects {
+        assert!(listed.contains(&uid(o, tags::SOP_INSTANCE_UID)));
+    }
+    assert_eq!(
+        attr::items(&sr, tags::PERTINENT_OTHER_EVIDENCE_SEQUENCE).len(),
+        1
+    );
+
+    // A later SR names the first as its predecessor.
+    let second = risk_sr(
+        &input,
+        &RiskReport {
+            predecessor: Some((
+                uid(&sr, tags::SERIES_INSTANCE_UID),
+                uid(&sr, tags::SOP_INSTANCE_UID),
+            )),
+            rtstruct_ref: None,
+            ..result.clone()
+        },
+    )
+    .expect("second sr");
+    let second_path = write(&second, &tmp.path().join("risk_sr_2.dcm"));
+    let errors = dciodvfy(&second_path);
+    assert!(errors.is_empty(), "second SR: {errors:#?}");
+    dsrdump(&second_path);
+    let pred = attr::items(&second, tags::PREDECESSOR_DOCUMENTS_SEQUENCE);
+    assert_eq!(pred.len(), 1);
+
+    // Values that are not numbers are refused.
+    assert!(risk_sr(
+        &input,
+        &RiskReport {
+            risk: 1.5,
+            ..result.clone()
+        }
+    )
+    .is_err());
+    assert!(risk_sr(
+        &input,
+        &RiskReport {
+            esophagus_dmean_gy: Some(f64::NAN),
+            ..result.clone()
+        }
+    )
+    .is_err());
+
+    // Not scored.
+    let reason = "no esophagus contour in the RT Structure Set";
+    let ns = not_scored_sr(&input, reason);
+    let ns_path = write(&ns, &tmp.path().join("not_scored.dcm"));
+    let errors = dciodvfy(&ns_path);
+    assert!(errors.is_empty(), "not-scored SR: {errors:#?}");
+    let dump = dsrdump(&ns_path);
+    assert!(dump.contains(reason), "{dump}");
+}

@@ -33,6 +33,9 @@ pub struct Settings {
     pub server: ServerSettings,
     pub logging: LoggingSettings,
     pub dosiomics: DosiomicsSettings,
+    pub model: ModelSettings,
+    pub pipeline: PipelineSettings,
+    pub train: crate::model::train::TrainConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -82,6 +85,78 @@ pub struct ServerSettings {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PipelineSettings {
+    pub enabled: bool,
+    pub stable_seconds: u64,
+    pub poll_seconds: u64,
+    pub workers: usize,
+    pub lease_seconds: u64,
+    pub max_attempts: u32,
+    pub retry_base_seconds: u64,
+    pub not_scored_sr: bool,
+    #[serde(deserialize_with = "destinations")]
+    pub destinations: Vec<Destination>,
+    pub send_back_port: u16,
+    pub delivery_max_attempts: u32,
+    pub delivery_retry_base_seconds: u64,
+}
+
+/// Destinations as TOML tables, or (handy in the environment) a string
+/// `AE@host:port[,AE@host:port…]`.
+fn destinations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Destination>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Tables(Vec<Destination>),
+        Text(String),
+    }
+    match Form::deserialize(d)? {
+        Form::Tables(v) => Ok(v),
+        Form::Text(t) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                Destination::parse(s).ok_or_else(|| {
+                    serde::de::Error::custom(format!("destination {s:?}: expected AE@host:port"))
+                })
+            })
+            .collect(),
+    }
+}
+
+/// A DICOM peer results are sent to.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Destination {
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Destination {
+    /// `AE@host:port`, as the deliveries table records it.
+    pub fn key(&self) -> String {
+        format!("{}@{}:{}", self.ae_title, self.host, self.port)
+    }
+
+    pub fn parse(key: &str) -> Option<Destination> {
+        let (ae, addr) = key.split_once('@')?;
+        let (host, port) = addr.rsplit_once(':')?;
+        Some(Destination {
+            ae_title: ae.to_string(),
+            host: host.to_string(),
+            port: port.parse().ok()?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ModelSettings {
+    pub path: PathBuf,
+    pub device: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -135,6 +210,21 @@ impl Settings {
                 "dicom.ae_title",
                 "1 to 16 printable characters, no backslash, not only spaces",
             ));
+        }
+        let pl = &self.pipeline;
+        if pl.workers == 0 || pl.max_attempts == 0 || pl.delivery_max_attempts == 0 {
+            return Err(invalid(
+                "pipeline.workers / max_attempts / delivery_max_attempts",
+                "at least 1",
+            ));
+        }
+        for d in &pl.destinations {
+            if !valid_ae_title(&d.ae_title) || d.host.is_empty() || d.port == 0 {
+                return Err(invalid(
+                    "pipeline.destinations",
+                    "each needs ae_title (1-16 characters), host and port",
+                ));
+            }
         }
         let ds = &self.dosiomics;
         if !(ds.bin_width_gy.is_finite() && ds.bin_width_gy > 0.0) {

@@ -13,6 +13,8 @@ pub mod index;
 pub mod inspect;
 pub mod logging;
 pub mod metrics;
+pub mod model;
+pub mod pipeline;
 pub mod receive;
 pub mod report;
 pub mod rt;

@@ -27,6 +27,18 @@ enum Command {
     Serve,
     /// List the studies received, newest first.
     Studies,
+    /// Show the scoring jobs and deliveries; --follow tails the job events.
+    Jobs {
+        /// Only jobs in this state: queued, running, succeeded, failed, dead.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        follow: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+    /// Queue a dead or failed job again (its dead deliveries too).
+    Retry { job: i64 },
     /// Print the effective settings (defaults, file and environment merged).
     Settings,
     /// Generate a synthetic lung RT cohort ("phantom hospital") as DICOM,
@@ -120,6 +132,55 @@ enum Command {
         #[arg(long, default_value = "min")]
         lambda_rule: esorisk::dosiomics::model::LambdaRule,
     },
+    /// Train the DGD model (and, with --ablations, its ablations) on a
+    /// synthetic cohort; settings from the [train] section.
+    Train {
+        #[arg(long)]
+        cohort: PathBuf,
+        /// Model directory to write (model.safetensors, card.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// dl, dl-seg, dl-seg-con or dgd (default: train.variant).
+        #[arg(long)]
+        variant: Option<esorisk::model::train::Variant>,
+        /// Also train the other variants into OUT/ablations/<variant>.
+        #[arg(long)]
+        ablations: bool,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Device: auto, cpu or cuda:N (default: model.device).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Evaluate a trained model (and its ablations) on a cohort: the
+    /// paper-style table as Markdown and CSV, ROC and calibration plots.
+    Evaluate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        cohort: PathBuf,
+        /// Output directory (default: MODEL/evaluation-<cohort name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 1000)]
+        bootstrap: usize,
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Score one study from files: the risk, the learned ROI and its dose.
+    Predict {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Model directory (default: model.path).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Write synthetic CT / RT objects (valid structure, no realistic anatomy)
     /// for trying the node and for benchmarks.
     GenTestData {
@@ -183,8 +244,100 @@ fn main() -> ExitCode {
 async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::error::Error>> {
     match command {
         Command::Serve => {
+            let pipeline_settings = settings.clone();
             let node = Node::start(settings).await?;
+            let pipeline = if pipeline_settings.pipeline.enabled {
+                let ctx =
+                    esorisk::pipeline::context(&pipeline_settings, node.index().pool().clone());
+                Some(esorisk::pipeline::Pipeline::start(ctx).await)
+            } else {
+                None
+            };
             node.run(shutdown_signal()).await?;
+            if let Some(p) = pipeline {
+                p.stop().await;
+            }
+        }
+        Command::Jobs {
+            state,
+            follow,
+            limit,
+        } => {
+            use esorisk::pipeline::jobs;
+            let index = Index::open(&settings.database_path()).await?;
+            let pool = index.pool();
+            for j in jobs::list(pool, state.as_deref(), limit)
+                .await?
+                .iter()
+                .rev()
+            {
+                println!(
+                    "job {:>4}  {:<9}  study {}  attempts {}/{}  created {}  {}",
+                    j.id,
+                    j.state,
+                    j.study_instance_uid,
+                    j.attempts,
+                    j.max_attempts,
+                    j.created_at,
+                    match (&j.risk, &j.error) {
+                        (Some(r), _) => format!(
+                            "risk {:.1}%  SR {}",
+                            100.0 * r,
+                            j.sr_uid.as_deref().unwrap_or("-")
+                        ),
+                        (None, Some(e)) => format!("reason: {e}"),
+                        _ => String::new(),
+                    }
+                );
+            }
+            let rows = sqlx::query(
+                "SELECT destination, state, count(*), max(last_error) FROM deliveries GROUP BY destination, state ORDER BY destination, state",
+            )
+            .fetch_all(pool)
+            .await?;
+            for r in rows {
+                use sqlx::Row;
+                let (d, st, n, e): (String, String, i64, Option<String>) =
+                    (r.get(0), r.get(1), r.get(2), r.get(3));
+                println!(
+                    "deliveries to {d}: {n} {st}{}",
+                    if st == "sent" {
+                        String::new()
+                    } else {
+                        e.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                    }
+                );
+            }
+            if follow {
+                let mut last: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(max(id), 0) - 20 FROM job_events")
+                        .fetch_one(pool)
+                        .await?;
+                loop {
+                    for (id, job, at, ev, detail) in jobs::events_after(pool, last).await? {
+                        println!(
+                            "{at}  job {job:>4}  {ev:<15} {}",
+                            detail.unwrap_or_default()
+                        );
+                        last = id;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                        _ = shutdown_signal() => break,
+                    }
+                }
+            }
+            index.close().await;
+        }
+        Command::Retry { job } => {
+            let index = Index::open(&settings.database_path()).await?;
+            if esorisk::pipeline::jobs::retry(index.pool(), job).await? {
+                println!("job {job} queued again");
+            } else {
+                index.close().await;
+                return Err(format!("job {job} is not dead or failed (see esorisk jobs)").into());
+            }
+            index.close().await;
         }
         Command::Studies => {
             let index = Index::open(&settings.database_path()).await?;
@@ -373,6 +526,135 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 features_csv.display(),
                 model_out.display()
             );
+        }
+        Command::Train {
+            cohort,
+            out,
+            variant,
+            ablations,
+            epochs,
+            seed,
+            device,
+        } => {
+            use esorisk::model::{dataset::Dataset, infer, train};
+            let dev = train::device(device.as_deref().unwrap_or(&settings.model.device))?;
+            let mut cfg = settings.train.clone();
+            if let Some(v) = variant {
+                cfg.variant = v;
+            }
+            if let Some(e) = epochs {
+                cfg.epochs = e;
+            }
+            if let Some(s) = seed {
+                cfg.seed = s;
+            }
+            let dosio =
+                esorisk::dosiomics::search::DosiomicsModelFile::load(&settings.dosiomics.model)?;
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            let ds = Dataset::cached(&cohort, &cfg.input, &dosio, threads)?;
+            println!(
+                "dataset: {} patients ({} train, {} internal), {} excluded",
+                ds.len(),
+                ds.indices("train", None).len(),
+                ds.indices("internal", None).len(),
+                ds.excluded.len()
+            );
+            let mut runs = vec![(cfg.variant, out.clone())];
+            if ablations {
+                for v in train::Variant::ALL {
+                    if v != cfg.variant {
+                        runs.push((v, out.join("ablations").join(v.name())));
+                    }
+                }
+            }
+            for (v, dir) in runs {
+                std::fs::create_dir_all(&dir)?;
+                let c = train::TrainConfig {
+                    variant: v,
+                    ..cfg.clone()
+                };
+                println!("training {} → {}", v.label(), dir.display());
+                let t = train::train(&ds, &c, &dev, &dir.join("model.safetensors"))?;
+                let card = infer::card(&c, &t, &ds, &dosio, &cohort, &dir)?;
+                std::fs::write(
+                    dir.join("card.json"),
+                    serde_json::to_string_pretty(&card)? + "\n",
+                )?;
+                println!(
+                    "{}: best internal validation AUC {:.3} at epoch {}, {:.1} training samples/s",
+                    v.label(),
+                    t.best_validation_auc,
+                    t.best_epoch,
+                    t.samples_per_second
+                );
+            }
+        }
+        Command::Evaluate {
+            model,
+            cohort,
+            out,
+            bootstrap,
+            device,
+        } => {
+            use esorisk::model::{evaluate, infer::RiskModel, train};
+            let dev = train::device(device.as_deref().unwrap_or(&settings.model.device))?;
+            let main_model = RiskModel::load(&model, &dev)?;
+            let dosio = main_model.card.dosiomics.clone();
+            let mut models = Vec::new();
+            if let Ok(rd) = std::fs::read_dir(model.join("ablations")) {
+                let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+                dirs.sort();
+                for d in dirs {
+                    let m = RiskModel::load(&d, &dev)?;
+                    models.push((m.card.variant.label().to_string(), m));
+                }
+            }
+            models.sort_by_key(|(_, m)| m.card.variant as u8);
+            models.push((main_model.card.variant.label().to_string(), main_model));
+            let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
+            let (patients, results) = evaluate::score_cohort(&cohort, &models, &dosio)?;
+            let ev = evaluate::evaluate(&patients, &results, &names, bootstrap, 20261126);
+            let cohort_name = cohort
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| "cohort".into());
+            let out = out.unwrap_or_else(|| model.join(format!("evaluation-{cohort_name}")));
+            std::fs::create_dir_all(&out)?;
+            let md = ev.markdown();
+            print!("{md}");
+            std::fs::write(out.join("evaluation.md"), &md)?;
+            std::fs::write(out.join("evaluation.csv"), ev.csv())?;
+            ev.plots(&out.join("roc.png"), &out.join("calibration.png"))?;
+            println!("\nwritten to {}", out.display());
+        }
+        Command::Predict {
+            paths,
+            model,
+            json,
+            device,
+        } => {
+            use esorisk::model::{infer::RiskModel, train};
+            let dev = train::device(device.as_deref().unwrap_or(&settings.model.device))?;
+            let dir = model.unwrap_or_else(|| settings.model.path.clone());
+            let m = RiskModel::load(&dir, &dev)?;
+            let study = esorisk::rt::study::load(&paths, &Default::default())?;
+            let started = std::time::Instant::now();
+            let s = m.score(&study)?;
+            if json {
+                let j = serde_json::json!({
+                    "study_instance_uid": study.study_instance_uid,
+                    "patient_id": study.patient_id,
+                    "model": m.card.name,
+                    "score": s,
+                    "disclaimer": esorisk::model::infer::INTENDED_USE,
+                });
+                println!("{}", serde_json::to_string_pretty(&j)?);
+            } else {
+                print!("{}", esorisk::model::infer::text(&m, &study, &s));
+                println!("scored in {:.2} s", started.elapsed().as_secs_f64());
+            }
         }
         Command::GenTestData {
             out,

@@ -183,7 +183,7 @@ pub fn patient_features(
 }
 
 /// The truth mask of a synthetic patient on the patient's feature grid.
-fn read_truth(
+pub fn read_truth(
     dir: &Path,
     cohort: &serde_json::Value,
     p: &Patient,

@@ -64,7 +64,13 @@ pub struct Index {
 
 /// Current UTC time as RFC 3339 with milliseconds.
 pub fn now() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    at_offset(0.0)
+}
+
+/// UTC time `seconds` from now (negative: in the past), formatted as
+/// [`now`] formats it, so the two compare as text.
+pub fn at_offset(seconds: f64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds_f64(seconds);
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
     );

@@ -52,6 +52,8 @@ impl TestNode {
             .env("ESORISK__STORAGE__DATA_DIR", data_dir)
             .env("ESORISK__STORAGE__MIN_FREE_MB", "1")
             .env("ESORISK__SERVER__SHUTDOWN_GRACE_SECS", "5")
+            // Scoring is tested in tests/pipeline.rs, which turns it on.
+            .env("ESORISK__PIPELINE__ENABLED", "false")
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

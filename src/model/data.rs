@@ -1,0 +1,320 @@
+//! From a study to the network's input: the dose cropped around the
+//! esophagus on a fixed grid, the target region for the segmentation branch,
+//! and the dosiomic features for the fusion head.
+//!
+//! The crop keeps its geometry ([`Crop`]) so the predicted region maps back
+//! to patient coordinates (for dosiomics in the learned ROI, and for the
+//! RT Structure Set the node returns).
+
+use serde::{Deserialize, Serialize};
+
+use crate::dosiomics::roi::{self, DoseKind, NotScorable, PatientDose};
+use crate::dosiomics::search::DosiomicsModelFile;
+use crate::dosiomics::{self, Discretisation};
+use crate::rt::dvh;
+use crate::rt::study::Study;
+
+/// Input settings (stored in the model card; a model only reads inputs made
+/// with its own).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InputConfig {
+    /// Grid `[D, H, W]` (z, y, x).
+    pub size: [usize; 3],
+    /// Spacing `[dz, dy, dx]` in mm.
+    pub spacing_mm: [f64; 3],
+    /// Dose the network sees.
+    pub dose: DoseKind,
+    /// Add the esophagus mask as a second channel.
+    pub mask_channel: bool,
+    /// α/β (Gy) for EQD2.
+    pub alpha_beta: f64,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            size: [16, 24, 24],
+            spacing_mm: [16.0, 8.0, 8.0],
+            dose: DoseKind::Eqd2,
+            mask_channel: true,
+            alpha_beta: 10.0,
+        }
+    }
+}
+
+impl InputConfig {
+    pub fn channels(&self) -> usize {
+        1 + usize::from(self.mask_channel)
+    }
+
+    pub fn voxels(&self) -> usize {
+        self.size.iter().product()
+    }
+}
+
+/// Where the network's grid lies in the patient: voxel `(k, j, i)` has its
+/// centre at `centre + ((i − (W−1)/2) dx, (j − (H−1)/2) dy, (k − (D−1)/2) dz)`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Crop {
+    /// Patient coordinates (x, y, z) of the grid's centre, mm.
+    pub centre: [f64; 3],
+    pub size: [usize; 3],
+    pub spacing_mm: [f64; 3],
+}
+
+impl Crop {
+    /// Patient (x, y, z) of voxel (k, j, i).
+    pub fn position(&self, k: usize, j: usize, i: usize) -> [f64; 3] {
+        let off =
+            |n: usize, s: f64, c: f64, idx: usize| c + (idx as f64 - (n as f64 - 1.0) / 2.0) * s;
+        [
+            off(self.size[2], self.spacing_mm[2], self.centre[0], i),
+            off(self.size[1], self.spacing_mm[1], self.centre[1], j),
+            off(self.size[0], self.spacing_mm[0], self.centre[2], k),
+        ]
+    }
+
+    /// Nearest voxel (k, j, i) of a patient position, if inside.
+    pub fn voxel(&self, p: [f64; 3]) -> Option<[usize; 3]> {
+        let idx = |v: f64, c: f64, s: f64, n: usize| -> Option<usize> {
+            let f = ((v - c) / s + (n as f64 - 1.0) / 2.0).round();
+            (f >= 0.0 && f < n as f64).then_some(f as usize)
+        };
+        Some([
+            idx(p[2], self.centre[2], self.spacing_mm[0], self.size[0])?,
+            idx(p[1], self.centre[1], self.spacing_mm[1], self.size[1])?,
+            idx(p[0], self.centre[0], self.spacing_mm[2], self.size[2])?,
+        ])
+    }
+}
+
+/// One patient, ready for the network.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// `C × D × H × W`: dose / prescription dose (EQD2 of the prescription
+    /// for EQD2 input), then the esophagus mask when asked for.
+    pub input: Vec<f32>,
+    /// `D × H × W`: the optimal ROI (from the dosiomics model) on the crop.
+    pub target: Vec<u8>,
+    /// Standardised dosiomic features of the dosiomics model, measured in
+    /// the optimal ROI itself (training) — inference measures them in the
+    /// predicted ROI.
+    pub dosiomics: Vec<f32>,
+    pub crop: Crop,
+    /// Prescription used for normalisation (Gy, in the input's dose kind).
+    pub norm_gy: f64,
+}
+
+/// The study's dose and masks plus what normalises them: the first step of
+/// both training and scoring.
+pub struct Prepared {
+    pub patient: PatientDose,
+    pub crop: Crop,
+    pub norm_gy: f64,
+}
+
+/// Locate the crop and the normalisation for a study.
+pub fn prepare(study: &Study, cfg: &InputConfig) -> Result<Prepared, NotScorable> {
+    let patient = PatientDose::from_study(study, cfg.alpha_beta)?;
+    if cfg.dose == DoseKind::Eqd2 && patient.eqd2.is_none() {
+        return Err(NotScorable(
+            "the number of fractions is unknown (RT Plan missing or without a fraction group); \
+             the model reads EQD2"
+                .into(),
+        ));
+    }
+    // Esophagus bounding box centre in patient coordinates.
+    let g = &patient.grid;
+    let (mut lo, mut hi) = ([f64::INFINITY; 3], [f64::NEG_INFINITY; 3]);
+    let plane = g.nx * g.ny;
+    for (idx, _) in patient.esophagus.iter().enumerate().filter(|(_, &m)| m) {
+        let (k, j, i) = (idx / plane, (idx / g.nx) % g.ny, idx % g.nx);
+        let p = [g.x(i), g.y(j), g.z[k]];
+        for a in 0..3 {
+            lo[a] = lo[a].min(p[a]);
+            hi[a] = hi[a].max(p[a]);
+        }
+    }
+    let centre = [
+        (lo[0] + hi[0]) / 2.0,
+        (lo[1] + hi[1]) / 2.0,
+        (lo[2] + hi[2]) / 2.0,
+    ];
+    let prescription = study.plan.as_ref().and_then(|p| p.prescription_gy);
+    let fractions = patient.fractions;
+    let max_dose = patient.physical.iter().cloned().fold(0f32, f32::max) as f64;
+    let physical_norm = prescription
+        .filter(|p| *p > 0.0)
+        .unwrap_or(max_dose.max(1.0));
+    let norm_gy = match (cfg.dose, fractions) {
+        (DoseKind::Eqd2, Some(n)) => dvh::eqd2(physical_norm, f64::from(n), cfg.alpha_beta),
+        _ => physical_norm,
+    };
+    Ok(Prepared {
+        crop: Crop {
+            centre,
+            size: cfg.size,
+            spacing_mm: cfg.spacing_mm,
+        },
+        norm_gy,
+        patient,
+    })
+}
+
+impl Prepared {
+    /// The network input (`C × D × H × W`).
+    pub fn input(&self, cfg: &InputConfig) -> Vec<f32> {
+        let p = &self.patient;
+        let dose = p.dose(cfg.dose).unwrap_or(&p.physical);
+        let n = cfg.voxels();
+        let mut out = vec![0f32; cfg.channels() * n];
+        let eso: Vec<f32> = p
+            .esophagus
+            .iter()
+            .map(|&m| f32::from(u8::from(m)))
+            .collect();
+        let [d, h, w] = cfg.size;
+        for k in 0..d {
+            for j in 0..h {
+                for i in 0..w {
+                    let [x, y, z] = self.crop.position(k, j, i);
+                    let v = (k * h + j) * w + i;
+                    if let Some(gy) = p.grid.interpolate(dose, x, y, z) {
+                        out[v] = (gy / self.norm_gy) as f32;
+                    }
+                    if cfg.mask_channel {
+                        out[n + v] = self.nearest(&eso, x, y, z).unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Value of the patient-grid voxel nearest to (x, y, z).
+    fn nearest(&self, values: &[f32], x: f64, y: f64, z: f64) -> Option<f32> {
+        let g = &self.patient.grid;
+        let (fx, fy, fz) = (g.fx(x).round(), g.fy(y).round(), g.fz(z)?.round());
+        (fx >= 0.0 && fy >= 0.0 && (fx as usize) < g.nx && (fy as usize) < g.ny)
+            .then(|| values[g.index(fx as usize, fy as usize, fz as usize)])
+    }
+
+    /// A patient-grid mask on the crop (nearest neighbour).
+    pub fn to_crop(&self, mask: &[bool]) -> Vec<u8> {
+        let as_f: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(m))).collect();
+        let [d, h, w] = self.crop.size;
+        let mut out = vec![0u8; d * h * w];
+        for k in 0..d {
+            for j in 0..h {
+                for i in 0..w {
+                    let [x, y, z] = self.crop.position(k, j, i);
+                    if self.nearest(&as_f, x, y, z).unwrap_or(0.0) > 0.5 {
+                        out[(k * h + j) * w + i] = 1;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// A crop mask (e.g. the predicted ROI) back on the patient grid: each
+    /// patient voxel takes the crop voxel nearest to its centre, limited to
+    /// the esophagus's dilated neighbourhood it was trained on.
+    pub fn from_crop(&self, crop_mask: &[bool]) -> Vec<bool> {
+        let g = &self.patient.grid;
+        let [_, h, w] = self.crop.size;
+        let mut out = vec![false; g.len()];
+        for k in 0..g.nz() {
+            for j in 0..g.ny {
+                for i in 0..g.nx {
+                    let p = [g.x(i), g.y(j), g.z[k]];
+                    if let Some([ck, cj, ci]) = self.crop.voxel(p) {
+                        out[g.index(i, j, k)] = crop_mask[(ck * h + cj) * w + ci];
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The dosiomics model's features in `mask` (patient grid), standardised
+    /// and clipped as the model does; missing values take the median.
+    pub fn dosiomics(&self, mask: &[bool], model: &DosiomicsModelFile) -> Vec<f32> {
+        let names = dosiomics::feature_names();
+        let values: Vec<Option<f64>> = match self.patient.volume(mask, model.dose, 4) {
+            Some(v) => dosiomics::extract(
+                &v,
+                Discretisation::BinWidth {
+                    width: model.bin_width_gy,
+                    lower: 0.0,
+                },
+            )
+            .into_iter()
+            .map(|f| f.value)
+            .collect(),
+            None => vec![None; names.len()],
+        };
+        model
+            .model
+            .features
+            .iter()
+            .map(|f| {
+                let v = names
+                    .iter()
+                    .position(|n| *n == f.name)
+                    .and_then(|i| values[i])
+                    .unwrap_or(f.median);
+                ((v - f.mean) / f.sd).clamp(
+                    -crate::dosiomics::model::Z_CLIP,
+                    crate::dosiomics::model::Z_CLIP,
+                ) as f32
+            })
+            .collect()
+    }
+
+    /// The optimal ROI (as the dosiomics model defines it) on the patient
+    /// grid; empty when it cannot be defined.
+    pub fn optimal_roi(&self, model: &DosiomicsModelFile) -> Vec<bool> {
+        roi::candidate(&model.roi)
+            .and_then(|c| c.mask(&self.patient))
+            .unwrap_or_else(|| vec![false; self.patient.grid.len()])
+    }
+}
+
+/// Everything the network trains on for one study.
+pub fn sample(
+    study: &Study,
+    cfg: &InputConfig,
+    model: &DosiomicsModelFile,
+) -> Result<Sample, NotScorable> {
+    let p = prepare(study, cfg)?;
+    let roi = p.optimal_roi(model);
+    Ok(Sample {
+        input: p.input(cfg),
+        target: p.to_crop(&roi),
+        dosiomics: p.dosiomics(&roi, model),
+        crop: p.crop,
+        norm_gy: p.norm_gy,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_positions_and_voxels_round_trip() {
+        let c = Crop {
+            centre: [10.0, -20.0, 100.0],
+            size: [4, 5, 6],
+            spacing_mm: [8.0, 5.0, 4.0],
+        };
+        for (k, j, i) in [(0, 0, 0), (3, 4, 5), (2, 1, 3)] {
+            assert_eq!(c.voxel(c.position(k, j, i)), Some([k, j, i]));
+        }
+        // The centre lies between the middle voxels for even sizes.
+        let p = c.position(2, 2, 3);
+        assert!((p[1] - -20.0).abs() < 1e-9 && (p[2] - 104.0).abs() < 1e-9);
+        assert_eq!(c.voxel([1e4, 0.0, 0.0]), None);
+    }
+}

@@ -1,0 +1,209 @@
+//! Delivery of the outputs: C-STORE to each destination, retried with
+//! exponential back-off, ending as sent or dead (with the reason), never a
+//! loop. One destination's trouble does not hold up another's, nor new
+//! jobs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::Row;
+use tracing::{info, warn};
+
+use super::{jobs, pause, Context};
+use crate::config::Destination;
+use crate::index::{at_offset, now};
+use crate::send::{self, DicomFile};
+
+/// A pending delivery that is due.
+struct Due {
+    id: i64,
+    job_id: i64,
+    sop: String,
+    path: PathBuf,
+    attempts: i64,
+}
+
+/// Deliver until stopped.
+pub async fn run(ctx: Arc<Context>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = round(&ctx).await {
+            warn!("delivery round failed: {e}");
+        }
+        pause(&stop, ctx.settings.poll_seconds).await;
+    }
+}
+
+/// One pass over the due deliveries, one association per destination.
+pub async fn round(ctx: &Context) -> Result<(), String> {
+    let rows = sqlx::query(
+        "SELECT d.id, d.job_id, d.sop_instance_uid, d.destination, d.attempts, o.file_path FROM deliveries d \
+         JOIN outputs o ON o.sop_instance_uid = d.sop_instance_uid \
+         WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY d.id",
+    )
+    .bind(now())
+    .fetch_all(&ctx.pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    let mut by_dest: BTreeMap<String, Vec<Due>> = BTreeMap::new();
+    for r in rows {
+        by_dest.entry(r.get(3)).or_default().push(Due {
+            id: r.get(0),
+            job_id: r.get(1),
+            sop: r.get(2),
+            attempts: r.get(4),
+            path: ctx.data_dir.join(r.get::<String, _>(5)),
+        });
+    }
+    let mut tasks = Vec::new();
+    for (dest, due) in by_dest {
+        let pool = ctx.pool.clone();
+        let ae = ctx.ae_title.clone();
+        let (max, base) = (
+            i64::from(ctx.settings.delivery_max_attempts),
+            ctx.settings.delivery_retry_base_seconds,
+        );
+        tasks.push(tokio::spawn(async move {
+            let result = send_all(&dest, &ae, &due).await;
+            for (d, r) in due.iter().zip(result) {
+                let outcome = record(&pool, d, &dest, r, max, base).await;
+                if let Err(e) = outcome {
+                    warn!(delivery = d.id, "cannot record the delivery: {e}");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+/// C-STORE every file to `dest` over one association; one result each.
+async fn send_all(dest: &str, calling_ae: &str, due: &[Due]) -> Vec<Result<(), String>> {
+    let Some(d) = Destination::parse(dest) else {
+        return due
+            .iter()
+            .map(|_| Err(format!("bad destination {dest:?}")))
+            .collect();
+    };
+    let files: Vec<Result<DicomFile, String>> = due
+        .iter()
+        .map(|x| DicomFile::read(&x.path).map_err(|e| e.to_string()))
+        .collect();
+    let mut contexts: Vec<(&str, Vec<&str>)> = Vec::new();
+    for f in files.iter().flatten() {
+        if !contexts.iter().any(|(a, _)| *a == f.sop_class_uid) {
+            contexts.push((&f.sop_class_uid, vec![&f.transfer_syntax_uid]));
+        }
+    }
+    let addr = format!("{}:{}", d.host, d.port);
+    let assoc = tokio::time::timeout(
+        Duration::from_secs(30),
+        send::associate(&addr, calling_ae, &d.ae_title, &contexts),
+    )
+    .await;
+    let mut assoc = match assoc {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return due.iter().map(|_| Err(e.to_string())).collect(),
+        Err(_) => {
+            return due
+                .iter()
+                .map(|_| Err(format!("no answer from {addr} within 30 s")))
+                .collect()
+        }
+    };
+    let mut out = Vec::new();
+    for (i, f) in files.iter().enumerate() {
+        let r = match f {
+            Err(e) => Err(e.clone()),
+            Ok(f) => match tokio::time::timeout(
+                Duration::from_secs(60),
+                send::store(&mut assoc, i as u16 + 1, f),
+            )
+            .await
+            {
+                Ok(Ok(rsp)) => match rsp.status {
+                    Some(0) | Some(0xB000) | Some(0xB007) | Some(0xB006) => Ok(()),
+                    Some(s) => Err(format!(
+                        "{} refused {} with status {s:04X}{}",
+                        d.ae_title,
+                        f.sop_instance_uid,
+                        rsp.error_comment
+                            .as_deref()
+                            .map(|c| format!(" ({c})"))
+                            .unwrap_or_default()
+                    )),
+                    None => Err("the C-STORE response has no status".into()),
+                },
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!("no C-STORE response from {addr} within 60 s")),
+            },
+        };
+        out.push(r);
+    }
+    let _ = assoc.release().await;
+    out
+}
+
+async fn record(
+    pool: &sqlx::SqlitePool,
+    d: &Due,
+    dest: &str,
+    r: Result<(), String>,
+    max: i64,
+    base: u64,
+) -> sqlx::Result<()> {
+    let attempts = d.attempts + 1;
+    match r {
+        Ok(()) => {
+            sqlx::query("UPDATE deliveries SET state = 'sent', attempts = ?, sent_at = ?, last_error = NULL WHERE id = ?")
+                .bind(attempts)
+                .bind(now())
+                .bind(d.id)
+                .execute(pool)
+                .await?;
+            info!(job = d.job_id, sop = %d.sop, destination = dest, "delivered");
+            jobs::event(pool, d.job_id, "sent", &format!("{} to {dest}", d.sop)).await
+        }
+        Err(e) if attempts >= max => {
+            let why = format!("gave up after {attempts} attempts: {e}");
+            sqlx::query(
+                "UPDATE deliveries SET state = 'dead', attempts = ?, last_error = ? WHERE id = ?",
+            )
+            .bind(attempts)
+            .bind(&why)
+            .bind(d.id)
+            .execute(pool)
+            .await?;
+            warn!(job = d.job_id, sop = %d.sop, destination = dest, "delivery dead: {why}");
+            jobs::event(
+                pool,
+                d.job_id,
+                "delivery-dead",
+                &format!("{} to {dest}: {why}", d.sop),
+            )
+            .await
+        }
+        Err(e) => {
+            let delay = base as f64 * 2f64.powi((attempts - 1) as i32);
+            sqlx::query("UPDATE deliveries SET attempts = ?, last_error = ?, next_attempt_at = ? WHERE id = ?")
+                .bind(attempts)
+                .bind(&e)
+                .bind(at_offset(delay))
+                .bind(d.id)
+                .execute(pool)
+                .await?;
+            warn!(job = d.job_id, sop = %d.sop, destination = dest, "delivery failed, retry in {delay:.0} s: {e}");
+            jobs::event(
+                pool,
+                d.job_id,
+                "delivery-retry",
+                &format!("{} to {dest} in {delay:.0} s: {e}", d.sop),
+            )
+            .await
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The job queue in SQLite: enqueue, atomic claim with a lease, heartbeat,
+//! finish, retry with exponential back-off, lease expiry, and the
+//! append-only event log. Every state change writes an event.
+
+use serde::Serialize;
+use sqlx::{Row, SqlitePool};
+
+use crate::index::{at_offset, now};
+
+/// A job as `esorisk jobs` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub study_instance_uid: String,
+    pub state: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub model_version: String,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub error: Option<String>,
+    pub risk: Option<f64>,
+    pub sr_uid: Option<String>,
+    pub rtstruct_uid: Option<String>,
+    pub input_uids: String,
+    pub worker: Option<String>,
+}
+
+fn job(r: &sqlx::sqlite::SqliteRow) -> Job {
+    Job {
+        id: r.get("id"),
+        study_instance_uid: r.get("study_instance_uid"),
+        state: r.get("state"),
+        attempts: r.get("attempts"),
+        max_attempts: r.get("max_attempts"),
+        model_version: r.get("model_version"),
+        created_at: r.get("created_at"),
+        started_at: r.get("started_at"),
+        finished_at: r.get("finished_at"),
+        error: r.get("error"),
+        risk: r.get("risk"),
+        sr_uid: r.get("sr_uid"),
+        rtstruct_uid: r.get("rtstruct_uid"),
+        input_uids: r.get("input_uids"),
+        worker: r.get("worker"),
+    }
+}
+
+/// Append to the event log.
+pub async fn event(pool: &SqlitePool, job_id: i64, ev: &str, detail: &str) -> sqlx::Result<()> {
+    sqlx::query("INSERT INTO job_events (job_id, at, event, detail) VALUES (?, ?, ?, ?)")
+        .bind(job_id)
+        .bind(now())
+        .bind(ev)
+        .bind(detail)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Queue a job unless one with the same inputs and model exists. Returns
+/// the new job's id.
+pub async fn enqueue(
+    pool: &SqlitePool,
+    study: &str,
+    input_key: &str,
+    input_uids: &[String],
+    model_version: &str,
+    max_attempts: u32,
+) -> sqlx::Result<Option<i64>> {
+    let uids = serde_json::to_string(input_uids).unwrap_or_else(|_| "[]".into());
+    let id: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO jobs (study_instance_uid, input_key, input_uids, model_version, state, \
+         max_attempts, created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?) \
+         ON CONFLICT(input_key) DO NOTHING RETURNING id",
+    )
+    .bind(study)
+    .bind(input_key)
+    .bind(uids)
+    .bind(model_version)
+    .bind(i64::from(max_attempts))
+    .bind(now())
+    .fetch_optional(pool)
+    .await?;
+    if let Some(id) = id {
+        event(
+            pool,
+            id,
+            "queued",
+            &format!("{} input instances", input_uids.len()),
+        )
+        .await?;
+    }
+    Ok(id)
+}
+
+/// Claim the oldest due queued job for `worker`, atomically (one UPDATE
+/// with RETURNING: two workers never get the same job).
+pub async fn claim(pool: &SqlitePool, worker: &str, lease_secs: u64) -> sqlx::Result<Option<Job>> {
+    let n = now();
+    let row = sqlx::query(
+        "UPDATE jobs SET state = 'running', worker = ?, attempts = attempts + 1, \
+         lease_expires_at = ?, heartbeat_at = ?, started_at = ? \
+         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' \
+                     AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT 1) \
+         RETURNING *",
+    )
+    .bind(worker)
+    .bind(at_offset(lease_secs as f64))
+    .bind(&n)
+    .bind(&n)
+    .bind(&n)
+    .fetch_optional(pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let j = job(&row);
+    event(
+        pool,
+        j.id,
+        "claimed",
+        &format!("{worker}, attempt {}", j.attempts),
+    )
+    .await?;
+    Ok(Some(j))
+}
+
+/// Extend a running job's lease; false when the job is no longer ours.
+pub async fn heartbeat(
+    pool: &SqlitePool,
+    id: i64,
+    worker: &str,
+    lease_secs: u64,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE jobs SET lease_expires_at = ?, heartbeat_at = ? \
+         WHERE id = ? AND state = 'running' AND worker = ?",
+    )
+    .bind(at_offset(lease_secs as f64))
+    .bind(now())
+    .bind(id)
+    .bind(worker)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// How a job ended.
+pub enum Outcome {
+    Succeeded {
+        risk: f64,
+        sr_uid: String,
+        rtstruct_uid: String,
+        predecessor: Option<String>,
+    },
+    /// The study cannot be scored: not retried.
+    Failed(String),
+    /// Something that may pass on a retry (disk, database, ...).
+    Transient(String),
+}
+
+/// Record the end of a claimed job (only if still ours).
+pub async fn finish(
+    pool: &SqlitePool,
+    j: &Job,
+    worker: &str,
+    outcome: Outcome,
+    retry_base_secs: u64,
+) -> sqlx::Result<()> {
+    let n = now();
+    let (state, ev, detail) = match outcome {
+        Outcome::Succeeded {
+            risk,
+            sr_uid,
+            rtstruct_uid,
+            predecessor,
+        } => {
+            sqlx::query(
+                "UPDATE jobs SET state = 'succeeded', finished_at = ?, risk = ?, sr_uid = ?, \
+                 rtstruct_uid = ?, predecessor_sr_uid = ?, error = NULL, lease_expires_at = NULL \
+                 WHERE id = ? AND worker = ? AND state = 'running'",
+            )
+            .bind(&n)
+            .bind(risk)
+            .bind(&sr_uid)
+            .bind(&rtstruct_uid)
+            .bind(&predecessor)
+            .bind(j.id)
+            .bind(worker)
+            .execute(pool)
+            .await?;
+            (
+                "succeeded",
+                "succeeded",
+                format!("risk {risk:.3}; SR {sr_uid}"),
+            )
+        }
+        Outcome::Failed(reason) => {
+            set_end(pool, j.id, worker, "failed", &reason, &n).await?;
+            ("failed", "failed", reason)
+        }
+        Outcome::Transient(reason) if j.attempts >= j.max_attempts => {
+            let why = format!("gave up after {} attempts: {reason}", j.attempts);
+            set_end(pool, j.id, worker, "dead", &why, &n).await?;
+            ("dead", "dead", why)
+        }
+        Outcome::Transient(reason) => {
+            let delay = retry_base_secs as f64 * 2f64.powi((j.attempts.max(1) - 1) as i32);
+            sqlx::query(
+                "UPDATE jobs SET state = 'queued', error = ?, not_before = ?, worker = NULL, \
+                 lease_expires_at = NULL WHERE id = ? AND worker = ? AND state = 'running'",
+            )
+            .bind(&reason)
+            .bind(at_offset(delay))
+            .bind(j.id)
+            .bind(worker)
+            .execute(pool)
+            .await?;
+            ("queued", "retry", format!("in {delay:.0} s: {reason}"))
+        }
+    };
+    let _ = state;
+    event(pool, j.id, ev, &detail).await
+}
+
+async fn set_end(
+    pool: &SqlitePool,
+    id: i64,
+    worker: &str,
+    state: &str,
+    error: &str,
+    n: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE jobs SET state = ?, finished_at = ?, error = ?, lease_expires_at = NULL \
+         WHERE id = ? AND worker = ? AND state = 'running'",
+    )
+    .bind(state)
+    .bind(n)
+    .bind(error)
+    .bind(id)
+    .bind(worker)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Take back running jobs whose lease expired (their worker crashed or the
+/// node was killed): requeued, or dead when out of attempts.
+pub async fn expire_leases(pool: &SqlitePool) -> sqlx::Result<usize> {
+    let n = now();
+    let rows = sqlx::query(
+        "SELECT id, attempts, max_attempts, worker FROM jobs WHERE state = 'running' AND lease_expires_at < ?",
+    )
+    .bind(&n)
+    .fetch_all(pool)
+    .await?;
+    for r in &rows {
+        let (id, attempts, max): (i64, i64, i64) =
+            (r.get("id"), r.get("attempts"), r.get("max_attempts"));
+        let worker: Option<String> = r.get("worker");
+        let worker = worker.unwrap_or_default();
+        if attempts >= max {
+            let why = format!("worker {worker} stopped during attempt {attempts} of {max}");
+            sqlx::query("UPDATE jobs SET state = 'dead', finished_at = ?, error = ?, lease_expires_at = NULL WHERE id = ? AND state = 'running'")
+                .bind(&n)
+                .bind(&why)
+                .bind(id)
+                .execute(pool)
+                .await?;
+            event(pool, id, "dead", &why).await?;
+        } else {
+            sqlx::query("UPDATE jobs SET state = 'queued', worker = NULL, lease_expires_at = NULL, not_before = NULL WHERE id = ? AND state = 'running'")
+                .bind(id)
+                .execute(pool)
+                .await?;
+            event(
+                pool,
+                id,
+                "heartbeat-lost",
+                &format!("worker {worker} stopped; requeued"),
+            )
+            .await?;
+        }
+    }
+    Ok(rows.len())
+}
+
+/// At start-up every running job belongs to a worker of a previous run:
+/// their leases are void now.
+pub async fn void_leases(pool: &SqlitePool) -> sqlx::Result<()> {
+    sqlx::query("UPDATE jobs SET lease_expires_at = ? WHERE state = 'running'")
+        .bind(at_offset(-1.0))
+        .execute(pool)
+        .await?;
+    expire_leases(pool).await.map(|_| ())
+}
+
+/// Requeue a dead (or failed) job: `esorisk retry`.
+pub async fn retry(pool: &SqlitePool, id: i64) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE jobs SET state = 'queued', attempts = 0, not_before = NULL, error = NULL, worker = NULL \
+         WHERE id = ? AND state IN ('dead', 'failed')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    if r.rows_affected() == 1 {
+        event(pool, id, "requeued", "by esorisk retry").await?;
+        // Dead deliveries of this job get another round too.
+        sqlx::query(
+            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ? \
+             WHERE job_id = ? AND state = 'dead'",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(pool)
+        .await?;
+    }
+    Ok(r.rows_affected() == 1)
+}
+
+/// Jobs, newest first, optionally of one state.
+pub async fn list(pool: &SqlitePool, state: Option<&str>, limit: i64) -> sqlx::Result<Vec<Job>> {
+    let rows =
+        sqlx::query("SELECT * FROM jobs WHERE (? IS NULL OR state = ?) ORDER BY id DESC LIMIT ?")
+            .bind(state)
+            .bind(state)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.iter().map(job).collect())
+}
+
+/// Events after `after_id`, oldest first: (id, job, at, event, detail).
+pub async fn events_after(
+    pool: &SqlitePool,
+    after_id: i64,
+) -> sqlx::Result<Vec<(i64, i64, String, String, Option<String>)>> {
+    let rows = sqlx::query(
+        "SELECT id, job_id, at, event, detail FROM job_events WHERE id > ? ORDER BY id",
+    )
+    .bind(after_id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get("id"),
+                r.get("job_id"),
+                r.get("at"),
+                r.get("event"),
+                r.get("detail"),
+            )
+        })
+        .collect())
+}
+
+/// The SR of the latest succeeded job of a study (for the predecessor).
+pub async fn latest_sr(pool: &SqlitePool, study: &str) -> sqlx::Result<Option<(String, String)>> {
+    let row = sqlx::query(
+        "SELECT o.sop_instance_uid, o.series_instance_uid FROM jobs j JOIN outputs o ON o.sop_instance_uid = j.sr_uid \
+         WHERE j.study_instance_uid = ? AND j.state = 'succeeded' ORDER BY j.id DESC LIMIT 1",
+    )
+    .bind(study)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|r| (r.get(1), r.get(0))))
+}

@@ -1,0 +1,621 @@
+//! From a stored study to the objects sent back: notice when a study is
+//! complete and stable, queue a job, score it on a worker thread, write the
+//! SR and RT Structure Set under `out/`, and deliver them.
+//!
+//! All state lives in SQLite (`migrations/…_jobs.sql`), so a restart in the
+//! middle of a push or a job loses nothing: stability is judged from the
+//! arrival times in the index, a killed worker's lease runs out and its job
+//! is retried, and deliveries resume where they stopped.
+
+pub mod deliver;
+pub mod jobs;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dicom_object::{FileDicomObject, InMemDicomObject, OpenFileOptions};
+use sqlx::{Row, SqlitePool};
+use tracing::{error, info, warn};
+
+use crate::config::{Destination, PipelineSettings};
+use crate::index::{at_offset, now};
+use crate::model::infer::RiskModel;
+use crate::report::sr::RiskReport;
+use crate::report::{self, ReportInputs};
+use crate::rt::analysis;
+use crate::rt::names::Organ;
+use jobs::{Job, Outcome};
+
+/// Name of the learned ROI in the returned RT Structure Set.
+pub const ROI_NAME: &str = "ESORISK_ROI";
+
+/// What the pipeline's tasks share.
+pub struct Context {
+    pub pool: SqlitePool,
+    pub data_dir: PathBuf,
+    pub settings: PipelineSettings,
+    /// The calling AE title used for deliveries.
+    pub ae_title: String,
+    pub fsync: bool,
+    pub model: Option<Arc<RiskModel>>,
+    pub model_version: String,
+}
+
+/// The pipeline's context from the settings: the model is loaded once here
+/// (a missing or unreadable model is logged; studies then wait queued).
+pub fn context(settings: &crate::config::Settings, pool: SqlitePool) -> Context {
+    let model = crate::model::train::device(&settings.model.device)
+        .and_then(|dev| RiskModel::load(&settings.model.path, &dev));
+    let model = match model {
+        Ok(m) => Some(Arc::new(m)),
+        Err(e) => {
+            warn!("no risk model: {e}");
+            None
+        }
+    };
+    let model_version = model
+        .as_ref()
+        .map(|m| m.version.clone())
+        .unwrap_or_else(|| "none".into());
+    Context {
+        pool,
+        data_dir: settings.storage.data_dir.clone(),
+        settings: settings.pipeline.clone(),
+        ae_title: settings.dicom.ae_title.clone(),
+        fsync: settings.storage.fsync,
+        model,
+        model_version,
+    }
+}
+
+/// The running pipeline; `stop` ends its tasks.
+pub struct Pipeline {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Start the watcher, the workers and the sender. Call from within the
+    /// tokio runtime.
+    pub async fn start(ctx: Context) -> Pipeline {
+        let ctx = Arc::new(ctx);
+        if let Err(e) = jobs::void_leases(&ctx.pool).await {
+            error!("cannot take back the jobs of the previous run: {e}");
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        let c = ctx.clone();
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move { watch(c, s).await }));
+        let c = ctx.clone();
+        let s = stop.clone();
+        tasks.push(tokio::spawn(async move { deliver::run(c, s).await }));
+        let mut workers = Vec::new();
+        match &ctx.model {
+            Some(m) => {
+                info!(model = %ctx.model_version, workers = ctx.settings.workers, variant = m.card.variant.label(), "scoring pipeline started");
+                let handle = tokio::runtime::Handle::current();
+                for n in 0..ctx.settings.workers {
+                    let c = ctx.clone();
+                    let s = stop.clone();
+                    let h = handle.clone();
+                    let name = format!("worker-{}-{n}", std::process::id());
+                    let spawned = std::thread::Builder::new()
+                        .name(name.clone())
+                        .spawn(move || work(c, s, h, name));
+                    match spawned {
+                        Ok(t) => workers.push(t),
+                        Err(e) => error!("cannot start a scoring worker: {e}"),
+                    }
+                }
+            }
+            None => warn!(
+                "no risk model loaded: studies are queued but not scored until a model is installed (model.path)"
+            ),
+        }
+        Pipeline {
+            stop,
+            tasks,
+            workers,
+        }
+    }
+
+    /// Stop: workers finish the job in hand (or leave it to lease expiry).
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let workers = self.workers;
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
+    }
+}
+
+/// Sleep `secs` in short steps, returning early when stopping.
+async fn pause(stop: &AtomicBool, secs: u64) {
+    let steps = (secs * 10).max(1);
+    for _ in 0..steps {
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Watch for stable studies and expired leases.
+async fn watch(ctx: Arc<Context>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = jobs::expire_leases(&ctx.pool).await {
+            warn!("lease check failed: {e}");
+        }
+        if let Err(e) = check_studies(&ctx).await {
+            warn!("stable-study check failed: {e}");
+        }
+        pause(&stop, ctx.settings.poll_seconds).await;
+    }
+}
+
+/// An RT instance of a study as the index knows it.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub sop_instance_uid: String,
+    pub modality: String,
+    pub path: PathBuf,
+}
+
+/// Queue a job for every study that changed, is stable, and holds an RT
+/// Dose, an RT Plan and an RT Structure Set.
+pub async fn check_studies(ctx: &Context) -> Result<(), String> {
+    let rows = sqlx::query(
+        "SELECT s.study_instance_uid, s.last_received_at FROM studies s \
+         LEFT JOIN study_checks c ON c.study_instance_uid = s.study_instance_uid \
+         WHERE s.last_received_at <= ? AND (c.last_received_at IS NULL OR c.last_received_at <> s.last_received_at)",
+    )
+    .bind(at_offset(-(ctx.settings.stable_seconds as f64)))
+    .fetch_all(&ctx.pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    for r in rows {
+        let study: String = r.get(0);
+        let last: String = r.get(1);
+        let outcome = match study_inputs(ctx, &study).await {
+            Ok(inputs) => {
+                let has = |m: &str| inputs.iter().any(|i| i.modality == m);
+                let missing: Vec<&str> = ["RTDOSE", "RTPLAN", "RTSTRUCT"]
+                    .into_iter()
+                    .filter(|m| !has(m))
+                    .collect();
+                if !missing.is_empty() {
+                    format!("incomplete: no {}", missing.join(", "))
+                } else {
+                    let rt: Vec<Input> =
+                        inputs.into_iter().filter(|i| i.modality != "CT").collect();
+                    let version = ctx.model_version.clone();
+                    let data_dir = ctx.data_dir.clone();
+                    let rt2 = rt.clone();
+                    let key =
+                        tokio::task::spawn_blocking(move || input_key(&data_dir, &version, &rt2))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    let key = match key {
+                        Ok(k) => k,
+                        Err(e) => {
+                            warn!(study = %study, "cannot read the inputs: {e}");
+                            continue;
+                        }
+                    };
+                    let uids: Vec<String> = rt.iter().map(|i| i.sop_instance_uid.clone()).collect();
+                    match jobs::enqueue(
+                        &ctx.pool,
+                        &study,
+                        &key,
+                        &uids,
+                        &ctx.model_version,
+                        ctx.settings.max_attempts,
+                    )
+                    .await
+                    {
+                        Ok(Some(id)) => {
+                            info!(study = %study, job = id, "study complete and stable: job queued");
+                            format!("queued job {id}")
+                        }
+                        Ok(None) => "unchanged: these inputs were scored with this model".into(),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        sqlx::query(
+            "INSERT INTO study_checks (study_instance_uid, last_received_at, checked_at, outcome) VALUES (?, ?, ?, ?) \
+             ON CONFLICT(study_instance_uid) DO UPDATE SET last_received_at = excluded.last_received_at, \
+             checked_at = excluded.checked_at, outcome = excluded.outcome",
+        )
+        .bind(&study)
+        .bind(&last)
+        .bind(now())
+        .bind(&outcome)
+        .execute(&ctx.pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The study's RT and CT instances from the index.
+pub async fn study_inputs(ctx: &Context, study: &str) -> Result<Vec<Input>, String> {
+    let rows = sqlx::query(
+        "SELECT sop_instance_uid, COALESCE(modality, ''), file_path FROM instances \
+         WHERE study_instance_uid = ? AND modality IN ('RTDOSE', 'RTPLAN', 'RTSTRUCT', 'CT') ORDER BY sop_instance_uid",
+    )
+    .bind(study)
+    .fetch_all(&ctx.pool)
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(rows
+        .iter()
+        .map(|r| Input {
+            sop_instance_uid: r.get(0),
+            modality: r.get(1),
+            path: ctx.data_dir.join(r.get::<String, _>(2)),
+        })
+        .collect())
+}
+
+/// Model version and the RT inputs' contents, hashed: re-sending the same
+/// files does not score again, a changed file does.
+fn input_key(_data_dir: &Path, model_version: &str, inputs: &[Input]) -> std::io::Result<String> {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut eat = |b: &[u8]| {
+        for &x in b {
+            h = (h ^ u64::from(x)).wrapping_mul(0x100000001b3);
+        }
+    };
+    eat(model_version.as_bytes());
+    for i in inputs {
+        eat(i.sop_instance_uid.as_bytes());
+        eat(&std::fs::read(&i.path)?);
+    }
+    Ok(format!("{h:016x}"))
+}
+
+/// A worker thread: claim, score with a heartbeat, record.
+fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, name: String) {
+    while !stop.load(Ordering::Relaxed) {
+        let job = match rt.block_on(jobs::claim(&ctx.pool, &name, ctx.settings.lease_seconds)) {
+            Ok(Some(j)) => j,
+            Ok(None) => {
+                std::thread::sleep(Duration::from_millis(
+                    250.max(ctx.settings.poll_seconds * 250),
+                ));
+                continue;
+            }
+            Err(e) => {
+                warn!("cannot claim a job: {e}");
+                std::thread::sleep(Duration::from_secs(ctx.settings.poll_seconds.max(1)));
+                continue;
+            }
+        };
+        info!(job = job.id, study = %job.study_instance_uid, attempt = job.attempts, "scoring");
+        let beat = {
+            let (ctx, name, id) = (ctx.clone(), name.clone(), job.id);
+            let done = Arc::new(AtomicBool::new(false));
+            let d = done.clone();
+            let task = rt.spawn(async move {
+                let every = (ctx.settings.lease_seconds / 3).max(1);
+                while !d.load(Ordering::Relaxed) {
+                    pause(&d, every).await;
+                    if d.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if let Ok(false) =
+                        jobs::heartbeat(&ctx.pool, id, &name, ctx.settings.lease_seconds).await
+                    {
+                        break;
+                    }
+                }
+            });
+            (done, task)
+        };
+        let outcome = score_job(&ctx, &rt, &job);
+        beat.0.store(true, Ordering::Relaxed);
+        let _ = rt.block_on(beat.1);
+        match &outcome {
+            Outcome::Succeeded { risk, .. } => {
+                info!(job = job.id, study = %job.study_instance_uid, risk, "scored")
+            }
+            Outcome::Failed(e) => {
+                warn!(job = job.id, study = %job.study_instance_uid, "not scorable: {e}")
+            }
+            Outcome::Transient(e) => {
+                warn!(job = job.id, study = %job.study_instance_uid, "attempt failed: {e}")
+            }
+        }
+        if let Err(e) = rt.block_on(jobs::finish(
+            &ctx.pool,
+            &job,
+            &name,
+            outcome,
+            ctx.settings.retry_base_seconds,
+        )) {
+            error!(job = job.id, "cannot record the job's end: {e}");
+        }
+    }
+}
+
+/// Open a file without its pixel data (enough for references).
+fn open_header(path: &Path) -> Result<FileDicomObject<InMemDicomObject>, String> {
+    OpenFileOptions::new()
+        .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Score one job: an error a physicist can act on fails it; an I/O or
+/// database error is transient.
+fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
+    let Some(model) = &ctx.model else {
+        return Outcome::Transient("no risk model loaded".into());
+    };
+    let inputs = match rt.block_on(study_inputs(ctx, &job.study_instance_uid)) {
+        Ok(i) => i,
+        Err(e) => return Outcome::Transient(e),
+    };
+    let wanted: Vec<String> = serde_json::from_str(&job.input_uids).unwrap_or_default();
+    let rt_paths: Vec<PathBuf> = inputs
+        .iter()
+        .filter(|i| wanted.contains(&i.sop_instance_uid))
+        .map(|i| i.path.clone())
+        .collect();
+    if rt_paths.len() != wanted.len() {
+        return Outcome::Failed(
+            "input instances of this job were replaced or removed; a newer job covers them".into(),
+        );
+    }
+    let ct_paths: Vec<PathBuf> = inputs
+        .iter()
+        .filter(|i| i.modality == "CT")
+        .map(|i| i.path.clone())
+        .collect();
+    let study = match crate::rt::study::load(&rt_paths, &Default::default()) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    if let Some(p) = study
+        .problems
+        .iter()
+        .find(|p| p.contains("frame of reference") && !p.contains("CT image"))
+    {
+        return Outcome::Failed(format!("{p}; not scored"));
+    }
+    let score = match model.score(&study) {
+        Ok(s) => s,
+        Err(e) => {
+            return fail_with_optional_sr(ctx, rt, job, &rt_paths, &ct_paths, &e.to_string());
+        }
+    };
+    let a = analysis::analyse(&study, &analysis::Options::default());
+    let eso = a
+        .structures
+        .iter()
+        .find(|s| s.organ == Some(Organ::Esophagus));
+    let mut objects = Vec::new();
+    for p in rt_paths.iter().chain(&ct_paths) {
+        match open_header(p) {
+            Ok(o) => objects.push(o),
+            Err(e) => return Outcome::Transient(e),
+        }
+    }
+    let inputs = match ReportInputs::from_objects(&objects) {
+        Ok(i) => i,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let rtstruct = match report::rtstruct::learned_roi_rtstruct(
+        &inputs,
+        &score.prepared_grid,
+        &score.roi,
+        ROI_NAME,
+    ) {
+        Ok(o) => o,
+        Err(e) => return Outcome::Failed(format!("the learned ROI cannot be written: {e}")),
+    };
+    let rs_series = attr(&rtstruct, dicom_dictionary_std::tags::SERIES_INSTANCE_UID);
+    let rs_uid = attr(&rtstruct, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
+    let predecessor = rt
+        .block_on(jobs::latest_sr(&ctx.pool, &job.study_instance_uid))
+        .ok()
+        .flatten();
+    let report = RiskReport {
+        risk: score.risk,
+        model_name: model.card.name.clone(),
+        model_version: ctx.model_version.clone(),
+        esophagus_dmean_gy: eso.map(|s| s.physical.mean_gy),
+        esophagus_v35_pct: eso.map(|s| s.physical.v35_pct),
+        esophagus_v50_pct: eso.map(|s| s.physical.v50_pct),
+        esophagus_v60_pct: eso.map(|s| s.physical.v60_pct),
+        roi_volume_cc: Some(score.roi_volume_cc),
+        roi_mean_gy: score.roi_mean_gy,
+        features: score
+            .dosiomics
+            .iter()
+            .filter_map(|(n, v)| v.map(|v| (n.clone(), v)))
+            .take(5)
+            .collect(),
+        rtstruct_ref: Some((rs_series.clone(), rs_uid.clone())),
+        predecessor: predecessor.clone(),
+    };
+    let sr = match report::sr::risk_sr(&inputs, &report) {
+        Ok(o) => o,
+        Err(e) => return Outcome::Failed(format!("the SR cannot be written: {e}")),
+    };
+    let sr_uid = attr(&sr, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
+    let outputs = [(sr, "sr"), (rtstruct, "rtstruct")];
+    if let Err(e) = store_outputs(ctx, rt, job, &outputs, &objects) {
+        return Outcome::Transient(e);
+    }
+    Outcome::Succeeded {
+        risk: score.risk,
+        sr_uid,
+        rtstruct_uid: rs_uid,
+        predecessor: predecessor.map(|p| p.1),
+    }
+}
+
+/// A failed scoring; with `pipeline.not_scored_sr` an SR saying why is
+/// written and delivered too.
+fn fail_with_optional_sr(
+    ctx: &Context,
+    rt: &tokio::runtime::Handle,
+    job: &Job,
+    rt_paths: &[PathBuf],
+    ct_paths: &[PathBuf],
+    reason: &str,
+) -> Outcome {
+    if ctx.settings.not_scored_sr {
+        let objects: Vec<_> = rt_paths
+            .iter()
+            .chain(ct_paths)
+            .filter_map(|p| open_header(p).ok())
+            .collect();
+        if let Ok(inputs) = ReportInputs::from_objects(&objects) {
+            let sr = report::sr::not_scored_sr(&inputs, reason);
+            if let Err(e) = store_outputs(ctx, rt, job, &[(sr, "sr-not-scored")], &objects) {
+                warn!(job = job.id, "cannot store the not-scored SR: {e}");
+            }
+        }
+    }
+    Outcome::Failed(reason.to_string())
+}
+
+fn attr(o: &FileDicomObject<InMemDicomObject>, tag: dicom_core::Tag) -> String {
+    crate::rt::attr::string(o, tag).unwrap_or_default()
+}
+
+/// Write outputs under `out/<study>/`, fsynced, then index them and queue
+/// their deliveries in one transaction.
+fn store_outputs(
+    ctx: &Context,
+    rt: &tokio::runtime::Handle,
+    job: &Job,
+    outputs: &[(FileDicomObject<InMemDicomObject>, &str)],
+    inputs: &[FileDicomObject<InMemDicomObject>],
+) -> Result<(), String> {
+    crate::uid::validate(&job.study_instance_uid).map_err(|e| e.to_string())?;
+    let rel_dir = Path::new("out").join(&job.study_instance_uid);
+    let dir = ctx.data_dir.join(&rel_dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut rows = Vec::new();
+    for (obj, kind) in outputs {
+        let sop = attr(obj, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
+        crate::uid::validate(&sop).map_err(|e| e.to_string())?;
+        let tmp = dir.join(format!("{sop}.part"));
+        obj.write_to_file(&tmp)
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        if ctx.fsync {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        }
+        let path = dir.join(format!("{sop}.dcm"));
+        std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))?;
+        rows.push((
+            sop,
+            attr(obj, dicom_dictionary_std::tags::SERIES_INSTANCE_UID),
+            attr(obj, dicom_dictionary_std::tags::SOP_CLASS_UID),
+            kind.to_string(),
+            rel_dir.join(format!(
+                "{}.dcm",
+                attr(obj, dicom_dictionary_std::tags::SOP_INSTANCE_UID)
+            )),
+        ));
+    }
+    if ctx.fsync {
+        std::fs::File::open(&dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let destinations = destinations(ctx, rt, &job.study_instance_uid, inputs);
+    rt.block_on(async {
+        let mut tx = ctx.pool.begin().await?;
+        let n = now();
+        for (sop, series, class, kind, path) in &rows {
+            sqlx::query(
+                "INSERT OR REPLACE INTO outputs (sop_instance_uid, job_id, study_instance_uid, series_instance_uid, \
+                 sop_class_uid, kind, file_path, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(sop)
+            .bind(job.id)
+            .bind(&job.study_instance_uid)
+            .bind(series)
+            .bind(class)
+            .bind(kind)
+            .bind(path.to_string_lossy().to_string())
+            .bind(&n)
+            .execute(&mut *tx)
+            .await?;
+            for d in &destinations {
+                sqlx::query(
+                    "INSERT OR IGNORE INTO deliveries (job_id, sop_instance_uid, destination, state, next_attempt_at) \
+                     VALUES (?, ?, ?, 'pending', ?)",
+                )
+                .bind(job.id)
+                .bind(sop)
+                .bind(d.key())
+                .bind(&n)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await
+    })
+    .map_err(|e| e.to_string())
+}
+
+/// The configured destinations, plus the sender when `send_back_port` is set.
+fn destinations(
+    ctx: &Context,
+    rt: &tokio::runtime::Handle,
+    study: &str,
+    _inputs: &[FileDicomObject<InMemDicomObject>],
+) -> Vec<Destination> {
+    let mut out = ctx.settings.destinations.clone();
+    if ctx.settings.send_back_port != 0 {
+        let row = rt.block_on(
+            sqlx::query(
+                "SELECT calling_ae, peer_address FROM instances WHERE study_instance_uid = ? \
+                 AND calling_ae IS NOT NULL ORDER BY received_at DESC LIMIT 1",
+            )
+            .bind(study)
+            .fetch_optional(&ctx.pool),
+        );
+        if let Ok(Some(r)) = row {
+            let ae: String = r.get(0);
+            let peer: Option<String> = r.get(1);
+            let host = peer.as_deref().and_then(|p| {
+                p.parse::<std::net::SocketAddr>()
+                    .ok()
+                    .map(|a| a.ip().to_string())
+                    .or(Some(p.to_string()))
+            });
+            if let Some(host) = host {
+                let d = Destination {
+                    ae_title: ae.trim().to_string(),
+                    host,
+                    port: ctx.settings.send_back_port,
+                };
+                if !out.contains(&d) {
+                    out.push(d);
+                }
+            }
+        }
+    }
+    out
+}

@@ -168,6 +168,10 @@ enum Command {
         bootstrap: usize,
         #[arg(long)]
         device: Option<String>,
+        /// Further cohorts (e.g. larger draws of the validation hospitals
+        /// with another seed), reported per hospital as extra groups.
+        #[arg(long)]
+        extra_cohort: Vec<PathBuf>,
     },
     /// Score one study from files: the risk, the learned ROI and its dose.
     Predict {
@@ -597,6 +601,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             out,
             bootstrap,
             device,
+            extra_cohort,
         } => {
             use esorisk::model::{evaluate, infer::RiskModel, train};
             let dev = train::device(device.as_deref().unwrap_or(&settings.model.device))?;
@@ -614,7 +619,15 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             models.sort_by_key(|(_, m)| m.card.variant as u8);
             models.push((main_model.card.variant.label().to_string(), main_model));
             let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
-            let (patients, results) = evaluate::score_cohort(&cohort, &models, &dosio)?;
+            let (mut patients, mut results) = evaluate::score_cohort(&cohort, &models, &dosio)?;
+            for extra in &extra_cohort {
+                let (mut p, r) = evaluate::score_cohort(extra, &models, &dosio)?;
+                for x in &mut p {
+                    x.split = evaluate::EXTRA.into();
+                }
+                patients.extend(p);
+                results.extend(r);
+            }
             let ev = evaluate::evaluate(&patients, &results, &names, bootstrap, 20261126);
             let cohort_name = cohort
                 .file_name()

@@ -61,6 +61,9 @@ pub const LKB: &str = "LKB NTCP (Belderbos 2005, EQD2)";
 pub const DOSIOMICS: &str = "dosiomics only (optimal ROI)";
 pub const CEILING: &str = "p_dose (ceiling)";
 
+/// The split given to the patients of `--extra-cohort` cohorts.
+pub const EXTRA: &str = "larger-draw";
+
 /// Score every patient of `cohort` with every model.
 pub fn score_cohort(
     cohort: &Path,
@@ -214,6 +217,22 @@ pub fn evaluate(
             .filter(|&i| patients[i].split == "external" && patients[i].hospital == h)
             .collect();
         groups.push((format!("external ({h})"), idx));
+    }
+    // Larger draws of the validation hospitals (`--extra-cohort`).
+    let mut extra: Vec<String> = ok
+        .iter()
+        .filter(|&&i| patients[i].split == EXTRA)
+        .map(|&i| patients[i].hospital.clone())
+        .collect();
+    extra.sort();
+    extra.dedup();
+    for h in extra {
+        let idx = ok
+            .iter()
+            .copied()
+            .filter(|&i| patients[i].split == EXTRA && patients[i].hospital == h)
+            .collect();
+        groups.push((format!("larger draw ({h})"), idx));
     }
     let mut rows = Vec::new();
     let mut curves = Vec::new();

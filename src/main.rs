@@ -612,8 +612,10 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
                 dirs.sort();
                 for d in dirs {
-                    let m = RiskModel::load(&d, &dev)?;
-                    models.push((m.card.variant.label().to_string(), m));
+                    match RiskModel::load(&d, &dev) {
+                        Ok(m) => models.push((m.card.variant.label().to_string(), m)),
+                        Err(e) => eprintln!("ablation {} left out: {e}", d.display()),
+                    }
                 }
             }
             models.sort_by_key(|(_, m)| m.card.variant as u8);

@@ -468,3 +468,78 @@ fn a_node_killed_while_scoring_finishes_the_job_once() {
         1
     );
 }
+
+#[test]
+fn training_is_deterministic_for_a_seed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cohort = tmp.path().join("cohort");
+    run(
+        &[
+            "synth",
+            "--out",
+            cohort.to_str().unwrap_or_default(),
+            "--patients",
+            "12",
+            "--seed",
+            "4",
+        ],
+        &[],
+    );
+    let cfg = tmp.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).expect("config");
+    let mut weights = Vec::new();
+    for name in ["a", "b"] {
+        let out = tmp.path().join(name);
+        run(
+            &[
+                "--config",
+                cfg.to_str().unwrap_or_default(),
+                "train",
+                "--cohort",
+                cohort.to_str().unwrap_or_default(),
+                "--out",
+                out.to_str().unwrap_or_default(),
+                "--device",
+                "cpu",
+                "--seed",
+                "9",
+            ],
+            &[],
+        );
+        let t = candle_core::safetensors::load(
+            out.join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .expect("weights");
+        let mut named: Vec<(String, Vec<f32>)> = t
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    v.flatten_all()
+                        .and_then(|x| x.to_vec1::<f32>())
+                        .expect("f32"),
+                )
+            })
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        weights.push(named);
+        let card: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("card.json")).expect("card"))
+                .expect("json");
+        assert!(card["intended_use"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("synthetic"));
+        assert_eq!(card["train"]["seed"], 9);
+    }
+    let mut worst = (0f32, String::new());
+    for ((n, a), (_, b)) in weights[0].iter().zip(&weights[1]) {
+        for (x, y) in a.iter().zip(b) {
+            if (x - y).abs() > worst.0 {
+                worst = ((x - y).abs(), n.clone());
+            }
+        }
+    }
+    assert!(worst.0 == 0.0, "same seed, different weights: {worst:?}");
+}

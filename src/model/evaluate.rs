@@ -64,7 +64,7 @@ pub const CEILING: &str = "p_dose (ceiling)";
 /// The split given to the patients of `--extra-cohort` cohorts.
 pub const EXTRA: &str = "larger-draw";
 
-/// Score every patient of `cohort` with every model.
+/// Score every patient of `cohort` with every model, on all cores.
 pub fn score_cohort(
     cohort: &Path,
     models: &[(String, RiskModel)],
@@ -78,83 +78,123 @@ pub fn score_cohort(
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
-    let mut out = Vec::with_capacity(patients.len());
-    for (n, p) in patients.iter().enumerate() {
-        eprint!("\rscoring {}/{} ", n + 1, patients.len());
-        let mut r = PatientResult::default();
-        let study = match crate::rt::study::load(&[cohort.join(&p.patient_id)], &Default::default())
-        {
-            Ok(s) => s,
-            Err(e) => {
-                r.error = Some(e.to_string());
-                out.push(r);
-                continue;
-            }
-        };
-        let pd = match PatientDose::from_study(&study, dosio.alpha_beta) {
-            Ok(pd) => pd,
-            Err(e) => {
-                r.error = Some(e.to_string());
-                out.push(r);
-                continue;
-            }
-        };
-        let truth = cohort_json
-            .as_ref()
-            .and_then(|c| search::read_truth(cohort, c, p, &pd).ok())
-            .filter(|t| t.iter().any(|&v| v));
-        // Baselines.
-        let eso: Vec<f64> = pd
-            .esophagus
-            .iter()
-            .zip(&pd.physical)
-            .filter(|(&m, _)| m)
-            .map(|(_, &d)| f64::from(d))
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let slots = std::sync::Mutex::new(vec![PatientResult::default(); patients.len()]);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= patients.len() {
+                    break;
+                }
+                let r = score_patient(
+                    cohort,
+                    cohort_json.as_ref(),
+                    &patients[i],
+                    models,
+                    dosio,
+                    &index,
+                );
+                if let Ok(mut v) = slots.lock() {
+                    v[i] = r;
+                }
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                eprint!("\rscoring {n}/{} ", patients.len());
+            });
+        }
+    });
+    eprintln!();
+    let out = slots.into_inner().map_err(|_| "a scoring thread failed")?;
+    Ok((patients, out))
+}
+
+/// Every model and baseline on one patient.
+fn score_patient(
+    cohort: &Path,
+    cohort_json: Option<&serde_json::Value>,
+    p: &Patient,
+    models: &[(String, RiskModel)],
+    dosio: &DosiomicsModelFile,
+    index: &HashMap<&str, usize>,
+) -> PatientResult {
+    let mut r = PatientResult::default();
+    let study = match crate::rt::study::load(&[cohort.join(&p.patient_id)], &Default::default()) {
+        Ok(s) => s,
+        Err(e) => {
+            r.error = Some(e.to_string());
+            return r;
+        }
+    };
+    let pd = match PatientDose::from_study(&study, dosio.alpha_beta) {
+        Ok(pd) => pd,
+        Err(e) => {
+            r.error = Some(e.to_string());
+            return r;
+        }
+    };
+    let truth = cohort_json
+        .and_then(|c| search::read_truth(cohort, c, p, &pd).ok())
+        .filter(|t| t.iter().any(|&v| v));
+    // Baselines.
+    let eso: Vec<f64> = pd
+        .esophagus
+        .iter()
+        .zip(&pd.physical)
+        .filter(|(&m, _)| m)
+        .map(|(_, &d)| f64::from(d))
+        .collect();
+    r.mean_dose_gy = Some(eso.iter().sum::<f64>() / eso.len().max(1) as f64);
+    // Two samples per voxel edge: enough for the LKB baseline's gEUD.
+    let a = analysis::analyse(
+        &study,
+        &analysis::Options {
+            supersampling: 2,
+            ..Default::default()
+        },
+    );
+    if let Some(ntcp) = a
+        .structures
+        .iter()
+        .find(|s| s.organ == Some(Organ::Esophagus))
+        .and_then(|s| s.lkb.as_ref())
+    {
+        r.risk.insert(LKB.into(), ntcp.ntcp);
+    }
+    if let Some(m) = crate::dosiomics::roi::candidate(&dosio.roi).and_then(|c| c.mask(&pd)) {
+        if let Some(v) = pd.volume(&m, dosio.dose, 4) {
+            let row: Vec<Option<f64>> = crate::dosiomics::extract(
+                &v,
+                crate::dosiomics::Discretisation::BinWidth {
+                    width: dosio.bin_width_gy,
+                    lower: 0.0,
+                },
+            )
+            .into_iter()
+            .map(|f| f.value)
             .collect();
-        r.mean_dose_gy = Some(eso.iter().sum::<f64>() / eso.len().max(1) as f64);
-        let a = analysis::analyse(&study, &analysis::Options::default());
-        if let Some(ntcp) = a
-            .structures
-            .iter()
-            .find(|s| s.organ == Some(Organ::Esophagus))
-            .and_then(|s| s.lkb.as_ref())
-        {
-            r.risk.insert(LKB.into(), ntcp.ntcp);
+            r.risk.insert(DOSIOMICS.into(), dosio.predict(index, &row));
         }
-        if let Some(m) = crate::dosiomics::roi::candidate(&dosio.roi).and_then(|c| c.mask(&pd)) {
-            if let Some(v) = pd.volume(&m, dosio.dose, 4) {
-                let row: Vec<Option<f64>> = crate::dosiomics::extract(
-                    &v,
-                    crate::dosiomics::Discretisation::BinWidth {
-                        width: dosio.bin_width_gy,
-                        lower: 0.0,
-                    },
-                )
-                .into_iter()
-                .map(|f| f.value)
-                .collect();
-                r.risk.insert(DOSIOMICS.into(), dosio.predict(&index, &row));
-            }
-        }
-        r.risk.insert(CEILING.into(), p.p_dose);
-        for (name, m) in models {
-            match m.score(&study) {
-                Ok(s) => {
-                    r.risk.insert(name.clone(), s.risk);
-                    if let Some(t) = &truth {
-                        if s.roi.len() == t.len() {
-                            r.dice
-                                .insert(name.clone(), crate::dosiomics::roi::dice(&s.roi, t));
-                        }
+    }
+    r.risk.insert(CEILING.into(), p.p_dose);
+    for (name, m) in models {
+        match m.score(&study) {
+            Ok(s) => {
+                r.risk.insert(name.clone(), s.risk);
+                if let Some(t) = &truth {
+                    if s.roi.len() == t.len() {
+                        r.dice
+                            .insert(name.clone(), crate::dosiomics::roi::dice(&s.roi, t));
                     }
                 }
-                Err(e) => r.error = Some(format!("{name}: {e}")),
             }
+            Err(e) => r.error = Some(format!("{name}: {e}")),
         }
-        out.push(r);
     }
-    eprintln!();
-    Ok((patients, out))
+    r
 }
 
 /// Build the table from the scores. Thresholds and the mean-dose model are

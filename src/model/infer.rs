@@ -121,6 +121,18 @@ impl RiskModel {
         })
     }
 
+    /// The classifier trains on a class-weighted loss (positives weighted by
+    /// negatives / positives), which moves its logits up by the log of that
+    /// weight; subtracting it restores probabilities on the training
+    /// prevalence (the prior correction for a weighted likelihood).
+    pub fn prior_shift(&self) -> f64 {
+        let d = &self.card.data;
+        if d.train_events == 0 || d.train_events >= d.train_patients {
+            return 0.0;
+        }
+        ((d.train_patients - d.train_events) as f64 / d.train_events as f64).ln()
+    }
+
     /// Score a study: every failure is a reason a physicist can act on.
     pub fn score(&self, study: &Study) -> Result<Score, NotScorable> {
         let cfg = &self.card.input;
@@ -153,7 +165,8 @@ impl RiskModel {
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f64>())
             .map_err(fail)?;
-        let risk = 1.0 / (1.0 + (-logit.first().copied().unwrap_or(0.0)).exp());
+        let risk =
+            1.0 / (1.0 + (-(logit.first().copied().unwrap_or(0.0) - self.prior_shift())).exp());
         let g = &p.patient.grid;
         let voxels = roi.iter().filter(|&&m| m).count();
         let vcc = p.patient.spacing.iter().product::<f64>() / 1000.0;

@@ -428,19 +428,13 @@ fn init_weights(varmap: &VarMap, seed: u64, dev: &Device) -> Result<(), String> 
             let bound = (3.0 / fan_in.max(1) as f64).sqrt();
             let mut rng = Rng::new(Rng::derive(seed, name, 0));
             (0..n).map(|_| rng.range(-bound, bound) as f32).collect()
+        } else if name.ends_with(".weight") {
+            // Norm scales start at 1.
+            vec![1.0; n]
         } else {
-            let current: Vec<f32> = var
-                .as_tensor()
-                .flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(|e| e.to_string())?;
-            // Constant inits (norm scales 1, shifts 0) are already
-            // deterministic; random biases start at 0.
-            if current.windows(2).all(|w| w[0] == w[1]) {
-                current
-            } else {
-                vec![0.0; n]
-            }
+            // Biases and norm shifts start at 0 (candle draws conv and
+            // linear biases from its unseeded generator).
+            vec![0.0; n]
         };
         let t = Tensor::from_vec(values, dims.as_slice(), dev).map_err(|e| e.to_string())?;
         var.set(&t).map_err(|e| e.to_string())?;

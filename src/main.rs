@@ -619,7 +619,16 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 }
             }
             models.sort_by_key(|(_, m)| m.card.variant as u8);
-            models.push((main_model.card.variant.label().to_string(), main_model));
+            let label = match (main_model.card.variant.fusion(), main_model.card.fusion_roi) {
+                (true, esorisk::model::infer::FusionRoi::Rule) => {
+                    format!(
+                        "{} (dosiomics in the rule-defined ROI)",
+                        main_model.card.variant.label()
+                    )
+                }
+                _ => main_model.card.variant.label().to_string(),
+            };
+            models.push((label, main_model));
             let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
             let (mut patients, mut results) = evaluate::score_cohort(&cohort, &models, &dosio)?;
             for extra in &extra_cohort {

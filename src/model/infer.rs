@@ -40,6 +40,22 @@ pub struct ModelCard {
     pub best_validation_auc: f64,
     pub training_samples_per_second: f64,
     pub intended_use: String,
+    /// Where the fused dosiomic features are measured when scoring.
+    #[serde(default)]
+    pub fusion_roi: FusionRoi,
+}
+
+/// Where the fusion head's dosiomic features are measured at inference.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionRoi {
+    /// In the ROI the segmentation branch predicts (the paper's design).
+    #[default]
+    Predicted,
+    /// In the optimal ROI as its rule defines it (the region the features
+    /// were measured in during training); for models whose segmentation is
+    /// not good enough to stand in for it.
+    Rule,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,8 +168,16 @@ impl RiskModel {
         } else {
             p.optimal_roi(&self.card.dosiomics)
         };
+        let fusion_mask;
+        let fusion_roi = match self.card.fusion_roi {
+            FusionRoi::Predicted => &roi,
+            FusionRoi::Rule => {
+                fusion_mask = p.optimal_roi(&self.card.dosiomics);
+                &fusion_mask
+            }
+        };
         let dosio = if self.card.variant.fusion() {
-            let f = p.dosiomics(&roi, &self.card.dosiomics);
+            let f = p.dosiomics(fusion_roi, &self.card.dosiomics);
             Some(Tensor::from_vec(f.clone(), (1, f.len()), &self.device).map_err(fail)?)
         } else {
             None
@@ -299,6 +323,7 @@ pub fn card(
         best_validation_auc: t.best_validation_auc,
         training_samples_per_second: t.samples_per_second,
         intended_use: INTENDED_USE.into(),
+        fusion_roi: FusionRoi::Predicted,
     })
 }
 

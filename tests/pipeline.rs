@@ -543,3 +543,31 @@ fn training_is_deterministic_for_a_seed() {
     }
     assert!(worst.0 == 0.0, "same seed, different weights: {worst:?}");
 }
+
+#[test]
+fn a_relative_dose_fails_with_its_reason() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = patient(&tmp.path().join("in"), "16", false);
+    let dose_path = study.join("rtdose.dcm");
+    let mut obj = dicom_object::open_file(&dose_path).expect("rtdose");
+    obj.put(dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::DOSE_UNITS,
+        dicom_core::VR::CS,
+        dicom_core::PrimitiveValue::from("RELATIVE"),
+    ));
+    obj.write_to_file(&dose_path).expect("write");
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let node = start_node(&node_env(model, rx.port));
+    push(&node, &study);
+    let db = node.db_path();
+    wait_until("the job to fail", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'failed'") == 1
+    });
+    let reason = query(&db, "SELECT error FROM jobs")[0][0]
+        .clone()
+        .unwrap_or_default();
+    assert!(reason.to_uppercase().contains("RELATIVE"), "{reason}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(rx.files().is_empty());
+}

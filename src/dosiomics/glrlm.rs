@@ -385,91 +385,9 @@ fn features(m: &[f64], lv: &[f64], nr: usize, nv: f64, w: &mut Work) -> [f64; N_
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::{phantom_levels as phantom, within_3_sig};
     use super::super::volume::{Discretisation, Discretised, Volume};
     use super::*;
-
-    /// IBSI digital phantom, `values[z][y][x]`, 2 mm voxels.
-    const VALUES: [[[u8; 5]; 4]; 4] = [
-        [
-            [1, 4, 4, 1, 1],
-            [1, 4, 6, 1, 1],
-            [4, 1, 6, 4, 1],
-            [4, 4, 6, 4, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 6, 1, 1],
-            [1, 1, 3, 1, 1],
-            [4, 4, 6, 1, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 9, 1, 1],
-            [1, 1, 6, 1, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 6, 1, 1],
-        ],
-    ];
-    const MASK: [[[u8; 5]; 4]; 4] = [
-        [
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [0, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 0, 0],
-            [1, 1, 1, 1, 1],
-            [1, 1, 0, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 0, 0],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-    ];
-
-    fn phantom() -> Discretised {
-        let values = VALUES
-            .iter()
-            .flatten()
-            .flatten()
-            .map(|&v| v as f64)
-            .collect();
-        let mask = MASK.iter().flatten().flatten().map(|&m| m == 1).collect();
-        let vol = Volume {
-            dims: [4, 4, 5],
-            spacing: [2.0; 3],
-            values,
-            mask,
-        };
-        let d = Discretised::new(
-            &vol,
-            Discretisation::BinWidth {
-                width: 1.0,
-                lower: 1.0,
-            },
-        );
-        // Fixed bin size 1 from 1 reproduces the phantom's values as levels.
-        for (i, &l) in d.levels.iter().enumerate() {
-            let want = if vol.mask[i] { vol.values[i] as u32 } else { 0 };
-            assert_eq!(l, want);
-        }
-        d
-    }
 
     /// `reference_values.glrlm` rows "[3D, averaged]" and "[3D, merged]" of
     /// /work/shared/reference/ibsi_phantom.json (no tolerance given: 3
@@ -508,12 +426,6 @@ mod tests {
         ("Run entropy [3D, averaged]", 2.43),
         ("Run entropy [3D, merged]", 2.62),
     ];
-
-    /// |computed − ref| ≤ half a unit in the 3rd significant digit.
-    fn within_3_sig(computed: f64, reference: f64) -> bool {
-        let tol = 0.5 * 10f64.powi(reference.abs().log10().floor() as i32 - 2);
-        (computed - reference).abs() <= tol
-    }
 
     fn names(features: &[Feature]) -> Vec<&str> {
         features.iter().map(|f| f.name.as_str()).collect()

@@ -18,6 +18,8 @@ pub mod ngtdm;
 pub mod roi;
 pub mod search;
 pub mod stats;
+#[cfg(test)]
+mod testutil;
 pub mod volume;
 
 pub use volume::{Discretisation, Discretised, Feature, Volume};

@@ -465,60 +465,8 @@ impl Pairs {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::phantom_volume as phantom;
     use super::*;
-
-    const PHANTOM_VALUES: [[[u8; 5]; 4]; 4] = [
-        [
-            [1, 4, 4, 1, 1],
-            [1, 4, 6, 1, 1],
-            [4, 1, 6, 4, 1],
-            [4, 4, 6, 4, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 6, 1, 1],
-            [1, 1, 3, 1, 1],
-            [4, 4, 6, 1, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 9, 1, 1],
-            [1, 1, 6, 1, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 6, 1, 1],
-        ],
-    ];
-    const PHANTOM_MASK: [[[u8; 5]; 4]; 4] = [
-        [
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [0, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 0, 0],
-            [1, 1, 1, 1, 1],
-            [1, 1, 0, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 0, 0],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-    ];
 
     /// (IBSI key, reference, tolerance) from ibsi_phantom.json.
     const REFERENCE: &[(&str, f64, f64)] = &[
@@ -552,25 +500,6 @@ mod tests {
         ("Moran\u{2019}s I index", 0.0397, 0.0003),
         ("Geary\u{2019}s C measure", 0.974, 0.006),
     ];
-
-    fn phantom() -> Volume {
-        let mut values = Vec::new();
-        let mut mask = Vec::new();
-        for z in 0..4 {
-            for y in 0..4 {
-                for x in 0..5 {
-                    values.push(PHANTOM_VALUES[z][y][x] as f64);
-                    mask.push(PHANTOM_MASK[z][y][x] == 1);
-                }
-            }
-        }
-        Volume {
-            dims: [4, 4, 5],
-            spacing: [2.0, 2.0, 2.0],
-            values,
-            mask,
-        }
-    }
 
     fn value(f: &[Feature], name: &str) -> f64 {
         f.iter()

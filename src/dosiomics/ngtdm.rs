@@ -150,62 +150,9 @@ fn features(n: &[u64], s: &[f64]) -> [Option<f64>; 5] {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::{phantom_levels as phantom, within_3_sig as within};
     use super::super::volume::{Discretisation, Volume};
     use super::*;
-
-    /// IBSI-1 digital phantom, `[z][y][x]`.
-    const VALUES: [[[u8; 5]; 4]; 4] = [
-        [
-            [1, 4, 4, 1, 1],
-            [1, 4, 6, 1, 1],
-            [4, 1, 6, 4, 1],
-            [4, 4, 6, 4, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 6, 1, 1],
-            [1, 1, 3, 1, 1],
-            [4, 4, 6, 1, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 9, 1, 1],
-            [1, 1, 6, 1, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 6, 1, 1],
-        ],
-    ];
-    const MASK: [[[u8; 5]; 4]; 4] = [
-        [
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [0, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 0, 0],
-            [1, 1, 1, 1, 1],
-            [1, 1, 0, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 0, 0],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-    ];
 
     /// IBSI reference values (3D rows); all given to 3 significant digits.
     const REFERENCE: &[(&str, f64)] = &[
@@ -230,31 +177,6 @@ mod tests {
                 lower: 1.0,
             },
         )
-    }
-
-    fn phantom() -> Discretised {
-        let values: Vec<f64> = VALUES
-            .iter()
-            .flatten()
-            .flatten()
-            .map(|&v| v as f64)
-            .collect();
-        let mask: Vec<bool> = MASK.iter().flatten().flatten().map(|&m| m == 1).collect();
-        let d = volume([4, 4, 5], values.clone(), mask.clone());
-        for ((&l, &v), &m) in d.levels.iter().zip(&values).zip(&mask) {
-            assert_eq!(l, if m { v as u32 } else { 0 }, "level must equal value");
-        }
-        d
-    }
-
-    /// IBSI: 3 significant digits where no tolerance is given.
-    fn within(computed: f64, reference: f64) -> bool {
-        let tol = if reference == 0.0 {
-            1e-9
-        } else {
-            0.5 * 10f64.powi(reference.abs().log10().floor() as i32 - 2)
-        };
-        (computed - reference).abs() <= tol
     }
 
     fn check_names(features: &[Feature]) {

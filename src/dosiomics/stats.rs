@@ -670,62 +670,10 @@ pub fn local_intensity(v: &Volume) -> Vec<Feature> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testutil::phantom_volume as phantom;
     use super::*;
     // `super::super` is the crate root here and `dosiomics` in the main crate.
     use super::super::volume::Discretisation;
-
-    const PHANTOM_VALUES: [[[u8; 5]; 4]; 4] = [
-        [
-            [1, 4, 4, 1, 1],
-            [1, 4, 6, 1, 1],
-            [4, 1, 6, 4, 1],
-            [4, 4, 6, 4, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 6, 1, 1],
-            [1, 1, 3, 1, 1],
-            [4, 4, 6, 1, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 9, 1, 1],
-            [1, 1, 6, 1, 1],
-        ],
-        [
-            [1, 4, 4, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 6, 1, 1],
-        ],
-    ];
-    const PHANTOM_MASK: [[[u8; 5]; 4]; 4] = [
-        [
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [0, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 0, 0],
-            [1, 1, 1, 1, 1],
-            [1, 1, 0, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-        [
-            [1, 1, 1, 0, 0],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-            [1, 1, 1, 1, 1],
-        ],
-    ];
 
     /// `reference_values` rows of the phantom reference for these families
     /// (all with a null tolerance, i.e. 3 significant digits).
@@ -789,25 +737,6 @@ mod tests {
         ("Local intensity peak", 2.6),
         ("Global intensity peak", 3.1),
     ];
-
-    fn phantom() -> Volume {
-        let mut values = Vec::new();
-        let mut mask = Vec::new();
-        for z in 0..4 {
-            for y in 0..4 {
-                for x in 0..5 {
-                    values.push(PHANTOM_VALUES[z][y][x] as f64);
-                    mask.push(PHANTOM_MASK[z][y][x] == 1);
-                }
-            }
-        }
-        Volume {
-            dims: [4, 4, 5],
-            spacing: [2.0, 2.0, 2.0],
-            values,
-            mask,
-        }
-    }
 
     fn all_families(v: &Volume, d: &Discretised) -> Vec<Feature> {
         let mut f = intensity_statistics(v);

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod dimse;
 pub mod dosiomics;
+pub mod hash;
 pub mod index;
 pub mod inspect;
 pub mod logging;

@@ -219,11 +219,9 @@ fn cache_path(cohort: &Path, cfg: &InputConfig, model: &DosiomicsModelFile) -> P
         serde_json::to_string(cfg).unwrap_or_default(),
         serde_json::to_string(model).unwrap_or_default()
     );
-    // FNV-1a: stable across builds, enough to tell settings apart.
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in key.bytes() {
-        h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
-    }
+    let mut h = crate::hash::Fnv::default();
+    h.update(key.as_bytes());
+    let h = h.finish();
     cohort
         .join(".esorisk-cache")
         .join(format!("dataset-{h:016x}.bin"))

@@ -123,13 +123,11 @@ impl RiskModel {
         varmap
             .load(&weights)
             .map_err(|e| format!("{}: {e}", weights.display()))?;
-        let bytes = std::fs::read(&weights).map_err(|e| format!("{}: {e}", weights.display()))?;
-        let mut h: u64 = 0xcbf29ce484222325;
-        for b in bytes {
-            h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
-        }
+        let mut h = crate::hash::Fnv::default();
+        h.update_file(&weights)
+            .map_err(|e| format!("{}: {e}", weights.display()))?;
         Ok(RiskModel {
-            version: format!("{} {:012x}", card.name, h >> 16),
+            version: format!("{} {:012x}", card.name, h.finish() >> 16),
             card,
             dir: dir.to_path_buf(),
             net,

@@ -199,12 +199,10 @@ pub async fn check_studies(ctx: &Context) -> Result<(), String> {
                     let rt: Vec<Input> =
                         inputs.into_iter().filter(|i| i.modality != "CT").collect();
                     let version = ctx.model_version.clone();
-                    let data_dir = ctx.data_dir.clone();
                     let rt2 = rt.clone();
-                    let key =
-                        tokio::task::spawn_blocking(move || input_key(&data_dir, &version, &rt2))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                    let key = tokio::task::spawn_blocking(move || input_key(&version, &rt2))
+                        .await
+                        .map_err(|e| e.to_string())?;
                     let key = match key {
                         Ok(k) => k,
                         Err(e) => {
@@ -272,19 +270,14 @@ pub async fn study_inputs(ctx: &Context, study: &str) -> Result<Vec<Input>, Stri
 
 /// Model version and the RT inputs' contents, hashed: re-sending the same
 /// files does not score again, a changed file does.
-fn input_key(_data_dir: &Path, model_version: &str, inputs: &[Input]) -> std::io::Result<String> {
-    let mut h: u64 = 0xcbf29ce484222325;
-    let mut eat = |b: &[u8]| {
-        for &x in b {
-            h = (h ^ u64::from(x)).wrapping_mul(0x100000001b3);
-        }
-    };
-    eat(model_version.as_bytes());
+fn input_key(model_version: &str, inputs: &[Input]) -> std::io::Result<String> {
+    let mut h = crate::hash::Fnv::default();
+    h.update(model_version.as_bytes());
     for i in inputs {
-        eat(i.sop_instance_uid.as_bytes());
-        eat(&std::fs::read(&i.path)?);
+        h.update(i.sop_instance_uid.as_bytes());
+        h.update_file(&i.path)?;
     }
-    Ok(format!("{h:016x}"))
+    Ok(format!("{:016x}", h.finish()))
 }
 
 /// A worker thread: claim, score with a heartbeat, record.

@@ -100,13 +100,28 @@ pub struct LogisticModel {
 pub const Z_CLIP: f64 = 6.0;
 
 impl LogisticModel {
+    /// The model's features as it sees them: standardised, clipped, the
+    /// median for a missing value; `value(name)` returns the raw feature.
+    pub fn standardised(&self, value: impl Fn(&str) -> Option<f64>) -> Vec<f64> {
+        self.features
+            .iter()
+            .map(|f| {
+                let v = value(&f.name).filter(|v| v.is_finite()).unwrap_or(f.median);
+                ((v - f.mean) / f.sd).clamp(-Z_CLIP, Z_CLIP)
+            })
+            .collect()
+    }
+
     /// Probability for one patient; `value(name)` returns the feature.
     pub fn predict(&self, value: impl Fn(&str) -> Option<f64>) -> f64 {
-        let mut eta = self.intercept;
-        for f in &self.features {
-            let v = value(&f.name).filter(|v| v.is_finite()).unwrap_or(f.median);
-            eta += f.coefficient * ((v - f.mean) / f.sd).clamp(-Z_CLIP, Z_CLIP);
-        }
+        let z = self.standardised(value);
+        let eta = self.intercept
+            + self
+                .features
+                .iter()
+                .zip(&z)
+                .map(|(f, z)| f.coefficient * z)
+                .sum::<f64>();
         sigmoid(eta)
     }
 }

@@ -401,6 +401,38 @@ impl DosiomicsModelFile {
         std::fs::write(path, text + "\n").map_err(|e| format!("{}: {e}", path.display()))
     }
 
+    /// Every feature of `mask` (on the patient's grid), measured as this
+    /// model measures them, in `feature_names()` order; all missing when
+    /// the model's dose kind is not available.
+    pub fn measure(&self, pd: &PatientDose, mask: &[bool]) -> Vec<Option<f64>> {
+        match pd.volume(mask, self.dose, 4) {
+            Some(v) => extract(
+                &v,
+                Discretisation::BinWidth {
+                    width: self.bin_width_gy,
+                    lower: 0.0,
+                },
+            )
+            .into_iter()
+            .map(|f| f.value)
+            .collect(),
+            None => vec![None; feature_names().len()],
+        }
+    }
+
+    /// The model's own features from a [`measure`](Self::measure) row.
+    pub fn selected(&self, row: &[Option<f64>]) -> Vec<(String, Option<f64>)> {
+        let names = feature_names();
+        self.model
+            .features
+            .iter()
+            .map(|f| {
+                let v = names.iter().position(|n| *n == f.name).and_then(|i| row[i]);
+                (f.name.clone(), v)
+            })
+            .collect()
+    }
+
     /// Risk for one feature vector in `feature_names()` order.
     pub fn predict(&self, names: &HashMap<&str, usize>, row: &[Option<f64>]) -> f64 {
         self.model

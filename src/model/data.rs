@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::dosiomics::roi::{self, DoseKind, NotScorable, PatientDose};
 use crate::dosiomics::search::DosiomicsModelFile;
-use crate::dosiomics::{self, Discretisation};
 use crate::rt::dvh;
 use crate::rt::study::Study;
 
@@ -237,38 +236,15 @@ impl Prepared {
         out
     }
 
-    /// The dosiomics model's features in `mask` (patient grid), standardised
+    /// The dosiomics model's features, from a `measure` row, standardised
     /// and clipped as the model does; missing values take the median.
-    pub fn dosiomics(&self, mask: &[bool], model: &DosiomicsModelFile) -> Vec<f32> {
-        let names = dosiomics::feature_names();
-        let values: Vec<Option<f64>> = match self.patient.volume(mask, model.dose, 4) {
-            Some(v) => dosiomics::extract(
-                &v,
-                Discretisation::BinWidth {
-                    width: model.bin_width_gy,
-                    lower: 0.0,
-                },
-            )
-            .into_iter()
-            .map(|f| f.value)
-            .collect(),
-            None => vec![None; names.len()],
-        };
+    pub fn dosiomics(row: &[Option<f64>], model: &DosiomicsModelFile) -> Vec<f32> {
+        let selected = model.selected(row);
         model
             .model
-            .features
-            .iter()
-            .map(|f| {
-                let v = names
-                    .iter()
-                    .position(|n| *n == f.name)
-                    .and_then(|i| values[i])
-                    .unwrap_or(f.median);
-                ((v - f.mean) / f.sd).clamp(
-                    -crate::dosiomics::model::Z_CLIP,
-                    crate::dosiomics::model::Z_CLIP,
-                ) as f32
-            })
+            .standardised(|n| selected.iter().find(|(s, _)| s == n).and_then(|(_, v)| *v))
+            .into_iter()
+            .map(|z| z as f32)
             .collect()
     }
 
@@ -292,7 +268,7 @@ pub fn sample(
     Ok(Sample {
         input: p.input(cfg),
         target: p.to_crop(&roi),
-        dosiomics: p.dosiomics(&roi, model),
+        dosiomics: Prepared::dosiomics(&model.measure(&p.patient, &roi), model),
         crop: p.crop,
         norm_gy: p.norm_gy,
     })

@@ -165,19 +165,10 @@ fn score_patient(
         r.risk.insert(LKB.into(), ntcp.ntcp);
     }
     if let Some(m) = crate::dosiomics::roi::candidate(&dosio.roi).and_then(|c| c.mask(&pd)) {
-        if let Some(v) = pd.volume(&m, dosio.dose, 4) {
-            let row: Vec<Option<f64>> = crate::dosiomics::extract(
-                &v,
-                crate::dosiomics::Discretisation::BinWidth {
-                    width: dosio.bin_width_gy,
-                    lower: 0.0,
-                },
-            )
-            .into_iter()
-            .map(|f| f.value)
-            .collect();
-            r.risk.insert(DOSIOMICS.into(), dosio.predict(index, &row));
-        }
+        r.risk.insert(
+            DOSIOMICS.into(),
+            dosio.predict(index, &dosio.measure(&pd, &m)),
+        );
     }
     r.risk.insert(CEILING.into(), p.p_dose);
     for (name, m) in models {

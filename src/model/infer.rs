@@ -166,16 +166,16 @@ impl RiskModel {
         } else {
             p.optimal_roi(&self.card.dosiomics)
         };
-        let fusion_mask;
-        let fusion_roi = match self.card.fusion_roi {
-            FusionRoi::Predicted => &roi,
-            FusionRoi::Rule => {
-                fusion_mask = p.optimal_roi(&self.card.dosiomics);
-                &fusion_mask
-            }
-        };
+        // Features in the learned ROI (reported); the fusion head reads them
+        // there too, or in the rule-defined ROI.
+        let model = &self.card.dosiomics;
+        let learned = model.measure(&p.patient, &roi);
         let dosio = if self.card.variant.fusion() {
-            let f = p.dosiomics(fusion_roi, &self.card.dosiomics);
+            let row = match self.card.fusion_roi {
+                FusionRoi::Predicted => learned.clone(),
+                FusionRoi::Rule => model.measure(&p.patient, &p.optimal_roi(model)),
+            };
+            let f = data::Prepared::dosiomics(&row, model);
             Some(Tensor::from_vec(f.clone(), (1, f.len()), &self.device).map_err(fail)?)
         } else {
             None
@@ -200,7 +200,7 @@ impl RiskModel {
             zlo = zlo.min(z);
             zhi = zhi.max(z);
         }
-        let raw = raw_features(&p, &roi, &self.card.dosiomics);
+        let raw = model.selected(&learned);
         Ok(Score {
             risk,
             roi_voxels: voxels,
@@ -212,43 +212,6 @@ impl RiskModel {
             roi,
         })
     }
-}
-
-/// The dosiomics model's features in `roi`, unstandardised, for reports.
-fn raw_features(
-    p: &data::Prepared,
-    roi: &[bool],
-    model: &DosiomicsModelFile,
-) -> Vec<(String, Option<f64>)> {
-    let names = crate::dosiomics::feature_names();
-    let values: Vec<Option<f64>> = p
-        .patient
-        .volume(roi, model.dose, 4)
-        .map(|v| {
-            crate::dosiomics::extract(
-                &v,
-                crate::dosiomics::Discretisation::BinWidth {
-                    width: model.bin_width_gy,
-                    lower: 0.0,
-                },
-            )
-            .into_iter()
-            .map(|f| f.value)
-            .collect()
-        })
-        .unwrap_or_else(|| vec![None; names.len()]);
-    model
-        .model
-        .features
-        .iter()
-        .map(|f| {
-            let v = names
-                .iter()
-                .position(|n| *n == f.name)
-                .and_then(|i| values[i]);
-            (f.name.clone(), v)
-        })
-        .collect()
 }
 
 /// The card for a freshly trained model.

@@ -102,6 +102,8 @@ pub struct PipelineSettings {
     pub send_back_port: u16,
     pub delivery_max_attempts: u32,
     pub delivery_retry_base_seconds: u64,
+    #[serde(default)]
+    pub hold_claimed_seconds: u64,
 }
 
 /// Destinations as TOML tables, or (handy in the environment) a string

@@ -318,6 +318,11 @@ fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, na
             });
             (done, task)
         };
+        if ctx.settings.hold_claimed_seconds > 0 {
+            // Fault injection (tests): hold the claimed job, heartbeating,
+            // so that a crash can be placed inside a job.
+            std::thread::sleep(Duration::from_secs(ctx.settings.hold_claimed_seconds));
+        }
         let outcome = score_job(&ctx, &rt, &job);
         beat.0.store(true, Ordering::Relaxed);
         let _ = rt.block_on(beat.1);
@@ -380,14 +385,15 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
         .collect();
     let study = match crate::rt::study::load(&rt_paths, &Default::default()) {
         Ok(s) => s,
-        Err(e) => return Outcome::Failed(e.to_string()),
+        Err(e) => return fail_with_optional_sr(ctx, rt, job, &rt_paths, &ct_paths, &e.to_string()),
     };
     if let Some(p) = study
         .problems
         .iter()
         .find(|p| p.contains("frame of reference") && !p.contains("CT image"))
     {
-        return Outcome::Failed(format!("{p}; not scored"));
+        let reason = format!("{p}; not scored");
+        return fail_with_optional_sr(ctx, rt, job, &rt_paths, &ct_paths, &reason);
     }
     let score = match model.score(&study) {
         Ok(s) => s,

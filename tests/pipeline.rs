@@ -19,7 +19,8 @@ use common::{count, dcmtk, query, storescu, text, TestNode};
 fn tiny_model() -> &'static PathBuf {
     static MODEL: OnceLock<PathBuf> = OnceLock::new();
     MODEL.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("esorisk-test-model-{}", std::process::id()));
+        // Under cargo's scratch directory for tests, replaced on every run.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipeline-test-model");
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let cohort = dir.join("cohort");

@@ -599,4 +599,24 @@ fn lungs_in_halves_are_united() {
         "{} vs {halves}",
         lungs.physical.volume_cc
     );
+    // Asking for the esophagus alone (what a scoring job needs) gives that
+    // structure only, with the same numbers as the full analysis.
+    let only = analysis::analyse(
+        &study,
+        &Options {
+            organs: Some(vec![Organ::Esophagus]),
+            ..Default::default()
+        },
+    );
+    assert_eq!(only.structures.len(), 1);
+    let eso = |a: &analysis::Analysis| {
+        a.structures
+            .iter()
+            .find(|s| s.organ == Some(Organ::Esophagus))
+            .map(|s| (s.physical.volume_cc, s.physical.mean_gy, s.physical.v50_pct))
+            .expect("esophagus")
+    };
+    let (v1, m1, x1) = eso(&a);
+    let (v2, m2, x2) = eso(&only);
+    assert!((v1 - v2).abs() < 1e-9 * v1 && (m1 - m2).abs() < 1e-9 && (x1 - x2).abs() < 1e-9);
 }

@@ -153,6 +153,7 @@ fn score_patient(
         &study,
         &analysis::Options {
             supersampling: 2,
+            organs: Some(vec![Organ::Esophagus]),
             ..Default::default()
         },
     );

@@ -367,6 +367,7 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
         Ok(i) => i,
         Err(e) => return Outcome::Transient(e),
     };
+    let t0 = std::time::Instant::now();
     let wanted: Vec<String> = serde_json::from_str(&job.input_uids).unwrap_or_default();
     let rt_paths: Vec<PathBuf> = inputs
         .iter()
@@ -395,17 +396,26 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
         let reason = format!("{p}; not scored");
         return fail_with_optional_sr(ctx, rt, job, &rt_paths, &ct_paths, &reason);
     }
+    let t_load = t0.elapsed();
     let score = match model.score(&study) {
         Ok(s) => s,
         Err(e) => {
             return fail_with_optional_sr(ctx, rt, job, &rt_paths, &ct_paths, &e.to_string());
         }
     };
-    let a = analysis::analyse(&study, &analysis::Options::default());
+    let t_model = t0.elapsed();
+    let a = analysis::analyse(
+        &study,
+        &analysis::Options {
+            organs: Some(vec![Organ::Esophagus]),
+            ..Default::default()
+        },
+    );
     let eso = a
         .structures
         .iter()
         .find(|s| s.organ == Some(Organ::Esophagus));
+    let t_dvh = t0.elapsed();
     let mut objects = Vec::new();
     for p in rt_paths.iter().chain(&ct_paths) {
         match open_header(p) {
@@ -456,10 +466,22 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
         Err(e) => return Outcome::Failed(format!("the SR cannot be written: {e}")),
     };
     let sr_uid = attr(&sr, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
+    let t_report = t0.elapsed();
     let outputs = [(sr, "sr"), (rtstruct, "rtstruct")];
     if let Err(e) = store_outputs(ctx, rt, job, &outputs, &objects) {
         return Outcome::Transient(e);
     }
+    let ms = |d: Duration| d.as_millis() as u64;
+    info!(
+        job = job.id,
+        study = %job.study_instance_uid,
+        read_ms = ms(t_load),
+        model_ms = ms(t_model - t_load),
+        dvh_ms = ms(t_dvh - t_model),
+        report_ms = ms(t_report - t_dvh),
+        store_ms = ms(t0.elapsed() - t_report),
+        "job timings"
+    );
     Outcome::Succeeded {
         risk: score.risk,
         sr_uid,

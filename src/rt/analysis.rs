@@ -21,6 +21,9 @@ pub struct Options {
     pub supersampling: usize,
     /// DVHs for every ROI with contours, not only the recognised organs.
     pub all_rois: bool,
+    /// Only these organs (the scoring job needs the esophagus alone, and the
+    /// body and lungs cost most of the time); `None`: all recognised.
+    pub organs: Option<Vec<Organ>>,
 }
 
 impl Default for Options {
@@ -29,6 +32,7 @@ impl Default for Options {
             alpha_beta: 10.0,
             supersampling: 4,
             all_rois: false,
+            organs: None,
         }
     }
 }
@@ -216,6 +220,12 @@ pub fn analyse(study: &Study, options: &Options) -> Analysis {
                 .chain(lungs_union.iter())
                 .find(|r| r.info.number == m.roi_number)
                 .map(|r| (Some(m.organ), r))
+        })
+        .filter(|(o, _)| {
+            options
+                .organs
+                .as_ref()
+                .is_none_or(|want| o.is_some_and(|o| want.contains(&o)))
         })
         .collect();
     if options.all_rois {

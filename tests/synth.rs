@@ -168,27 +168,42 @@ fn every_hospital_writes_valid_dicom_that_reads_back() {
 
 #[test]
 fn incidence_and_ceiling_auc_of_a_small_cohort() {
+    // 120 hospital-1 patients, seed 1. Seeds 1-4 at this size give
+    // conventional incidence 32-40 %, SBRT 0-9.5 %, ceiling AUC 0.87-0.90 and
+    // the mean dose 0.07-0.11 below it; seed 1 is a typical one. (The paper
+    // preset's seed is not used: its first 120 patients happen to hold 4
+    // events among 23 SBRT patients of about 4 % risk each.)
     let out = tempfile::tempdir().expect("tmp");
     let summary = synth::generate_cohort(
         out.path(),
         &[(Hospital::preset("hospital1"), 120)],
-        20260101,
+        1,
         235.0 / 336.0,
         false,
     )
     .expect("generate");
     let h = &summary.per_hospital[0];
     assert!(
-        (0.25..=0.50).contains(&h.incidence_conventional),
+        (0.30..=0.45).contains(&h.incidence_conventional),
         "incidence {}",
         h.incidence_conventional
     );
     assert!(
-        h.incidence_sbrt.is_none_or(|s| s < 0.2),
+        h.incidence_sbrt.is_none_or(|s| s < 0.10),
         "SBRT incidence {:?}",
         h.incidence_sbrt
     );
-    assert!(h.auc_p_dose >= 0.80, "ceiling AUC {}", h.auc_p_dose);
+    assert!(
+        (0.85..=0.92).contains(&h.auc_p_dose),
+        "ceiling AUC {}",
+        h.auc_p_dose
+    );
+    assert!(
+        h.auc_mean_dose <= h.auc_p_dose - 0.03,
+        "mean-dose AUC {} too close to the ceiling {}",
+        h.auc_mean_dose,
+        h.auc_p_dose
+    );
     let rows = labels(out.path());
     let train = rows.iter().filter(|r| r["split"] == "train").count();
     assert!(

@@ -109,6 +109,13 @@ pub struct Anatomy {
     pub nodal: bool,
 }
 
+/// Share of central tumours with nodal extension along the mediastinum.
+pub const NODAL_SHARE: f64 = 0.45;
+/// How central PTVs relate to the esophagus: taking in its whole
+/// circumference, cutting through it, staying clear of it; without and with
+/// nodes (nodal targets more often run alongside it).
+pub const RELATION_WEIGHTS: [[f64; 3]; 2] = [[0.65, 0.3, 0.05], [0.45, 0.5, 0.05]];
+
 /// Draw an anatomy. `central` is the probability of a central tumour;
 /// `sbrt` asks for a small peripheral tumour.
 pub fn draw(rng: &mut Rng, central: f64, sbrt: bool) -> Anatomy {
@@ -154,6 +161,7 @@ pub fn draw(rng: &mut Rng, central: f64, sbrt: bool) -> Anatomy {
         rx,
         ry: rx * rng.range(0.65, 0.85),
     };
+    let margin = if sbrt { 5.0 } else { rng.range(7.0, 10.0) };
     let location = if !sbrt && rng.bernoulli(central) {
         Location::Central
     } else {
@@ -161,29 +169,44 @@ pub fn draw(rng: &mut Rng, central: f64, sbrt: bool) -> Anatomy {
     };
     let (gtv, nodal) = match location {
         Location::Central => {
-            let z = rng.range(esophagus.z_bottom + 30.0, esophagus.z_top - 50.0);
+            let z = rng.range(esophagus.z_bottom + 20.0, esophagus.z_top - 40.0);
             let (ex, ey) = esophagus.centre(z);
             let r = rng.range(10.0, 30.0);
-            // Anterior or lateral to the esophagus, close to it.
+            let (ax, ay) = (r * rng.range(0.85, 1.15), r * rng.range(0.8, 1.1));
+            // Anterior or lateral to the esophagus.
             let angle = rng.range(0.65, 2.5) * if rng.bernoulli(0.5) { 1.0 } else { -1.0 };
-            let gap = rng.range(-0.9, 1.5) * r + rx;
-            let d = r + gap;
-            let (dx, dy) = (d * angle.sin(), -d * angle.cos().abs());
-            let nodal = rng.bernoulli(0.35);
-            // Nodes extend the target towards and along the mediastinum.
-            let (shift, stretch) = if nodal {
-                (rng.range(0.3, 0.7), rng.range(1.6, 2.8))
-            } else {
-                (0.0, 1.0)
+            let (ux, uy) = (angle.sin(), -angle.cos().abs());
+            // Nodes (subcarinal, paratracheal) stretch the target along the
+            // mediastinum.
+            let nodal = rng.bernoulli(NODAL_SHARE);
+            // Where the PTV edge lies, in esophageal radii from its centre:
+            // −2.4 to −1.3 the PTV takes in the whole circumference, −1.3 to
+            // 0.4 it cuts through the esophagus (the near wall in the target,
+            // the far wall in the penumbra), 1 to 4 it stays clear.
+            // Small tumours and nodes wrap around the esophagus more often
+            // than bulky masses, which tend to push it aside.
+            let mut w = RELATION_WEIGHTS[usize::from(nodal)];
+            w[0] *= 1.5 - (r - 10.0) / 20.0;
+            let relation = rng.weighted(&w);
+            let edge = match relation {
+                0 => rng.range(-2.4, -1.3),
+                1 => rng.range(-1.3, 0.4),
+                _ => rng.range(1.0, 4.0),
             };
+            // Nodal chains that run alongside the esophagus are the long ones.
+            let stretch = match (nodal, relation) {
+                (false, _) => 1.0,
+                (true, 0) => rng.range(1.3, 2.0),
+                (true, _) => rng.range(1.5, 2.6),
+            };
+            // The PTV's in-plane radius towards the esophagus.
+            let ptv_radius =
+                1.0 / ((ux / (ax + margin)).powi(2) + (uy / (ay + margin)).powi(2)).sqrt();
+            let d = (ptv_radius + edge * rx).max(0.0);
             (
                 Ellipsoid {
-                    c: [ex + dx * (1.0 - shift), ey + dy * (1.0 - shift), z],
-                    r: [
-                        r * rng.range(0.85, 1.15),
-                        r * rng.range(0.8, 1.1),
-                        r * stretch,
-                    ],
+                    c: [ex + d * ux, ey + d * uy, z],
+                    r: [ax, ay, r * stretch],
                 },
                 nodal,
             )
@@ -199,7 +222,7 @@ pub fn draw(rng: &mut Rng, central: f64, sbrt: bool) -> Anatomy {
             (
                 Ellipsoid {
                     c: [
-                        l.c[0] + side * rng.range(0.0, 0.45) * l.r[0],
+                        l.c[0] + side * rng.range(-0.35, 0.45) * l.r[0],
                         l.c[1] + rng.range(-0.4, 0.3) * l.r[1],
                         l.c[2] + rng.range(-0.45, 0.45) * l.r[2],
                     ],
@@ -209,7 +232,6 @@ pub fn draw(rng: &mut Rng, central: f64, sbrt: bool) -> Anatomy {
             )
         }
     };
-    let margin = if sbrt { 5.0 } else { rng.range(7.0, 10.0) };
     Anatomy {
         body,
         lung_left,

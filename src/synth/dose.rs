@@ -1,6 +1,7 @@
 //! A physically shaped dose around the PTV: conformal core with a penumbra,
-//! a low-dose bath (IMRT/VMAT) or beam-shaped fields (3D-CRT), and partial
-//! sparing of the esophagus outside the target.
+//! an intermediate-dose spill and a long low-dose bath (IMRT/VMAT) or
+//! MLC-shaped fields (3D-CRT), partial sparing of the esophagus outside the
+//! target and, in far-wall plans, of its far wall inside the target too.
 
 use super::anatomy::Anatomy;
 use crate::rt::dvh::normal_cdf;
@@ -18,6 +19,15 @@ pub struct DoseShape {
     pub sparing: f64,
     /// Sparing only the esophageal wall away from the target.
     pub far_wall_only: bool,
+    /// With far-wall sparing, the relative dose the far wall is held to
+    /// inside the PTV as well (the esophagus carved out of the optimisation
+    /// target: a cold spot at the target's edge that keeps the mean dose up
+    /// but breaks the full-circumference high dose).
+    pub far_wall_cap: f64,
+    /// Scales the intermediate-dose spill around the PTV: its height and its
+    /// reach (conformity, arc and beam geometry).
+    pub spill_scale: f64,
+    pub spill_reach: f64,
     /// Scales the low-dose bath's height and reach (planner and patient
     /// dependent: arc geometry, number of beams, optimisation priorities).
     pub bath_scale: f64,
@@ -26,25 +36,32 @@ pub struct DoseShape {
 
 /// Dose in Gy on `grid` for prescription `rx`.
 pub fn compute(grid: &Grid, a: &Anatomy, shape: &DoseShape, rx: f64) -> Vec<f32> {
-    let (sigma, bath0, lambda) = match (shape.sbrt, shape.technique) {
-        (true, _) => (2.5, 0.30, 18.0),
-        (false, Technique::Vmat) => (3.5, 0.48, 110.0),
-        (false, Technique::Imrt) => (3.0, 0.40, 90.0),
-        (false, Technique::Conformal3d) => (4.5, 0.0, 55.0),
+    // Penumbra σ (mm); intermediate-dose spill just outside the PTV (height,
+    // reach in mm); low-dose bath from the beams' entrance and exit paths
+    // (height, reach in mm).
+    let (sigma, spill0, spill_reach, bath0, bath_reach) = match (shape.sbrt, shape.technique) {
+        (true, _) => (2.5, 0.30, 10.0, 0.06, 40.0),
+        (false, Technique::Vmat) => (3.5, 0.40, 22.0, 0.30, 200.0),
+        (false, Technique::Imrt) => (3.0, 0.36, 18.0, 0.25, 180.0),
+        (false, Technique::Conformal3d) => (4.5, 0.10, 55.0, 0.14, 180.0),
     };
-    let (bath0, lambda) = (bath0 * shape.bath_scale, lambda * shape.bath_reach);
+    let (spill0, spill_reach) = (spill0 * shape.spill_scale, spill_reach * shape.spill_reach);
+    let (bath0, bath_reach) = (bath0 * shape.bath_scale, bath_reach * shape.bath_reach);
     let ptv = a.ptv;
     let c = ptv.c;
-    // Field half-sizes for 3D-CRT: the PTV plus a 7 mm block margin.
-    let w_half = ptv.r[0].max(ptv.r[1]) + 7.0;
+    // 3D-CRT apertures: the PTV's beam's-eye-view outline plus a 7 mm
+    // block/MLC margin. Per beam: direction and the aperture's half-width
+    // at the PTV's mid-height.
     let l_half = ptv.r[2] + 7.0;
-    let beams: Vec<(f64, f64)> = shape
+    let beams: Vec<(f64, f64, f64)> = shape
         .angles
         .iter()
         .map(|g| {
             let t = g.to_radians();
             // Gantry 0 irradiates from anterior (−y) towards +y.
-            (t.sin(), t.cos())
+            let (ux, uy) = (t.sin(), t.cos());
+            let w = (ptv.r[0] * uy).hypot(ptv.r[1] * ux) + 7.0;
+            (ux, uy, w)
         })
         .collect();
     let mut gy = vec![0f32; grid.len()];
@@ -63,32 +80,48 @@ pub fn compute(grid: &Grid, a: &Anatomy, shape: &DoseShape, rx: f64) -> Vec<f32>
                 let core = 1.0 - normal_cdf(sd / sigma);
                 let mut rel = if shape.technique == Technique::Conformal3d && !shape.sbrt {
                     let mut sum = 0.0;
-                    for (ux, uy) in &beams {
-                        let (dx, dy, dz) = (x - c[0], y - c[1], z - c[2]);
+                    let (dx, dy, dz) = (x - c[0], y - c[1], z - c[2]);
+                    // The aperture narrows with the PTV towards its ends.
+                    let taper = (1.0 - (dz / l_half).powi(2)).max(0.0).sqrt();
+                    for (ux, uy, w_half) in &beams {
                         let perp = (dx * uy - dy * ux).abs();
                         let depth = dx * ux + dy * uy;
-                        let infield = normal_cdf((w_half - perp) / 4.0)
+                        let infield = normal_cdf((w_half * taper - perp) / 4.0)
                             * normal_cdf((l_half - dz.abs()) / 4.0);
                         sum += infield * (-0.0045 * depth).exp();
                     }
                     let fields = sum / beams.len().max(1) as f64;
-                    fields.max(core) + 0.10 * shape.bath_scale * (-sd.max(0.0) / lambda).exp()
+                    fields.max(core)
+                        + spill0 * (-sd.max(0.0) / spill_reach).exp()
+                        + bath0 * (-sd.max(0.0) / bath_reach).exp()
                 } else {
-                    core + (1.0 - core) * bath0 * (-sd.max(0.0) / lambda).exp()
+                    let out = sd.max(0.0);
+                    let spill = spill0 * (-out / spill_reach).exp();
+                    core + (1.0 - core) * (spill + bath0 * (-out / bath_reach).exp()).min(0.9)
                 };
-                // Optimisation takes dose off the esophagus outside the PTV.
-                if shape.sparing > 0.0 && eso_in_z && sd > 0.0 {
+                // Optimisation takes dose off the esophagus outside the PTV
+                // and, with far-wall sparing, off its far wall inside it.
+                if eso_in_z {
                     let re = ((x - ex) / a.esophagus.rx).hypot((y - ey) / a.esophagus.ry);
                     if re < 1.6 {
-                        let far = (x - ex) * (c[0] - ex) + (y - ey) * (c[1] - ey) < 0.0;
-                        // Far-wall sparing is a deliberate, strong objective.
-                        let wall = match (shape.far_wall_only, far) {
-                            (true, true) => 1.6,
-                            (true, false) => 0.15,
-                            _ => 1.0,
-                        };
                         let fade = ((1.6 - re) / 0.6).clamp(0.0, 1.0);
-                        rel *= 1.0 - (shape.sparing * wall).min(0.9) * fade * (1.0 - core);
+                        // Signed distance (mm) along the esophagus-to-target
+                        // direction: negative on the far wall.
+                        let (tx, ty) = (c[0] - ex, c[1] - ey);
+                        let along = ((x - ex) * tx + (y - ey) * ty) / tx.hypot(ty).max(1e-6);
+                        if shape.far_wall_only && sd <= 0.0 && rel > shape.far_wall_cap {
+                            let far = normal_cdf(-along / 2.0);
+                            rel -= far * fade * (rel - shape.far_wall_cap);
+                        }
+                        if shape.sparing > 0.0 && sd > 0.0 {
+                            // Far-wall sparing is a deliberate, strong objective.
+                            let wall = match (shape.far_wall_only, along < 0.0) {
+                                (true, true) => 1.6,
+                                (true, false) => 0.15,
+                                _ => 1.0,
+                            };
+                            rel *= 1.0 - (shape.sparing * wall).min(0.9) * fade * (1.0 - core);
+                        }
                     }
                 }
                 gy[grid.index(i, j, k)] = (rx * rel) as f32;

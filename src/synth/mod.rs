@@ -228,10 +228,10 @@ fn generate(h: &Hospital, seed: u64, index: usize, with_ct: bool) -> Patient {
     let shape = DoseShape {
         technique,
         sbrt,
-        angles: match rng.weighted(&[0.5, 0.5]) {
+        angles: match rng.weighted(&[0.3, 0.7]) {
             0 => vec![0.0, 180.0],
             _ => {
-                let t = rng.range(30.0, 60.0);
+                let t = rng.range(30.0, 75.0);
                 vec![0.0, 180.0, t, t + 180.0]
             }
         },
@@ -241,8 +241,11 @@ fn generate(h: &Hospital, seed: u64, index: usize, with_ct: bool) -> Patient {
             (h.sparing_habit * rng.range(0.4, 1.4)).min(0.85)
         },
         far_wall_only: technique != Technique::Conformal3d && rng.bernoulli(h.far_wall_share),
-        bath_scale: rng.range(0.6, 1.7),
-        bath_reach: rng.range(0.4, 1.8),
+        far_wall_cap: rng.range(0.6, 0.85),
+        spill_scale: rng.range(0.3, 1.8),
+        spill_reach: rng.range(0.5, 3.0),
+        bath_scale: rng.range(0.4, 1.9),
+        bath_reach: rng.range(0.5, 1.5),
     };
     // The dose grid covers the body in x/y and the esophagus in z.
     let s = h.dose_spacing;

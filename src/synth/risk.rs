@@ -37,12 +37,12 @@ pub struct RiskModel {
 }
 
 pub const MODEL: RiskModel = RiskModel {
-    beta0: -3.0,
-    beta_length: 2.4,
-    beta_chemo: 1.2,
+    beta0: -3.4,
+    beta_length: 3.5,
+    beta_chemo: 1.6,
     beta_age: -0.1,
     beta_female: 0.3,
-    sigma: 0.2,
+    sigma: 0.4,
     threshold_gy: 50.0,
     softness_gy: 2.0,
 };

@@ -491,6 +491,12 @@ fn a_node_killed_while_scoring_finishes_the_job_once() {
         count(&db, "SELECT count(*) FROM jobs WHERE state = 'running'"),
         1
     );
+    // The receiver answers while a worker holds a job.
+    let echo = dcmtk(
+        "echoscu",
+        &["-aec", common::AE, "127.0.0.1", &node.port.to_string()],
+    );
+    assert!(echo.status.success(), "{}", text(&echo));
     node.kill();
     assert_eq!(count(&db, "SELECT count(*) FROM outputs"), 0);
     assert!(rx.files().is_empty());
@@ -926,4 +932,72 @@ fn the_readme_quick_start_works_as_written() {
         "{all}"
     );
     assert!(cwd.join("var/out").is_dir());
+}
+
+#[test]
+fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = patient(&tmp.path().join("in"), "19", false);
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let mut env = node_env(model, rx.port);
+    env.push(("ESORISK__PIPELINE__MAX_ATTEMPTS".into(), "3".into()));
+    let node = start_node(&env);
+    // A file where the output directory belongs: every attempt to store
+    // the results fails (a stand-in for a broken disk).
+    let out = node.data_dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::write(&out, b"not a directory").expect("blocker");
+    push(&node, &study);
+    let db = node.db_path();
+    wait_until("the job to die", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'dead'") == 1
+    });
+    let row = query(&db, "SELECT id, attempts, error FROM jobs");
+    let (id, attempts, error) = (
+        row[0][0].clone().unwrap_or_default(),
+        row[0][1].clone().unwrap_or_default(),
+        row[0][2].clone().unwrap_or_default(),
+    );
+    assert_eq!(attempts, "3");
+    assert!(error.contains("gave up after 3 attempts"), "{error}");
+    // Backed off exponentially: 1 s, then 2 s.
+    let retries = query(
+        &db,
+        "SELECT detail FROM job_events WHERE event = 'retry' ORDER BY id",
+    );
+    let details: Vec<String> = retries.iter().filter_map(|r| r[0].clone()).collect();
+    assert_eq!(details.len(), 2, "{details:?}");
+    assert!(
+        details[0].starts_with("in 1 s") && details[1].starts_with("in 2 s"),
+        "{details:?}"
+    );
+    assert!(rx.files().is_empty());
+    // The admin fixes the disk and requeues the job.
+    std::fs::remove_file(&out).expect("unblock");
+    let data = (
+        "ESORISK__STORAGE__DATA_DIR",
+        node.data_dir.to_str().unwrap_or_default(),
+    );
+    let said = run(&["retry", &id], &[data]);
+    assert!(said.contains("queued again"), "{said}");
+    wait_until("the results after the retry", 120, || rx.files().len() >= 2);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'"),
+        1
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM job_events WHERE event = 'requeued'"
+        ),
+        1
+    );
+    // A job that is not dead or failed is not requeued.
+    let again = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["retry", &id])
+        .env(data.0, data.1)
+        .output()
+        .expect("esorisk");
+    assert!(!text(&again).contains("queued again"), "{}", text(&again));
 }

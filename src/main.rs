@@ -580,7 +580,12 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     ..cfg.clone()
                 };
                 println!("training {} → {}", v.label(), dir.display());
-                let t = train::train(&ds, &c, &dev, &dir.join("model.safetensors"))?;
+                let source = train::FeatureSource {
+                    cohort: &cohort,
+                    model: &dosio,
+                    threads,
+                };
+                let t = train::train(&ds, &c, &dev, &dir.join("model.safetensors"), &source)?;
                 let card = infer::card(&c, &t, &ds, &dosio, &cohort, &dir)?;
                 std::fs::write(
                     dir.join("card.json"),
@@ -613,22 +618,13 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 dirs.sort();
                 for d in dirs {
                     match RiskModel::load(&d, &dev) {
-                        Ok(m) => models.push((m.card.variant.label().to_string(), m)),
+                        Ok(m) => models.push((model_label(&m.card), m)),
                         Err(e) => eprintln!("ablation {} left out: {e}", d.display()),
                     }
                 }
             }
             models.sort_by_key(|(_, m)| m.card.variant as u8);
-            let label = match (main_model.card.variant.fusion(), main_model.card.fusion_roi) {
-                (true, esorisk::model::infer::FusionRoi::Rule) => {
-                    format!(
-                        "{} (dosiomics in the rule-defined ROI)",
-                        main_model.card.variant.label()
-                    )
-                }
-                _ => main_model.card.variant.label().to_string(),
-            };
-            models.push((label, main_model));
+            models.push((model_label(&main_model.card), main_model));
             let names: Vec<String> = models.iter().map(|(n, _)| n.clone()).collect();
             let (mut patients, mut results) = evaluate::score_cohort(&cohort, &models, &dosio)?;
             for extra in &extra_cohort {
@@ -719,5 +715,21 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// A model's row name in the evaluation table: its variant, and for the
+/// full model where its fused dosiomic features are measured.
+fn model_label(card: &esorisk::model::infer::ModelCard) -> String {
+    use esorisk::model::infer::FusionRoi;
+    match (card.variant.fusion(), card.fusion_roi) {
+        (true, FusionRoi::Rule) => format!(
+            "{} (dosiomics in the rule-defined ROI)",
+            card.variant.label()
+        ),
+        (true, FusionRoi::Predicted) => {
+            format!("{} (dosiomics in the predicted ROI)", card.variant.label())
+        }
+        _ => card.variant.label().to_string(),
     }
 }

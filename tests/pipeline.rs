@@ -1001,3 +1001,70 @@ fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
         .expect("esorisk");
     assert!(!text(&again).contains("queued again"), "{}", text(&again));
 }
+
+#[test]
+fn the_fusion_head_can_train_on_features_in_the_predicted_roi() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cohort = tmp.path().join("cohort");
+    run(
+        &[
+            "synth",
+            "--out",
+            cohort.to_str().unwrap_or_default(),
+            "--patients",
+            "12",
+            "--seed",
+            "5",
+        ],
+        &[],
+    );
+    let cfg = tmp.path().join("tiny.toml");
+    std::fs::write(
+        &cfg,
+        TINY.replace("[train]\n", "[train]\nfusion_features = \"predicted\"\n")
+            .replace("epochs = 1", "epochs = 2"),
+    )
+    .expect("config");
+    let model = tmp.path().join("model");
+    let out = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap_or_default(),
+            "train",
+            "--cohort",
+        ])
+        .arg(&cohort)
+        .arg("--out")
+        .arg(&model)
+        .args(["--device", "cpu"])
+        .output()
+        .expect("esorisk");
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    // Re-measured after each of the two epochs, for train + internal.
+    let n = log
+        .matches("features re-measured in the predicted ROI of")
+        .count();
+    assert_eq!(n, 2, "{log}");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("card.json")).expect("card"))
+            .expect("json");
+    assert_eq!(card["fusion_roi"], "predicted");
+    assert_eq!(card["train"]["fusion_features"], "predicted");
+    // The model scores a study, reading its features in the predicted ROI.
+    let pred: serde_json::Value = serde_json::from_str(&run(
+        &[
+            "predict",
+            "--json",
+            "--device",
+            "cpu",
+            "--model",
+            model.to_str().unwrap_or_default(),
+            cohort.join("H1-0001").to_str().unwrap_or_default(),
+        ],
+        &[],
+    ))
+    .expect("json");
+    let risk = pred["score"]["risk"].as_f64().expect("risk");
+    assert!((0.0..=1.0).contains(&risk), "{risk}");
+}

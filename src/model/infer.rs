@@ -284,7 +284,11 @@ pub fn card(
         best_validation_auc: t.best_validation_auc,
         training_samples_per_second: t.samples_per_second,
         intended_use: INTENDED_USE.into(),
-        fusion_roi: FusionRoi::Predicted,
+        // Inference measures the fused features where training did.
+        fusion_roi: match cfg.fusion_features {
+            train::FusionFeatures::Target => FusionRoi::Rule,
+            train::FusionFeatures::Predicted => FusionRoi::Predicted,
+        },
     })
 }
 

@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use super::data::InputConfig;
+use super::data::{self, InputConfig};
 use super::dataset::Dataset;
 use super::loss;
 use super::net::{Dgd, NetConfig};
@@ -95,8 +95,33 @@ pub struct TrainConfig {
     /// Random dose scaling, ± this fraction.
     pub dose_scale: f64,
     pub variant: Variant,
+    /// Where the fusion head's dosiomic features are measured in training.
+    #[serde(default)]
+    pub fusion_features: FusionFeatures,
     pub net: NetConfig,
     pub input: InputConfig,
+}
+
+/// Where the fusion head's dosiomic features come from during training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionFeatures {
+    /// Measured once, in the target (optimal) ROI.
+    #[default]
+    Target,
+    /// Measured in the ROI the segmentation branch predicts, again after
+    /// every epoch (the first epoch uses the target ROI), so that the head
+    /// learns from the features it will see at inference, and the
+    /// validation AUC that picks the epoch is the one inference gives.
+    Predicted,
+}
+
+/// What re-measuring features in a predicted ROI needs: the cohort's DICOM
+/// (the dataset keeps only crops) and the dosiomics model.
+pub struct FeatureSource<'a> {
+    pub cohort: &'a Path,
+    pub model: &'a crate::dosiomics::search::DosiomicsModelFile,
+    pub threads: usize,
 }
 
 impl Default for TrainConfig {
@@ -115,6 +140,7 @@ impl Default for TrainConfig {
             shift_voxels: 2,
             dose_scale: 0.03,
             variant: Variant::Dgd,
+            fusion_features: FusionFeatures::Target,
             net: NetConfig::default(),
             input: InputConfig::default(),
         }
@@ -261,6 +287,71 @@ pub fn predict_logits(
     Ok(out)
 }
 
+/// Measure the fusion features of `idx` in the ROI the network predicts
+/// now (in place of the dataset's rows); returns how many ROIs were empty
+/// (their features fall back to the model's medians).
+fn refresh_predicted(
+    net: &Dgd,
+    ds: &mut Dataset,
+    idx: &[usize],
+    dev: &Device,
+    src: &FeatureSource,
+) -> Result<usize, String> {
+    let err = |e: candle_core::Error| e.to_string();
+    let [d, h, w] = ds.input.size;
+    let v = d * h * w;
+    let mut masks: Vec<Vec<bool>> = Vec::with_capacity(idx.len());
+    for chunk in idx.chunks(16) {
+        let b = batch(ds, chunk, dev, None, 0).map_err(err)?;
+        let e = net.encode(&b.x).map_err(err)?;
+        let s = net.segment(&e, (d, h, w)).map_err(err)?;
+        let logits: Vec<f32> = s.flatten_all().and_then(|t| t.to_vec1()).map_err(err)?;
+        masks.extend(
+            logits
+                .chunks(v)
+                .map(|m| m.iter().map(|&l| l > 0.0).collect()),
+        );
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    type Row = Option<Result<(Vec<f32>, bool), String>>;
+    let rows: std::sync::Mutex<Vec<Row>> = std::sync::Mutex::new(vec![None; idx.len()]);
+    let (input, patients) = (&ds.input, &ds.patients);
+    std::thread::scope(|sc| {
+        for _ in 0..src.threads.max(1) {
+            sc.spawn(|| loop {
+                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n >= idx.len() {
+                    break;
+                }
+                let id = &patients[idx[n]].patient_id;
+                let r = crate::rt::study::load(&[src.cohort.join(id)], &Default::default())
+                    .map_err(|e| format!("{id}: {e}"))
+                    .and_then(|study| {
+                        data::prepare(&study, input).map_err(|e| format!("{id}: {e}"))
+                    })
+                    .map(|p| {
+                        let roi = p.from_crop(&masks[n]);
+                        let empty = !roi.iter().any(|&m| m);
+                        let row = src.model.measure(&p.patient, &roi);
+                        (data::Prepared::dosiomics(&row, src.model), empty)
+                    });
+                if let Ok(mut v) = rows.lock() {
+                    v[n] = Some(r);
+                }
+            });
+        }
+    });
+    let rows = rows.into_inner().map_err(|_| "a worker failed")?;
+    let f = ds.n_dosiomics;
+    let mut empty = 0;
+    for (&i, r) in idx.iter().zip(rows) {
+        let (row, e) = r.unwrap_or_else(|| Err("not processed".into()))?;
+        ds.dosiomics[i * f..(i + 1) * f].copy_from_slice(&row[..f]);
+        empty += usize::from(e);
+    }
+    Ok(empty)
+}
+
 /// Train `cfg.variant` on the training split, early-stopping on the
 /// internal split's AUC. The best epoch's weights are kept.
 pub fn train(
@@ -268,6 +359,7 @@ pub fn train(
     cfg: &TrainConfig,
     dev: &Device,
     checkpoint: &Path,
+    source: &FeatureSource,
 ) -> Result<Trained, String> {
     let err = |e: candle_core::Error| e.to_string();
     let mut cfg = cfg.clone();
@@ -312,6 +404,13 @@ pub fn train(
     let mut seen = 0usize;
     let started = Instant::now();
     let n_dosio = cfg.net.n_dosiomics;
+    // Predicted-ROI features: a working copy of the dataset whose feature
+    // rows follow the segmentation branch.
+    let mut work = (n_dosio > 0
+        && cfg.variant.segmentation()
+        && cfg.fusion_features == FusionFeatures::Predicted)
+        .then(|| ds.clone());
+    let measured: Vec<usize> = train_idx.iter().chain(&val_idx).copied().collect();
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
         let mut order = train_idx.clone();
@@ -328,7 +427,8 @@ pub fn train(
                 cfg.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
             };
             opt.set_learning_rate(lr);
-            let b = batch(ds, chunk, dev, Some((&mut rng, &cfg)), n_dosio).map_err(err)?;
+            let cur = work.as_ref().unwrap_or(ds);
+            let b = batch(cur, chunk, dev, Some((&mut rng, &cfg)), n_dosio).map_err(err)?;
             let e = net.encode(&b.x).map_err(err)?;
             let logits = net.head(&e, b.dosio.as_ref()).map_err(err)?;
             let mut l = loss::bce_with_logits(&logits, &b.y, pos_weight).map_err(err)?;
@@ -357,8 +457,24 @@ pub fn train(
                 b_i + 1
             );
         }
-        let logits =
-            predict_logits(&net, ds, &val_idx, dev, cfg.variant.fusion(), 16).map_err(err)?;
+        if let Some(w) = work.as_mut() {
+            let t = Instant::now();
+            let empty = refresh_predicted(&net, w, &measured, dev, source)?;
+            eprintln!(
+                "\rfeatures re-measured in the predicted ROI of {} patients ({empty} empty) in {:.0} s",
+                measured.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let logits = predict_logits(
+            &net,
+            work.as_ref().unwrap_or(ds),
+            &val_idx,
+            dev,
+            cfg.variant.fusion(),
+            16,
+        )
+        .map_err(err)?;
         let val_auc = auc(&logits, &val_labels);
         let rec = EpochLog {
             epoch,

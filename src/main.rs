@@ -173,6 +173,19 @@ enum Command {
         #[arg(long)]
         extra_cohort: Vec<PathBuf>,
     },
+    /// Fit a Platt recalibration of a trained model (and its ablations) on
+    /// one split of a cohort (default: internal validation, the split early
+    /// stopping already looks at) and store it in each model card.
+    Calibrate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        cohort: PathBuf,
+        #[arg(long, default_value = "internal")]
+        split: String,
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Score one study from files: the risk, the learned ROI and its dose.
     Predict {
         #[arg(required = true)]
@@ -648,6 +661,114 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             std::fs::write(out.join("evaluation.csv"), ev.csv())?;
             ev.plots(&out.join("roc.png"), &out.join("calibration.png"))?;
             println!("\nwritten to {}", out.display());
+        }
+        Command::Calibrate {
+            model,
+            cohort,
+            split,
+            device,
+        } => {
+            use esorisk::model::{infer::RiskModel, train};
+            let dev = train::device(device.as_deref().unwrap_or(&settings.model.device))?;
+            let mut dirs = vec![model.clone()];
+            if let Ok(rd) = std::fs::read_dir(model.join("ablations")) {
+                let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+                more.sort();
+                dirs.extend(more);
+            }
+            let mut models = Vec::new();
+            for d in &dirs {
+                let mut m = RiskModel::load(d, &dev)?;
+                // Fit on the uncalibrated output.
+                m.card.calibration = None;
+                models.push(m);
+            }
+            let patients: Vec<_> = esorisk::dosiomics::search::read_labels(&cohort)?
+                .into_iter()
+                .filter(|p| p.split == split)
+                .collect();
+            if patients.is_empty() {
+                return Err(
+                    format!("no patients in split {split:?} of {}", cohort.display()).into(),
+                );
+            }
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            type Slot = Option<Result<Vec<f64>, String>>;
+            let slots: std::sync::Mutex<Vec<Slot>> =
+                std::sync::Mutex::new(vec![None; patients.len()]);
+            let threads = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            std::thread::scope(|sc| {
+                for _ in 0..threads {
+                    sc.spawn(|| loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if i >= patients.len() {
+                            break;
+                        }
+                        let p = &patients[i];
+                        let r = esorisk::rt::study::load(
+                            &[cohort.join(&p.patient_id)],
+                            &Default::default(),
+                        )
+                        .map_err(|e| e.to_string())
+                        .and_then(|study| {
+                            models
+                                .iter()
+                                .map(|m| m.score(&study).map(|s| s.risk).map_err(|e| e.to_string()))
+                                .collect()
+                        });
+                        if let Ok(mut v) = slots.lock() {
+                            v[i] = Some(r);
+                        }
+                    });
+                }
+            });
+            let slots = slots.into_inner().map_err(|_| "a worker failed")?;
+            let (mut logits, mut labels) = (vec![Vec::new(); models.len()], Vec::new());
+            for (p, r) in patients.iter().zip(slots) {
+                match r {
+                    Some(Ok(risks)) => {
+                        for (k, r) in risks.iter().enumerate() {
+                            let r = r.clamp(1e-9, 1.0 - 1e-9);
+                            logits[k].push((r / (1.0 - r)).ln());
+                        }
+                        labels.push(p.label);
+                    }
+                    Some(Err(e)) => eprintln!("{}: left out: {e}", p.patient_id),
+                    None => eprintln!("{}: left out", p.patient_id),
+                }
+            }
+            let events = labels.iter().filter(|&&l| l).count();
+            for ((m, d), z) in models.iter_mut().zip(&dirs).zip(&logits) {
+                let (a, b) = esorisk::metrics::platt(z, &labels);
+                let before: Vec<f64> = z.iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect();
+                let after: Vec<f64> = z
+                    .iter()
+                    .map(|z| 1.0 / (1.0 + (-(a * z + b)).exp()))
+                    .collect();
+                m.card.calibration = Some(esorisk::model::infer::Calibration {
+                    a,
+                    b,
+                    fitted_on: format!(
+                        "split {split} of {} ({} patients, {events} events)",
+                        cohort.display(),
+                        labels.len()
+                    ),
+                });
+                std::fs::write(
+                    d.join("card.json"),
+                    serde_json::to_string_pretty(&m.card)? + "\n",
+                )?;
+                println!(
+                    "{}: a {a:.3}, b {b:.3}; on the fitting split Brier {:.3} -> {:.3}, calibration error {:.3} -> {:.3}",
+                    d.display(),
+                    esorisk::metrics::brier(&before, &labels),
+                    esorisk::metrics::brier(&after, &labels),
+                    esorisk::model::evaluate::calibration_error(&before, &labels, 10),
+                    esorisk::model::evaluate::calibration_error(&after, &labels, 10),
+                );
+            }
         }
         Command::Predict {
             paths,

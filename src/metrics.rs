@@ -112,9 +112,60 @@ pub fn brier(p: &[f64], labels: &[bool]) -> f64 {
         / p.len().max(1) as f64
 }
 
+/// Platt scaling: the `(a, b)` of P(label) = σ(a·x + b) by maximum
+/// likelihood (Newton's method, a tiny ridge keeps separable data finite).
+pub fn platt(x: &[f64], labels: &[bool]) -> (f64, f64) {
+    let (mut a, mut b) = (1.0, 0.0);
+    let ridge = 1e-6 * x.len().max(1) as f64;
+    for _ in 0..100 {
+        let (mut ga, mut gb, mut haa, mut hab, mut hbb) = (-ridge * a, 0.0, ridge, 0.0, 1e-9);
+        for (&xi, &l) in x.iter().zip(labels) {
+            let p = 1.0 / (1.0 + (-(a * xi + b)).exp());
+            let r = f64::from(u8::from(l)) - p;
+            let w = p * (1.0 - p);
+            ga += r * xi;
+            gb += r;
+            haa += w * xi * xi;
+            hab += w * xi;
+            hbb += w;
+        }
+        let det = haa * hbb - hab * hab;
+        if det.abs() < 1e-300 {
+            break;
+        }
+        let da = (hbb * ga - hab * gb) / det;
+        let db = (haa * gb - hab * ga) / det;
+        a += da;
+        b += db;
+        if da.abs() < 1e-10 && db.abs() < 1e-10 {
+            break;
+        }
+    }
+    (a, b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn platt_recovers_a_known_logistic() {
+        // Labels drawn from σ(2x − 1) with a fixed generator.
+        let mut rng = crate::synth::rng::Rng::new(7);
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for _ in 0..20000 {
+            let xi = rng.range(-3.0, 3.0);
+            let p = 1.0 / (1.0 + (-(2.0 * xi - 1.0)).exp());
+            x.push(xi);
+            y.push(rng.range(0.0, 1.0) < p);
+        }
+        let (a, b) = platt(&x, &y);
+        assert!((a - 2.0).abs() < 0.1 && (b + 1.0).abs() < 0.1, "{a} {b}");
+        // Already calibrated log-odds stay as they are.
+        let z: Vec<f64> = x.iter().map(|v| 2.0 * v - 1.0).collect();
+        let (a, b) = platt(&z, &y);
+        assert!((a - 1.0).abs() < 0.05 && b.abs() < 0.05, "{a} {b}");
+    }
 
     #[test]
     fn folds_are_stratified_and_deterministic() {

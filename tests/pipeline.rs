@@ -1003,7 +1003,7 @@ fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
 }
 
 #[test]
-fn the_fusion_head_can_train_on_features_in_the_predicted_roi() {
+fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cohort = tmp.path().join("cohort");
     run(
@@ -1067,4 +1067,48 @@ fn the_fusion_head_can_train_on_features_in_the_predicted_roi() {
     .expect("json");
     let risk = pred["score"]["risk"].as_f64().expect("risk");
     assert!((0.0..=1.0).contains(&risk), "{risk}");
+    // Platt recalibration on the internal split: stored in the card, and
+    // scoring applies it to the network's log-odds.
+    let said = run(
+        &[
+            "calibrate",
+            "--device",
+            "cpu",
+            "--model",
+            model.to_str().unwrap_or_default(),
+            "--cohort",
+            cohort.to_str().unwrap_or_default(),
+        ],
+        &[],
+    );
+    assert!(said.contains("calibration error"), "{said}");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("card.json")).expect("card"))
+            .expect("json");
+    let c = &card["calibration"];
+    assert!(
+        c["fitted_on"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("internal"),
+        "{card}"
+    );
+    let (a, b) = (c["a"].as_f64().expect("a"), c["b"].as_f64().expect("b"));
+    let pred: serde_json::Value = serde_json::from_str(&run(
+        &[
+            "predict",
+            "--json",
+            "--device",
+            "cpu",
+            "--model",
+            model.to_str().unwrap_or_default(),
+            cohort.join("H1-0001").to_str().unwrap_or_default(),
+        ],
+        &[],
+    ))
+    .expect("json");
+    let after = pred["score"]["risk"].as_f64().expect("risk");
+    let z = (risk / (1.0 - risk)).ln();
+    let expected = 1.0 / (1.0 + (-(a * z + b)).exp());
+    assert!((after - expected).abs() < 1e-6, "{after} vs {expected}");
 }

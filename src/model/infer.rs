@@ -43,6 +43,19 @@ pub struct ModelCard {
     /// Where the fused dosiomic features are measured when scoring.
     #[serde(default)]
     pub fusion_roi: FusionRoi,
+    /// Recalibration of the risk (`esorisk calibrate`), when fitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
+}
+
+/// Platt scaling of the risk: σ(a·z + b), z the prior-corrected log-odds
+/// the network gives, fitted by `esorisk calibrate` on held-out patients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Calibration {
+    pub a: f64,
+    pub b: f64,
+    /// Which patients it was fitted on (cohort, split, patients, events).
+    pub fitted_on: String,
 }
 
 /// Where the fusion head's dosiomic features are measured at inference.
@@ -126,6 +139,10 @@ impl RiskModel {
         let mut h = crate::hash::Fnv::default();
         h.update_file(&weights)
             .map_err(|e| format!("{}: {e}", weights.display()))?;
+        // A recalibration changes the risks: it is part of the version.
+        if let Some(c) = &card.calibration {
+            h.update(format!("{:e} {:e}", c.a, c.b).as_bytes());
+        }
         Ok(RiskModel {
             version: format!("{} {:012x}", card.name, h.finish() >> 16),
             card,
@@ -187,8 +204,12 @@ impl RiskModel {
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f64>())
             .map_err(fail)?;
-        let risk =
-            1.0 / (1.0 + (-(logit.first().copied().unwrap_or(0.0) - self.prior_shift())).exp());
+        let z = logit.first().copied().unwrap_or(0.0) - self.prior_shift();
+        let z = match &self.card.calibration {
+            Some(c) => c.a * z + c.b,
+            None => z,
+        };
+        let risk = 1.0 / (1.0 + (-z).exp());
         let g = &p.patient.grid;
         let voxels = roi.iter().filter(|&&m| m).count();
         let vcc = p.patient.spacing.iter().product::<f64>() / 1000.0;
@@ -289,6 +310,7 @@ pub fn card(
             train::FusionFeatures::Target => FusionRoi::Rule,
             train::FusionFeatures::Predicted => FusionRoi::Predicted,
         },
+        calibration: None,
     })
 }
 

@@ -1,6 +1,6 @@
 //! The `esorisk` command.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -681,6 +681,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 let mut m = RiskModel::load(d, &dev)?;
                 // Fit on the uncalibrated output.
                 m.card.calibration = None;
+                m.card.roi_threshold = None;
                 models.push(m);
             }
             let patients: Vec<_> = esorisk::dosiomics::search::read_labels(&cohort)?
@@ -692,51 +693,61 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     format!("no patients in split {split:?} of {}", cohort.display()).into(),
                 );
             }
-            let next = std::sync::atomic::AtomicUsize::new(0);
-            type Slot = Option<Result<Vec<f64>, String>>;
-            let slots: std::sync::Mutex<Vec<Slot>> =
-                std::sync::Mutex::new(vec![None; patients.len()]);
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
-            std::thread::scope(|sc| {
-                for _ in 0..threads {
-                    sc.spawn(|| loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if i >= patients.len() {
-                            break;
-                        }
-                        let p = &patients[i];
-                        let r = esorisk::rt::study::load(
-                            &[cohort.join(&p.patient_id)],
-                            &Default::default(),
-                        )
-                        .map_err(|e| e.to_string())
-                        .and_then(|study| {
-                            models
-                                .iter()
-                                .map(|m| m.score(&study).map(|s| s.risk).map_err(|e| e.to_string()))
-                                .collect()
-                        });
-                        if let Ok(mut v) = slots.lock() {
-                            v[i] = Some(r);
-                        }
-                    });
-                }
+            // First the learned ROI's threshold (the fused features of a
+            // model that reads them in the predicted ROI depend on it), then
+            // the risk's recalibration.
+            const THRESHOLDS: [f64; 9] = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6];
+            let dice = over_patients(&cohort, &patients, |study| {
+                models
+                    .iter()
+                    .map(|m| {
+                        m.roi_dice_by_threshold(study, &THRESHOLDS)
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect::<Result<Vec<_>, String>>()
             });
-            let slots = slots.into_inner().map_err(|_| "a worker failed")?;
+            for (k, m) in models.iter_mut().enumerate() {
+                if !m.card.variant.segmentation() {
+                    continue;
+                }
+                let rows: Vec<&Vec<f64>> = dice
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok().and_then(|v| v[k].as_ref()))
+                    .collect();
+                if rows.is_empty() {
+                    continue;
+                }
+                let mean = |t: usize| rows.iter().map(|r| r[t]).sum::<f64>() / rows.len() as f64;
+                let best = (0..THRESHOLDS.len())
+                    .max_by(|&a, &b| mean(a).total_cmp(&mean(b)))
+                    .unwrap_or(7);
+                println!(
+                    "{}: learned-ROI threshold {} (mean Dice against the optimal ROI {:.3}; {:.3} at 0.5), {} patients with a non-empty optimal ROI",
+                    m.dir.display(),
+                    THRESHOLDS[best],
+                    mean(best),
+                    mean(7),
+                    rows.len()
+                );
+                m.card.roi_threshold = Some(THRESHOLDS[best]);
+            }
+            let slots = over_patients(&cohort, &patients, |study| {
+                models
+                    .iter()
+                    .map(|m| m.score(study).map(|s| s.risk).map_err(|e| e.to_string()))
+                    .collect::<Result<Vec<f64>, String>>()
+            });
             let (mut logits, mut labels) = (vec![Vec::new(); models.len()], Vec::new());
             for (p, r) in patients.iter().zip(slots) {
                 match r {
-                    Some(Ok(risks)) => {
+                    Ok(risks) => {
                         for (k, r) in risks.iter().enumerate() {
                             let r = r.clamp(1e-9, 1.0 - 1e-9);
                             logits[k].push((r / (1.0 - r)).ln());
                         }
                         labels.push(p.label);
                     }
-                    Some(Err(e)) => eprintln!("{}: left out: {e}", p.patient_id),
-                    None => eprintln!("{}: left out", p.patient_id),
+                    Err(e) => eprintln!("{}: left out: {e}", p.patient_id),
                 }
             }
             let events = labels.iter().filter(|&&l| l).count();
@@ -853,4 +864,45 @@ fn model_label(card: &esorisk::model::infer::ModelCard) -> String {
         }
         _ => card.variant.label().to_string(),
     }
+}
+
+/// `f` on every patient's study, on all cores, in the patients' order.
+fn over_patients<T: Send>(
+    cohort: &Path,
+    patients: &[esorisk::dosiomics::search::Patient],
+    f: impl Fn(&esorisk::rt::study::Study) -> Result<T, String> + Sync,
+) -> Vec<Result<T, String>> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let slots: std::sync::Mutex<Vec<Option<Result<T, String>>>> =
+        std::sync::Mutex::new((0..patients.len()).map(|_| None).collect());
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= patients.len() {
+                    break;
+                }
+                let r = esorisk::rt::study::load(
+                    &[cohort.join(&patients[i].patient_id)],
+                    &Default::default(),
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|study| f(&study));
+                if let Ok(mut v) = slots.lock() {
+                    v[i] = Some(r);
+                }
+            });
+        }
+    });
+    slots
+        .into_inner()
+        .map(|v| {
+            v.into_iter()
+                .map(|r| r.unwrap_or_else(|| Err("not processed".into())))
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -923,10 +923,22 @@ fn the_readme_quick_start_works_as_written() {
         seen.push(text(&out));
     }
     let all = seen.join("\n");
-    // dsrdump shows the risk; inspect finds the learned ROI in the returned
-    // RTSTRUCT; predict and features answer.
+    // dsrdump shows the risk; the returned RTSTRUCT holds the learned ROI
+    // (which inspect reads); predict and features answer.
     assert!(all.contains("ESR0001"), "{all}");
-    assert!(all.contains("ESORISK_ROI"), "{all}");
+    let rs: Vec<PathBuf> = std::fs::read_dir(cwd.join("results"))
+        .expect("results")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("RS"))
+        })
+        .collect();
+    assert_eq!(rs.len(), 1, "{rs:?}");
+    let ss = esorisk::rt::structure::read(&rs[0]).expect("RTSTRUCT reads");
+    assert!(ss.rois.iter().any(|r| r.info.name == "ESORISK_ROI"));
+    assert!(all.contains("learned ROI"), "{all}");
     assert!(
         all.contains("original_firstorder_Mean") || all.contains("firstorder"),
         "{all}"
@@ -1094,6 +1106,36 @@ fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
         "{card}"
     );
     let (a, b) = (c["a"].as_f64().expect("a"), c["b"].as_f64().expect("b"));
+    // The learned ROI's threshold is fitted too (the full model segments);
+    // the risk it gives before recalibration comes from a copy of the model
+    // whose card keeps the threshold and drops the recalibration.
+    let t = card["roi_threshold"].as_f64().expect("roi_threshold");
+    assert!(t > 0.0 && t < 1.0, "{t}");
+    assert!(said.contains("learned-ROI threshold"), "{said}");
+    let plain = tmp.path().join("plain");
+    std::fs::create_dir_all(&plain).expect("dir");
+    std::fs::copy(
+        model.join("model.safetensors"),
+        plain.join("model.safetensors"),
+    )
+    .expect("copy");
+    let mut uncal = card.clone();
+    uncal.as_object_mut().expect("object").remove("calibration");
+    std::fs::write(plain.join("card.json"), uncal.to_string()).expect("card");
+    let pred: serde_json::Value = serde_json::from_str(&run(
+        &[
+            "predict",
+            "--json",
+            "--device",
+            "cpu",
+            "--model",
+            plain.to_str().unwrap_or_default(),
+            cohort.join("H1-0001").to_str().unwrap_or_default(),
+        ],
+        &[],
+    ))
+    .expect("json");
+    let risk = pred["score"]["risk"].as_f64().expect("risk");
     let pred: serde_json::Value = serde_json::from_str(&run(
         &[
             "predict",

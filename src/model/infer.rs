@@ -46,6 +46,10 @@ pub struct ModelCard {
     /// Recalibration of the risk (`esorisk calibrate`), when fitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration: Option<Calibration>,
+    /// Probability above which a voxel belongs to the learned ROI
+    /// (`esorisk calibrate` fits it; 0.5 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roi_threshold: Option<f64>,
 }
 
 /// Platt scaling of the risk: σ(a·z + b), z the prior-corrected log-odds
@@ -143,6 +147,9 @@ impl RiskModel {
         if let Some(c) = &card.calibration {
             h.update(format!("{:e} {:e}", c.a, c.b).as_bytes());
         }
+        if let Some(t) = card.roi_threshold {
+            h.update(format!("roi {t:e}").as_bytes());
+        }
         Ok(RiskModel {
             version: format!("{} {:012x}", card.name, h.finish() >> 16),
             card,
@@ -164,6 +171,52 @@ impl RiskModel {
         ((d.train_patients - d.train_events) as f64 / d.train_events as f64).ln()
     }
 
+    /// The segmentation branch's logit threshold for the learned ROI.
+    fn roi_logit(&self) -> f32 {
+        let p = self
+            .card
+            .roi_threshold
+            .unwrap_or(0.5)
+            .clamp(1e-6, 1.0 - 1e-6);
+        (p / (1.0 - p)).ln() as f32
+    }
+
+    /// Dice of the learned ROI against the optimal ROI's rule (the target
+    /// the branch was trained on) at each probability threshold; `None`
+    /// where the target is empty or the model has no segmentation branch.
+    pub fn roi_dice_by_threshold(
+        &self,
+        study: &Study,
+        thresholds: &[f64],
+    ) -> Result<Option<Vec<f64>>, NotScorable> {
+        if !self.card.variant.segmentation() {
+            return Ok(None);
+        }
+        let cfg = &self.card.input;
+        let p = data::prepare(study, cfg)?;
+        let target = p.optimal_roi(&self.card.dosiomics);
+        if !target.iter().any(|&m| m) {
+            return Ok(None);
+        }
+        let fail = |e: candle_core::Error| NotScorable(format!("model evaluation failed: {e}"));
+        let [d, h, w] = cfg.size;
+        let x = Tensor::from_vec(p.input(cfg), (1, cfg.channels(), d, h, w), &self.device)
+            .map_err(fail)?;
+        let e = self.net.encode(&x).map_err(fail)?;
+        let s = self.net.segment(&e, (d, h, w)).map_err(fail)?;
+        let logits: Vec<f32> = s.flatten_all().and_then(|t| t.to_vec1()).map_err(fail)?;
+        Ok(Some(
+            thresholds
+                .iter()
+                .map(|&t| {
+                    let cut = (t / (1.0 - t)).ln() as f32;
+                    let crop: Vec<bool> = logits.iter().map(|&l| l > cut).collect();
+                    crate::dosiomics::roi::dice(&p.from_crop(&crop), &target)
+                })
+                .collect(),
+        ))
+    }
+
     /// Score a study: every failure is a reason a physicist can act on.
     pub fn score(&self, study: &Study) -> Result<Score, NotScorable> {
         let cfg = &self.card.input;
@@ -178,7 +231,8 @@ impl RiskModel {
         let roi = if self.card.variant.segmentation() {
             let s = self.net.segment(&e, (d, h, w)).map_err(fail)?;
             let probs: Vec<f32> = s.flatten_all().and_then(|t| t.to_vec1()).map_err(fail)?;
-            let crop: Vec<bool> = probs.iter().map(|&l| l > 0.0).collect();
+            let cut = self.roi_logit();
+            let crop: Vec<bool> = probs.iter().map(|&l| l > cut).collect();
             p.from_crop(&crop)
         } else {
             p.optimal_roi(&self.card.dosiomics)
@@ -311,6 +365,7 @@ pub fn card(
             train::FusionFeatures::Predicted => FusionRoi::Predicted,
         },
         calibration: None,
+        roi_threshold: None,
     })
 }
 

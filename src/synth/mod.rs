@@ -530,16 +530,31 @@ impl Summary {
             "{} patients (synthetic data; esorisk is a research tool, not a medical device)",
             self.patients
         );
+        // Rates and AUCs that a handful of patients cannot define print as "-".
+        let pct = |v: f64| {
+            if v.is_finite() {
+                format!("{:.1} %", (100.0 * v).abs())
+            } else {
+                "-".into()
+            }
+        };
+        let auc = |v: f64| {
+            if v.is_finite() {
+                format!("{v:.3}")
+            } else {
+                "-".into()
+            }
+        };
         for h in &self.per_hospital {
             let _ = writeln!(
                 o,
-                "  {:<10} n={:<4} grade>=2 incidence {:.1} % conventional, {} SBRT; AUC of p_dose {:.3}, of esophagus mean dose {:.3}; median esophagus Dmean {:.1} Gy",
+                "  {:<10} n={:<4} grade>=2 incidence {} conventional, {} SBRT; AUC of p_dose {}, of esophagus mean dose {}; median esophagus Dmean {:.1} Gy",
                 h.hospital,
                 h.patients,
-                100.0 * h.incidence_conventional,
-                h.incidence_sbrt.map(|v| format!("{:.1} %", 100.0 * v)).unwrap_or_else(|| "-".into()),
-                h.auc_p_dose,
-                h.auc_mean_dose,
+                pct(h.incidence_conventional),
+                h.incidence_sbrt.map(pct).unwrap_or_else(|| "-".into()),
+                auc(h.auc_p_dose),
+                auc(h.auc_mean_dose),
                 h.esophagus_mean_gy_median
             );
         }

@@ -365,7 +365,7 @@ pub fn card(
             train::FusionFeatures::Predicted => FusionRoi::Predicted,
         },
         calibration: None,
-        roi_threshold: None,
+        roi_threshold: t.roi_threshold,
     })
 }
 

@@ -164,6 +164,9 @@ pub struct Trained {
     pub best_epoch: usize,
     pub best_validation_auc: f64,
     pub samples_per_second: f64,
+    /// With predicted-ROI features: the probability threshold of the
+    /// learned ROI at the best epoch.
+    pub roi_threshold: Option<f64>,
 }
 
 /// Device from a setting: `cpu`, `cuda:N`, or `auto` (CUDA when built with
@@ -287,31 +290,63 @@ pub fn predict_logits(
     Ok(out)
 }
 
+/// Probability thresholds tried for the learned ROI.
+const ROI_THRESHOLDS: [f64; 9] = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6];
+
 /// Measure the fusion features of `idx` in the ROI the network predicts
-/// now (in place of the dataset's rows); returns how many ROIs were empty
-/// (their features fall back to the model's medians).
+/// now (in place of the dataset's rows), at the threshold whose crop masks
+/// best match the targets of the first `fit` patients of `idx` (mean
+/// Dice); returns the threshold and how many ROIs were empty (their
+/// features fall back to the model's medians).
 fn refresh_predicted(
     net: &Dgd,
     ds: &mut Dataset,
     idx: &[usize],
+    fit: usize,
     dev: &Device,
     src: &FeatureSource,
-) -> Result<usize, String> {
+) -> Result<(f64, usize), String> {
     let err = |e: candle_core::Error| e.to_string();
     let [d, h, w] = ds.input.size;
     let v = d * h * w;
-    let mut masks: Vec<Vec<bool>> = Vec::with_capacity(idx.len());
+    let mut logits: Vec<f32> = Vec::with_capacity(idx.len() * v);
     for chunk in idx.chunks(16) {
         let b = batch(ds, chunk, dev, None, 0).map_err(err)?;
         let e = net.encode(&b.x).map_err(err)?;
         let s = net.segment(&e, (d, h, w)).map_err(err)?;
-        let logits: Vec<f32> = s.flatten_all().and_then(|t| t.to_vec1()).map_err(err)?;
-        masks.extend(
-            logits
-                .chunks(v)
-                .map(|m| m.iter().map(|&l| l > 0.0).collect()),
+        logits.extend(
+            s.flatten_all()
+                .and_then(|t| t.to_vec1::<f32>())
+                .map_err(err)?,
         );
     }
+    let cut = |t: f64| (t / (1.0 - t)).ln() as f32;
+    let mean_dice = |t: f64| {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for (k, &i) in idx.iter().enumerate().take(fit) {
+            let target = &ds.targets[i * v..(i + 1) * v];
+            if !target.iter().any(|&x| x > 0) {
+                continue;
+            }
+            let pred: Vec<bool> = logits[k * v..(k + 1) * v]
+                .iter()
+                .map(|&l| l > cut(t))
+                .collect();
+            let truth: Vec<bool> = target.iter().map(|&x| x > 0).collect();
+            sum += crate::dosiomics::roi::dice(&pred, &truth);
+            n += 1;
+        }
+        sum / n.max(1) as f64
+    };
+    let threshold = ROI_THRESHOLDS
+        .iter()
+        .copied()
+        .max_by(|a, b| mean_dice(*a).total_cmp(&mean_dice(*b)))
+        .unwrap_or(0.5);
+    let masks: Vec<Vec<bool>> = logits
+        .chunks(v)
+        .map(|m| m.iter().map(|&l| l > cut(threshold)).collect())
+        .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     type Row = Option<Result<(Vec<f32>, bool), String>>;
     let rows: std::sync::Mutex<Vec<Row>> = std::sync::Mutex::new(vec![None; idx.len()]);
@@ -349,7 +384,7 @@ fn refresh_predicted(
         ds.dosiomics[i * f..(i + 1) * f].copy_from_slice(&row[..f]);
         empty += usize::from(e);
     }
-    Ok(empty)
+    Ok((threshold, empty))
 }
 
 /// Train `cfg.variant` on the training split, early-stopping on the
@@ -411,6 +446,7 @@ pub fn train(
         && cfg.fusion_features == FusionFeatures::Predicted)
         .then(|| ds.clone());
     let measured: Vec<usize> = train_idx.iter().chain(&val_idx).copied().collect();
+    let (mut threshold, mut best_threshold): (Option<f64>, Option<f64>) = (None, None);
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
         let mut order = train_idx.clone();
@@ -459,12 +495,13 @@ pub fn train(
         }
         if let Some(w) = work.as_mut() {
             let t = Instant::now();
-            let empty = refresh_predicted(&net, w, &measured, dev, source)?;
+            let (thr, empty) = refresh_predicted(&net, w, &measured, train_idx.len(), dev, source)?;
             eprintln!(
-                "\rfeatures re-measured in the predicted ROI of {} patients ({empty} empty) in {:.0} s",
+                "\rfeatures re-measured in the predicted ROI of {} patients (threshold {thr}, {empty} empty) in {:.0} s",
                 measured.len(),
                 t.elapsed().as_secs_f64()
             );
+            threshold = Some(thr);
         }
         let logits = predict_logits(
             &net,
@@ -494,6 +531,7 @@ pub fn train(
         if val_auc > best_auc {
             best_auc = val_auc;
             best_epoch = epoch;
+            best_threshold = threshold;
             since = 0;
             varmap.save(checkpoint).map_err(err)?;
         } else {
@@ -516,6 +554,7 @@ pub fn train(
         best_epoch,
         best_validation_auc: best_auc,
         samples_per_second: seen as f64 / started.elapsed().as_secs_f64(),
+        roi_threshold: best_threshold,
     })
 }
 

@@ -1154,3 +1154,157 @@ fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
     let expected = 1.0 / (1.0 + (-(a * z + b)).exp());
     assert!((after - expected).abs() < 1e-6, "{after} vs {expected}");
 }
+
+/// Split a study's plan dose into one BEAM dose per treatment beam of its
+/// plan (each 1/n of the dose, new SOP Instance UIDs) in `out`, copying the
+/// plan and structure set; the first `keep` beam doses are written.
+fn beam_doses(study: &Path, out: &Path, keep: Option<usize>) -> usize {
+    use dicom_dictionary_std::tags;
+    std::fs::create_dir_all(out).expect("dir");
+    for f in ["rtplan.dcm", "rtstruct.dcm"] {
+        std::fs::copy(study.join(f), out.join(f)).expect("copy");
+    }
+    let plan = dicom_object::open_file(study.join("rtplan.dcm")).expect("plan");
+    let beams: Vec<String> = plan
+        .element(tags::BEAM_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items().map(|i| i.to_vec()))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|b| {
+            b.element(tags::BEAM_NUMBER)
+                .ok()?
+                .to_str()
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .collect();
+    let n = beams.len();
+    assert!(n >= 2, "a plan with {n} beams");
+    let dose = dicom_object::open_file(study.join("rtdose.dcm")).expect("dose");
+    let base = get_str(&dose, tags::SOP_INSTANCE_UID);
+    let scaling: f64 = get_str(&dose, tags::DOSE_GRID_SCALING)
+        .parse()
+        .expect("scaling");
+    for (k, number) in beams.iter().enumerate().take(keep.unwrap_or(n)) {
+        let mut d = dose.clone();
+        let uid = format!("{base}.{}", k + 1);
+        put_str(&mut d, tags::SOP_INSTANCE_UID, dicom_core::VR::UI, &uid);
+        d.update_meta(|m| m.media_storage_sop_instance_uid = uid.clone());
+        put_str(
+            &mut d,
+            tags::DOSE_SUMMATION_TYPE,
+            dicom_core::VR::CS,
+            "BEAM",
+        );
+        put_str(
+            &mut d,
+            tags::DOSE_GRID_SCALING,
+            dicom_core::VR::DS,
+            &format!("{:.8e}", scaling / n as f64),
+        );
+        // Which beam: Referenced RT Plan > Fraction Group > Beam.
+        let mut plan_ref = d
+            .element(tags::REFERENCED_RT_PLAN_SEQUENCE)
+            .ok()
+            .and_then(|e| e.items().map(|i| i.to_vec()))
+            .expect("referenced plan");
+        let beam =
+            dicom_object::InMemDicomObject::from_element_iter([dicom_core::DataElement::new(
+                tags::REFERENCED_BEAM_NUMBER,
+                dicom_core::VR::IS,
+                dicom_core::PrimitiveValue::from(number.as_str()),
+            )]);
+        let fg = dicom_object::InMemDicomObject::from_element_iter([
+            dicom_core::DataElement::new(
+                tags::REFERENCED_FRACTION_GROUP_NUMBER,
+                dicom_core::VR::IS,
+                dicom_core::PrimitiveValue::from("1"),
+            ),
+            dicom_core::DataElement::new(
+                tags::REFERENCED_BEAM_SEQUENCE,
+                dicom_core::VR::SQ,
+                dicom_core::value::DataSetSequence::from(vec![beam]),
+            ),
+        ]);
+        plan_ref[0].put(dicom_core::DataElement::new(
+            tags::REFERENCED_FRACTION_GROUP_SEQUENCE,
+            dicom_core::VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![fg]),
+        ));
+        d.put(dicom_core::DataElement::new(
+            tags::REFERENCED_RT_PLAN_SEQUENCE,
+            dicom_core::VR::SQ,
+            dicom_core::value::DataSetSequence::from(plan_ref),
+        ));
+        d.write_to_file(out.join(format!("rtdose-beam{}.dcm", k + 1)))
+            .expect("write");
+    }
+    n
+}
+
+#[test]
+fn beam_doses_are_scored_as_their_sum_and_an_incomplete_set_fails() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = patient(&tmp.path().join("in"), "20", false);
+    let whole = tmp.path().join("beams");
+    let n = beam_doses(&study, &whole, None);
+    // The risk from the beam doses equals the plan dose's.
+    let predict = |dir: &Path| -> f64 {
+        let v: serde_json::Value = serde_json::from_str(&run(
+            &[
+                "predict",
+                "--json",
+                "--device",
+                "cpu",
+                "--model",
+                model.to_str().unwrap_or_default(),
+                dir.to_str().unwrap_or_default(),
+            ],
+            &[],
+        ))
+        .expect("json");
+        v["score"]["risk"].as_f64().expect("risk")
+    };
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let node = start_node(&node_env(model, rx.port));
+    push(&node, &whole);
+    let db = node.db_path();
+    wait_until("the beam-dose study to be scored", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == 1
+    });
+    let risk: f64 = query(&db, "SELECT CAST(risk AS TEXT) FROM jobs")[0][0]
+        .clone()
+        .unwrap_or_default()
+        .parse()
+        .expect("risk");
+    let plan_dose = predict(&study);
+    assert!(
+        (risk - plan_dose).abs() < 1e-3,
+        "beams {risk} vs plan dose {plan_dose}"
+    );
+    let inputs = query(&db, "SELECT input_uids FROM jobs")[0][0]
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(inputs.matches('"').count() / 2, n + 2, "{inputs}");
+    // One beam dose short: not scored, with the reason.
+    let short = tmp.path().join("short");
+    let other = patient(&tmp.path().join("in2"), "21", false);
+    beam_doses(
+        &other,
+        &short,
+        Some(n.min(beam_doses(&other, &tmp.path().join("x"), None)) - 1),
+    );
+    push(&node, &short);
+    wait_until("the incomplete study to fail", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'failed'") == 1
+    });
+    let reason = query(&db, "SELECT error FROM jobs WHERE state = 'failed'")[0][0]
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        reason.contains("beam dose") && reason.contains("incomplete"),
+        "{reason}"
+    );
+}

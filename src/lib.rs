@@ -15,6 +15,7 @@ pub mod inspect;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod par;
 pub mod pipeline;
 pub mod receive;
 pub mod report;

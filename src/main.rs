@@ -567,9 +567,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             }
             let dosio =
                 esorisk::dosiomics::search::DosiomicsModelFile::load(&settings.dosiomics.model)?;
-            let threads = std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1);
+            let threads = esorisk::par::threads();
             let ds = Dataset::cached(&cohort, &cfg.input, &dosio, threads)?;
             println!(
                 "dataset: {} patients ({} train, {} internal), {} excluded",
@@ -872,37 +870,14 @@ fn over_patients<T: Send>(
     patients: &[esorisk::dosiomics::search::Patient],
     f: impl Fn(&esorisk::rt::study::Study) -> Result<T, String> + Sync,
 ) -> Vec<Result<T, String>> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let slots: std::sync::Mutex<Vec<Option<Result<T, String>>>> =
-        std::sync::Mutex::new((0..patients.len()).map(|_| None).collect());
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    std::thread::scope(|sc| {
-        for _ in 0..threads {
-            sc.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= patients.len() {
-                    break;
-                }
-                let r = esorisk::rt::study::load(
-                    &[cohort.join(&patients[i].patient_id)],
-                    &Default::default(),
-                )
+    esorisk::par::map(
+        patients.len(),
+        esorisk::par::threads(),
+        |i| {
+            esorisk::rt::study::load(&[cohort.join(&patients[i].patient_id)], &Default::default())
                 .map_err(|e| e.to_string())
-                .and_then(|study| f(&study));
-                if let Ok(mut v) = slots.lock() {
-                    v[i] = Some(r);
-                }
-            });
-        }
-    });
-    slots
-        .into_inner()
-        .map(|v| {
-            v.into_iter()
-                .map(|r| r.unwrap_or_else(|| Err("not processed".into())))
-                .collect()
-        })
-        .unwrap_or_default()
+                .and_then(|study| f(&study))
+        },
+        |_| {},
+    )
 }

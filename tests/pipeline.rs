@@ -195,6 +195,24 @@ fn patient(dir: &Path, seed: &str, ct: bool) -> PathBuf {
     dir.join("H1-0001")
 }
 
+/// `esorisk predict --json` on a study directory: the risk.
+fn predict_risk(model: &Path, study: &Path) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(&run(
+        &[
+            "predict",
+            "--json",
+            "--device",
+            "cpu",
+            "--model",
+            model.to_str().unwrap_or_default(),
+            study.to_str().unwrap_or_default(),
+        ],
+        &[],
+    ))
+    .expect("json");
+    v["score"]["risk"].as_f64().expect("risk")
+}
+
 /// Rewrite one DICOM file in place.
 fn edit(path: &Path, f: impl FnOnce(&mut dicom_object::DefaultDicomObject)) {
     let mut obj = dicom_object::open_file(path).expect("open");
@@ -282,20 +300,7 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     assert!(dump.status.success(), "{}", text(&dump));
     let dump = text(&dump);
     // The risk in the SR equals `esorisk predict` on the same files.
-    let pred: serde_json::Value = serde_json::from_str(&run(
-        &[
-            "predict",
-            "--json",
-            "--device",
-            "cpu",
-            "--model",
-            model.to_str().unwrap_or_default(),
-            study.to_str().unwrap_or_default(),
-        ],
-        &[],
-    ))
-    .expect("json");
-    let risk = pred["score"]["risk"].as_f64().expect("risk");
+    let risk = predict_risk(model, &study);
     let shown = dump
         .lines()
         .find(|l| l.contains("ESR0001"))
@@ -1064,20 +1069,7 @@ fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
     assert_eq!(card["fusion_roi"], "predicted");
     assert_eq!(card["train"]["fusion_features"], "predicted");
     // The model scores a study, reading its features in the predicted ROI.
-    let pred: serde_json::Value = serde_json::from_str(&run(
-        &[
-            "predict",
-            "--json",
-            "--device",
-            "cpu",
-            "--model",
-            model.to_str().unwrap_or_default(),
-            cohort.join("H1-0001").to_str().unwrap_or_default(),
-        ],
-        &[],
-    ))
-    .expect("json");
-    let risk = pred["score"]["risk"].as_f64().expect("risk");
+    let risk = predict_risk(&model, &cohort.join("H1-0001"));
     assert!((0.0..=1.0).contains(&risk), "{risk}");
     // Platt recalibration on the internal split: stored in the card, and
     // scoring applies it to the network's log-odds.
@@ -1122,34 +1114,8 @@ fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
     let mut uncal = card.clone();
     uncal.as_object_mut().expect("object").remove("calibration");
     std::fs::write(plain.join("card.json"), uncal.to_string()).expect("card");
-    let pred: serde_json::Value = serde_json::from_str(&run(
-        &[
-            "predict",
-            "--json",
-            "--device",
-            "cpu",
-            "--model",
-            plain.to_str().unwrap_or_default(),
-            cohort.join("H1-0001").to_str().unwrap_or_default(),
-        ],
-        &[],
-    ))
-    .expect("json");
-    let risk = pred["score"]["risk"].as_f64().expect("risk");
-    let pred: serde_json::Value = serde_json::from_str(&run(
-        &[
-            "predict",
-            "--json",
-            "--device",
-            "cpu",
-            "--model",
-            model.to_str().unwrap_or_default(),
-            cohort.join("H1-0001").to_str().unwrap_or_default(),
-        ],
-        &[],
-    ))
-    .expect("json");
-    let after = pred["score"]["risk"].as_f64().expect("risk");
+    let risk = predict_risk(&plain, &cohort.join("H1-0001"));
+    let after = predict_risk(&model, &cohort.join("H1-0001"));
     let z = (risk / (1.0 - risk)).ln();
     let expected = 1.0 / (1.0 + (-(a * z + b)).exp());
     assert!((after - expected).abs() < 1e-6, "{after} vs {expected}");
@@ -1250,23 +1216,6 @@ fn beam_doses_are_scored_as_their_sum_and_an_incomplete_set_fails() {
     let study = patient(&tmp.path().join("in"), "20", false);
     let whole = tmp.path().join("beams");
     let n = beam_doses(&study, &whole, None);
-    // The risk from the beam doses equals the plan dose's.
-    let predict = |dir: &Path| -> f64 {
-        let v: serde_json::Value = serde_json::from_str(&run(
-            &[
-                "predict",
-                "--json",
-                "--device",
-                "cpu",
-                "--model",
-                model.to_str().unwrap_or_default(),
-                dir.to_str().unwrap_or_default(),
-            ],
-            &[],
-        ))
-        .expect("json");
-        v["score"]["risk"].as_f64().expect("risk")
-    };
     let rx = Receiver::start(&tmp.path().join("tps"));
     let node = start_node(&node_env(model, rx.port));
     push(&node, &whole);
@@ -1279,7 +1228,7 @@ fn beam_doses_are_scored_as_their_sum_and_an_incomplete_set_fails() {
         .unwrap_or_default()
         .parse()
         .expect("risk");
-    let plan_dose = predict(&study);
+    let plan_dose = predict_risk(model, &study);
     assert!(
         (risk - plan_dose).abs() < 1e-3,
         "beams {risk} vs plan dose {plan_dose}"

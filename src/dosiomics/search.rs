@@ -6,8 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -43,9 +41,7 @@ impl Default for SearchOptions {
             bootstrap: 1000,
             seed: 20261126,
             lambda_rule: model::LambdaRule::Min,
-            threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            threads: crate::par::threads(),
         }
     }
 }
@@ -263,31 +259,22 @@ pub fn cohort_features(
     o: &SearchOptions,
 ) -> Vec<PatientFeatures> {
     let cohort = read_cohort_json(dir).ok();
-    let next = AtomicUsize::new(0);
-    let done = AtomicUsize::new(0);
-    let results = Mutex::new(vec![PatientFeatures::default(); patients.len()]);
-    std::thread::scope(|s| {
-        for _ in 0..o.threads.max(1) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= patients.len() {
-                    break;
-                }
-                let f = patient_features(dir, cohort.as_ref(), &patients[i], o);
-                if let Some(e) = &f.error {
-                    tracing::warn!(patient = %patients[i].patient_id, "no dosiomics: {e}");
-                }
-                if let Ok(mut r) = results.lock() {
-                    r[i] = f;
-                }
-                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % 50 == 0 || n == patients.len() {
-                    eprintln!("features: {n}/{} patients", patients.len());
-                }
-            });
-        }
-    });
-    results.into_inner().unwrap_or_default()
+    crate::par::map(
+        patients.len(),
+        o.threads,
+        |i| {
+            let f = patient_features(dir, cohort.as_ref(), &patients[i], o);
+            if let Some(e) = &f.error {
+                tracing::warn!(patient = %patients[i].patient_id, "no dosiomics: {e}");
+            }
+            f
+        },
+        |n| {
+            if n % 50 == 0 || n == patients.len() {
+                eprintln!("features: {n}/{} patients", patients.len());
+            }
+        },
+    )
 }
 
 /// Write the feature table as CSV: one row per patient and defined
@@ -490,28 +477,15 @@ pub fn search(
     };
     let labels: Vec<bool> = train.iter().map(|&i| patients[i].label).collect();
     // Candidates are independent: rank them `threads` at a time.
-    let next = AtomicUsize::new(0);
-    let slots: Mutex<Vec<Option<RoiResult>>> = Mutex::new(vec![None; CANDIDATES.len()]);
-    std::thread::scope(|s| {
-        for _ in 0..o.threads.max(1) {
-            s.spawn(|| loop {
-                let c_idx = next.fetch_add(1, Ordering::Relaxed);
-                if c_idx >= CANDIDATES.len() {
-                    break;
-                }
-                let r = rank_candidate(c_idx, &train, &labels, features, &names, o, &fit_opts);
-                if let Ok(mut v) = slots.lock() {
-                    v[c_idx] = r;
-                }
-            });
-        }
-    });
-    let mut ranking: Vec<RoiResult> = slots
-        .into_inner()
-        .unwrap_or_default()
-        .into_iter()
-        .flatten()
-        .collect();
+    let mut ranking: Vec<RoiResult> = crate::par::map(
+        CANDIDATES.len(),
+        o.threads,
+        |c_idx| rank_candidate(c_idx, &train, &labels, features, &names, o, &fit_opts),
+        |_| {},
+    )
+    .into_iter()
+    .flatten()
+    .collect();
     ranking.sort_by(|a, b| b.cv_auc.total_cmp(&a.cv_auc));
     let best = ranking
         .first()

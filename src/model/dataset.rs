@@ -3,8 +3,6 @@
 //! so training the variants and evaluating them do not read DICOM again.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,29 +66,16 @@ impl Dataset {
         threads: usize,
     ) -> Result<Dataset, String> {
         let patients = search::read_labels(cohort)?;
-        let next = AtomicUsize::new(0);
-        let done = AtomicUsize::new(0);
-        type Slot = Option<Result<data::Sample, String>>;
-        let results: Mutex<Vec<Slot>> = Mutex::new(vec![None; patients.len()]);
-        std::thread::scope(|s| {
-            for _ in 0..threads.max(1) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= patients.len() {
-                        break;
-                    }
-                    let r = load_one(cohort, &patients[i], cfg, model);
-                    if let Ok(mut v) = results.lock() {
-                        v[i] = Some(r);
-                    }
-                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n % 50 == 0 || n == patients.len() {
-                        eprintln!("dataset: {n}/{} patients", patients.len());
-                    }
-                });
-            }
-        });
-        let results = results.into_inner().map_err(|_| "a worker failed")?;
+        let results = crate::par::map(
+            patients.len(),
+            threads,
+            |i| load_one(cohort, &patients[i], cfg, model),
+            |n| {
+                if n % 50 == 0 || n == patients.len() {
+                    eprintln!("dataset: {n}/{} patients", patients.len());
+                }
+            },
+        );
         let mut ds = Dataset {
             input: cfg.clone(),
             patients: vec![],
@@ -101,7 +86,7 @@ impl Dataset {
             excluded: vec![],
         };
         for (p, r) in patients.iter().zip(results) {
-            match r.unwrap_or_else(|| Err("not processed".into())) {
+            match r {
                 Ok(s) => {
                     ds.inputs.extend(&s.input);
                     ds.targets.extend(&s.target);

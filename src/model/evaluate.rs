@@ -78,37 +78,22 @@ pub fn score_cohort(
         .enumerate()
         .map(|(i, n)| (n.as_str(), i))
         .collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    let slots = std::sync::Mutex::new(vec![PatientResult::default(); patients.len()]);
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    std::thread::scope(|sc| {
-        for _ in 0..threads {
-            sc.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= patients.len() {
-                    break;
-                }
-                let r = score_patient(
-                    cohort,
-                    cohort_json.as_ref(),
-                    &patients[i],
-                    models,
-                    dosio,
-                    &index,
-                );
-                if let Ok(mut v) = slots.lock() {
-                    v[i] = r;
-                }
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                eprint!("\rscoring {n}/{} ", patients.len());
-            });
-        }
-    });
+    let out = crate::par::map(
+        patients.len(),
+        crate::par::threads(),
+        |i| {
+            score_patient(
+                cohort,
+                cohort_json.as_ref(),
+                &patients[i],
+                models,
+                dosio,
+                &index,
+            )
+        },
+        |n| eprint!("\rscoring {n}/{} ", patients.len()),
+    );
     eprintln!();
-    let out = slots.into_inner().map_err(|_| "a scoring thread failed")?;
     Ok((patients, out))
 }
 

@@ -347,40 +347,28 @@ fn refresh_predicted(
         .chunks(v)
         .map(|m| m.iter().map(|&l| l > cut(threshold)).collect())
         .collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    type Row = Option<Result<(Vec<f32>, bool), String>>;
-    let rows: std::sync::Mutex<Vec<Row>> = std::sync::Mutex::new(vec![None; idx.len()]);
     let (input, patients) = (&ds.input, &ds.patients);
-    std::thread::scope(|sc| {
-        for _ in 0..src.threads.max(1) {
-            sc.spawn(|| loop {
-                let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if n >= idx.len() {
-                    break;
-                }
-                let id = &patients[idx[n]].patient_id;
-                let r = crate::rt::study::load(&[src.cohort.join(id)], &Default::default())
-                    .map_err(|e| format!("{id}: {e}"))
-                    .and_then(|study| {
-                        data::prepare(&study, input).map_err(|e| format!("{id}: {e}"))
-                    })
-                    .map(|p| {
-                        let roi = p.from_crop(&masks[n]);
-                        let empty = !roi.iter().any(|&m| m);
-                        let row = src.model.measure(&p.patient, &roi);
-                        (data::Prepared::dosiomics(&row, src.model), empty)
-                    });
-                if let Ok(mut v) = rows.lock() {
-                    v[n] = Some(r);
-                }
-            });
-        }
-    });
-    let rows = rows.into_inner().map_err(|_| "a worker failed")?;
+    let rows = crate::par::map(
+        idx.len(),
+        src.threads,
+        |n| {
+            let id = &patients[idx[n]].patient_id;
+            crate::rt::study::load(&[src.cohort.join(id)], &Default::default())
+                .map_err(|e| format!("{id}: {e}"))
+                .and_then(|study| data::prepare(&study, input).map_err(|e| format!("{id}: {e}")))
+                .map(|p| {
+                    let roi = p.from_crop(&masks[n]);
+                    let empty = !roi.iter().any(|&m| m);
+                    let row = src.model.measure(&p.patient, &roi);
+                    (data::Prepared::dosiomics(&row, src.model), empty)
+                })
+        },
+        |_| {},
+    );
     let f = ds.n_dosiomics;
     let mut empty = 0;
     for (&i, r) in idx.iter().zip(rows) {
-        let (row, e) = r.unwrap_or_else(|| Err("not processed".into()))?;
+        let (row, e) = r?;
         ds.dosiomics[i * f..(i + 1) * f].copy_from_slice(&row[..f]);
         empty += usize::from(e);
     }

@@ -621,33 +621,14 @@ fn generate_hospital(
     seed: u64,
     with_ct: bool,
 ) -> Result<Vec<PatientRecord>, String> {
-    let workers = std::thread::available_parallelism()
-        .map(|p| p.get())
-        .unwrap_or(1)
-        .min(4);
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: std::sync::Mutex<Vec<Option<Result<PatientRecord, String>>>> =
-        std::sync::Mutex::new(vec![None; n]);
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let res = write_patient(out, generate(h, seed, i, with_ct));
-                if let Ok(mut r) = results.lock() {
-                    r[i] = Some(res);
-                }
-            });
-        }
-    });
-    results
-        .into_inner()
-        .map_err(|_| "a generator thread failed".to_string())?
-        .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err("patient not generated".into())))
-        .collect()
+    crate::par::map(
+        n,
+        crate::par::threads().min(4),
+        |i| write_patient(out, generate(h, seed, i, with_ct)),
+        |_| {},
+    )
+    .into_iter()
+    .collect()
 }
 
 fn write_patient(out: &Path, p: Patient) -> Result<PatientRecord, String> {

@@ -24,18 +24,7 @@ fn tiny_model() -> &'static PathBuf {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let cohort = dir.join("cohort");
-        run(
-            &[
-                "synth",
-                "--out",
-                cohort.to_str().unwrap_or_default(),
-                "--patients",
-                "14",
-                "--seed",
-                "3",
-            ],
-            &[],
-        );
+        synth_cohort(&cohort, 14, 3);
         let cfg = dir.join("tiny.toml");
         std::fs::write(&cfg, TINY).expect("config");
         let model = dir.join("model");
@@ -195,6 +184,45 @@ fn patient(dir: &Path, seed: &str, ct: bool) -> PathBuf {
     dir.join("H1-0001")
 }
 
+/// dciodvfy reports no errors on `f`.
+fn assert_valid(f: &Path) {
+    let v = Command::new("dciodvfy").arg(f).output().expect("dciodvfy");
+    let t = text(&v);
+    assert!(
+        !t.lines().any(|l| l.starts_with("Error")),
+        "{}: {t}",
+        f.display()
+    );
+}
+
+/// An `esorisk` command on a running node's data directory (its output).
+fn on_node(node: &TestNode, args: &[&str]) -> String {
+    run(
+        args,
+        &[(
+            "ESORISK__STORAGE__DATA_DIR",
+            node.data_dir.to_str().unwrap_or_default(),
+        )],
+    )
+}
+
+/// `esorisk synth` of `patients` hospital-1 patients.
+fn synth_cohort(dir: &Path, patients: u32, seed: u32) {
+    let dir = dir.to_str().unwrap_or_default();
+    run(
+        &[
+            "synth",
+            "--out",
+            dir,
+            "--patients",
+            &patients.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ],
+        &[],
+    );
+}
+
 /// `esorisk predict --json` on a study directory: the risk.
 fn predict_risk(model: &Path, study: &Path) -> f64 {
     let v: serde_json::Value = serde_json::from_str(&run(
@@ -288,13 +316,7 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     }
     let (sr, rs) = (sr.expect("an SR"), rs.expect("an RT Structure Set"));
     for f in [&sr, &rs] {
-        let v = Command::new("dciodvfy").arg(f).output().expect("dciodvfy");
-        let t = text(&v);
-        assert!(
-            !t.lines().any(|l| l.starts_with("Error")),
-            "{}: {t}",
-            f.display()
-        );
+        assert_valid(f);
     }
     let dump = dcmtk("dsrdump", &["+Pc", "+Pl", sr.to_str().unwrap_or_default()]);
     assert!(dump.status.success(), "{}", text(&dump));
@@ -342,13 +364,7 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     push(&node, &study);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 1);
-    let jobs = run(
-        &["jobs"],
-        &[(
-            "ESORISK__STORAGE__DATA_DIR",
-            node.data_dir.to_str().unwrap_or_default(),
-        )],
-    );
+    let jobs = on_node(&node, &["jobs"]);
     assert!(
         jobs.contains("succeeded") && jobs.contains("risk"),
         "{jobs}"
@@ -383,15 +399,7 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
         "SELECT predecessor_sr_uid FROM jobs ORDER BY id DESC LIMIT 1",
     );
     assert_eq!(pred[0][0].as_deref(), Some(first_sr.as_str()));
-    let v = Command::new("dciodvfy")
-        .arg(&new_srs[0])
-        .output()
-        .expect("dciodvfy");
-    assert!(
-        !text(&v).lines().any(|l| l.starts_with("Error")),
-        "{}",
-        text(&v)
-    );
+    assert_valid(&new_srs[0]);
 }
 
 #[test]
@@ -417,13 +425,7 @@ fn a_destination_that_never_answers_ends_as_a_dead_delivery() {
             .contains("gave up after 3 attempts"),
         "{e:?}"
     );
-    let jobs = run(
-        &["jobs"],
-        &[(
-            "ESORISK__STORAGE__DATA_DIR",
-            node.data_dir.to_str().unwrap_or_default(),
-        )],
-    );
+    let jobs = on_node(&node, &["jobs"]);
     assert!(jobs.contains("dead"), "{jobs}");
 }
 
@@ -541,18 +543,7 @@ fn a_node_killed_while_scoring_finishes_the_job_once() {
 fn training_is_deterministic_for_a_seed() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cohort = tmp.path().join("cohort");
-    run(
-        &[
-            "synth",
-            "--out",
-            cohort.to_str().unwrap_or_default(),
-            "--patients",
-            "12",
-            "--seed",
-            "4",
-        ],
-        &[],
-    );
+    synth_cohort(&cohort, 12, 4);
     let cfg = tmp.path().join("tiny.toml");
     std::fs::write(&cfg, TINY).expect("config");
     let mut weights = Vec::new();
@@ -718,13 +709,7 @@ fn bad_studies_fail_with_their_reason_and_send_nothing() {
             node.log()
         );
     }
-    let jobs = run(
-        &["jobs", "--state", "failed"],
-        &[(
-            "ESORISK__STORAGE__DATA_DIR",
-            node.data_dir.to_str().unwrap_or_default(),
-        )],
-    );
+    let jobs = on_node(&node, &["jobs", "--state", "failed"]);
     assert!(
         jobs.contains("frame of reference") && jobs.contains("RELATIVE"),
         "{jobs}"
@@ -755,15 +740,7 @@ fn a_not_scored_sr_says_why() {
     let ids = common::uids(&files[0]);
     assert_eq!(ids.sop_class, "1.2.840.10008.5.1.4.1.1.88.33");
     assert_eq!(ids.study, common::uids(&study.join("rtdose.dcm")).study);
-    let v = Command::new("dciodvfy")
-        .arg(&files[0])
-        .output()
-        .expect("dciodvfy");
-    assert!(
-        !text(&v).lines().any(|l| l.starts_with("Error")),
-        "{}",
-        text(&v)
-    );
+    assert_valid(&files[0]);
     let dump = dcmtk(
         "dsrdump",
         &["+Pc", "+Pl", files[0].to_str().unwrap_or_default()],
@@ -1023,18 +1000,7 @@ fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
 fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cohort = tmp.path().join("cohort");
-    run(
-        &[
-            "synth",
-            "--out",
-            cohort.to_str().unwrap_or_default(),
-            "--patients",
-            "12",
-            "--seed",
-            "5",
-        ],
-        &[],
-    );
+    synth_cohort(&cohort, 12, 5);
     let cfg = tmp.path().join("tiny.toml");
     std::fs::write(
         &cfg,

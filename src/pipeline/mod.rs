@@ -321,7 +321,11 @@ fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, na
         if ctx.settings.hold_claimed_seconds > 0 {
             // Fault injection (tests): hold the claimed job, heartbeating,
             // so that a crash can be placed inside a job.
-            std::thread::sleep(Duration::from_secs(ctx.settings.hold_claimed_seconds));
+            let until =
+                std::time::Instant::now() + Duration::from_secs(ctx.settings.hold_claimed_seconds);
+            while std::time::Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         let outcome = score_job(&ctx, &rt, &job);
         beat.0.store(true, Ordering::Relaxed);

@@ -25,23 +25,8 @@ fn tiny_model() -> &'static PathBuf {
         std::fs::create_dir_all(&dir).expect("dir");
         let cohort = dir.join("cohort");
         synth_cohort(&cohort, 14, 3);
-        let cfg = dir.join("tiny.toml");
-        std::fs::write(&cfg, TINY).expect("config");
         let model = dir.join("model");
-        run(
-            &[
-                "--config",
-                cfg.to_str().unwrap_or_default(),
-                "train",
-                "--cohort",
-                cohort.to_str().unwrap_or_default(),
-                "--out",
-                model.to_str().unwrap_or_default(),
-                "--device",
-                "cpu",
-            ],
-            &[],
-        );
+        train(TINY, &cohort, &model, &[]);
         assert!(model.join("model.safetensors").exists() && model.join("card.json").exists());
         model
     })
@@ -182,6 +167,28 @@ fn patient(dir: &Path, seed: &str, ct: bool) -> PathBuf {
     }
     run(&args, &[]);
     dir.join("H1-0001")
+}
+
+/// `esorisk train` with the settings `config` (TOML) on the CPU; its
+/// output (the progress log goes to standard error).
+fn train(config: &str, cohort: &Path, out: &Path, extra: &[&str]) -> String {
+    let cfg = out.with_extension("toml");
+    std::fs::write(&cfg, config).expect("config");
+    let o = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("train")
+        .arg("--cohort")
+        .arg(cohort)
+        .arg("--out")
+        .arg(out)
+        .args(["--device", "cpu"])
+        .args(extra)
+        .output()
+        .expect("esorisk runs");
+    let log = text(&o);
+    assert!(o.status.success(), "esorisk train: {log}");
+    log
 }
 
 /// dciodvfy reports no errors on `f`.
@@ -544,27 +551,10 @@ fn training_is_deterministic_for_a_seed() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cohort = tmp.path().join("cohort");
     synth_cohort(&cohort, 12, 4);
-    let cfg = tmp.path().join("tiny.toml");
-    std::fs::write(&cfg, TINY).expect("config");
     let mut weights = Vec::new();
     for name in ["a", "b"] {
         let out = tmp.path().join(name);
-        run(
-            &[
-                "--config",
-                cfg.to_str().unwrap_or_default(),
-                "train",
-                "--cohort",
-                cohort.to_str().unwrap_or_default(),
-                "--out",
-                out.to_str().unwrap_or_default(),
-                "--device",
-                "cpu",
-                "--seed",
-                "9",
-            ],
-            &[],
-        );
+        train(TINY, &cohort, &out, &["--seed", "9"]);
         let t = candle_core::safetensors::load(
             out.join("model.safetensors"),
             &candle_core::Device::Cpu,
@@ -1001,29 +991,11 @@ fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
     let tmp = tempfile::tempdir().expect("tmp");
     let cohort = tmp.path().join("cohort");
     synth_cohort(&cohort, 12, 5);
-    let cfg = tmp.path().join("tiny.toml");
-    std::fs::write(
-        &cfg,
-        TINY.replace("[train]\n", "[train]\nfusion_features = \"predicted\"\n")
-            .replace("epochs = 1", "epochs = 2"),
-    )
-    .expect("config");
     let model = tmp.path().join("model");
-    let out = Command::new(env!("CARGO_BIN_EXE_esorisk"))
-        .args([
-            "--config",
-            cfg.to_str().unwrap_or_default(),
-            "train",
-            "--cohort",
-        ])
-        .arg(&cohort)
-        .arg("--out")
-        .arg(&model)
-        .args(["--device", "cpu"])
-        .output()
-        .expect("esorisk");
-    let log = text(&out);
-    assert!(out.status.success(), "{log}");
+    let config = TINY
+        .replace("[train]\n", "[train]\nfusion_features = \"predicted\"\n")
+        .replace("epochs = 1", "epochs = 2");
+    let log = train(&config, &cohort, &model, &[]);
     // Re-measured after each of the two epochs, for train + internal.
     let n = log
         .matches("features re-measured in the predicted ROI of")

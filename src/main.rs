@@ -1,6 +1,6 @@
 //! The `esorisk` command.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -624,14 +624,13 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             let main_model = RiskModel::load(&model, &dev)?;
             let dosio = main_model.card.dosiomics.clone();
             let mut models = Vec::new();
-            if let Ok(rd) = std::fs::read_dir(model.join("ablations")) {
-                let mut dirs: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-                dirs.sort();
-                for d in dirs {
-                    match RiskModel::load(&d, &dev) {
-                        Ok(m) => models.push((model_label(&m.card), m)),
-                        Err(e) => eprintln!("ablation {} left out: {e}", d.display()),
-                    }
+            for d in esorisk::model::calibrate::with_ablations(&model)
+                .iter()
+                .skip(1)
+            {
+                match RiskModel::load(d, &dev) {
+                    Ok(m) => models.push((model_label(&m.card), m)),
+                    Err(e) => eprintln!("ablation {} left out: {e}", d.display()),
                 }
             }
             models.sort_by_key(|(_, m)| m.card.variant as u8);
@@ -666,117 +665,14 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             split,
             device,
         } => {
-            use esorisk::model::{infer::RiskModel, train};
+            use esorisk::model::{calibrate, infer::RiskModel, train};
             let dev = train::device(device.as_deref().unwrap_or(&settings.model.device))?;
-            let mut dirs = vec![model.clone()];
-            if let Ok(rd) = std::fs::read_dir(model.join("ablations")) {
-                let mut more: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
-                more.sort();
-                dirs.extend(more);
-            }
-            let mut models = Vec::new();
-            for d in &dirs {
-                let mut m = RiskModel::load(d, &dev)?;
-                // Fit on the uncalibrated output.
-                m.card.calibration = None;
-                m.card.roi_threshold = None;
-                models.push(m);
-            }
-            let patients: Vec<_> = esorisk::dosiomics::search::read_labels(&cohort)?
-                .into_iter()
-                .filter(|p| p.split == split)
-                .collect();
-            if patients.is_empty() {
-                return Err(
-                    format!("no patients in split {split:?} of {}", cohort.display()).into(),
-                );
-            }
-            // First the learned ROI's threshold (the fused features of a
-            // model that reads them in the predicted ROI depend on it), then
-            // the risk's recalibration.
-            const THRESHOLDS: [f64; 9] = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6];
-            let dice = over_patients(&cohort, &patients, |study| {
-                models
-                    .iter()
-                    .map(|m| {
-                        m.roi_dice_by_threshold(study, &THRESHOLDS)
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect::<Result<Vec<_>, String>>()
-            });
-            for (k, m) in models.iter_mut().enumerate() {
-                if !m.card.variant.segmentation() {
-                    continue;
-                }
-                let rows: Vec<&Vec<f64>> = dice
-                    .iter()
-                    .filter_map(|r| r.as_ref().ok().and_then(|v| v[k].as_ref()))
-                    .collect();
-                if rows.is_empty() {
-                    continue;
-                }
-                let mean = |t: usize| rows.iter().map(|r| r[t]).sum::<f64>() / rows.len() as f64;
-                let best = (0..THRESHOLDS.len())
-                    .max_by(|&a, &b| mean(a).total_cmp(&mean(b)))
-                    .unwrap_or(7);
-                println!(
-                    "{}: learned-ROI threshold {} (mean Dice against the optimal ROI {:.3}; {:.3} at 0.5), {} patients with a non-empty optimal ROI",
-                    m.dir.display(),
-                    THRESHOLDS[best],
-                    mean(best),
-                    mean(7),
-                    rows.len()
-                );
-                m.card.roi_threshold = Some(THRESHOLDS[best]);
-            }
-            let slots = over_patients(&cohort, &patients, |study| {
-                models
-                    .iter()
-                    .map(|m| m.score(study).map(|s| s.risk).map_err(|e| e.to_string()))
-                    .collect::<Result<Vec<f64>, String>>()
-            });
-            let (mut logits, mut labels) = (vec![Vec::new(); models.len()], Vec::new());
-            for (p, r) in patients.iter().zip(slots) {
-                match r {
-                    Ok(risks) => {
-                        for (k, r) in risks.iter().enumerate() {
-                            let r = r.clamp(1e-9, 1.0 - 1e-9);
-                            logits[k].push((r / (1.0 - r)).ln());
-                        }
-                        labels.push(p.label);
-                    }
-                    Err(e) => eprintln!("{}: left out: {e}", p.patient_id),
-                }
-            }
-            let events = labels.iter().filter(|&&l| l).count();
-            for ((m, d), z) in models.iter_mut().zip(&dirs).zip(&logits) {
-                let (a, b) = esorisk::metrics::platt(z, &labels);
-                let before: Vec<f64> = z.iter().map(|z| 1.0 / (1.0 + (-z).exp())).collect();
-                let after: Vec<f64> = z
-                    .iter()
-                    .map(|z| 1.0 / (1.0 + (-(a * z + b)).exp()))
-                    .collect();
-                m.card.calibration = Some(esorisk::model::infer::Calibration {
-                    a,
-                    b,
-                    fitted_on: format!(
-                        "split {split} of {} ({} patients, {events} events)",
-                        cohort.display(),
-                        labels.len()
-                    ),
-                });
-                std::fs::write(
-                    d.join("card.json"),
-                    serde_json::to_string_pretty(&m.card)? + "\n",
-                )?;
-                println!(
-                    "{}: a {a:.3}, b {b:.3}; on the fitting split Brier {:.3} -> {:.3}, calibration error {:.3} -> {:.3}",
-                    d.display(),
-                    esorisk::metrics::brier(&before, &labels),
-                    esorisk::metrics::brier(&after, &labels),
-                    esorisk::model::evaluate::calibration_error(&before, &labels, 10),
-                    esorisk::model::evaluate::calibration_error(&after, &labels, 10),
-                );
+            let mut models = calibrate::with_ablations(&model)
+                .iter()
+                .map(|d| RiskModel::load(d, &dev))
+                .collect::<Result<Vec<_>, _>>()?;
+            for line in calibrate::calibrate(&mut models, &cohort, &split)? {
+                println!("{line}");
             }
         }
         Command::Predict {
@@ -862,22 +758,4 @@ fn model_label(card: &esorisk::model::infer::ModelCard) -> String {
         }
         _ => card.variant.label().to_string(),
     }
-}
-
-/// `f` on every patient's study, on all cores, in the patients' order.
-fn over_patients<T: Send>(
-    cohort: &Path,
-    patients: &[esorisk::dosiomics::search::Patient],
-    f: impl Fn(&esorisk::rt::study::Study) -> Result<T, String> + Sync,
-) -> Vec<Result<T, String>> {
-    esorisk::par::map(
-        patients.len(),
-        esorisk::par::threads(),
-        |i| {
-            esorisk::rt::study::load(&[cohort.join(&patients[i].patient_id)], &Default::default())
-                .map_err(|e| e.to_string())
-                .and_then(|study| f(&study))
-        },
-        |_| {},
-    )
 }

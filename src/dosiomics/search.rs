@@ -224,6 +224,18 @@ pub fn read_cohort_json(dir: &Path) -> Result<serde_json::Value, String> {
     serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Which generator wrote a cohort and with what seed (from its
+/// `cohort.json`), for model cards: `("unknown", None)` without one.
+pub fn cohort_origin(dir: &Path) -> (String, Option<u64>) {
+    let json = read_cohort_json(dir).ok();
+    let generator = json
+        .as_ref()
+        .and_then(|c| c["generator"].as_str())
+        .unwrap_or("unknown")
+        .to_string();
+    (generator, json.as_ref().and_then(|c| c["seed"].as_u64()))
+}
+
 /// A uint8 `.npy` array and its 3D shape.
 fn read_npy(path: &Path) -> Result<(Vec<u8>, [usize; 3]), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -499,7 +511,7 @@ pub fn search(
         .filter_map(|&i| features[i].rois[best_idx].clone())
         .collect();
     let fitted = model::fit(&rows, &labels, &names, &fit_opts);
-    let cohort_json = read_cohort_json(cohort).ok();
+    let (generator, cohort_seed) = cohort_origin(cohort);
     let file = DosiomicsModelFile {
         format: MODEL_FORMAT.into(),
         version: MODEL_VERSION,
@@ -512,12 +524,8 @@ pub fn search(
         model: fitted,
         training: TrainingInfo {
             cohort: cohort.display().to_string(),
-            cohort_generator: cohort_json
-                .as_ref()
-                .and_then(|c| c["generator"].as_str())
-                .unwrap_or("unknown")
-                .to_string(),
-            cohort_seed: cohort_json.as_ref().and_then(|c| c["seed"].as_u64()),
+            cohort_generator: generator,
+            cohort_seed,
             patients: train.len(),
             events: labels.iter().filter(|&&l| l).count(),
             cv_auc: best.cv_auc,

@@ -298,7 +298,7 @@ pub fn card(
     cohort: &Path,
     dir: &Path,
 ) -> Result<ModelCard, String> {
-    let cohort_json = crate::dosiomics::search::read_cohort_json(cohort).ok();
+    let (generator, cohort_seed) = crate::dosiomics::search::cohort_origin(cohort);
     let train_idx = ds.indices("train", None);
     let parameters = t
         .varmap
@@ -343,12 +343,8 @@ pub fn card(
         dosiomics: dosio.clone(),
         data: TrainingData {
             cohort: cohort.display().to_string(),
-            cohort_generator: cohort_json
-                .as_ref()
-                .and_then(|c| c["generator"].as_str())
-                .unwrap_or("unknown")
-                .to_string(),
-            cohort_seed: cohort_json.as_ref().and_then(|c| c["seed"].as_u64()),
+            cohort_generator: generator,
+            cohort_seed,
             train_patients: train_idx.len(),
             train_events: train_idx.iter().filter(|&&i| ds.patients[i].label).count(),
             validation_patients: ds.indices("internal", None).len(),

@@ -7,9 +7,11 @@
 //! `conv3d`, `net` and `loss` hold the network (candle has no 3D
 //! convolution; it is composed from 2D ones); `data` and `dataset` turn
 //! studies into tensors; `train` fits the network and its ablations;
-//! `infer` loads a trained model and scores a study; `evaluate` builds the
-//! paper-style table.
+//! `infer` loads a trained model and scores a study; `calibrate` fits its
+//! ROI threshold and risk recalibration; `evaluate` builds the paper-style
+//! table.
 
+pub mod calibrate;
 pub mod conv3d;
 pub mod data;
 pub mod dataset;

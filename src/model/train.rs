@@ -290,8 +290,9 @@ pub fn predict_logits(
     Ok(out)
 }
 
-/// Probability thresholds tried for the learned ROI.
-const ROI_THRESHOLDS: [f64; 9] = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6];
+/// Probability thresholds tried for the learned ROI (training and
+/// `esorisk calibrate`).
+pub const ROI_THRESHOLDS: [f64; 9] = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6];
 
 /// Measure the fusion features of `idx` in the ROI the network predicts
 /// now (in place of the dataset's rows), at the threshold whose crop masks

@@ -273,6 +273,15 @@ pub fn candidate(name: &str) -> Option<&'static Candidate> {
 }
 
 impl Candidate {
+    /// Where the candidate can lie at all: the esophagus, grown by the
+    /// margin for margin rules. A learned ROI is kept inside it.
+    pub fn support(&self, p: &PatientDose) -> Vec<bool> {
+        match self.rule {
+            Rule::Margin(mm) => dilate(&p.esophagus, p.dims(), p.spacing, mm),
+            _ => p.esophagus.clone(),
+        }
+    }
+
     /// The candidate's mask on the patient's grid. `None` when it cannot be
     /// defined for this patient (EQD2 without a fraction count, a PTV rule
     /// without a PTV); an empty mask is a valid, empty region.

@@ -41,9 +41,13 @@ pub fn calibrate(
         ));
     }
     for m in models.iter_mut() {
-        // Fit on the uncalibrated output.
+        // Fit on the uncalibrated output. A model whose head reads the
+        // features in the learned ROI keeps the threshold it was trained
+        // with: its head learned the features measured there.
         m.card.calibration = None;
-        m.card.roi_threshold = None;
+        if !m.reads_learned_roi() {
+            m.card.roi_threshold = None;
+        }
     }
     let mut report = Vec::new();
     // First the learned ROI's threshold (the fused features of a model that
@@ -67,13 +71,20 @@ pub fn calibrate(
             continue;
         }
         let mean = |t: usize| rows.iter().map(|r| r[t]).sum::<f64>() / rows.len() as f64;
-        let best = (0..ROI_THRESHOLDS.len())
-            .max_by(|&a, &b| mean(a).total_cmp(&mean(b)))
-            .unwrap_or(half);
+        let trained = m
+            .card
+            .roi_threshold
+            .and_then(|t| ROI_THRESHOLDS.iter().position(|&x| x == t));
+        let best = trained.unwrap_or_else(|| {
+            (0..ROI_THRESHOLDS.len())
+                .max_by(|&a, &b| mean(a).total_cmp(&mean(b)))
+                .unwrap_or(half)
+        });
         report.push(format!(
-            "{}: learned-ROI threshold {} (mean Dice against the optimal ROI {:.3}; {:.3} at 0.5), {} patients with a non-empty optimal ROI",
+            "{}: learned-ROI threshold {}{} (mean Dice against the optimal ROI {:.3}; {:.3} at 0.5), {} patients with a non-empty optimal ROI",
             m.dir.display(),
             ROI_THRESHOLDS[best],
+            if trained.is_some() { ", as trained" } else { "" },
             mean(best),
             mean(half),
             rows.len()

@@ -216,24 +216,61 @@ impl Prepared {
         out
     }
 
-    /// A crop mask (e.g. the predicted ROI) back on the patient grid: each
-    /// patient voxel takes the crop voxel nearest to its centre, limited to
-    /// the esophagus's dilated neighbourhood it was trained on.
-    pub fn from_crop(&self, crop_mask: &[bool]) -> Vec<bool> {
+    /// The learned ROI on the patient grid from the segmentation logits on
+    /// the crop: the logits interpolated trilinearly at each patient voxel
+    /// inside the crop, cut at `cut`, and kept inside `support` (where the
+    /// ROI's rule can reach, see [`Prepared::roi_support`]). The crop's
+    /// voxels are coarser than the esophagus is wide, so the branch says
+    /// which part of the organ, and the contour gives the outline.
+    pub fn roi_from_logits(&self, logits: &[f32], cut: f32, support: &[bool]) -> Vec<bool> {
         let g = &self.patient.grid;
-        let [_, h, w] = self.crop.size;
+        let c = &self.crop;
+        let [d, h, w] = c.size;
+        // Fractional crop index along one axis; `None` outside the crop's
+        // voxels (half a voxel beyond the outer centres).
+        let frac = |v: f64, centre: f64, s: f64, n: usize| -> Option<f64> {
+            let f = (v - centre) / s + (n as f64 - 1.0) / 2.0;
+            (f >= -0.5 && f <= n as f64 - 0.5).then(|| f.clamp(0.0, (n - 1) as f64))
+        };
+        let split = |f: f64, n: usize| {
+            let i0 = (f.floor() as usize).min(n - 1);
+            (i0, (i0 + 1).min(n - 1), (f - i0 as f64) as f32)
+        };
+        let at = |k: usize, j: usize, i: usize| logits[(k * h + j) * w + i];
         let mut out = vec![false; g.len()];
-        for k in 0..g.nz() {
-            for j in 0..g.ny {
-                for i in 0..g.nx {
-                    let p = [g.x(i), g.y(j), g.z[k]];
-                    if let Some([ck, cj, ci]) = self.crop.voxel(p) {
-                        out[g.index(i, j, k)] = crop_mask[(ck * h + cj) * w + ci];
-                    }
-                }
+        for (idx, o) in out.iter_mut().enumerate() {
+            if !support.get(idx).copied().unwrap_or(false) {
+                continue;
             }
+            let (i, j, k) = (idx % g.nx, (idx / g.nx) % g.ny, idx / (g.nx * g.ny));
+            let (Some(fx), Some(fy), Some(fz)) = (
+                frac(g.x(i), c.centre[0], c.spacing_mm[2], w),
+                frac(g.y(j), c.centre[1], c.spacing_mm[1], h),
+                frac(g.z[k], c.centre[2], c.spacing_mm[0], d),
+            ) else {
+                continue;
+            };
+            let ((i0, i1, tx), (j0, j1, ty), (k0, k1, tz)) =
+                (split(fx, w), split(fy, h), split(fz, d));
+            let lerp = |a: f32, b: f32, t: f32| a + (b - a) * t;
+            let plane = |k| {
+                lerp(
+                    lerp(at(k, j0, i0), at(k, j0, i1), tx),
+                    lerp(at(k, j1, i0), at(k, j1, i1), tx),
+                    ty,
+                )
+            };
+            *o = lerp(plane(k0), plane(k1), tz) > cut;
         }
         out
+    }
+
+    /// Where the dosiomics model's ROI can lie (the esophagus, or its
+    /// margin for margin rules).
+    pub fn roi_support(&self, model: &DosiomicsModelFile) -> Vec<bool> {
+        roi::candidate(&model.roi)
+            .map(|c| c.support(&self.patient))
+            .unwrap_or_else(|| self.patient.esophagus.clone())
     }
 
     /// The dosiomics model's features, from a `measure` row, standardised
@@ -277,6 +314,69 @@ pub fn sample(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rt::grid::Grid;
+
+    /// A 2 mm patient grid around the origin with a vertical tube of radius
+    /// 4 mm as the esophagus, and an 8 mm crop of 4³ voxels on the origin.
+    fn tube_patient() -> Prepared {
+        let n = 20;
+        let grid = Grid::uniform([-19.0; 3], [2.0; 3], [n; 3]);
+        let mut esophagus = vec![false; grid.len()];
+        for k in 0..n {
+            for j in 0..n {
+                for i in 0..n {
+                    esophagus[grid.index(i, j, k)] = grid.x(i).hypot(grid.y(j)) <= 4.0;
+                }
+            }
+        }
+        Prepared {
+            patient: PatientDose {
+                spacing: [2.0; 3],
+                physical: vec![0.0; grid.len()],
+                eqd2: None,
+                esophagus,
+                ptv: None,
+                esophagus_name: "Esophagus".into(),
+                ptv_name: None,
+                fractions: None,
+                esophagus_outside_dose: 0.0,
+                grid,
+            },
+            crop: Crop {
+                centre: [0.0; 3],
+                size: [4, 4, 4],
+                spacing_mm: [8.0; 3],
+            },
+            norm_gy: 1.0,
+        }
+    }
+
+    #[test]
+    fn learned_roi_interpolates_within_the_support() {
+        let p = tube_patient();
+        // Logit +5 on the upper two crop planes (z = 4, 12 mm), −5 on the
+        // lower two (z = −12, −4 mm): interpolated, it crosses 0 at z = 0.
+        let logits: Vec<f32> = (0..64)
+            .map(|v| if v / 16 >= 2 { 5.0 } else { -5.0 })
+            .collect();
+        let support = p.patient.esophagus.clone();
+        let roi = p.roi_from_logits(&logits, 0.0, &support);
+        let g = &p.patient.grid;
+        let mut inside = 0;
+        for (idx, &m) in roi.iter().enumerate() {
+            let (i, j, k) = (idx % g.nx, (idx / g.nx) % g.ny, idx / (g.nx * g.ny));
+            let z = g.z[k];
+            // Inside the tube, above z = 0, and within the crop (centres
+            // ±12 mm, voxels reach ±16 mm).
+            let expected = support[idx] && z > 0.0 && z < 16.0 && g.x(i).abs() < 16.0;
+            assert_eq!(m, expected, "voxel ({i}, {j}, {k}) at z = {z}");
+            inside += usize::from(m);
+        }
+        assert!(inside > 0);
+        // Outside the support nothing is kept, even where the logits are high.
+        let none = p.roi_from_logits(&logits, 0.0, &vec![false; g.len()]);
+        assert!(!none.iter().any(|&m| m));
+    }
 
     #[test]
     fn crop_positions_and_voxels_round_trip() {

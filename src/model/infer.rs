@@ -171,6 +171,14 @@ impl RiskModel {
         ((d.train_patients - d.train_events) as f64 / d.train_events as f64).ln()
     }
 
+    /// Whether the fusion head reads its features in the learned ROI (so
+    /// the ROI's threshold is part of what the head was trained on).
+    pub fn reads_learned_roi(&self) -> bool {
+        self.card.variant.fusion()
+            && self.card.variant.segmentation()
+            && self.card.fusion_roi == FusionRoi::Predicted
+    }
+
     /// The segmentation branch's logit threshold for the learned ROI.
     fn roi_logit(&self) -> f32 {
         let p = self
@@ -205,13 +213,13 @@ impl RiskModel {
         let e = self.net.encode(&x).map_err(fail)?;
         let s = self.net.segment(&e, (d, h, w)).map_err(fail)?;
         let logits: Vec<f32> = s.flatten_all().and_then(|t| t.to_vec1()).map_err(fail)?;
+        let support = p.roi_support(&self.card.dosiomics);
         Ok(Some(
             thresholds
                 .iter()
                 .map(|&t| {
                     let cut = (t / (1.0 - t)).ln() as f32;
-                    let crop: Vec<bool> = logits.iter().map(|&l| l > cut).collect();
-                    crate::dosiomics::roi::dice(&p.from_crop(&crop), &target)
+                    crate::dosiomics::roi::dice(&p.roi_from_logits(&logits, cut, &support), &target)
                 })
                 .collect(),
         ))
@@ -230,10 +238,12 @@ impl RiskModel {
         // dosiomics model's own definition of the optimal ROI.
         let roi = if self.card.variant.segmentation() {
             let s = self.net.segment(&e, (d, h, w)).map_err(fail)?;
-            let probs: Vec<f32> = s.flatten_all().and_then(|t| t.to_vec1()).map_err(fail)?;
-            let cut = self.roi_logit();
-            let crop: Vec<bool> = probs.iter().map(|&l| l > cut).collect();
-            p.from_crop(&crop)
+            let logits: Vec<f32> = s.flatten_all().and_then(|t| t.to_vec1()).map_err(fail)?;
+            p.roi_from_logits(
+                &logits,
+                self.roi_logit(),
+                &p.roi_support(&self.card.dosiomics),
+            )
         } else {
             p.optimal_roi(&self.card.dosiomics)
         };

@@ -24,9 +24,12 @@ pub fn bce_with_logits(logits: &Tensor, targets: &Tensor, pos_weight: f64) -> Re
     loss.mean_all()
 }
 
-/// Soft Dice loss (per sample, averaged) plus voxel-wise BCE for `[B, 1, D, H, W]` logits
-/// and a {0, 1} target. The smoothing term 1 makes an empty target with an empty
-/// prediction score Dice ≈ 1 (loss ≈ 0) instead of 0/0.
+/// Soft Dice loss plus voxel-wise BCE for `[B, 1, D, H, W]` logits and a
+/// {0, 1} target. The Dice is taken over the whole batch, not per sample:
+/// the regions are a few voxels of thousands and a third of the patients
+/// have none, and a per-sample Dice (smoothed so that empty matches empty)
+/// then rewards predicting nothing, which is where the branch collapsed.
+/// The smoothing term 1 keeps an all-empty batch at Dice ≈ 1 (loss ≈ 0).
 pub fn dice_bce(seg_logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     const SMOOTH: f64 = 1.0;
     if seg_logits.shape() != target.shape() {
@@ -37,14 +40,12 @@ pub fn dice_bce(seg_logits: &Tensor, target: &Tensor) -> Result<Tensor> {
         );
     }
     let target = target.to_dtype(seg_logits.dtype())?;
-    let b = seg_logits.dim(0)?;
-    let p = candle_nn::ops::sigmoid(seg_logits)?.reshape((b, ()))?;
-    let t = target.reshape((b, ()))?;
-    let inter = (&p * &t)?.sum(1)?;
-    let denom = ((p.sum(1)? + t.sum(1)?)? + SMOOTH)?;
+    let p = candle_nn::ops::sigmoid(seg_logits)?.flatten_all()?;
+    let t = target.flatten_all()?;
+    let inter = (&p * &t)?.sum_all()?;
+    let denom = ((p.sum_all()? + t.sum_all()?)? + SMOOTH)?;
     let dice = ((inter * 2.0)? + SMOOTH)?.div(&denom)?;
-    let dice_loss = dice.mean_all()?.affine(-1.0, 1.0)?;
-    dice_loss + bce_with_logits(seg_logits, &target, 1.0)?
+    dice.affine(-1.0, 1.0)? + bce_with_logits(seg_logits, &target, 1.0)?
 }
 
 /// Supervised contrastive loss (Khosla et al. 2020, L_out) on L2-normalised rows `emb`.
@@ -183,6 +184,23 @@ mod tests {
             .expect("t");
         let x = t.affine(60.0, -30.0).expect("x");
         assert!(scalar(&dice_bce(&x, &t).expect("loss")) < 1e-6);
+
+        // One Dice over the batch: a patient with no region and an empty
+        // prediction does not pull the loss towards "predict nothing".
+        // Sample 1: target {1, 0}, p = .5, .5; sample 2: empty target,
+        // confident empty prediction. Dice = (2·.5 + 1)/(1 + 1 + 1) = 2/3
+        // over the batch; BCE = (2 ln 2 + ~0) / 4.
+        let x = Tensor::new(&[0f32, 0., -30., -30.], &dev)
+            .and_then(|t| t.reshape((2, 1, 1, 1, 2)))
+            .expect("x");
+        let t = Tensor::new(&[1f32, 0., 0., 0.], &dev)
+            .and_then(|t| t.reshape((2, 1, 1, 1, 2)))
+            .expect("t");
+        close(
+            scalar(&dice_bce(&x, &t).expect("loss")),
+            1.0 / 3.0 + 2f64.ln() / 2.0,
+            1e-5,
+        );
     }
 
     #[test]

@@ -153,6 +153,10 @@ pub struct EpochLog {
     pub epoch: usize,
     pub loss: f64,
     pub validation_auc: f64,
+    /// Mean Dice of the segmentation branch (probability ½) against the
+    /// optimal ROI on the crop, internal split, patients with a region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_dice: Option<f64>,
     pub seconds: f64,
 }
 
@@ -292,13 +296,60 @@ pub fn predict_logits(
 
 /// Probability thresholds tried for the learned ROI (training and
 /// `esorisk calibrate`).
-pub const ROI_THRESHOLDS: [f64; 9] = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6];
+pub const ROI_THRESHOLDS: [f64; 11] = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8];
+
+/// Segmentation logits of `idx` on the crop, patient-major.
+fn segment_logits(
+    net: &Dgd,
+    ds: &Dataset,
+    idx: &[usize],
+    dev: &Device,
+) -> candle_core::Result<Vec<f32>> {
+    let [d, h, w] = ds.input.size;
+    let mut logits = Vec::with_capacity(idx.len() * d * h * w);
+    for chunk in idx.chunks(16) {
+        let b = batch(ds, chunk, dev, None, 0)?;
+        let e = net.encode(&b.x)?;
+        logits.extend(
+            net.segment(&e, (d, h, w))?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+    }
+    Ok(logits)
+}
+
+/// Mean Dice on the crop of the logits (patient-major, the first
+/// `idx.len()` patients of `logits`) cut at probability `t` against the
+/// targets, over the patients whose target is not empty.
+fn crop_dice(ds: &Dataset, idx: &[usize], logits: &[f32], t: f64) -> f64 {
+    let v = ds.input.voxels();
+    let cut = (t / (1.0 - t)).ln() as f32;
+    let (mut sum, mut n) = (0.0, 0usize);
+    for (k, &i) in idx.iter().enumerate() {
+        let truth: Vec<bool> = ds.targets[i * v..(i + 1) * v]
+            .iter()
+            .map(|&x| x > 0)
+            .collect();
+        if !truth.iter().any(|&x| x) {
+            continue;
+        }
+        let pred: Vec<bool> = logits[k * v..(k + 1) * v]
+            .iter()
+            .map(|&l| l > cut)
+            .collect();
+        sum += crate::dosiomics::roi::dice(&pred, &truth);
+        n += 1;
+    }
+    sum / n.max(1) as f64
+}
 
 /// Measure the fusion features of `idx` in the ROI the network predicts
-/// now (in place of the dataset's rows), at the threshold whose crop masks
-/// best match the targets of the first `fit` patients of `idx` (mean
-/// Dice); returns the threshold and how many ROIs were empty (their
-/// features fall back to the model's medians).
+/// now (in place of the dataset's rows), at the threshold whose learned
+/// ROIs best match the optimal ROI of the first `fit` patients of `idx`
+/// (mean Dice on the patient grid, as the node maps them back); returns
+/// the threshold and how many ROIs were empty (their features fall back to
+/// the model's medians).
 fn refresh_predicted(
     net: &Dgd,
     ds: &mut Dataset,
@@ -307,62 +358,61 @@ fn refresh_predicted(
     dev: &Device,
     src: &FeatureSource,
 ) -> Result<(f64, usize), String> {
-    let err = |e: candle_core::Error| e.to_string();
     let [d, h, w] = ds.input.size;
     let v = d * h * w;
-    let mut logits: Vec<f32> = Vec::with_capacity(idx.len() * v);
-    for chunk in idx.chunks(16) {
-        let b = batch(ds, chunk, dev, None, 0).map_err(err)?;
-        let e = net.encode(&b.x).map_err(err)?;
-        let s = net.segment(&e, (d, h, w)).map_err(err)?;
-        logits.extend(
-            s.flatten_all()
-                .and_then(|t| t.to_vec1::<f32>())
-                .map_err(err)?,
-        );
-    }
+    let logits = segment_logits(net, ds, idx, dev).map_err(|e| e.to_string())?;
     let cut = |t: f64| (t / (1.0 - t)).ln() as f32;
-    let mean_dice = |t: f64| {
-        let (mut sum, mut n) = (0.0, 0usize);
-        for (k, &i) in idx.iter().enumerate().take(fit) {
-            let target = &ds.targets[i * v..(i + 1) * v];
-            if !target.iter().any(|&x| x > 0) {
-                continue;
-            }
-            let pred: Vec<bool> = logits[k * v..(k + 1) * v]
-                .iter()
-                .map(|&l| l > cut(t))
-                .collect();
-            let truth: Vec<bool> = target.iter().map(|&x| x > 0).collect();
-            sum += crate::dosiomics::roi::dice(&pred, &truth);
-            n += 1;
-        }
-        sum / n.max(1) as f64
-    };
-    let threshold = ROI_THRESHOLDS
-        .iter()
-        .copied()
-        .max_by(|a, b| mean_dice(*a).total_cmp(&mean_dice(*b)))
-        .unwrap_or(0.5);
-    let masks: Vec<Vec<bool>> = logits
-        .chunks(v)
-        .map(|m| m.iter().map(|&l| l > cut(threshold)).collect())
-        .collect();
     let (input, patients) = (&ds.input, &ds.patients);
+    let prepare = |n: usize| {
+        let id = &patients[idx[n]].patient_id;
+        crate::rt::study::load(&[src.cohort.join(id)], &Default::default())
+            .map_err(|e| format!("{id}: {e}"))
+            .and_then(|study| data::prepare(&study, input).map_err(|e| format!("{id}: {e}")))
+    };
+    let learned = |p: &data::Prepared, n: usize, t: f64| {
+        p.roi_from_logits(
+            &logits[n * v..(n + 1) * v],
+            cut(t),
+            &p.roi_support(src.model),
+        )
+    };
+    // Pass 1: the threshold, on the training patients with a region.
+    let dice = crate::par::map(
+        fit.min(idx.len()),
+        src.threads,
+        |n| {
+            prepare(n).map(|p| {
+                let target = p.optimal_roi(src.model);
+                target.iter().any(|&m| m).then(|| {
+                    ROI_THRESHOLDS
+                        .iter()
+                        .map(|&t| crate::dosiomics::roi::dice(&learned(&p, n, t), &target))
+                        .collect::<Vec<f64>>()
+                })
+            })
+        },
+        |_| {},
+    );
+    let mut sums = vec![0.0; ROI_THRESHOLDS.len()];
+    for row in dice {
+        if let Some(r) = row? {
+            sums.iter_mut().zip(r).for_each(|(s, d)| *s += d);
+        }
+    }
+    let threshold = (0..ROI_THRESHOLDS.len())
+        .max_by(|&a, &b| sums[a].total_cmp(&sums[b]))
+        .map_or(0.5, |k| ROI_THRESHOLDS[k]);
+    // Pass 2: the features in the learned ROI at that threshold.
     let rows = crate::par::map(
         idx.len(),
         src.threads,
         |n| {
-            let id = &patients[idx[n]].patient_id;
-            crate::rt::study::load(&[src.cohort.join(id)], &Default::default())
-                .map_err(|e| format!("{id}: {e}"))
-                .and_then(|study| data::prepare(&study, input).map_err(|e| format!("{id}: {e}")))
-                .map(|p| {
-                    let roi = p.from_crop(&masks[n]);
-                    let empty = !roi.iter().any(|&m| m);
-                    let row = src.model.measure(&p.patient, &roi);
-                    (data::Prepared::dosiomics(&row, src.model), empty)
-                })
+            prepare(n).map(|p| {
+                let roi = learned(&p, n, threshold);
+                let empty = !roi.iter().any(|&m| m);
+                let row = src.model.measure(&p.patient, &roi);
+                (data::Prepared::dosiomics(&row, src.model), empty)
+            })
         },
         |_| {},
     );
@@ -502,17 +552,27 @@ pub fn train(
         )
         .map_err(err)?;
         let val_auc = auc(&logits, &val_labels);
+        let validation_dice = if cfg.variant.segmentation() {
+            let seg = segment_logits(&net, ds, &val_idx, dev).map_err(err)?;
+            Some(crop_dice(ds, &val_idx, &seg, 0.5))
+        } else {
+            None
+        };
         let rec = EpochLog {
             epoch,
             loss: total_loss / train_idx.len() as f64,
             validation_auc: val_auc,
+            validation_dice,
             seconds: t0.elapsed().as_secs_f64(),
         };
         eprintln!(
-            "\repoch {epoch}/{}: loss {:.4}, internal validation AUC {:.3} ({:.0} s){}",
+            "\repoch {epoch}/{}: loss {:.4}, internal validation AUC {:.3}{} ({:.0} s){}",
             cfg.epochs,
             rec.loss,
             val_auc,
+            validation_dice
+                .map(|d| format!(", ROI Dice {d:.3}"))
+                .unwrap_or_default(),
             rec.seconds,
             if val_auc > best_auc { "  best" } else { "" }
         );
@@ -572,6 +632,10 @@ fn init_weights(varmap: &VarMap, seed: u64, dev: &Device) -> Result<(), String> 
             let bound = (3.0 / fan_in.max(1) as f64).sqrt();
             let mut rng = Rng::new(Rng::derive(seed, name, 0));
             (0..n).map(|_| rng.range(-bound, bound) as f32).collect()
+        } else if name == "decoder.out.bias" {
+            // The segmentation logit starts at the prior of a small region
+            // (as for rare-class detection heads), not at p = ½ everywhere.
+            vec![super::net::SEG_PRIOR_LOGIT as f32; n]
         } else if name.ends_with(".weight") {
             // Norm scales start at 1.
             vec![1.0; n]

@@ -1006,6 +1006,8 @@ fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
             .expect("json");
     assert_eq!(card["fusion_roi"], "predicted");
     assert_eq!(card["train"]["fusion_features"], "predicted");
+    // Training picked the ROI threshold the head's features were measured at.
+    let trained = card["roi_threshold"].as_f64().expect("trained threshold");
     // The model scores a study, reading its features in the predicted ROI.
     let risk = predict_risk(&model, &cohort.join("H1-0001"));
     assert!((0.0..=1.0).contains(&risk), "{risk}");
@@ -1036,12 +1038,14 @@ fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
         "{card}"
     );
     let (a, b) = (c["a"].as_f64().expect("a"), c["b"].as_f64().expect("b"));
-    // The learned ROI's threshold is fitted too (the full model segments);
-    // the risk it gives before recalibration comes from a copy of the model
-    // whose card keeps the threshold and drops the recalibration.
+    // The learned ROI's threshold stays the one the head was trained at
+    // (its features depend on it); the risk it gives before recalibration
+    // comes from a copy of the model whose card keeps the threshold and
+    // drops the recalibration.
     let t = card["roi_threshold"].as_f64().expect("roi_threshold");
-    assert!(t > 0.0 && t < 1.0, "{t}");
+    assert_eq!(t, trained, "{said}");
     assert!(said.contains("learned-ROI threshold"), "{said}");
+    assert!(said.contains("as trained"), "{said}");
     let plain = tmp.path().join("plain");
     std::fs::create_dir_all(&plain).expect("dir");
     std::fs::copy(

@@ -274,50 +274,39 @@ fn shifted<T: Copy + Default>(
     })
 }
 
-/// Logits of the classifier for `idx` (no augmentation), in batches.
+/// Logits of the classifier for `idx` (no augmentation), in batches, and
+/// with `segment` the segmentation logits from the same encoder pass
+/// (patient-major; empty otherwise).
 pub fn predict_logits(
     net: &Dgd,
     ds: &Dataset,
     idx: &[usize],
     dev: &Device,
     fusion: bool,
-    batch_size: usize,
-) -> candle_core::Result<Vec<f64>> {
+    segment: bool,
+) -> candle_core::Result<(Vec<f64>, Vec<f32>)> {
     let n_dosio = if fusion { ds.n_dosiomics } else { 0 };
-    let mut out = Vec::with_capacity(idx.len());
-    for chunk in idx.chunks(batch_size.max(1)) {
+    let [d, h, w] = ds.input.size;
+    let (mut out, mut seg) = (Vec::with_capacity(idx.len()), Vec::new());
+    for chunk in idx.chunks(16) {
         let b = batch(ds, chunk, dev, None, n_dosio)?;
         let e = net.encode(&b.x)?;
         let logits = net.head(&e, b.dosio.as_ref())?;
         out.extend(logits.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+        if segment {
+            seg.extend(
+                net.segment(&e, (d, h, w))?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?,
+            );
+        }
     }
-    Ok(out)
+    Ok((out, seg))
 }
 
 /// Probability thresholds tried for the learned ROI (training and
 /// `esorisk calibrate`).
 pub const ROI_THRESHOLDS: [f64; 11] = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8];
-
-/// Segmentation logits of `idx` on the crop, patient-major.
-fn segment_logits(
-    net: &Dgd,
-    ds: &Dataset,
-    idx: &[usize],
-    dev: &Device,
-) -> candle_core::Result<Vec<f32>> {
-    let [d, h, w] = ds.input.size;
-    let mut logits = Vec::with_capacity(idx.len() * d * h * w);
-    for chunk in idx.chunks(16) {
-        let b = batch(ds, chunk, dev, None, 0)?;
-        let e = net.encode(&b.x)?;
-        logits.extend(
-            net.segment(&e, (d, h, w))?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-        );
-    }
-    Ok(logits)
-}
 
 /// Mean Dice on the crop of the logits (patient-major, the first
 /// `idx.len()` patients of `logits`) cut at probability `t` against the
@@ -360,7 +349,8 @@ fn refresh_predicted(
 ) -> Result<(f64, usize), String> {
     let [d, h, w] = ds.input.size;
     let v = d * h * w;
-    let logits = segment_logits(net, ds, idx, dev).map_err(|e| e.to_string())?;
+    // The head's output is not needed here; the pass is the same.
+    let (_, logits) = predict_logits(net, ds, idx, dev, true, true).map_err(|e| e.to_string())?;
     let cut = |t: f64| (t / (1.0 - t)).ln() as f32;
     let (input, patients) = (&ds.input, &ds.patients);
     let prepare = |n: usize| {
@@ -542,22 +532,20 @@ pub fn train(
             );
             threshold = Some(thr);
         }
-        let logits = predict_logits(
+        let (logits, seg) = predict_logits(
             &net,
             work.as_ref().unwrap_or(ds),
             &val_idx,
             dev,
             cfg.variant.fusion(),
-            16,
+            cfg.variant.segmentation(),
         )
         .map_err(err)?;
         let val_auc = auc(&logits, &val_labels);
-        let validation_dice = if cfg.variant.segmentation() {
-            let seg = segment_logits(&net, ds, &val_idx, dev).map_err(err)?;
-            Some(crop_dice(ds, &val_idx, &seg, 0.5))
-        } else {
-            None
-        };
+        let validation_dice = cfg
+            .variant
+            .segmentation()
+            .then(|| crop_dice(ds, &val_idx, &seg, 0.5));
         let rec = EpochLog {
             epoch,
             loss: total_loss / train_idx.len() as f64,

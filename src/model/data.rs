@@ -160,6 +160,13 @@ pub fn prepare(study: &Study, cfg: &InputConfig) -> Result<Prepared, NotScorable
     })
 }
 
+/// A probability threshold of the learned ROI as a cut on the segmentation
+/// logits (clamped away from 0 and 1).
+pub fn roi_cut(p: f64) -> f32 {
+    let p = p.clamp(1e-6, 1.0 - 1e-6);
+    (p / (1.0 - p)).ln() as f32
+}
+
 impl Prepared {
     /// The network input (`C × D × H × W`).
     pub fn input(&self, cfg: &InputConfig) -> Vec<f32> {

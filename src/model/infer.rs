@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::data::{self, InputConfig};
-use super::net::{Dgd, NetConfig};
+use super::net::{Dgd, Encoded, NetConfig};
 use super::train::{self, EpochLog, TrainConfig, Variant};
 use crate::dosiomics::roi::NotScorable;
 use crate::dosiomics::search::DosiomicsModelFile;
@@ -181,12 +181,7 @@ impl RiskModel {
 
     /// The segmentation branch's logit threshold for the learned ROI.
     fn roi_logit(&self) -> f32 {
-        let p = self
-            .card
-            .roi_threshold
-            .unwrap_or(0.5)
-            .clamp(1e-6, 1.0 - 1e-6);
-        (p / (1.0 - p)).ln() as f32
+        data::roi_cut(self.card.roi_threshold.unwrap_or(0.5))
     }
 
     /// Dice of the learned ROI against the optimal ROI's rule (the target
@@ -206,41 +201,47 @@ impl RiskModel {
         if !target.iter().any(|&m| m) {
             return Ok(None);
         }
-        let fail = |e: candle_core::Error| NotScorable(format!("model evaluation failed: {e}"));
-        let [d, h, w] = cfg.size;
-        let x = Tensor::from_vec(p.input(cfg), (1, cfg.channels(), d, h, w), &self.device)
-            .map_err(fail)?;
-        let e = self.net.encode(&x).map_err(fail)?;
-        let s = self.net.segment(&e, (d, h, w)).map_err(fail)?;
-        let logits: Vec<f32> = s.flatten_all().and_then(|t| t.to_vec1()).map_err(fail)?;
+        let logits = self.segment(&self.encode(&p)?)?;
         let support = p.roi_support(&self.card.dosiomics);
         Ok(Some(
             thresholds
                 .iter()
                 .map(|&t| {
-                    let cut = (t / (1.0 - t)).ln() as f32;
-                    crate::dosiomics::roi::dice(&p.roi_from_logits(&logits, cut, &support), &target)
+                    let roi = p.roi_from_logits(&logits, data::roi_cut(t), &support);
+                    crate::dosiomics::roi::dice(&roi, &target)
                 })
                 .collect(),
         ))
     }
 
+    /// The encoder on a prepared study's input.
+    fn encode(&self, p: &data::Prepared) -> Result<Encoded, NotScorable> {
+        let cfg = &self.card.input;
+        let [d, h, w] = cfg.size;
+        Tensor::from_vec(p.input(cfg), (1, cfg.channels(), d, h, w), &self.device)
+            .and_then(|x| self.net.encode(&x))
+            .map_err(model_failed)
+    }
+
+    /// The segmentation logits on the crop.
+    fn segment(&self, e: &Encoded) -> Result<Vec<f32>, NotScorable> {
+        let [d, h, w] = self.card.input.size;
+        self.net
+            .segment(e, (d, h, w))
+            .and_then(|s| s.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .map_err(model_failed)
+    }
+
     /// Score a study: every failure is a reason a physicist can act on.
     pub fn score(&self, study: &Study) -> Result<Score, NotScorable> {
-        let cfg = &self.card.input;
-        let p = data::prepare(study, cfg)?;
-        let fail = |e: candle_core::Error| NotScorable(format!("model evaluation failed: {e}"));
-        let [d, h, w] = cfg.size;
-        let x = Tensor::from_vec(p.input(cfg), (1, cfg.channels(), d, h, w), &self.device)
-            .map_err(fail)?;
-        let e = self.net.encode(&x).map_err(fail)?;
+        let p = data::prepare(study, &self.card.input)?;
+        let e = self.encode(&p)?;
         // The learned ROI: the segmentation branch where trained, else the
         // dosiomics model's own definition of the optimal ROI.
         let roi = if self.card.variant.segmentation() {
-            let s = self.net.segment(&e, (d, h, w)).map_err(fail)?;
-            let logits: Vec<f32> = s.flatten_all().and_then(|t| t.to_vec1()).map_err(fail)?;
             p.roi_from_logits(
-                &logits,
+                &self.segment(&e)?,
                 self.roi_logit(),
                 &p.roi_support(&self.card.dosiomics),
             )
@@ -257,7 +258,7 @@ impl RiskModel {
                 FusionRoi::Rule => model.measure(&p.patient, &p.optimal_roi(model)),
             };
             let f = data::Prepared::dosiomics(&row, model);
-            Some(Tensor::from_vec(f.clone(), (1, f.len()), &self.device).map_err(fail)?)
+            Some(Tensor::from_vec(f.clone(), (1, f.len()), &self.device).map_err(model_failed)?)
         } else {
             None
         };
@@ -267,7 +268,7 @@ impl RiskModel {
             .and_then(|t| t.to_dtype(DType::F64))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f64>())
-            .map_err(fail)?;
+            .map_err(model_failed)?;
         let z = logit.first().copied().unwrap_or(0.0) - self.prior_shift();
         let z = match &self.card.calibration {
             Some(c) => c.a * z + c.b,
@@ -297,6 +298,10 @@ impl RiskModel {
             roi,
         })
     }
+}
+
+fn model_failed(e: candle_core::Error) -> NotScorable {
+    NotScorable(format!("model evaluation failed: {e}"))
 }
 
 /// The card for a freshly trained model.

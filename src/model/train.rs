@@ -313,7 +313,7 @@ pub const ROI_THRESHOLDS: [f64; 11] = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5
 /// targets, over the patients whose target is not empty.
 fn crop_dice(ds: &Dataset, idx: &[usize], logits: &[f32], t: f64) -> f64 {
     let v = ds.input.voxels();
-    let cut = (t / (1.0 - t)).ln() as f32;
+    let cut = data::roi_cut(t);
     let (mut sum, mut n) = (0.0, 0usize);
     for (k, &i) in idx.iter().enumerate() {
         let truth: Vec<bool> = ds.targets[i * v..(i + 1) * v]
@@ -351,7 +351,6 @@ fn refresh_predicted(
     let v = d * h * w;
     // The head's output is not needed here; the pass is the same.
     let (_, logits) = predict_logits(net, ds, idx, dev, true, true).map_err(|e| e.to_string())?;
-    let cut = |t: f64| (t / (1.0 - t)).ln() as f32;
     let (input, patients) = (&ds.input, &ds.patients);
     let prepare = |n: usize| {
         let id = &patients[idx[n]].patient_id;
@@ -362,7 +361,7 @@ fn refresh_predicted(
     let learned = |p: &data::Prepared, n: usize, t: f64| {
         p.roi_from_logits(
             &logits[n * v..(n + 1) * v],
-            cut(t),
+            data::roi_cut(t),
             &p.roi_support(src.model),
         )
     };

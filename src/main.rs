@@ -198,6 +198,34 @@ enum Command {
         #[arg(long)]
         device: Option<String>,
     },
+    /// Check that a device (a GPU) computes what the CPU computes for the
+    /// network, and time forward passes and training steps on it.
+    DeviceCheck {
+        /// Device compared with the CPU and timed (default: model.device).
+        #[arg(long)]
+        device: Option<String>,
+        /// Network width; 64 is the paper's ResNet34 (default: train.net.width).
+        #[arg(long)]
+        width: Option<usize>,
+        /// Input grid D,H,W (default: train.input.size).
+        #[arg(long, value_delimiter = ',')]
+        size: Option<Vec<usize>>,
+        /// Dosiomic features fused in the head (the shipped model: 9).
+        #[arg(long, default_value_t = 9)]
+        dosiomics: usize,
+        /// Samples compared between CPU and device.
+        #[arg(long, default_value_t = 1)]
+        compare_batch: usize,
+        /// Samples per timed step.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// Timed repetitions after one warm-up.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Largest relative error accepted; above it the exit status is 1.
+        #[arg(long, default_value_t = 1e-3)]
+        tolerance: f64,
+    },
     /// Write synthetic CT / RT objects (valid structure, no realistic anatomy)
     /// for trying the node and for benchmarks.
     GenTestData {
@@ -700,6 +728,48 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             } else {
                 print!("{}", esorisk::model::infer::text(&m, &study, &s));
                 println!("scored in {:.2} s", started.elapsed().as_secs_f64());
+            }
+        }
+        Command::DeviceCheck {
+            device,
+            width,
+            size,
+            dosiomics,
+            compare_batch,
+            batch,
+            reps,
+            tolerance,
+        } => {
+            use esorisk::model::{devcheck, net::NetConfig, train};
+            let dev = train::device(device.as_deref().unwrap_or(&settings.model.device))?;
+            let t = &settings.train;
+            let net = NetConfig {
+                in_channels: t.input.channels(),
+                width: width.unwrap_or(t.net.width),
+                n_dosiomics: dosiomics,
+                ..t.net.clone()
+            };
+            let size = match size.as_deref() {
+                None => t.input.size,
+                Some(&[d, h, w]) if d * h * w > 0 => [d, h, w],
+                Some(other) => return Err(format!("--size {other:?}: give D,H,W").into()),
+            };
+            let cfg = devcheck::CheckConfig {
+                net,
+                size,
+                compare_batch,
+                batch,
+                reps,
+                seed: t.seed,
+            };
+            let r = devcheck::check(&cfg, &dev)?;
+            print!("{}", devcheck::table(&cfg, &r));
+            if r.worst().is_nan() || r.worst() > tolerance {
+                eprintln!(
+                    "device-check: relative error {:.2e} above the tolerance {tolerance:.0e}",
+                    r.worst()
+                );
+                std::process::exit(1);
             }
         }
         Command::GenTestData {

@@ -546,6 +546,38 @@ fn a_node_killed_while_scoring_finishes_the_job_once() {
     );
 }
 
+/// `esorisk device-check`, the command a GPU machine runs
+/// (scripts/gpu-check), here comparing the CPU with itself: identical
+/// outputs, a timed training step, and a clear refusal of a bad grid.
+#[test]
+fn the_device_check_compares_outputs_and_times_a_step() {
+    let out = run(
+        &[
+            "device-check",
+            "--device",
+            "cpu",
+            "--width",
+            "2",
+            "--size",
+            "8,16,16",
+            "--reps",
+            "1",
+        ],
+        &[],
+    );
+    assert!(
+        out.contains("| segmentation logits | 2048 | 0.00e0 |"),
+        "{out}"
+    );
+    assert!(out.contains("| training step on the device | 2 |"), "{out}");
+    let bad = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["device-check", "--device", "cpu", "--size", "8,16"])
+        .output()
+        .expect("esorisk runs");
+    assert!(!bad.status.success());
+    assert!(text(&bad).contains("give D,H,W"), "{}", text(&bad));
+}
+
 #[test]
 fn training_is_deterministic_for_a_seed() {
     let tmp = tempfile::tempdir().expect("tmp");

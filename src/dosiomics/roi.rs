@@ -236,6 +236,7 @@ enum Rule {
     Margin(f64),
     Third(usize),
     Isodose(f64, DoseKind),
+    Circumferential(f64, DoseKind),
     NearPtv(f64),
     InField,
 }
@@ -263,6 +264,12 @@ candidates! {
     "esophagus_ge30gy_eqd2", Rule::Isodose(30.0, DoseKind::Eqd2), "esophagus voxels receiving at least 30 Gy EQD2";
     "esophagus_ge40gy_eqd2", Rule::Isodose(40.0, DoseKind::Eqd2), "esophagus voxels receiving at least 40 Gy EQD2";
     "esophagus_ge50gy_eqd2", Rule::Isodose(50.0, DoseKind::Eqd2), "esophagus voxels receiving at least 50 Gy EQD2";
+    "esophagus_circ30gy", Rule::Circumferential(30.0, DoseKind::Physical), "the esophagus on axial planes where its whole circumference (every esophagus voxel of the plane) receives at least 30 Gy (physical)";
+    "esophagus_circ40gy", Rule::Circumferential(40.0, DoseKind::Physical), "the esophagus on axial planes where its whole circumference receives at least 40 Gy (physical)";
+    "esophagus_circ50gy", Rule::Circumferential(50.0, DoseKind::Physical), "the esophagus on axial planes where its whole circumference receives at least 50 Gy (physical)";
+    "esophagus_circ30gy_eqd2", Rule::Circumferential(30.0, DoseKind::Eqd2), "the esophagus on axial planes where its whole circumference receives at least 30 Gy EQD2";
+    "esophagus_circ40gy_eqd2", Rule::Circumferential(40.0, DoseKind::Eqd2), "the esophagus on axial planes where its whole circumference receives at least 40 Gy EQD2";
+    "esophagus_circ50gy_eqd2", Rule::Circumferential(50.0, DoseKind::Eqd2), "the esophagus on axial planes where its whole circumference receives at least 50 Gy EQD2";
     "esophagus_ptv10mm", Rule::NearPtv(10.0), "esophagus voxels within 10 mm of the PTV";
     "esophagus_infield", Rule::InField, "esophagus voxels on axial planes that hold PTV voxels";
 }
@@ -308,6 +315,29 @@ impl Candidate {
                 eso.iter()
                     .zip(dose)
                     .map(|(&m, &d)| m && f64::from(d) >= gy)
+                    .collect()
+            }
+            Rule::Circumferential(gy, kind) => {
+                // A plane counts when the lowest dose over its esophagus
+                // voxels reaches the level: the whole cross-section, not a
+                // part of it, is exposed.
+                let dose = p.dose(kind)?;
+                let plane = dims[1] * dims[2];
+                let whole: Vec<bool> = (0..dims[0])
+                    .map(|k| {
+                        let span = k * plane..(k + 1) * plane;
+                        let mut voxels = eso[span.clone()].iter().zip(&dose[span]);
+                        let mut any = false;
+                        let all = voxels.all(|(&m, &d)| {
+                            any |= m;
+                            !m || f64::from(d) >= gy
+                        });
+                        any && all
+                    })
+                    .collect();
+                eso.iter()
+                    .enumerate()
+                    .map(|(i, &m)| m && whole[i / plane])
                     .collect()
             }
             Rule::NearPtv(mm) => {
@@ -415,6 +445,51 @@ mod tests {
         // Anisotropic spacing: 3 mm planes, 2 mm margin stays in-plane.
         let d = dilate(&m, dims, [3.0, 1.0, 1.0], 2.0);
         assert_eq!(d.iter().filter(|&&v| v).count(), 13);
+    }
+
+    #[test]
+    fn circumferential_rule_takes_whole_planes() {
+        // Three planes of 4 × 4, the esophagus 2 × 2 in each. Plane 0 gets
+        // 55 Gy everywhere, plane 1 on three of its four esophagus voxels,
+        // plane 2 none.
+        let mut esophagus = vec![false; 48];
+        let mut physical = vec![0.0f32; 48];
+        for k in 0..3 {
+            for (j, i) in [(1, 1), (1, 2), (2, 1), (2, 2)] {
+                esophagus[(k * 4 + j) * 4 + i] = true;
+            }
+        }
+        for v in &mut physical[0..16] {
+            *v = 55.0;
+        }
+        for (j, i) in [(1, 1), (1, 2), (2, 1)] {
+            physical[(4 + j) * 4 + i] = 55.0;
+        }
+        let p = PatientDose {
+            grid: Grid::uniform([0.0; 3], [1.0, 1.0, 3.0], [4, 4, 3]),
+            spacing: [3.0, 1.0, 1.0],
+            physical,
+            eqd2: None,
+            esophagus,
+            ptv: None,
+            esophagus_name: "Esophagus".into(),
+            ptv_name: None,
+            fractions: None,
+            esophagus_outside_dose: 0.0,
+        };
+        let circ = candidate("esophagus_circ50gy").and_then(|c| c.mask(&p));
+        let circ = circ.unwrap_or_default();
+        let planes: Vec<usize> = (0..3)
+            .map(|k| circ[k * 16..(k + 1) * 16].iter().filter(|&&m| m).count())
+            .collect();
+        assert_eq!(planes, [4, 0, 0]);
+        // The isodose rule, by contrast, keeps the partly covered plane.
+        let iso = candidate("esophagus_ge50gy").and_then(|c| c.mask(&p));
+        assert_eq!(iso.unwrap_or_default().iter().filter(|&&m| m).count(), 7);
+        // No EQD2 without the fractions: the EQD2 variant is undefined.
+        assert!(candidate("esophagus_circ50gy_eqd2")
+            .and_then(|c| c.mask(&p))
+            .is_none());
     }
 
     #[test]

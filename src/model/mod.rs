@@ -9,12 +9,13 @@
 //! studies into tensors; `train` fits the network and its ablations;
 //! `infer` loads a trained model and scores a study; `calibrate` fits its
 //! ROI threshold and risk recalibration; `evaluate` builds the paper-style
-//! table.
+//! table; `devcheck` compares a GPU's outputs with the CPU's and times it.
 
 pub mod calibrate;
 pub mod conv3d;
 pub mod data;
 pub mod dataset;
+pub mod devcheck;
 pub mod evaluate;
 pub mod infer;
 pub mod loss;

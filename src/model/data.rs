@@ -32,8 +32,8 @@ pub struct InputConfig {
 impl Default for InputConfig {
     fn default() -> Self {
         InputConfig {
-            size: [16, 24, 24],
-            spacing_mm: [16.0, 8.0, 8.0],
+            size: [32, 24, 24],
+            spacing_mm: [8.0, 8.0, 8.0],
             dose: DoseKind::Eqd2,
             mask_channel: true,
             alpha_beta: 10.0,

@@ -44,6 +44,30 @@ pub struct PatientDose {
     pub esophagus_outside_dose: f64,
 }
 
+#[cfg(test)]
+impl PatientDose {
+    /// A test patient: a physical dose and an esophagus, no PTV, no EQD2.
+    pub(crate) fn for_test(
+        grid: Grid,
+        spacing: [f64; 3],
+        physical: Vec<f32>,
+        esophagus: Vec<bool>,
+    ) -> PatientDose {
+        PatientDose {
+            grid,
+            spacing,
+            physical,
+            eqd2: None,
+            esophagus,
+            ptv: None,
+            esophagus_name: "Esophagus".into(),
+            ptv_name: None,
+            fractions: None,
+            esophagus_outside_dose: 0.0,
+        }
+    }
+}
+
 /// Why a study has no dosiomics, in a physicist's words.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NotScorable(pub String);
@@ -465,18 +489,12 @@ mod tests {
         for (j, i) in [(1, 1), (1, 2), (2, 1)] {
             physical[(4 + j) * 4 + i] = 55.0;
         }
-        let p = PatientDose {
-            grid: Grid::uniform([0.0; 3], [1.0, 1.0, 3.0], [4, 4, 3]),
-            spacing: [3.0, 1.0, 1.0],
+        let p = PatientDose::for_test(
+            Grid::uniform([0.0; 3], [1.0, 1.0, 3.0], [4, 4, 3]),
+            [3.0, 1.0, 1.0],
             physical,
-            eqd2: None,
             esophagus,
-            ptv: None,
-            esophagus_name: "Esophagus".into(),
-            ptv_name: None,
-            fractions: None,
-            esophagus_outside_dose: 0.0,
-        };
+        );
         let circ = candidate("esophagus_circ50gy").and_then(|c| c.mask(&p));
         let circ = circ.unwrap_or_default();
         let planes: Vec<usize> = (0..3)

@@ -337,18 +337,12 @@ mod tests {
             }
         }
         Prepared {
-            patient: PatientDose {
-                spacing: [2.0; 3],
-                physical: vec![0.0; grid.len()],
-                eqd2: None,
+            patient: PatientDose::for_test(
+                grid.clone(),
+                [2.0; 3],
+                vec![0.0; grid.len()],
                 esophagus,
-                ptv: None,
-                esophagus_name: "Esophagus".into(),
-                ptv_name: None,
-                fractions: None,
-                esophagus_outside_dose: 0.0,
-                grid,
-            },
+            ),
             crop: Crop {
                 centre: [0.0; 3],
                 size: [4, 4, 4],

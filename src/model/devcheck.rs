@@ -292,22 +292,26 @@ pub fn table(cfg: &CheckConfig, r: &Report) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn two_builds_from_one_seed_agree_and_a_step_is_timed() {
-        let cfg = CheckConfig {
+    /// A width-2 network on a small grid, one timed repetition.
+    fn tiny(size: [usize; 3], n_dosiomics: usize, seed: u64) -> CheckConfig {
+        CheckConfig {
             net: NetConfig {
-                in_channels: 2,
                 width: 2,
-                n_dosiomics: 3,
+                n_dosiomics,
                 groups: 2,
                 ..NetConfig::default()
             },
-            size: [8, 16, 16],
+            size,
             compare_batch: 1,
             batch: 2,
             reps: 1,
-            seed: 7,
-        };
+            seed,
+        }
+    }
+
+    #[test]
+    fn two_builds_from_one_seed_agree_and_a_step_is_timed() {
+        let cfg = tiny([8, 16, 16], 3, 7);
         let r = check(&cfg, &Device::Cpu).expect("check");
         assert_eq!(r.agreement.len(), 3);
         assert_eq!(r.agreement[1].elements, 8 * 16 * 16);
@@ -318,18 +322,7 @@ mod tests {
 
     #[test]
     fn a_different_network_is_caught() {
-        let cfg = CheckConfig {
-            net: NetConfig {
-                width: 2,
-                groups: 2,
-                ..NetConfig::default()
-            },
-            size: [8, 8, 8],
-            compare_batch: 1,
-            batch: 2,
-            reps: 1,
-            seed: 1,
-        };
+        let cfg = tiny([8, 8, 8], 0, 1);
         let x = inputs(&cfg, 1, &Device::Cpu).expect("input").0;
         let (_, a) = train::build(&cfg.net, 1, &Device::Cpu).expect("a");
         let (_, b) = train::build(&cfg.net, 2, &Device::Cpu).expect("b");

@@ -350,13 +350,12 @@ impl Candidate {
                 let whole: Vec<bool> = (0..dims[0])
                     .map(|k| {
                         let span = k * plane..(k + 1) * plane;
-                        let mut voxels = eso[span.clone()].iter().zip(&dose[span]);
-                        let mut any = false;
-                        let all = voxels.all(|(&m, &d)| {
-                            any |= m;
-                            !m || f64::from(d) >= gy
-                        });
-                        any && all
+                        let mut inside = eso[span.clone()]
+                            .iter()
+                            .zip(&dose[span])
+                            .filter(|(&m, _)| m)
+                            .peekable();
+                        inside.peek().is_some() && inside.all(|(_, &d)| f64::from(d) >= gy)
                     })
                     .collect();
                 eso.iter()

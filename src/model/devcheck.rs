@@ -199,7 +199,6 @@ pub fn check(cfg: &CheckConfig, dev: &Device) -> Result<Report, String> {
     // Timing, on the device.
     let b = cfg.batch.max(1);
     let (x, f) = inputs(cfg, b, dev).map_err(err)?;
-    let [d, h, w] = cfg.size;
     let target = x
         .narrow(1, 0, 1)
         .and_then(|t| t.ge(0.5))
@@ -226,16 +225,13 @@ pub fn check(cfg: &CheckConfig, dev: &Device) -> Result<Report, String> {
         drop(o);
 
         let t = Instant::now();
-        let e = net.encode(&x).map_err(err)?;
-        let risk = net.head(&e, f.as_ref()).map_err(err)?;
-        let seg = net.segment(&e, (d, h, w)).map_err(err)?;
-        let z = net.project(&e).map_err(err)?;
-        let mut l = loss::bce_with_logits(&risk, &y, 1.0)
-            .and_then(|l| l + loss::dice_bce(&seg, &target)?)
+        let o = forward(&net, &x, f.as_ref(), cfg.size).map_err(err)?;
+        let mut l = loss::bce_with_logits(&o.risk, &y, 1.0)
+            .and_then(|l| l + loss::dice_bce(&o.seg, &target)?)
             .map_err(err)?;
         if b > 1 {
             // The contrastive term compares samples; one alone has none.
-            l = (loss::supcon(&z, &labels, 0.1)
+            l = (loss::supcon(&o.proj, &labels, 0.1)
                 .and_then(|c| c * 0.2)
                 .and_then(|c| l + c))
             .map_err(err)?;

@@ -160,6 +160,16 @@ pub fn prepare(study: &Study, cfg: &InputConfig) -> Result<Prepared, NotScorable
     })
 }
 
+/// Reference prescription of the prescription scale (Gy, EQD2 or physical).
+pub const SCALE_REFERENCE_GY: f64 = 60.0;
+
+/// The head's prescription-scale input for a study normalised by `norm_gy`:
+/// ln(norm_gy / 60 Gy), 0 for a 60 Gy prescription, about +0.7 for a
+/// three-fraction SBRT plan in EQD2.
+pub fn prescription_scale(norm_gy: f64) -> f32 {
+    (norm_gy.max(1.0) / SCALE_REFERENCE_GY).ln() as f32
+}
+
 /// A probability threshold of the learned ROI as a cut on the segmentation
 /// logits (clamped away from 0 and 1).
 pub fn roi_cut(p: f64) -> f32 {
@@ -322,6 +332,16 @@ pub fn sample(
 mod tests {
     use super::*;
     use crate::rt::grid::Grid;
+
+    #[test]
+    fn prescription_scale_is_log_of_the_ratio_to_60_gy() {
+        assert_eq!(prescription_scale(60.0), 0.0);
+        // 54 Gy in 3 fractions is 126 Gy EQD2 (alpha/beta 10).
+        let sbrt = crate::rt::dvh::eqd2(54.0, 3.0, 10.0);
+        assert!((prescription_scale(sbrt) - 0.742).abs() < 1e-3);
+        assert!(prescription_scale(45.0) < 0.0);
+        assert!(prescription_scale(0.0).is_finite());
+    }
 
     /// A 2 mm patient grid around the origin with a vertical tube of radius
     /// 4 mm as the esophagus, and an 8 mm crop of 4³ voxels on the origin.

@@ -133,7 +133,7 @@ fn inputs(
         }
     }
     let x = Tensor::from_vec(x, (b, c, d, h, w), dev)?;
-    let n = cfg.net.n_dosiomics;
+    let n = cfg.net.side_dim();
     let f = (n > 0)
         .then(|| {
             let v: Vec<f32> = (0..b * n).map(|_| rng.normal() as f32).collect();

@@ -252,19 +252,25 @@ impl RiskModel {
         // there too, or in the rule-defined ROI.
         let model = &self.card.dosiomics;
         let learned = model.measure(&p.patient, &roi);
-        let dosio = if self.card.variant.fusion() {
+        let mut side = if self.card.variant.fusion() {
             let row = match self.card.fusion_roi {
                 FusionRoi::Predicted => learned.clone(),
                 FusionRoi::Rule => model.measure(&p.patient, &p.optimal_roi(model)),
             };
-            let f = data::Prepared::dosiomics(&row, model);
-            Some(Tensor::from_vec(f.clone(), (1, f.len()), &self.device).map_err(model_failed)?)
+            data::Prepared::dosiomics(&row, model)
         } else {
-            None
+            Vec::new()
         };
+        if self.net.config().prescription_scale {
+            side.push(data::prescription_scale(p.norm_gy));
+        }
+        let side = (!side.is_empty())
+            .then(|| Tensor::from_vec(side.clone(), (1, side.len()), &self.device))
+            .transpose()
+            .map_err(model_failed)?;
         let logit = self
             .net
-            .head(&e, dosio.as_ref())
+            .head(&e, side.as_ref())
             .and_then(|t| t.to_dtype(DType::F64))
             .and_then(|t| t.flatten_all())
             .and_then(|t| t.to_vec1::<f64>())
@@ -337,7 +343,7 @@ pub fn card(
             .unwrap_or_default(),
         created_by: format!("esorisk {}", env!("CARGO_PKG_VERSION")),
         architecture: format!(
-            "3D ResNet34 (BasicBlocks {:?}, width {}, GroupNorm) on {} input channel(s) of {:?} voxels at {:?} mm; {}",
+            "3D ResNet34 (BasicBlocks {:?}, width {}, GroupNorm) on {} input channel(s) of {:?} voxels at {:?} mm; {}{}",
             net.blocks,
             net.width,
             net.in_channels,
@@ -348,6 +354,11 @@ pub fn card(
                 Variant::DlSeg => "with the segmentation decoder",
                 Variant::DlSegCon => "with the segmentation decoder and contrastive projection",
                 Variant::Dgd => "with segmentation, contrastive projection and dosiomics fusion",
+            },
+            if net.prescription_scale {
+                "; the head also reads ln(prescription / 60 Gy)"
+            } else {
+                ""
             }
         ),
         variant: cfg.variant,

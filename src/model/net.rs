@@ -29,6 +29,12 @@ pub struct NetConfig {
     pub fusion_hidden: usize,
     /// GroupNorm groups, reduced per layer to the largest divisor of its channels.
     pub groups: usize,
+    /// Give the fusion head the prescription's scale, ln(prescription / 60 Gy),
+    /// after the dosiomic features. The input is divided by the prescription,
+    /// so without it the network cannot tell a 45 Gy plan from a 66 Gy plan
+    /// of the same shape. Absent (false) in cards written before it existed.
+    #[serde(default)]
+    pub prescription_scale: bool,
 }
 
 impl Default for NetConfig {
@@ -42,6 +48,7 @@ impl Default for NetConfig {
             proj_dim: 32,
             fusion_hidden: 32,
             groups: 4,
+            prescription_scale: false,
         }
     }
 }
@@ -50,6 +57,12 @@ impl NetConfig {
     /// Output channels of the four stages.
     pub fn stage_channels(&self) -> [usize; 4] {
         [self.width, 2 * self.width, 4 * self.width, 8 * self.width]
+    }
+
+    /// Columns of the head's side input: the dosiomic features, then the
+    /// prescription scale when used.
+    pub fn side_dim(&self) -> usize {
+        self.n_dosiomics + usize::from(self.prescription_scale)
     }
 
     /// Length of `Encoded::pooled`.
@@ -243,7 +256,7 @@ impl Dgd {
 
         let feat = cfg.feature_dim();
         let projection = Mlp::new(feat, feat, cfg.proj_dim, vb.pp("projection"))?;
-        let head = Mlp::new(feat + cfg.n_dosiomics, cfg.fusion_hidden, 1, vb.pp("head"))?;
+        let head = Mlp::new(feat + cfg.side_dim(), cfg.fusion_hidden, 1, vb.pp("head"))?;
         Ok(Self {
             cfg: cfg.clone(),
             stem,
@@ -304,19 +317,20 @@ impl Dgd {
         z.broadcast_div(&norm)
     }
 
-    /// Risk logits `[B]` from pooled features fused with standardised dosiomic features
-    /// `[B, n_dosiomics]` (required iff `n_dosiomics > 0`).
-    pub fn head(&self, e: &Encoded, dosiomics: Option<&Tensor>) -> Result<Tensor> {
+    /// Risk logits `[B]` from pooled features fused with the side input
+    /// `[B, side_dim]`: standardised dosiomic features, then the prescription scale
+    /// (required iff `side_dim > 0`).
+    pub fn head(&self, e: &Encoded, side: Option<&Tensor>) -> Result<Tensor> {
         let (b, _) = e.pooled.dims2()?;
-        let n = self.cfg.n_dosiomics;
-        let x = match (n, dosiomics) {
+        let n = self.cfg.side_dim();
+        let x = match (n, side) {
             (0, None) => e.pooled.clone(),
-            (0, Some(_)) => candle_core::bail!("Dgd::head: dosiomics given but n_dosiomics is 0"),
-            (_, None) => candle_core::bail!("Dgd::head: n_dosiomics is {n} but none were given"),
+            (0, Some(_)) => candle_core::bail!("Dgd::head: side input given but side_dim is 0"),
+            (_, None) => candle_core::bail!("Dgd::head: side_dim is {n} but no side input given"),
             (_, Some(f)) => {
                 let dims = f.dims2()?;
                 if dims != (b, n) {
-                    candle_core::bail!("Dgd::head: dosiomics {dims:?}, expected ({b}, {n})");
+                    candle_core::bail!("Dgd::head: side input {dims:?}, expected ({b}, {n})");
                 }
                 Tensor::cat(&[&e.pooled, &f.to_dtype(e.pooled.dtype())?], 1)?
             }
@@ -471,6 +485,39 @@ mod tests {
         assert_eq!(net.head(&e, None).expect("head").dims(), &[3]);
         let f = Tensor::zeros((3, 1), DType::F32, &Device::Cpu).expect("f");
         assert!(net.head(&e, Some(&f)).is_err());
+    }
+
+    /// The prescription scale is one more side column after the dosiomic
+    /// features, it moves the risk, and cards written before it existed
+    /// read as without it.
+    #[test]
+    fn prescription_scale_is_a_side_column() {
+        let cfg = NetConfig {
+            n_dosiomics: 2,
+            prescription_scale: true,
+            ..tiny()
+        };
+        assert_eq!(cfg.side_dim(), 3);
+        let (_, net) = build(&cfg);
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 2, 8, 8, 8), &dev).expect("x");
+        let e = net.encode(&x).expect("encode");
+        let two = Tensor::zeros((2, 2), DType::F32, &dev).expect("two");
+        assert!(net.head(&e, Some(&two)).is_err(), "scale column missing");
+        let side =
+            |s: f32| Tensor::from_vec(vec![0f32, 0., s, 0., 0., s], (2, 3), &dev).expect("side");
+        let at = |s: f32| {
+            net.head(&e, Some(&side(s)))
+                .and_then(|t| t.to_vec1::<f32>())
+                .expect("head")
+        };
+        assert_ne!(at(0.0), at(0.7), "the scale reaches the logit");
+        let mut old = serde_json::to_value(tiny()).expect("json");
+        old.as_object_mut()
+            .expect("object")
+            .remove("prescription_scale");
+        let read: NetConfig = serde_json::from_value(old).expect("old card");
+        assert!(!read.prescription_scale);
     }
 
     #[test]

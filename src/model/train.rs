@@ -197,11 +197,11 @@ pub fn device(setting: &str) -> Result<Device, String> {
 }
 
 /// A batch on the device: inputs `[B, C, D, H, W]`, targets `[B, 1, D, H, W]`,
-/// dosiomics `[B, F]`, labels.
+/// side input `[B, F (+1)]` (dosiomics, then the prescription scale), labels.
 struct Batch {
     x: Tensor,
     seg: Tensor,
-    dosio: Option<Tensor>,
+    side: Option<Tensor>,
     y: Tensor,
     labels: Vec<u32>,
 }
@@ -212,13 +212,15 @@ fn batch(
     dev: &Device,
     augment: Option<(&mut Rng, &TrainConfig)>,
     n_dosio: usize,
+    prescription_scale: bool,
 ) -> candle_core::Result<Batch> {
     let [d, h, w] = ds.input.size;
     let v = d * h * w;
     let c = ds.input.channels();
     let mut x = Vec::with_capacity(idx.len() * c * v);
     let mut seg = Vec::with_capacity(idx.len() * v);
-    let mut dosio: Vec<f32> = Vec::with_capacity(idx.len() * n_dosio);
+    let n_side = n_dosio + usize::from(prescription_scale);
+    let mut side: Vec<f32> = Vec::with_capacity(idx.len() * n_side);
     let mut aug = augment;
     for &i in idx {
         let src = &ds.inputs[i * c * v..(i + 1) * c * v];
@@ -237,7 +239,10 @@ fn batch(
             x.extend(shifted(&src[ch * v..(ch + 1) * v], [d, h, w], shift).map(|a| a * f));
         }
         seg.extend(shifted(tgt, [d, h, w], shift).map(f32::from));
-        dosio.extend(&ds.dosiomics[i * ds.n_dosiomics..i * ds.n_dosiomics + n_dosio]);
+        side.extend(&ds.dosiomics[i * ds.n_dosiomics..i * ds.n_dosiomics + n_dosio]);
+        if prescription_scale {
+            side.push(data::prescription_scale(ds.patients[i].norm_gy));
+        }
     }
     let b = idx.len();
     let labels: Vec<u32> = idx
@@ -247,8 +252,8 @@ fn batch(
     Ok(Batch {
         x: Tensor::from_vec(x, (b, c, d, h, w), dev)?,
         seg: Tensor::from_vec(seg, (b, 1, d, h, w), dev)?,
-        dosio: if n_dosio > 0 {
-            Some(Tensor::from_vec(dosio, (b, n_dosio), dev)?)
+        side: if n_side > 0 {
+            Some(Tensor::from_vec(side, (b, n_side), dev)?)
         } else {
             None
         },
@@ -289,9 +294,16 @@ pub fn predict_logits(
     let [d, h, w] = ds.input.size;
     let (mut out, mut seg) = (Vec::with_capacity(idx.len()), Vec::new());
     for chunk in idx.chunks(16) {
-        let b = batch(ds, chunk, dev, None, n_dosio)?;
+        let b = batch(
+            ds,
+            chunk,
+            dev,
+            None,
+            n_dosio,
+            net.config().prescription_scale,
+        )?;
         let e = net.encode(&b.x)?;
-        let logits = net.head(&e, b.dosio.as_ref())?;
+        let logits = net.head(&e, b.side.as_ref())?;
         out.extend(logits.to_dtype(DType::F64)?.to_vec1::<f64>()?);
         if segment {
             seg.extend(
@@ -492,9 +504,17 @@ pub fn train(
             };
             opt.set_learning_rate(lr);
             let cur = work.as_ref().unwrap_or(ds);
-            let b = batch(cur, chunk, dev, Some((&mut rng, &cfg)), n_dosio).map_err(err)?;
+            let b = batch(
+                cur,
+                chunk,
+                dev,
+                Some((&mut rng, &cfg)),
+                n_dosio,
+                net_cfg.prescription_scale,
+            )
+            .map_err(err)?;
             let e = net.encode(&b.x).map_err(err)?;
-            let logits = net.head(&e, b.dosio.as_ref()).map_err(err)?;
+            let logits = net.head(&e, b.side.as_ref()).map_err(err)?;
             let mut l = loss::bce_with_logits(&logits, &b.y, pos_weight).map_err(err)?;
             if cfg.variant.segmentation() {
                 let [d, h, w] = ds.input.size;

@@ -357,15 +357,16 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
         .centre_mask(&score.prepared_grid);
     let dice = esorisk::dosiomics::roi::dice(&back, &score.roi);
     assert!(dice >= 0.95, "Dice {dice}");
-    // The job is recorded as succeeded, once.
+    // The job is recorded as succeeded, once, and both deliveries as sent
+    // (recorded once the destination's response is in, a moment after the
+    // files land there).
     let db = node.db_path();
+    wait_until("both deliveries recorded as sent", 30, || {
+        count(&db, "SELECT count(*) FROM deliveries WHERE state = 'sent'") == 2
+    });
     assert_eq!(
         count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'"),
         1
-    );
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM deliveries WHERE state = 'sent'"),
-        2
     );
     // Pushing the same files again scores nothing new.
     push(&node, &study);
@@ -472,10 +473,12 @@ fn a_destination_down_then_up_gets_the_results() {
         dir: tmp.path().join("tps"),
     };
     wait_until("the results after retries", 120, || rx.files().len() >= 2);
-    assert_eq!(
-        count(&db, "SELECT count(*) FROM deliveries WHERE state = 'sent'"),
-        2
-    );
+    // The node records a delivery as sent once the destination's response
+    // is in, a moment after the file lands there.
+    wait_until("both deliveries recorded as sent", 30, || {
+        count(&db, "SELECT count(*) FROM deliveries WHERE state = 'sent'") == 2
+    });
+    assert_eq!(rx.files().len(), 2);
     let _ = &mut rx;
 }
 

@@ -264,8 +264,9 @@ impl RiskModel {
         if self.net.config().prescription_scale {
             side.push(data::prescription_scale(p.norm_gy));
         }
-        let side = (!side.is_empty())
-            .then(|| Tensor::from_vec(side.clone(), (1, side.len()), &self.device))
+        let n_side = side.len();
+        let side = (n_side > 0)
+            .then(|| Tensor::from_vec(side, (1, n_side), &self.device))
             .transpose()
             .map_err(model_failed)?;
         let logit = self

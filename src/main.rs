@@ -210,7 +210,8 @@ enum Command {
         /// Input grid D,H,W (default: train.input.size).
         #[arg(long, value_delimiter = ',')]
         size: Option<Vec<usize>>,
-        /// Dosiomic features fused in the head (the shipped model: 9).
+        /// Dosiomic features fused in the head (the shipped model: 9); the
+        /// prescription scale follows train.net.prescription_scale.
         #[arg(long, default_value_t = 9)]
         dosiomics: usize,
         /// Samples compared between CPU and device.

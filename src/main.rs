@@ -173,6 +173,19 @@ enum Command {
         #[arg(long)]
         extra_cohort: Vec<PathBuf>,
     },
+    /// Join models trained the same way with different seeds into one
+    /// ensemble model (the mean of their logits); calibrate it afterwards.
+    Ensemble {
+        /// The ensemble's model directory (members go to OUT/members).
+        #[arg(long)]
+        out: PathBuf,
+        /// The model directories to join (two or more).
+        #[arg(required = true, num_args = 2..)]
+        models: Vec<PathBuf>,
+        /// Also join the ablations every model has (OUT/ablations/*).
+        #[arg(long)]
+        ablations: bool,
+    },
     /// Fit a Platt recalibration of a trained model (and its ablations) on
     /// one split of a cohort (default: internal validation, the split early
     /// stopping already looks at) and store it in each model card.
@@ -685,8 +698,21 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             print!("{md}");
             std::fs::write(out.join("evaluation.md"), &md)?;
             std::fs::write(out.join("evaluation.csv"), ev.csv())?;
+            std::fs::write(out.join("predictions.csv"), ev.predictions_csv())?;
             ev.plots(&out.join("roc.png"), &out.join("calibration.png"))?;
             println!("\nwritten to {}", out.display());
+        }
+        Command::Ensemble {
+            out,
+            models,
+            ablations,
+        } => {
+            for d in esorisk::model::ensemble::join(&out, &models, ablations)? {
+                println!(
+                    "{}: ensemble written; run esorisk calibrate on it",
+                    d.display()
+                );
+            }
         }
         Command::Calibrate {
             model,

@@ -1100,6 +1100,103 @@ fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
     assert!((after - expected).abs() < 1e-6, "{after} vs {expected}");
 }
 
+#[test]
+fn a_seed_ensemble_scores_the_mean_of_its_members_logits() {
+    let tiny = tiny_model();
+    let cohort = tiny.parent().expect("dir").join("cohort");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let other = tmp.path().join("seed7");
+    train(TINY, &cohort, &other, &["--seed", "7"]);
+    let ens = tmp.path().join("ens");
+    let path = |p: &Path| p.to_str().unwrap_or_default().to_string();
+    let said = run(
+        &["ensemble", "--out", &path(&ens), &path(tiny), &path(&other)],
+        &[],
+    );
+    assert!(said.contains("ensemble written"), "{said}");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ens.join("card.json")).expect("card"))
+            .expect("json");
+    let members: Vec<&str> = card["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .filter_map(|m| m.as_str())
+        .collect();
+    assert_eq!(members, ["members/seed-20261126", "members/seed-7"]);
+    for m in &members {
+        assert!(ens.join(m).join("model.safetensors").is_file(), "{m}");
+    }
+    assert!(!ens.join("model.safetensors").exists());
+    // Uncalibrated, each member's risk is σ of its prior-corrected logit,
+    // and the ensemble's is σ of their mean.
+    let study = cohort.join("H1-0002");
+    let logit = |r: f64| (r / (1.0 - r)).ln();
+    let (a, b) = (predict_risk(tiny, &study), predict_risk(&other, &study));
+    let both = predict_risk(&ens, &study);
+    let expected = 1.0 / (1.0 + (-(logit(a) + logit(b)) / 2.0).exp());
+    assert!(
+        (both - expected).abs() < 1e-9,
+        "{both} vs {expected} ({a}, {b})"
+    );
+    assert!(a != b, "two seeds gave the same risk {a}");
+    // Calibrating the ensemble writes its own card only; its returned ROI's
+    // threshold is fitted (the members keep the ones their heads read).
+    let member_card = std::fs::read(ens.join(members[1]).join("card.json")).expect("card");
+    let said = run(
+        &[
+            "calibrate",
+            "--device",
+            "cpu",
+            "--model",
+            &path(&ens),
+            "--cohort",
+            &path(&cohort),
+        ],
+        &[],
+    );
+    assert!(said.contains("calibration error"), "{said}");
+    assert!(!said.contains("as trained"), "{said}");
+    let card: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ens.join("card.json")).expect("card"))
+            .expect("json");
+    assert!(card["calibration"]["a"].is_f64(), "{card}");
+    assert!(card["roi_threshold"].is_f64(), "{card}");
+    assert_eq!(
+        std::fs::read(ens.join(members[1]).join("card.json")).expect("card"),
+        member_card
+    );
+    // What cannot be joined is refused with the reason.
+    let refused = |models: &[&Path], out: &Path| {
+        let mut args = vec!["ensemble".to_string(), "--out".into(), path(out)];
+        args.extend(models.iter().map(|m| path(m)));
+        let o = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+            .args(&args)
+            .output()
+            .expect("esorisk runs");
+        assert!(!o.status.success(), "{args:?} was accepted");
+        text(&o)
+    };
+    let t = refused(&[tiny, tiny], &tmp.path().join("twice"));
+    assert!(t.contains("already a member"), "{t}");
+    let t = refused(&[tiny, &other], tiny);
+    assert!(t.contains("holds a single model"), "{t}");
+    let coarse = tmp.path().join("coarse");
+    std::fs::create_dir_all(&coarse).expect("dir");
+    std::fs::copy(
+        other.join("model.safetensors"),
+        coarse.join("model.safetensors"),
+    )
+    .expect("copy");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(other.join("card.json")).expect("card"))
+            .expect("json");
+    c["input"]["spacing_mm"] = serde_json::json!([40.0, 12.5, 12.5]);
+    std::fs::write(coarse.join("card.json"), c.to_string()).expect("card");
+    let t = refused(&[tiny, &coarse], &tmp.path().join("mixed"));
+    assert!(t.contains("the input differs"), "{t}");
+}
+
 /// Split a study's plan dose into one BEAM dose per treatment beam of its
 /// plan (each 1/n of the dose, new SOP Instance UIDs) in `out`, copying the
 /// plan and structure set; the first `keep` beam doses are written.

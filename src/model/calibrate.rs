@@ -45,7 +45,9 @@ pub fn calibrate(
         // features in the learned ROI keeps the threshold it was trained
         // with: its head learned the features measured there.
         m.card.calibration = None;
-        if !m.reads_learned_roi() {
+        // An ensemble's members keep theirs; its own threshold only draws
+        // the returned ROI, so it is fitted.
+        if !m.reads_learned_roi() || m.is_ensemble() {
             m.card.roi_threshold = None;
         }
     }

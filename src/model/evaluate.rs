@@ -54,6 +54,30 @@ pub struct Evaluation {
     pub excluded: Vec<(String, String)>,
     #[serde(skip)]
     pub curves: Vec<(String, String, Vec<f64>, Vec<bool>)>,
+    /// Every patient's risk from every row's model (`predictions.csv`), so
+    /// that any figure of the table can be checked or recomputed.
+    #[serde(skip)]
+    pub predictions: Predictions,
+}
+
+/// Per-patient risks: one column per model row.
+#[derive(Debug, Clone, Default)]
+pub struct Predictions {
+    pub columns: Vec<String>,
+    /// Patient, hospital, split, label, risk per column, Dice of the main
+    /// model's learned ROI against the truth, why it was not scored.
+    pub rows: Vec<PredictionRow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PredictionRow {
+    pub patient_id: String,
+    pub hospital: String,
+    pub split: String,
+    pub label: bool,
+    pub risks: Vec<Option<f64>>,
+    pub dice: Option<f64>,
+    pub error: Option<String>,
 }
 
 pub const MEAN_DOSE: &str = "mean esophagus dose (logistic)";
@@ -306,11 +330,30 @@ pub fn evaluate(
                 .map(|e| (patients[i].patient_id.clone(), e))
         })
         .collect();
+    // The main model is the last of `model_names`.
+    let main = model_names.last();
+    let predictions = Predictions {
+        rows: patients
+            .iter()
+            .zip(&results)
+            .map(|(p, r)| PredictionRow {
+                patient_id: p.patient_id.clone(),
+                hospital: p.hospital.clone(),
+                split: p.split.clone(),
+                label: p.label,
+                risks: rows_models.iter().map(|m| r.risk.get(m).copied()).collect(),
+                dice: main.and_then(|m| r.dice.get(m).copied()),
+                error: r.error.clone(),
+            })
+            .collect(),
+        columns: rows_models,
+    };
     Evaluation {
         rows,
         dice,
         excluded,
         curves,
+        predictions,
     }
 }
 
@@ -415,6 +458,38 @@ impl Evaluation {
                 r.specificity,
                 r.brier,
                 r.calibration_error
+            ));
+        }
+        s
+    }
+
+    /// `predictions.csv`: one line per patient.
+    pub fn predictions_csv(&self) -> String {
+        let quote = |t: &str| format!("\"{}\"", t.replace('"', "\"\""));
+        let p = &self.predictions;
+        let mut s = String::from("patient_id,hospital,split,label");
+        for c in &p.columns {
+            s.push(',');
+            s.push_str(&quote(c));
+        }
+        s.push_str(",main_model_roi_dice,error\n");
+        let num = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+        for r in &p.rows {
+            s.push_str(&format!(
+                "{},{},{},{}",
+                quote(&r.patient_id),
+                quote(&r.hospital),
+                quote(&r.split),
+                u8::from(r.label)
+            ));
+            for v in &r.risks {
+                s.push(',');
+                s.push_str(&num(*v));
+            }
+            s.push_str(&format!(
+                ",{},{}\n",
+                num(r.dice),
+                r.error.as_deref().map(quote).unwrap_or_default()
             ));
         }
         s
@@ -546,6 +621,61 @@ mod tests {
         let t = youden(&pairs);
         assert_eq!(t, 0.35);
         assert_eq!(sens_spec(&pairs, t), (1.0, 2.0 / 3.0));
+    }
+
+    #[test]
+    fn every_patient_gets_a_prediction_line() {
+        let mut patients = Vec::new();
+        let mut results = Vec::new();
+        for i in 0..40 {
+            let label = i % 3 == 0;
+            patients.push(Patient {
+                patient_id: format!("P{i}"),
+                hospital: "H1".into(),
+                split: if i < 24 { "train" } else { "internal" }.into(),
+                label,
+                p_dose: 0.3,
+                truth_file: String::new(),
+            });
+            let mut r = PatientResult {
+                mean_dose_gy: Some(20.0 + f64::from(u8::from(label)) * 10.0 + f64::from(i % 5)),
+                ..Default::default()
+            };
+            r.risk.insert(
+                "m".into(),
+                if label { 0.7 } else { 0.2 } + 0.01 * f64::from(i % 4),
+            );
+            r.dice.insert("m".into(), 0.5);
+            if i == 39 {
+                r = PatientResult {
+                    error: Some("no RT Dose".into()),
+                    ..Default::default()
+                };
+            }
+            results.push(r);
+        }
+        let ev = evaluate(&patients, &results, &["m".to_string()], 50, 1);
+        let internal = ev
+            .rows
+            .iter()
+            .find(|r| r.model == "m" && r.group == "internal validation")
+            .expect("row");
+        // The scored internal patients (the last one failed).
+        assert_eq!(internal.patients, 15);
+        assert_eq!(internal.auc.auc, 1.0);
+        let csv = ev.predictions_csv();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 41, "{csv}");
+        assert!(lines[0].starts_with("patient_id,hospital,split,label,\"m\","));
+        assert!(lines[0].contains(&format!("\"{MEAN_DOSE}\"")));
+        assert!(lines[0].ends_with("main_model_roi_dice,error"));
+        let first: Vec<&str> = lines[1].split(',').collect();
+        assert_eq!(
+            &first[..5],
+            ["\"P0\"", "\"H1\"", "\"train\"", "1", "0.700000"]
+        );
+        assert_eq!(first[first.len() - 2], "0.500000");
+        assert!(lines[40].ends_with(",\"no RT Dose\""), "{}", lines[40]);
     }
 
     #[test]

@@ -50,6 +50,14 @@ pub struct ModelCard {
     /// (`esorisk calibrate` fits it; 0.5 when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roi_threshold: Option<f64>,
+    /// A seed ensemble (`esorisk ensemble`): the model directories, relative
+    /// to this card's, whose networks score together. Each member scores as
+    /// it would alone (its own learned ROI, at its own threshold, feeds its
+    /// own head) and the risk is σ of the mean of their logits; the returned
+    /// ROI is the mean of their segmentation logits at `roi_threshold`.
+    /// Empty for a single model, whose weights are `model.safetensors`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
 }
 
 /// Platt scaling of the risk: σ(a·z + b), z the prior-corrected log-odds
@@ -96,8 +104,18 @@ pub struct RiskModel {
     pub dir: PathBuf,
     /// Name and a hash of the weights: what "the same model" means.
     pub version: String,
-    net: Dgd,
+    /// One network, or the members of an ensemble.
+    members: Vec<Member>,
     device: Device,
+}
+
+/// One network of a model.
+struct Member {
+    net: Dgd,
+    /// An ensemble member's own learned-ROI threshold (its head was trained
+    /// on the features measured there); `None` for a single model, which
+    /// uses the card's.
+    roi_threshold: Option<f64>,
 }
 
 /// The result of scoring one study.
@@ -120,29 +138,85 @@ pub struct Score {
     pub dosiomics: Vec<(String, Option<f64>)>,
 }
 
+pub(crate) fn read_card(dir: &Path) -> Result<ModelCard, String> {
+    let card_path = dir.join("card.json");
+    let text =
+        std::fs::read_to_string(&card_path).map_err(|e| format!("{}: {e}", card_path.display()))?;
+    let card: ModelCard =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", card_path.display()))?;
+    if card.format != CARD_FORMAT || card.version != CARD_VERSION {
+        return Err(format!(
+            "{}: format {} v{} (this esorisk reads {CARD_FORMAT} v{CARD_VERSION})",
+            card_path.display(),
+            card.format,
+            card.version
+        ));
+    }
+    Ok(card)
+}
+
+/// Why `member` cannot score beside `first` in one ensemble, if it cannot:
+/// the members must read the same input the same way and be trained on the
+/// same patients (the prior correction is shared).
+pub(crate) fn incompatible(first: &ModelCard, member: &ModelCard) -> Option<&'static str> {
+    let same = |a: serde_json::Result<serde_json::Value>, b| a.ok() == b;
+    if !member.members.is_empty() {
+        Some("it is an ensemble itself")
+    } else if first.variant != member.variant {
+        Some("the variant differs")
+    } else if !same(
+        serde_json::to_value(&first.net),
+        serde_json::to_value(&member.net).ok(),
+    ) {
+        Some("the network differs")
+    } else if !same(
+        serde_json::to_value(&first.input),
+        serde_json::to_value(&member.input).ok(),
+    ) {
+        Some("the input differs")
+    } else if first.fusion_roi != member.fusion_roi {
+        Some("the fused features are measured in another ROI")
+    } else if first.dosiomics != member.dosiomics {
+        Some("the dosiomics model differs")
+    } else if first.data.train_patients != member.data.train_patients
+        || first.data.train_events != member.data.train_events
+    {
+        Some("the training patients differ")
+    } else {
+        None
+    }
+}
+
 impl RiskModel {
     pub fn load(dir: &Path, device: &Device) -> Result<RiskModel, String> {
-        let card_path = dir.join("card.json");
-        let text = std::fs::read_to_string(&card_path)
-            .map_err(|e| format!("{}: {e}", card_path.display()))?;
-        let card: ModelCard =
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", card_path.display()))?;
-        if card.format != CARD_FORMAT || card.version != CARD_VERSION {
-            return Err(format!(
-                "{}: format {} v{} (this esorisk reads {CARD_FORMAT} v{CARD_VERSION})",
-                card_path.display(),
-                card.format,
-                card.version
-            ));
+        let card = read_card(dir)?;
+        // (weights, the member's own ROI threshold)
+        let mut weights: Vec<(PathBuf, Option<f64>)> = Vec::new();
+        if card.members.is_empty() {
+            weights.push((dir.join("model.safetensors"), None));
         }
-        let weights = dir.join("model.safetensors");
-        let (mut varmap, net) = train::build(&card.net, 0, device)?;
-        varmap
-            .load(&weights)
-            .map_err(|e| format!("{}: {e}", weights.display()))?;
+        for m in &card.members {
+            let mdir = dir.join(m);
+            let mcard = read_card(&mdir)?;
+            if let Some(why) = incompatible(&card, &mcard) {
+                return Err(format!(
+                    "{}: ensemble member {m} does not fit: {why}",
+                    dir.display()
+                ));
+            }
+            weights.push((mdir.join("model.safetensors"), mcard.roi_threshold));
+        }
         let mut h = crate::hash::Fnv::default();
-        h.update_file(&weights)
-            .map_err(|e| format!("{}: {e}", weights.display()))?;
+        let mut members = Vec::new();
+        for (w, roi_threshold) in weights {
+            let (mut varmap, net) = train::build(&card.net, 0, device)?;
+            varmap
+                .load(&w)
+                .map_err(|e| format!("{}: {e}", w.display()))?;
+            h.update_file(&w)
+                .map_err(|e| format!("{}: {e}", w.display()))?;
+            members.push(Member { net, roi_threshold });
+        }
         // A recalibration changes the risks: it is part of the version.
         if let Some(c) = &card.calibration {
             h.update(format!("{:e} {:e}", c.a, c.b).as_bytes());
@@ -154,9 +228,14 @@ impl RiskModel {
             version: format!("{} {:012x}", card.name, h.finish() >> 16),
             card,
             dir: dir.to_path_buf(),
-            net,
+            members,
             device: device.clone(),
         })
+    }
+
+    /// Whether this is a seed ensemble of several networks.
+    pub fn is_ensemble(&self) -> bool {
+        self.members.len() > 1
     }
 
     /// The classifier trains on a class-weighted loss (positives weighted by
@@ -182,6 +261,14 @@ impl RiskModel {
     /// The segmentation branch's logit threshold for the learned ROI.
     fn roi_logit(&self) -> f32 {
         data::roi_cut(self.card.roi_threshold.unwrap_or(0.5))
+    }
+
+    /// The logit threshold of one member's own learned ROI (the ROI its head
+    /// reads): the card's for a single model.
+    fn member_roi_logit(&self, m: &Member) -> f32 {
+        m.roi_threshold
+            .map(data::roi_cut)
+            .unwrap_or_else(|| self.roi_logit())
     }
 
     /// Dice of the learned ROI against the optimal ROI's rule (the target
@@ -214,69 +301,119 @@ impl RiskModel {
         ))
     }
 
-    /// The encoder on a prepared study's input.
-    fn encode(&self, p: &data::Prepared) -> Result<Encoded, NotScorable> {
+    /// Every member's encoder on a prepared study's input.
+    fn encode(&self, p: &data::Prepared) -> Result<Vec<Encoded>, NotScorable> {
         let cfg = &self.card.input;
         let [d, h, w] = cfg.size;
-        Tensor::from_vec(p.input(cfg), (1, cfg.channels(), d, h, w), &self.device)
-            .and_then(|x| self.net.encode(&x))
-            .map_err(model_failed)
+        let x = Tensor::from_vec(p.input(cfg), (1, cfg.channels(), d, h, w), &self.device)
+            .map_err(model_failed)?;
+        self.members
+            .iter()
+            .map(|m| m.net.encode(&x).map_err(model_failed))
+            .collect()
     }
 
-    /// The segmentation logits on the crop.
-    fn segment(&self, e: &Encoded) -> Result<Vec<f32>, NotScorable> {
+    /// One member's segmentation logits on the crop.
+    fn member_segment(&self, m: &Member, e: &Encoded) -> Result<Vec<f32>, NotScorable> {
         let [d, h, w] = self.card.input.size;
-        self.net
+        m.net
             .segment(e, (d, h, w))
             .and_then(|s| s.flatten_all())
             .and_then(|t| t.to_vec1())
             .map_err(model_failed)
     }
 
+    /// The segmentation logits on the crop, averaged over the members.
+    fn segment(&self, es: &[Encoded]) -> Result<Vec<f32>, NotScorable> {
+        let mut sum: Option<Vec<f32>> = None;
+        for (m, e) in self.members.iter().zip(es) {
+            let l = self.member_segment(m, e)?;
+            sum = Some(match sum {
+                None => l,
+                Some(s) => s.iter().zip(&l).map(|(a, b)| a + b).collect(),
+            });
+        }
+        let n = self.members.len().max(1) as f32;
+        Ok(sum.unwrap_or_default().iter().map(|v| v / n).collect())
+    }
+
     /// Score a study: every failure is a reason a physicist can act on.
     pub fn score(&self, study: &Study) -> Result<Score, NotScorable> {
         let p = data::prepare(study, &self.card.input)?;
-        let e = self.encode(&p)?;
-        // The learned ROI: the segmentation branch where trained, else the
-        // dosiomics model's own definition of the optimal ROI.
-        let roi = if self.card.variant.segmentation() {
-            p.roi_from_logits(
-                &self.segment(&e)?,
-                self.roi_logit(),
-                &p.roi_support(&self.card.dosiomics),
-            )
-        } else {
-            p.optimal_roi(&self.card.dosiomics)
-        };
-        // Features in the learned ROI (reported); the fusion head reads them
-        // there too, or in the rule-defined ROI.
+        let es = self.encode(&p)?;
         let model = &self.card.dosiomics;
-        let learned = model.measure(&p.patient, &roi);
-        let mut side = if self.card.variant.fusion() {
-            let row = match self.card.fusion_roi {
-                FusionRoi::Predicted => learned.clone(),
-                FusionRoi::Rule => model.measure(&p.patient, &p.optimal_roi(model)),
-            };
-            data::Prepared::dosiomics(&row, model)
-        } else {
-            Vec::new()
+        let seg = self.card.variant.segmentation();
+        let support = seg.then(|| p.roi_support(model));
+        let rule = std::cell::OnceCell::new();
+        let rule_roi = || rule.get_or_init(|| p.optimal_roi(model)).clone();
+        // Each member: its learned ROI (the segmentation branch where
+        // trained, else the dosiomics model's own definition of the optimal
+        // ROI), the fused features, the logit.
+        let mut member_logits = Vec::new();
+        let mut measured: Vec<(Vec<bool>, Vec<Option<f64>>)> = Vec::new();
+        let mut measure = |roi: &Vec<bool>| {
+            if let Some((_, row)) = measured.iter().find(|(r, _)| r == roi) {
+                return row.clone();
+            }
+            let row = model.measure(&p.patient, roi);
+            measured.push((roi.clone(), row.clone()));
+            row
         };
-        if self.net.config().prescription_scale {
-            side.push(data::prescription_scale(p.norm_gy));
+        let mut seg_logits = Vec::new();
+        for (m, e) in self.members.iter().zip(&es) {
+            let own_roi = match &support {
+                Some(support) => {
+                    let l = self.member_segment(m, e)?;
+                    let roi = p.roi_from_logits(&l, self.member_roi_logit(m), support);
+                    seg_logits.push(l);
+                    roi
+                }
+                None => rule_roi(),
+            };
+            let mut side = if self.card.variant.fusion() {
+                let row = match self.card.fusion_roi {
+                    FusionRoi::Predicted => measure(&own_roi),
+                    FusionRoi::Rule => measure(&rule_roi()),
+                };
+                data::Prepared::dosiomics(&row, model)
+            } else {
+                Vec::new()
+            };
+            if self.card.net.prescription_scale {
+                side.push(data::prescription_scale(p.norm_gy));
+            }
+            let n_side = side.len();
+            let side = (n_side > 0)
+                .then(|| Tensor::from_vec(side, (1, n_side), &self.device))
+                .transpose()
+                .map_err(model_failed)?;
+            let logit = m
+                .net
+                .head(e, side.as_ref())
+                .and_then(|t| t.to_dtype(DType::F64))
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f64>())
+                .map_err(model_failed)?;
+            member_logits.push(logit.first().copied().unwrap_or(0.0));
         }
-        let n_side = side.len();
-        let side = (n_side > 0)
-            .then(|| Tensor::from_vec(side, (1, n_side), &self.device))
-            .transpose()
-            .map_err(model_failed)?;
-        let logit = self
-            .net
-            .head(&e, side.as_ref())
-            .and_then(|t| t.to_dtype(DType::F64))
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1::<f64>())
-            .map_err(model_failed)?;
-        let z = logit.first().copied().unwrap_or(0.0) - self.prior_shift();
+        // The returned ROI: the members' mean segmentation logits at the
+        // card's threshold (for a single model, its own learned ROI).
+        let roi = match &support {
+            Some(support) => {
+                let n = seg_logits.len().max(1) as f32;
+                let mut mean = vec![0f32; seg_logits.first().map_or(0, Vec::len)];
+                for l in &seg_logits {
+                    for (a, b) in mean.iter_mut().zip(l) {
+                        *a += b / n;
+                    }
+                }
+                p.roi_from_logits(&mean, self.roi_logit(), support)
+            }
+            None => rule_roi(),
+        };
+        let learned = measure(&roi);
+        let z = member_logits.iter().sum::<f64>() / member_logits.len().max(1) as f64
+            - self.prior_shift();
         let z = match &self.card.calibration {
             Some(c) => c.a * z + c.b,
             None => z,
@@ -389,6 +526,7 @@ pub fn card(
         },
         calibration: None,
         roi_threshold: t.roi_threshold,
+        members: Vec::new(),
     })
 }
 

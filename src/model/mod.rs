@@ -7,7 +7,8 @@
 //! `conv3d`, `net` and `loss` hold the network (candle has no 3D
 //! convolution; it is composed from 2D ones); `data` and `dataset` turn
 //! studies into tensors; `train` fits the network and its ablations;
-//! `infer` loads a trained model and scores a study; `calibrate` fits its
+//! `infer` loads a trained model and scores a study; `ensemble` joins
+//! models trained with different seeds into one; `calibrate` fits its
 //! ROI threshold and risk recalibration; `evaluate` builds the paper-style
 //! table; `devcheck` compares a GPU's outputs with the CPU's and times it.
 
@@ -16,6 +17,7 @@ pub mod conv3d;
 pub mod data;
 pub mod dataset;
 pub mod devcheck;
+pub mod ensemble;
 pub mod evaluate;
 pub mod infer;
 pub mod loss;

@@ -173,7 +173,8 @@ fn main() {
         let t0 = Instant::now();
         let study =
             esorisk::rt::study::load(&[dir.path().join(p)], &Default::default()).expect("load");
-        let pd = PatientDose::from_study(&study, 10.0).expect("scorable");
+        // On the feature grid of the default settings (2.5 mm isotropic).
+        let pd = PatientDose::from_study(&study, 10.0, Some(2.5)).expect("scorable");
         let t_load = t0.elapsed().as_secs_f64() * 1e3;
         let mut voxels = 0;
         let t = median_ms(

@@ -166,7 +166,17 @@ pub struct DosiomicsSettings {
     pub bin_width_gy: f64,
     pub dose: crate::dosiomics::roi::DoseKind,
     pub alpha_beta_gy: f64,
+    /// Isotropic voxel size (mm) the dose is interpolated to before the
+    /// features; 0 keeps the dose grid.
+    pub resample_mm: f64,
     pub model: PathBuf,
+}
+
+impl DosiomicsSettings {
+    /// `resample_mm` as an option (0: none).
+    pub fn resample(&self) -> Option<f64> {
+        (self.resample_mm > 0.0).then_some(self.resample_mm)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -231,6 +241,12 @@ impl Settings {
         let ds = &self.dosiomics;
         if !(ds.bin_width_gy.is_finite() && ds.bin_width_gy > 0.0) {
             return Err(invalid("dosiomics.bin_width_gy", "a positive number of Gy"));
+        }
+        if !(ds.resample_mm.is_finite() && (ds.resample_mm == 0.0 || ds.resample_mm >= 0.5)) {
+            return Err(invalid(
+                "dosiomics.resample_mm",
+                "0 (the dose grid) or a voxel size of at least 0.5 mm",
+            ));
         }
         if !(ds.alpha_beta_gy.is_finite() && ds.alpha_beta_gy > 0.0) {
             return Err(invalid(

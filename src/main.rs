@@ -516,6 +516,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 dose,
                 width,
                 settings.dosiomics.alpha_beta_gy,
+                settings.dosiomics.resample(),
             )?;
             match format.as_str() {
                 "json" => println!("{}", serde_json::to_string_pretty(&f)?),
@@ -551,6 +552,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 bin_width_gy: settings.dosiomics.bin_width_gy,
                 dose: settings.dosiomics.dose,
                 alpha_beta: settings.dosiomics.alpha_beta_gy,
+                resample_mm: settings.dosiomics.resample(),
                 repeats,
                 folds,
                 bootstrap,

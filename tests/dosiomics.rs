@@ -26,7 +26,7 @@ fn load(dir: &Path) -> Study {
 
 /// Every candidate's features, in CANDIDATES order.
 fn candidate_features(s: &Study) -> Vec<Option<Vec<Option<f64>>>> {
-    let pd = PatientDose::from_study(s, 10.0).expect("scorable");
+    let pd = PatientDose::from_study(s, 10.0, None).expect("scorable");
     CANDIDATES
         .iter()
         .map(|c| {
@@ -239,4 +239,80 @@ fn roi_search_is_deterministic_and_saves_a_loadable_model() {
             .unwrap_or(0)
             > 1000
     );
+}
+
+/// Features measured on isotropic voxels: on the plan's own voxel size the
+/// grid is the dose grid itself; on 4 mm the dose is interpolated and the
+/// structures rasterised again, and what does not depend on the voxel size
+/// (volume, mean dose) stays close; the truth mask follows the grid.
+#[test]
+fn features_on_a_resampled_grid() {
+    let dir = tempfile::tempdir().expect("tmp");
+    cohort(dir.path(), 10);
+    let cohort_json = search::read_cohort_json(dir.path()).expect("cohort.json");
+    let patients = search::read_labels(dir.path()).expect("labels");
+    let mut compared = 0;
+    for p in &patients {
+        let s = load(&dir.path().join(&p.patient_id));
+        let native = PatientDose::from_study(&s, 10.0, None).expect("scorable");
+        // Hospital 1 plans on 2.5 mm: resampling to 2.5 mm changes nothing.
+        assert_eq!(native.spacing, [2.5, 2.5, 2.5]);
+        let same = PatientDose::from_study(&s, 10.0, Some(2.5)).expect("scorable");
+        assert_eq!(same.grid.nx, native.grid.nx);
+        assert_eq!(same.grid.z, native.grid.z);
+        assert_eq!(same.esophagus, native.esophagus);
+        assert_eq!(same.physical, native.physical);
+        assert_eq!(same.ptv, native.ptv);
+
+        let coarse = PatientDose::from_study(&s, 10.0, Some(4.0)).expect("scorable");
+        assert_eq!(coarse.spacing, [4.0, 4.0, 4.0]);
+        let cc = |pd: &PatientDose, m: &[bool]| {
+            m.iter().filter(|&&v| v).count() as f64 * pd.spacing.iter().product::<f64>() / 1000.0
+        };
+        let mean = |pd: &PatientDose| {
+            let (sum, n) = pd
+                .esophagus
+                .iter()
+                .zip(&pd.physical)
+                .filter(|(&m, _)| m)
+                .fold((0.0, 0usize), |(s, n), (_, &d)| (s + f64::from(d), n + 1));
+            sum / n as f64
+        };
+        let (v0, v1) = (
+            cc(&native, &native.esophagus),
+            cc(&coarse, &coarse.esophagus),
+        );
+        assert!(
+            (v1 / v0 - 1.0).abs() < 0.15,
+            "esophagus {v0:.1} cc vs {v1:.1} cc"
+        );
+        assert!((mean(&native) - mean(&coarse)).abs() < 1.0);
+        let t0 = search::read_truth(dir.path(), &cohort_json, p, &native.grid).expect("truth");
+        let t1 = search::read_truth(dir.path(), &cohort_json, p, &coarse.grid).expect("truth");
+        // Results go back on the plan's own grid.
+        assert_eq!(coarse.dose_grid, native.grid);
+        let (r0, r1) = (cc(&native, &t0), cc(&coarse, &t1));
+        assert_eq!(r0 == 0.0, r1 == 0.0, "{r0} cc vs {r1} cc");
+        if r0 > 0.0 {
+            assert!(
+                (r1 / r0 - 1.0).abs() < 0.25,
+                "truth {r0:.1} cc vs {r1:.1} cc"
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared > 0, "no patient with a truth region");
+    // A model file written before the setting existed measures on the dose
+    // grid.
+    let old = r#"{"format":"esorisk-dosiomics","version":1,"created_by":"x","roi":"esophagus",
+        "roi_description":"d","dose":"physical","alpha_beta":10.0,"bin_width_gy":1.0,
+        "model":{"intercept":0.0,"lambda":0.1,"features":[],"candidates":0},
+        "training":{"cohort":"c","cohort_generator":"g","cohort_seed":null,"patients":1,
+        "events":0,"cv_auc":0.5,"lambda_rule":"min","seed":1},"intended_use":"synthetic"}"#;
+    let path = dir.path().join("old.json");
+    std::fs::write(&path, old).expect("write");
+    match DosiomicsModelFile::load(&path) {
+        Ok(m) => assert_eq!(m.resample_mm, None),
+        Err(e) => panic!("an old model file no longer loads: {e}"),
+    }
 }

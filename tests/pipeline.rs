@@ -1197,6 +1197,51 @@ fn a_seed_ensemble_scores_the_mean_of_its_members_logits() {
     assert!(t.contains("the input differs"), "{t}");
 }
 
+/// A plan on a 4 mm dose grid: the features read it on the model's 2.5 mm
+/// voxels, and the learned ROI goes back on the plan's own grid, whose
+/// planes the planning system knows.
+#[test]
+fn the_learned_roi_of_a_coarser_plan_comes_back_on_its_own_grid() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cohort = tmp.path().join("h3");
+    run(
+        &[
+            "synth",
+            "--out",
+            cohort.to_str().unwrap_or_default(),
+            "--hospital",
+            "hospital3",
+            "--patients",
+            "2",
+            "--seed",
+            "11",
+        ],
+        &[],
+    );
+    let m = esorisk::model::infer::RiskModel::load(tiny_model(), &candle_core::Device::Cpu)
+        .expect("model");
+    assert_eq!(m.card.dosiomics.resample_mm, Some(2.5));
+    let study =
+        esorisk::rt::study::load(&[cohort.join("H3-0001")], &Default::default()).expect("study");
+    let s = m.score(&study).expect("scored");
+    let g = &s.prepared_grid;
+    assert_eq!((g.dx, g.dy), (study.dose.grid.dx, study.dose.grid.dy));
+    assert_eq!(g.dx, 4.0);
+    assert_eq!(s.roi.len(), g.len());
+    // Every plane of the returned ROI is a plane of the dose grid (which
+    // the returned grid extends only where the esophagus leaves it).
+    let planes = &study.dose.grid.z;
+    for z in
+        g.z.iter()
+            .filter(|z| (planes[0]..=planes[planes.len() - 1]).contains(*z))
+    {
+        assert!(
+            planes.iter().any(|p| (p - z).abs() < 1e-6),
+            "plane {z} not on the dose grid"
+        );
+    }
+}
+
 /// Split a study's plan dose into one BEAM dose per treatment beam of its
 /// plan (each 1/n of the dose, new SOP Instance UIDs) in `out`, copying the
 /// plan and structure set; the first `keep` beam doses are written.

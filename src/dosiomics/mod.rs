@@ -52,16 +52,17 @@ fn features_as_map<S: serde::Serializer>(f: &[Feature], s: S) -> Result<S::Ok, S
 
 /// Features of `name` in `study`: a candidate ROI (see [`roi::CANDIDATES`])
 /// or a structure of the structure set (name compared without case), on
-/// the dose grid, voxel centre inside.
+/// the dose grid (or isotropic `resample_mm` voxels), voxel centre inside.
 pub fn region_features(
     study: &Study,
     name: &str,
     dose: DoseKind,
     bin_width_gy: f64,
     alpha_beta: f64,
+    resample_mm: Option<f64>,
 ) -> Result<RegionFeatures, NotScorable> {
     let (volume, source) = if let Some(c) = roi::candidate(name) {
-        let pd = PatientDose::from_study(study, alpha_beta)?;
+        let pd = PatientDose::from_study(study, alpha_beta, resample_mm)?;
         let mask = c.mask(&pd).ok_or_else(|| {
             NotScorable(format!(
                 "candidate {name} needs {} for this study",
@@ -106,7 +107,7 @@ pub fn region_features(
                         .join(", ")
                 ))
             })?;
-        let (grid, spacing, physical, _) = roi::feature_grid(study, &[r])?;
+        let (grid, spacing, physical, _) = roi::feature_grid(study, &[r], resample_mm)?;
         let values = match dose {
             DoseKind::Physical => physical,
             DoseKind::Eqd2 => {
@@ -131,6 +132,7 @@ pub fn region_features(
             fractions: None,
             esophagus_outside_dose: 0.0,
             physical: values,
+            dose_grid: grid.clone(),
             grid,
         };
         let v = pd

@@ -28,7 +28,13 @@ pub enum DoseKind {
 /// A patient's dose and the masks candidates are built from, on one grid.
 #[derive(Debug, Clone)]
 pub struct PatientDose {
+    /// The feature grid (see `feature_grid`).
     pub grid: Grid,
+    /// The plan's own dose grid, extended like `grid` to cover the
+    /// esophagus and PTV: where results go back to the planning system
+    /// (its planes are the planes the plan was computed on). The same as
+    /// `grid` unless the features read the dose resampled.
+    pub dose_grid: Grid,
     /// `[dz, dy, dx]` (mm); the grid's planes are evenly spaced.
     pub spacing: [f64; 3],
     pub physical: Vec<f32>,
@@ -54,6 +60,7 @@ impl PatientDose {
         esophagus: Vec<bool>,
     ) -> PatientDose {
         PatientDose {
+            dose_grid: grid.clone(),
             grid,
             spacing,
             physical,
@@ -81,9 +88,15 @@ impl std::fmt::Display for NotScorable {
 impl std::error::Error for NotScorable {}
 
 impl PatientDose {
-    /// Rasterise the esophagus (and PTV, when present) on the dose grid,
-    /// voxel centre inside, as `inspect` defines the binary mask.
-    pub fn from_study(study: &Study, alpha_beta: f64) -> Result<PatientDose, NotScorable> {
+    /// Rasterise the esophagus (and PTV, when present) on the feature grid
+    /// (the dose grid, or isotropic `resample_mm` voxels: see
+    /// `feature_grid`), voxel centre inside, as `inspect` defines the binary
+    /// mask.
+    pub fn from_study(
+        study: &Study,
+        alpha_beta: f64,
+        resample_mm: Option<f64>,
+    ) -> Result<PatientDose, NotScorable> {
         let ss = study.structures.as_ref().ok_or_else(|| {
             NotScorable("no RT Structure Set linked to the dose: no esophagus to measure".into())
         })?;
@@ -112,7 +125,8 @@ impl PatientDose {
             .filter(|r| !r.planes.is_empty());
         let mut rois = vec![eso];
         rois.extend(ptv);
-        let (grid, spacing, physical, covered) = feature_grid(study, &rois)?;
+        let (grid, spacing, physical, covered) = feature_grid(study, &rois, resample_mm)?;
+        let dose_grid = analysis_grid(&study.dose.grid, &rois);
         let esophagus = eso.rasterize(&grid, 1).centre_mask(&grid);
         let n_eso = esophagus.iter().filter(|&&m| m).count();
         if n_eso == 0 {
@@ -137,6 +151,7 @@ impl PatientDose {
         let fractions = study.plan.as_ref().and_then(|p| p.fractions);
         let eqd2 = fractions.map(|n| dvh::eqd2_grid(&physical, f64::from(n), alpha_beta));
         Ok(PatientDose {
+            dose_grid,
             spacing,
             physical,
             eqd2,
@@ -217,9 +232,26 @@ impl PatientDose {
 pub type FeatureGrid = (Grid, [f64; 3], Vec<f32>, Vec<bool>);
 
 /// The dose on the dose grid extended to cover `rois` (the outside at
-/// 0 Gy).
-pub fn feature_grid(study: &Study, rois: &[&Roi]) -> Result<FeatureGrid, NotScorable> {
-    let grid = analysis_grid(&study.dose.grid, rois);
+/// 0 Gy), or, with `resample_mm`, interpolated (trilinear) onto isotropic
+/// voxels of that size over the same extent. Texture and shape features
+/// depend on the voxel size, so a model that should read plans from dose
+/// grids of 2.5 mm and 4 mm alike reads them all on one grid (IBSI's
+/// interpolation step).
+pub fn feature_grid(
+    study: &Study,
+    rois: &[&Roi],
+    resample_mm: Option<f64>,
+) -> Result<FeatureGrid, NotScorable> {
+    let mut grid = analysis_grid(&study.dose.grid, rois);
+    if let Some(s) = resample_mm.filter(|s| s.is_finite() && *s > 0.0) {
+        // A grid already of that voxel size is kept as it is, planes and
+        // all: recomputing its planes would move them by rounding errors.
+        let already =
+            uniform_spacing(&grid).is_some_and(|d| d.iter().all(|v| (v - s).abs() < 1e-6));
+        if !already {
+            grid = isotropic(&grid, s);
+        }
+    }
     let spacing = uniform_spacing(&grid).ok_or_else(|| {
         NotScorable(
             "the dose grid's planes are unevenly spaced; dosiomic features need a regular grid"
@@ -232,6 +264,23 @@ pub fn feature_grid(study: &Study, rois: &[&Roi]) -> Result<FeatureGrid, NotScor
         study.dose.resample(&grid)
     };
     Ok((grid, spacing, physical, covered))
+}
+
+/// A grid of `s`-mm cubes from the first voxel centre of `g` over its
+/// extent (the last partial voxel dropped).
+fn isotropic(g: &Grid, s: f64) -> Grid {
+    let z0 = g.z.first().copied().unwrap_or(0.0);
+    let z1 = g.z.last().copied().unwrap_or(z0);
+    let n = |extent: f64| (extent / s + 1e-6).floor() as usize + 1;
+    Grid::uniform(
+        [g.x0, g.y0, z0],
+        [s, s, s],
+        [
+            n(g.nx.saturating_sub(1) as f64 * g.dx),
+            n(g.ny.saturating_sub(1) as f64 * g.dy),
+            n(z1 - z0),
+        ],
+    )
 }
 
 /// `[dz, dy, dx]` when the planes are evenly spaced (within 1 µm).

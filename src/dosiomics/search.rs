@@ -21,6 +21,9 @@ pub struct SearchOptions {
     pub bin_width_gy: f64,
     pub dose: DoseKind,
     pub alpha_beta: f64,
+    /// Isotropic voxel size (mm) the dose is interpolated to before the
+    /// features; `None`: the dose grid as it is.
+    pub resample_mm: Option<f64>,
     /// Repeats × folds of the outer cross-validation.
     pub repeats: usize,
     pub folds: usize,
@@ -36,6 +39,7 @@ impl Default for SearchOptions {
             bin_width_gy: 1.0,
             dose: DoseKind::Physical,
             alpha_beta: 10.0,
+            resample_mm: None,
             repeats: 5,
             folds: 5,
             bootstrap: 1000,
@@ -155,11 +159,11 @@ pub fn patient_features(
         Ok(s) => s,
         Err(e) => return fail(e.to_string()),
     };
-    let pd = match PatientDose::from_study(&study, o.alpha_beta) {
+    let pd = match PatientDose::from_study(&study, o.alpha_beta, o.resample_mm) {
         Ok(pd) => pd,
         Err(e) => return fail(e.to_string()),
     };
-    let truth = cohort.and_then(|c| read_truth(dir, c, p, &pd).ok());
+    let truth = cohort.and_then(|c| read_truth(dir, c, p, &pd.grid).ok());
     let mut out = PatientFeatures::default();
     for c in CANDIDATES {
         let mask = c.mask(&pd);
@@ -178,12 +182,13 @@ pub fn patient_features(
     out
 }
 
-/// The truth mask of a synthetic patient on the patient's feature grid.
+/// The truth mask of a synthetic patient on `g` (a patient's feature grid
+/// or dose grid).
 pub fn read_truth(
     dir: &Path,
     cohort: &serde_json::Value,
     p: &Patient,
-    pd: &PatientDose,
+    g: &crate::rt::grid::Grid,
 ) -> Result<Vec<bool>, String> {
     let rec = cohort["patients"]
         .as_array()
@@ -192,24 +197,32 @@ pub fn read_truth(
     let num = |v: &serde_json::Value, i: usize| v[i].as_f64().ok_or("bad cohort.json");
     let (origin, spacing, offset) = (&rec["origin_mm"], &rec["spacing_mm"], &rec["truth_offset"]);
     let (data, shape) = read_npy(&dir.join(&p.truth_file))?;
-    let g = &pd.grid;
+    let o = [num(origin, 0)?, num(origin, 1)?, num(origin, 2)?];
+    let sp = [num(spacing, 0)?, num(spacing, 1)?, num(spacing, 2)?];
+    // The truth array starts `truth_offset` ([z, y, x]) voxels into the
+    // generator's dose grid.
+    let off = [num(offset, 2)?, num(offset, 1)?, num(offset, 0)?];
+    // Each voxel of the feature grid takes the truth voxel nearest its
+    // centre, so the mask is right on the dose grid and on a resampled one.
+    let index = |c: f64, a: usize, n: usize| {
+        let t = ((c - o[a]) / sp[a] - off[a]).round();
+        (t >= 0.0 && (t as usize) < n).then_some(t as usize)
+    };
     let mut mask = vec![false; g.len()];
-    for k in 0..shape[0] {
-        for j in 0..shape[1] {
-            for i in 0..shape[2] {
-                if data[(k * shape[1] + j) * shape[2] + i] == 0 {
+    for (k, &z) in g.z.iter().enumerate() {
+        let Some(tk) = index(z, 2, shape[0]) else {
+            continue;
+        };
+        for j in 0..g.ny {
+            let Some(tj) = index(g.y(j), 1, shape[1]) else {
+                continue;
+            };
+            for i in 0..g.nx {
+                let Some(ti) = index(g.x(i), 0, shape[2]) else {
                     continue;
-                }
-                let x = num(origin, 0)? + (i as f64 + num(offset, 2)?) * num(spacing, 0)?;
-                let y = num(origin, 1)? + (j as f64 + num(offset, 1)?) * num(spacing, 1)?;
-                let z = num(origin, 2)? + (k as f64 + num(offset, 0)?) * num(spacing, 2)?;
-                let gi = ((x - g.x0) / g.dx).round();
-                let gj = ((y - g.y0) / g.dy).round();
-                let gk = g.fz(z).map(f64::round);
-                if let Some(gk) = gk {
-                    if gi >= 0.0 && gj >= 0.0 && (gi as usize) < g.nx && (gj as usize) < g.ny {
-                        mask[g.index(gi as usize, gj as usize, gk as usize)] = true;
-                    }
+                };
+                if data[(tk * shape[1] + tj) * shape[2] + ti] != 0 {
+                    mask[g.index(i, j, k)] = true;
                 }
             }
         }
@@ -352,6 +365,11 @@ pub struct DosiomicsModelFile {
     pub dose: DoseKind,
     pub alpha_beta: f64,
     pub bin_width_gy: f64,
+    /// The features are measured on isotropic voxels of this size (mm),
+    /// the dose interpolated onto them; absent in files written before the
+    /// setting existed, which measure on the dose grid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resample_mm: Option<f64>,
     pub model: LogisticModel,
     pub training: TrainingInfo,
     pub intended_use: String,
@@ -521,6 +539,7 @@ pub fn search(
         dose: o.dose,
         alpha_beta: o.alpha_beta,
         bin_width_gy: o.bin_width_gy,
+        resample_mm: o.resample_mm,
         model: fitted,
         training: TrainingInfo {
             cohort: cohort.display().to_string(),

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::dosiomics::roi::{self, DoseKind, NotScorable, PatientDose};
 use crate::dosiomics::search::DosiomicsModelFile;
 use crate::rt::dvh;
+use crate::rt::grid::Grid;
 use crate::rt::study::Study;
 
 /// Input settings (stored in the model card; a model only reads inputs made
@@ -107,14 +108,31 @@ pub struct Sample {
 /// The study's dose and masks plus what normalises them: the first step of
 /// both training and scoring.
 pub struct Prepared {
+    /// On the plan's own dose grid: the network's input, its training
+    /// target and the ROI returned to the planning system.
     pub patient: PatientDose,
+    /// On the dosiomics model's feature grid when that differs (see
+    /// `Prepared::features`).
+    resampled: Option<PatientDose>,
     pub crop: Crop,
     pub norm_gy: f64,
 }
 
-/// Locate the crop and the normalisation for a study.
-pub fn prepare(study: &Study, cfg: &InputConfig) -> Result<Prepared, NotScorable> {
-    let patient = PatientDose::from_study(study, cfg.alpha_beta)?;
+/// Locate the crop and the normalisation for a study, with its dose and
+/// masks on the plan's own grid and, for the features, on the dosiomics
+/// model's feature grid (`resample_mm`, see `PatientDose::from_study`).
+pub fn prepare(
+    study: &Study,
+    cfg: &InputConfig,
+    resample_mm: Option<f64>,
+) -> Result<Prepared, NotScorable> {
+    let patient = PatientDose::from_study(study, cfg.alpha_beta, None)?;
+    let resampled = match resample_mm {
+        Some(r) if patient.spacing.iter().any(|s| (s - r).abs() > 1e-6) => {
+            Some(PatientDose::from_study(study, cfg.alpha_beta, Some(r))?)
+        }
+        _ => None,
+    };
     if cfg.dose == DoseKind::Eqd2 && patient.eqd2.is_none() {
         return Err(NotScorable(
             "the number of fractions is unknown (RT Plan missing or without a fraction group); \
@@ -157,6 +175,7 @@ pub fn prepare(study: &Study, cfg: &InputConfig) -> Result<Prepared, NotScorable
         },
         norm_gy,
         patient,
+        resampled,
     })
 }
 
@@ -240,7 +259,27 @@ impl Prepared {
     /// voxels are coarser than the esophagus is wide, so the branch says
     /// which part of the organ, and the contour gives the outline.
     pub fn roi_from_logits(&self, logits: &[f32], cut: f32, support: &[bool]) -> Vec<bool> {
-        let g = &self.patient.grid;
+        self.roi_from_logits_on(&self.patient.grid, logits, cut, support)
+    }
+
+    /// The patient on the grid the dosiomic features are measured on.
+    pub fn features(&self) -> &PatientDose {
+        self.resampled.as_ref().unwrap_or(&self.patient)
+    }
+
+    /// `roi_from_logits` on the feature grid, with `support` there: the
+    /// learned ROI whose features the head reads.
+    pub fn feature_roi_from_logits(&self, logits: &[f32], cut: f32, support: &[bool]) -> Vec<bool> {
+        self.roi_from_logits_on(&self.features().grid, logits, cut, support)
+    }
+
+    fn roi_from_logits_on(
+        &self,
+        g: &Grid,
+        logits: &[f32],
+        cut: f32,
+        support: &[bool],
+    ) -> Vec<bool> {
         let c = &self.crop;
         let [d, h, w] = c.size;
         // Fractional crop index along one axis; `None` outside the crop's
@@ -285,9 +324,12 @@ impl Prepared {
     /// Where the dosiomics model's ROI can lie (the esophagus, or its
     /// margin for margin rules).
     pub fn roi_support(&self, model: &DosiomicsModelFile) -> Vec<bool> {
-        roi::candidate(&model.roi)
-            .map(|c| c.support(&self.patient))
-            .unwrap_or_else(|| self.patient.esophagus.clone())
+        support_on(&self.patient, model)
+    }
+
+    /// `roi_support` on the feature grid.
+    pub fn feature_roi_support(&self, model: &DosiomicsModelFile) -> Vec<bool> {
+        support_on(self.features(), model)
     }
 
     /// The dosiomics model's features, from a `measure` row, standardised
@@ -305,10 +347,25 @@ impl Prepared {
     /// The optimal ROI (as the dosiomics model defines it) on the patient
     /// grid; empty when it cannot be defined.
     pub fn optimal_roi(&self, model: &DosiomicsModelFile) -> Vec<bool> {
-        roi::candidate(&model.roi)
-            .and_then(|c| c.mask(&self.patient))
-            .unwrap_or_else(|| vec![false; self.patient.grid.len()])
+        optimal_on(&self.patient, model)
     }
+
+    /// `optimal_roi` on the feature grid.
+    pub fn feature_optimal_roi(&self, model: &DosiomicsModelFile) -> Vec<bool> {
+        optimal_on(self.features(), model)
+    }
+}
+
+fn support_on(p: &PatientDose, model: &DosiomicsModelFile) -> Vec<bool> {
+    roi::candidate(&model.roi)
+        .map(|c| c.support(p))
+        .unwrap_or_else(|| p.esophagus.clone())
+}
+
+fn optimal_on(p: &PatientDose, model: &DosiomicsModelFile) -> Vec<bool> {
+    roi::candidate(&model.roi)
+        .and_then(|c| c.mask(p))
+        .unwrap_or_else(|| vec![false; p.grid.len()])
 }
 
 /// Everything the network trains on for one study.
@@ -317,12 +374,13 @@ pub fn sample(
     cfg: &InputConfig,
     model: &DosiomicsModelFile,
 ) -> Result<Sample, NotScorable> {
-    let p = prepare(study, cfg)?;
+    let p = prepare(study, cfg, model.resample_mm)?;
     let roi = p.optimal_roi(model);
+    let on_features = p.feature_optimal_roi(model);
     Ok(Sample {
         input: p.input(cfg),
         target: p.to_crop(&roi),
-        dosiomics: Prepared::dosiomics(&model.measure(&p.patient, &roi), model),
+        dosiomics: Prepared::dosiomics(&model.measure(p.features(), &on_features), model),
         crop: p.crop,
         norm_gy: p.norm_gy,
     })
@@ -363,6 +421,7 @@ mod tests {
                 vec![0.0; grid.len()],
                 esophagus,
             ),
+            resampled: None,
             crop: Crop {
                 centre: [0.0; 3],
                 size: [4, 4, 4],

@@ -138,15 +138,20 @@ fn score_patient(
             return r;
         }
     };
-    let pd = match PatientDose::from_study(&study, dosio.alpha_beta) {
+    let pd = match PatientDose::from_study(&study, dosio.alpha_beta, dosio.resample_mm) {
         Ok(pd) => pd,
         Err(e) => {
             r.error = Some(e.to_string());
             return r;
         }
     };
+    // The truth masks are voxels of the plan's own dose grid, and so are
+    // the learned ROIs a model returns: they are compared there, not on a
+    // (finer) feature grid, where the truth would be blocks of coarser
+    // voxels.
+    let truth_grid = &pd.dose_grid;
     let truth = cohort_json
-        .and_then(|c| search::read_truth(cohort, c, p, &pd).ok())
+        .and_then(|c| search::read_truth(cohort, c, p, truth_grid).ok())
         .filter(|t| t.iter().any(|&v| v));
     // Baselines.
     let eso: Vec<f64> = pd
@@ -186,10 +191,9 @@ fn score_patient(
             Ok(s) => {
                 r.risk.insert(name.clone(), s.risk);
                 if let Some(t) = &truth {
-                    if s.roi.len() == t.len() {
-                        r.dice
-                            .insert(name.clone(), crate::dosiomics::roi::dice(&s.roi, t));
-                    }
+                    let roi = truth_grid.sample_mask(&s.roi, &s.prepared_grid);
+                    r.dice
+                        .insert(name.clone(), crate::dosiomics::roi::dice(&roi, t));
                 }
             }
             Err(e) => r.error = Some(format!("{name}: {e}")),

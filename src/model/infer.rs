@@ -123,7 +123,9 @@ struct Member {
 pub struct Score {
     /// Probability of grade ≥ 2 esophagitis (model of synthetic data).
     pub risk: f64,
-    /// The learned ROI on the patient's feature grid (see `roi_grid`).
+    /// The learned ROI on the plan's own dose grid (`prepared_grid`), where
+    /// it goes back to the planning system (its features are measured on
+    /// the dosiomics model's feature grid).
     #[serde(skip)]
     pub roi: Vec<bool>,
     #[serde(skip)]
@@ -224,6 +226,10 @@ impl RiskModel {
         if let Some(t) = card.roi_threshold {
             h.update(format!("roi {t:e}").as_bytes());
         }
+        // So does the voxel size the features are measured on.
+        if let Some(r) = card.dosiomics.resample_mm {
+            h.update(format!("resample {r:e}").as_bytes());
+        }
         Ok(RiskModel {
             version: format!("{} {:012x}", card.name, h.finish() >> 16),
             card,
@@ -283,7 +289,7 @@ impl RiskModel {
             return Ok(None);
         }
         let cfg = &self.card.input;
-        let p = data::prepare(study, cfg)?;
+        let p = data::prepare(study, cfg, self.card.dosiomics.resample_mm)?;
         let target = p.optimal_roi(&self.card.dosiomics);
         if !target.iter().any(|&m| m) {
             return Ok(None);
@@ -339,32 +345,34 @@ impl RiskModel {
 
     /// Score a study: every failure is a reason a physicist can act on.
     pub fn score(&self, study: &Study) -> Result<Score, NotScorable> {
-        let p = data::prepare(study, &self.card.input)?;
+        let p = data::prepare(study, &self.card.input, self.card.dosiomics.resample_mm)?;
         let es = self.encode(&p)?;
         let model = &self.card.dosiomics;
         let seg = self.card.variant.segmentation();
-        let support = seg.then(|| p.roi_support(model));
+        // Where the learned ROI can lie: on the plan's grid (returned) and
+        // on the feature grid (measured).
+        let support = seg.then(|| (p.roi_support(model), p.feature_roi_support(model)));
         let rule = std::cell::OnceCell::new();
-        let rule_roi = || rule.get_or_init(|| p.optimal_roi(model)).clone();
-        // Each member: its learned ROI (the segmentation branch where
-        // trained, else the dosiomics model's own definition of the optimal
-        // ROI), the fused features, the logit.
-        let mut member_logits = Vec::new();
+        let rule_roi = || rule.get_or_init(|| p.feature_optimal_roi(model)).clone();
         let mut measured: Vec<(Vec<bool>, Vec<Option<f64>>)> = Vec::new();
         let mut measure = |roi: &Vec<bool>| {
             if let Some((_, row)) = measured.iter().find(|(r, _)| r == roi) {
                 return row.clone();
             }
-            let row = model.measure(&p.patient, roi);
+            let row = model.measure(p.features(), roi);
             measured.push((roi.clone(), row.clone()));
             row
         };
+        // Each member: its learned ROI on the feature grid (the segmentation
+        // branch where trained, else the dosiomics model's own definition
+        // of the optimal ROI), the fused features, the logit.
+        let mut member_logits = Vec::new();
         let mut seg_logits = Vec::new();
         for (m, e) in self.members.iter().zip(&es) {
             let own_roi = match &support {
-                Some(support) => {
+                Some((_, on_features)) => {
                     let l = self.member_segment(m, e)?;
-                    let roi = p.roi_from_logits(&l, self.member_roi_logit(m), support);
+                    let roi = p.feature_roi_from_logits(&l, self.member_roi_logit(m), on_features);
                     seg_logits.push(l);
                     roi
                 }
@@ -397,9 +405,11 @@ impl RiskModel {
             member_logits.push(logit.first().copied().unwrap_or(0.0));
         }
         // The returned ROI: the members' mean segmentation logits at the
-        // card's threshold (for a single model, its own learned ROI).
-        let roi = match &support {
-            Some(support) => {
+        // card's threshold (for a single model, its own learned ROI), on
+        // the plan's own grid for the planning system and on the feature
+        // grid for the features reported with it.
+        let (roi, roi_features) = match &support {
+            Some((on_plan, on_features)) => {
                 let n = seg_logits.len().max(1) as f32;
                 let mut mean = vec![0f32; seg_logits.first().map_or(0, Vec::len)];
                 for l in &seg_logits {
@@ -407,11 +417,14 @@ impl RiskModel {
                         *a += b / n;
                     }
                 }
-                p.roi_from_logits(&mean, self.roi_logit(), support)
+                (
+                    p.roi_from_logits(&mean, self.roi_logit(), on_plan),
+                    p.feature_roi_from_logits(&mean, self.roi_logit(), on_features),
+                )
             }
-            None => rule_roi(),
+            None => (p.optimal_roi(model), rule_roi()),
         };
-        let learned = measure(&roi);
+        let learned = measure(&roi_features);
         let z = member_logits.iter().sum::<f64>() / member_logits.len().max(1) as f64
             - self.prior_shift();
         let z = match &self.card.calibration {

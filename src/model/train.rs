@@ -368,7 +368,10 @@ fn refresh_predicted(
         let id = &patients[idx[n]].patient_id;
         crate::rt::study::load(&[src.cohort.join(id)], &Default::default())
             .map_err(|e| format!("{id}: {e}"))
-            .and_then(|study| data::prepare(&study, input).map_err(|e| format!("{id}: {e}")))
+            .and_then(|study| {
+                data::prepare(&study, input, src.model.resample_mm)
+                    .map_err(|e| format!("{id}: {e}"))
+            })
     };
     let learned = |p: &data::Prepared, n: usize, t: f64| {
         p.roi_from_logits(
@@ -409,9 +412,13 @@ fn refresh_predicted(
         src.threads,
         |n| {
             prepare(n).map(|p| {
-                let roi = learned(&p, n, threshold);
+                let roi = p.feature_roi_from_logits(
+                    &logits[n * v..(n + 1) * v],
+                    data::roi_cut(threshold),
+                    &p.feature_roi_support(src.model),
+                );
                 let empty = !roi.iter().any(|&m| m);
-                let row = src.model.measure(&p.patient, &roi);
+                let row = src.model.measure(p.features(), &roi);
                 (data::Prepared::dosiomics(&row, src.model), empty)
             })
         },

@@ -87,7 +87,8 @@ enum Command {
     },
     /// Print the IBSI dosiomic features of one region of a study: a
     /// structure (by name) or a candidate ROI (esophagus, esophagus_5mm,
-    /// esophagus_ge50gy_eqd2, ...), on the dose grid in Gy.
+    /// esophagus_ge50gy_eqd2, ...), in Gy on isotropic voxels of
+    /// dosiomics.resample_mm (2.5 mm; 0: the dose grid).
     Features {
         #[arg(required = true)]
         paths: Vec<PathBuf>,

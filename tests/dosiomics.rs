@@ -289,8 +289,6 @@ fn features_on_a_resampled_grid() {
         assert!((mean(&native) - mean(&coarse)).abs() < 1.0);
         let t0 = search::read_truth(dir.path(), &cohort_json, p, &native.grid).expect("truth");
         let t1 = search::read_truth(dir.path(), &cohort_json, p, &coarse.grid).expect("truth");
-        // Results go back on the plan's own grid.
-        assert_eq!(coarse.dose_grid, native.grid);
         let (r0, r1) = (cc(&native, &t0), cc(&coarse, &t1));
         assert_eq!(r0 == 0.0, r1 == 0.0, "{r0} cc vs {r1} cc");
         if r0 > 0.0 {

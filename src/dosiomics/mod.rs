@@ -132,7 +132,6 @@ pub fn region_features(
             fractions: None,
             esophagus_outside_dose: 0.0,
             physical: values,
-            dose_grid: grid.clone(),
             grid,
         };
         let v = pd

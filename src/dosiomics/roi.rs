@@ -30,11 +30,6 @@ pub enum DoseKind {
 pub struct PatientDose {
     /// The feature grid (see `feature_grid`).
     pub grid: Grid,
-    /// The plan's own dose grid, extended like `grid` to cover the
-    /// esophagus and PTV: where results go back to the planning system
-    /// (its planes are the planes the plan was computed on). The same as
-    /// `grid` unless the features read the dose resampled.
-    pub dose_grid: Grid,
     /// `[dz, dy, dx]` (mm); the grid's planes are evenly spaced.
     pub spacing: [f64; 3],
     pub physical: Vec<f32>,
@@ -60,7 +55,6 @@ impl PatientDose {
         esophagus: Vec<bool>,
     ) -> PatientDose {
         PatientDose {
-            dose_grid: grid.clone(),
             grid,
             spacing,
             physical,
@@ -126,7 +120,6 @@ impl PatientDose {
         let mut rois = vec![eso];
         rois.extend(ptv);
         let (grid, spacing, physical, covered) = feature_grid(study, &rois, resample_mm)?;
-        let dose_grid = analysis_grid(&study.dose.grid, &rois);
         let esophagus = eso.rasterize(&grid, 1).centre_mask(&grid);
         let n_eso = esophagus.iter().filter(|&&m| m).count();
         if n_eso == 0 {
@@ -151,7 +144,6 @@ impl PatientDose {
         let fractions = study.plan.as_ref().and_then(|p| p.fractions);
         let eqd2 = fractions.map(|n| dvh::eqd2_grid(&physical, f64::from(n), alpha_beta));
         Ok(PatientDose {
-            dose_grid,
             spacing,
             physical,
             eqd2,

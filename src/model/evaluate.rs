@@ -145,14 +145,6 @@ fn score_patient(
             return r;
         }
     };
-    // The truth masks are voxels of the plan's own dose grid, and so are
-    // the learned ROIs a model returns: they are compared there, not on a
-    // (finer) feature grid, where the truth would be blocks of coarser
-    // voxels.
-    let truth_grid = &pd.dose_grid;
-    let truth = cohort_json
-        .and_then(|c| search::read_truth(cohort, c, p, truth_grid).ok())
-        .filter(|t| t.iter().any(|&v| v));
     // Baselines.
     let eso: Vec<f64> = pd
         .esophagus
@@ -186,14 +178,22 @@ fn score_patient(
         );
     }
     r.risk.insert(CEILING.into(), p.p_dose);
+    // The truth masks are read on the grid the learned ROIs come back on,
+    // the plan's own (not the finer feature grid, where the truth would be
+    // blocks of coarser voxels); every model returns its ROI there.
+    let truth = std::cell::OnceCell::new();
     for (name, m) in models {
         match m.score(&study) {
             Ok(s) => {
                 r.risk.insert(name.clone(), s.risk);
-                if let Some(t) = &truth {
-                    let roi = truth_grid.sample_mask(&s.roi, &s.prepared_grid);
+                let t = truth.get_or_init(|| {
+                    cohort_json
+                        .and_then(|c| search::read_truth(cohort, c, p, &s.prepared_grid).ok())
+                        .filter(|t| t.iter().any(|&v| v))
+                });
+                if let Some(t) = t.as_ref().filter(|t| t.len() == s.roi.len()) {
                     r.dice
-                        .insert(name.clone(), crate::dosiomics::roi::dice(&roi, t));
+                        .insert(name.clone(), crate::dosiomics::roi::dice(&s.roi, t));
                 }
             }
             Err(e) => r.error = Some(format!("{name}: {e}")),

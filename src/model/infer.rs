@@ -161,20 +161,13 @@ pub(crate) fn read_card(dir: &Path) -> Result<ModelCard, String> {
 /// the members must read the same input the same way and be trained on the
 /// same patients (the prior correction is shared).
 pub(crate) fn incompatible(first: &ModelCard, member: &ModelCard) -> Option<&'static str> {
-    let same = |a: serde_json::Result<serde_json::Value>, b| a.ok() == b;
     if !member.members.is_empty() {
         Some("it is an ensemble itself")
     } else if first.variant != member.variant {
         Some("the variant differs")
-    } else if !same(
-        serde_json::to_value(&first.net),
-        serde_json::to_value(&member.net).ok(),
-    ) {
+    } else if first.net != member.net {
         Some("the network differs")
-    } else if !same(
-        serde_json::to_value(&first.input),
-        serde_json::to_value(&member.input).ok(),
-    ) {
+    } else if first.input != member.input {
         Some("the input differs")
     } else if first.fusion_roi != member.fusion_roi {
         Some("the fused features are measured in another ROI")
@@ -331,16 +324,13 @@ impl RiskModel {
 
     /// The segmentation logits on the crop, averaged over the members.
     fn segment(&self, es: &[Encoded]) -> Result<Vec<f32>, NotScorable> {
-        let mut sum: Option<Vec<f32>> = None;
-        for (m, e) in self.members.iter().zip(es) {
-            let l = self.member_segment(m, e)?;
-            sum = Some(match sum {
-                None => l,
-                Some(s) => s.iter().zip(&l).map(|(a, b)| a + b).collect(),
-            });
-        }
-        let n = self.members.len().max(1) as f32;
-        Ok(sum.unwrap_or_default().iter().map(|v| v / n).collect())
+        let each = self
+            .members
+            .iter()
+            .zip(es)
+            .map(|(m, e)| self.member_segment(m, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(mean_logits(&each))
     }
 
     /// Score a study: every failure is a reason a physicist can act on.
@@ -410,13 +400,7 @@ impl RiskModel {
         // grid for the features reported with it.
         let (roi, roi_features) = match &support {
             Some((on_plan, on_features)) => {
-                let n = seg_logits.len().max(1) as f32;
-                let mut mean = vec![0f32; seg_logits.first().map_or(0, Vec::len)];
-                for l in &seg_logits {
-                    for (a, b) in mean.iter_mut().zip(l) {
-                        *a += b / n;
-                    }
-                }
+                let mean = mean_logits(&seg_logits);
                 (
                     p.roi_from_logits(&mean, self.roi_logit(), on_plan),
                     p.feature_roi_from_logits(&mean, self.roi_logit(), on_features),
@@ -455,6 +439,19 @@ impl RiskModel {
             roi,
         })
     }
+}
+
+/// The voxel-wise mean of the members' segmentation logits (a single
+/// model's own).
+fn mean_logits(each: &[Vec<f32>]) -> Vec<f32> {
+    let n = each.len().max(1) as f32;
+    let mut mean = vec![0f32; each.first().map_or(0, Vec::len)];
+    for l in each {
+        for (a, b) in mean.iter_mut().zip(l) {
+            *a += b / n;
+        }
+    }
+    mean
 }
 
 fn model_failed(e: candle_core::Error) -> NotScorable {

@@ -132,35 +132,6 @@ impl Grid {
         Some((k - 1) as f64 + (z - a) / (b - a))
     }
 
-    /// A mask on `from` sampled at this grid's voxel centres (nearest
-    /// voxel; outside `from`, false): the same region on another grid.
-    pub fn sample_mask(&self, mask: &[bool], from: &Grid) -> Vec<bool> {
-        if self.same_geometry(from) {
-            return mask.to_vec();
-        }
-        let near = |f: f64, n: usize| {
-            let r = f.round();
-            (r >= 0.0 && (r as usize) < n).then_some(r as usize)
-        };
-        let mut out = vec![false; self.len()];
-        for (k, &z) in self.z.iter().enumerate() {
-            let Some(fk) = from.fz(z).and_then(|f| near(f, from.nz())) else {
-                continue;
-            };
-            for j in 0..self.ny {
-                let Some(fj) = near(from.fy(self.y(j)), from.ny) else {
-                    continue;
-                };
-                for i in 0..self.nx {
-                    if let Some(fi) = near(from.fx(self.x(i)), from.nx) {
-                        out[self.index(i, j, k)] = mask[from.index(fi, fj, fk)];
-                    }
-                }
-            }
-        }
-        out
-    }
-
     /// Trilinear interpolation of per-voxel `values` at (x, y, z); None
     /// outside the voxel centres' extent (within 1e-6 mm).
     pub fn interpolate(&self, values: &[f32], x: f64, y: f64, z: f64) -> Option<f64> {
@@ -210,38 +181,6 @@ impl Grid {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_mask_sampled_on_another_grid_keeps_its_region() {
-        // A 20 × 20 × 20 mm box on 2.5 mm voxels, sampled onto 4 mm voxels
-        // over the same extent.
-        let fine = Grid::uniform([0.0, 0.0, 0.0], [2.5, 2.5, 2.5], [41, 41, 41]);
-        let inside = |x: f64, y: f64, z: f64| {
-            (30.0..50.0).contains(&x) && (30.0..50.0).contains(&y) && (30.0..50.0).contains(&z)
-        };
-        let mut mask = vec![false; fine.len()];
-        for k in 0..41 {
-            for j in 0..41 {
-                for i in 0..41 {
-                    mask[fine.index(i, j, k)] = inside(fine.x(i), fine.y(j), fine.z[k]);
-                }
-            }
-        }
-        assert_eq!(fine.sample_mask(&mask, &fine), mask);
-        let coarse = Grid::uniform([0.0, 0.0, 0.0], [4.0, 4.0, 4.0], [26, 26, 26]);
-        let on_coarse = coarse.sample_mask(&mask, &fine);
-        let cc = |m: &[bool], v: f64| m.iter().filter(|&&b| b).count() as f64 * v / 1000.0;
-        assert!((cc(&mask, 15.625) - 8.0).abs() < 1e-9);
-        // 5 voxels of 4 mm per side (32-48 mm): 8.0 cc against 8.0.
-        assert!(
-            (cc(&on_coarse, 64.0) - 8.0).abs() < 1e-9,
-            "{}",
-            cc(&on_coarse, 64.0)
-        );
-        // Outside the source grid nothing is set.
-        let beyond = Grid::uniform([200.0, 0.0, 0.0], [4.0, 4.0, 4.0], [5, 5, 5]);
-        assert!(beyond.sample_mask(&mask, &fine).iter().all(|&b| !b));
-    }
 
     #[test]
     fn uniform_grid_geometry() {

@@ -798,6 +798,40 @@ fn refuses_with_out_of_resources_below_the_free_space_floor() {
     assert_eq!(node.tmp_files(), 0);
 }
 
+/// The index row of a new instance is written while its file is made
+/// durable; when the file cannot be put in place after all, the row is taken
+/// back and the sender hears a failure.
+#[test]
+fn an_instance_that_cannot_be_put_in_place_leaves_no_row() {
+    let node = TestNode::start(&[]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = synthetic_study(&tmp.path().join("s"), 0, 64, 2, 8);
+    let u = uids(&files[0]);
+    // A file where the study's directory has to go.
+    let study_dir = node
+        .store_path(&u.study, &u.series, &u.sop)
+        .parent()
+        .and_then(Path::parent)
+        .expect("study dir")
+        .to_path_buf();
+    std::fs::create_dir_all(study_dir.parent().expect("store")).expect("store dir");
+    std::fs::write(&study_dir, b"in the way").expect("blocker");
+    let out = storescu(&node, &["-v", "-nh"], &[&files[0]]);
+    let t = text(&out);
+    assert!(
+        t.contains("Received Store Response (Refused: OutOfResources)"),
+        "{t}"
+    );
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 0);
+    assert_eq!(node.tmp_files(), 0);
+    assert!(node.log().contains("instance refused"), "{}", node.log());
+    // Out of the way, the same instance is stored and indexed once.
+    std::fs::remove_file(&study_dir).expect("remove blocker");
+    let out = storescu(&node, &[], &[&files[0]]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_stored(&node, &files[0]);
+}
+
 #[test]
 fn shared_pydicom_samples_are_stored_when_present() {
     let Some(dir) = shared_testdata() else {

@@ -55,6 +55,22 @@ pub struct Indexed {
 
 type Reply = oneshot::Sender<Result<Indexed, String>>;
 
+/// An instance handed to the writer by [`Index::submit`].
+pub struct Pending(oneshot::Receiver<Result<Indexed, String>>);
+
+impl Pending {
+    /// Wait until the row is committed.
+    pub async fn wait(self) -> Result<Indexed, IndexError> {
+        match self.0.await {
+            Ok(Ok(indexed)) => Ok(indexed),
+            Ok(Err(msg)) => Err(IndexError::Db {
+                source: sqlx::Error::Protocol(msg),
+            }),
+            Err(_) => Err(IndexError::WriterGone),
+        }
+    }
+}
+
 /// Handle to the database: a reader pool and the group-commit writer.
 #[derive(Clone)]
 pub struct Index {
@@ -118,20 +134,33 @@ impl Index {
         &self.pool
     }
 
-    /// Index an instance; returns once the row is committed to disk.
+    /// Index an instance; returns once the row is committed.
     pub async fn record(&self, record: InstanceRecord) -> Result<Indexed, IndexError> {
+        self.submit(record).await?.wait().await
+    }
+
+    /// Hand an instance to the writer and return at once; the commit runs
+    /// on the writer's thread while the caller does something else (the
+    /// receiver makes the file durable meanwhile).
+    pub async fn submit(&self, record: InstanceRecord) -> Result<Pending, IndexError> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send((record, tx))
             .await
             .map_err(|_| IndexError::WriterGone)?;
-        match rx.await {
-            Ok(Ok(indexed)) => Ok(indexed),
-            Ok(Err(msg)) => Err(IndexError::Db {
-                source: sqlx::Error::Protocol(msg),
-            }),
-            Err(_) => Err(IndexError::WriterGone),
-        }
+        Ok(Pending(rx))
+    }
+
+    /// Take back the row of an instance whose file could not be stored
+    /// after all; only the row with that path goes.
+    pub async fn forget(&self, sop_instance_uid: &str, file_path: &str) -> Result<(), IndexError> {
+        sqlx::query("DELETE FROM instances WHERE sop_instance_uid = ? AND file_path = ?")
+            .bind(sop_instance_uid)
+            .bind(file_path)
+            .execute(&self.pool)
+            .await
+            .context(DbSnafu)?;
+        Ok(())
     }
 
     /// All file paths currently indexed (for start-up reconciliation).

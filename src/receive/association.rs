@@ -1,28 +1,29 @@
 //! One accepted association: C-ECHO and C-STORE until release or abort.
 //!
-//! Data set fragments are appended to the instance's temporary file as they
-//! arrive, so memory per association stays at one PDU whatever the size of
-//! the instance. Appending only copies into the page cache; the slow part,
-//! the check, fsync and rename, runs once per instance on a blocking thread.
-//! The response is sent only after that and after the index has committed
-//! the instance's row.
+//! PDUs come from [`super::wire`], which reads data set fragments into one
+//! buffer; they are appended to the instance's temporary file as they
+//! arrive, so memory per association stays at one chunk whatever the size
+//! of the instance. Appending only copies into the page cache; the slow
+//! part, the fsync and rename, runs once per instance, side by side with
+//! the commit of the instance's index row. The response is sent only after
+//! both.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use dicom_ul::association::AsyncServerAssociation;
+use dicom_ul::association::{AsyncAssociation, AsyncServerAssociation};
 use dicom_ul::pdu::{
-    AbortRQServiceProviderReason, AbortRQSource, PDataValue, PDataValueType, Pdu,
-    PresentationContextResultReason,
+    AbortRQServiceProviderReason, AbortRQSource, Pdu, PresentationContextResultReason,
 };
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::sop;
+use super::wire::{self, Event, WireError};
 use crate::dimse::{self, status, Command};
-use crate::index::{self, Index, InstanceRecord};
-use crate::store::{Expected, Incoming, Store, StoreError};
+use crate::index::{self, Index, Indexed, InstanceRecord};
+use crate::store::{Checked, Expected, Incoming, Spare, Store, StoreError, Stored};
 use crate::uid;
 
 /// What the association task shares with the node.
@@ -30,6 +31,8 @@ pub struct Context {
     pub store: Store,
     pub index: Index,
     pub ae_title: String,
+    /// How long one read may wait for the peer (ARTIM).
+    pub read_timeout: std::time::Duration,
 }
 
 /// Totals for the association log.
@@ -93,134 +96,152 @@ where
     let mut command_bytes: Vec<u8> = Vec::new();
     let mut command_pc: Option<u8> = None;
     let mut current: Option<InFlight> = None;
+    // The temporary file for the next instance, made while the sender
+    // prepares it.
+    let mut spare = ctx.store.spare().ok();
+
+    let mut reader =
+        wire::PduReader::new(assoc.acceptor_max_pdu_length() as usize, ctx.read_timeout);
 
     let outcome = 'assoc: loop {
         // Between instances a shutdown ends the association; during one, the
         // instance is finished first.
-        let pdu = if current.is_none() && command_pc.is_none() {
+        let (socket, pending) = AsyncAssociation::get_mut(&mut assoc);
+        let event = if current.is_none() && command_pc.is_none() {
             tokio::select! {
-                pdu = assoc.receive() => pdu,
+                event = reader.next(socket, pending) => event,
                 _ = shutdown.wait_for(|s| *s) => {
                     break 'assoc "aborted: node shutting down".to_string();
                 }
             }
         } else {
-            assoc.receive().await
+            reader.next(socket, pending).await
         };
-        let pdu = match pdu {
-            Ok(pdu) => pdu,
+        let event = match event {
+            Ok(event) => event,
             // Silence past the read timeout (ARTIM): abort, as PS3.8 asks.
-            Err(dicom_ul::association::Error::Timeout { .. }) => {
+            Err(WireError::Timeout) => {
                 break 'assoc "aborted: no data within the read timeout (dicom.read_timeout_secs)"
                     .to_string();
             }
-            Err(dicom_ul::association::Error::ConnectionClosed { .. }) => {
+            Err(WireError::Closed) => {
                 break 'assoc "failed: connection closed by peer without release".to_string();
             }
+            Err(e @ WireError::Protocol { .. }) => break 'assoc format!("aborted: {e}"),
             Err(e) => break 'assoc format!("failed: {e}"),
         };
-        match pdu {
-            Pdu::PData { data } => {
-                for pdv in data {
-                    let PDataValue {
-                        presentation_context_id: pc_id,
-                        value_type,
-                        is_last,
-                        data,
-                    } = pdv;
-                    if !contexts.contains_key(&pc_id) {
-                        break 'assoc format!(
-                            "aborted: P-DATA on unaccepted presentation context {pc_id}"
-                        );
+        match event {
+            Event::Data {
+                pc_id,
+                command,
+                last: is_last,
+                bytes: data,
+            } => {
+                if !contexts.contains_key(&pc_id) {
+                    break 'assoc format!(
+                        "aborted: P-DATA on unaccepted presentation context {pc_id}"
+                    );
+                }
+                if command {
+                    if current.is_some() {
+                        break 'assoc "aborted: command received while a data set was expected"
+                            .to_string();
                     }
-                    match value_type {
-                        PDataValueType::Command => {
-                            if current.is_some() {
-                                break 'assoc "aborted: command received while a data set was expected".to_string();
-                            }
-                            if command_pc.is_some_and(|p| p != pc_id) {
-                                break 'assoc "aborted: command fragments on two presentation contexts".to_string();
-                            }
-                            command_pc = Some(pc_id);
-                            command_bytes.extend_from_slice(&data);
-                            if command_bytes.len() > 64 * 1024 {
-                                break 'assoc "aborted: command set larger than 64 KiB".to_string();
-                            }
-                            if !is_last {
-                                continue;
-                            }
-                            command_pc = None;
-                            let cmd = match Command::decode(&std::mem::take(&mut command_bytes)) {
-                                Ok(cmd) => cmd,
-                                Err(e) => break 'assoc format!("aborted: {e}"),
-                            };
-                            let (abstract_syntax, ts) = &contexts[&pc_id];
-                            match handle_command(
-                                &ctx,
-                                cmd,
-                                pc_id,
-                                abstract_syntax,
-                                ts,
-                                &calling_ae,
-                                &called_ae,
-                            ) {
-                                Action::Respond(rsp) => {
-                                    if let Err(e) = assoc.send(&rsp.to_pdu(pc_id)).await {
-                                        break 'assoc format!("failed: sending response: {e}");
-                                    }
-                                }
-                                Action::ReceiveDataSet(inflight) => current = Some(inflight),
-                                Action::Nothing => {}
+                    if command_pc.is_some_and(|p| p != pc_id) {
+                        break 'assoc "aborted: command fragments on two presentation contexts"
+                            .to_string();
+                    }
+                    command_pc = Some(pc_id);
+                    command_bytes.extend_from_slice(data);
+                    if command_bytes.len() > 64 * 1024 {
+                        break 'assoc "aborted: command set larger than 64 KiB".to_string();
+                    }
+                    if !is_last {
+                        continue;
+                    }
+                    command_pc = None;
+                    let cmd = match Command::decode(&std::mem::take(&mut command_bytes)) {
+                        Ok(cmd) => cmd,
+                        Err(e) => break 'assoc format!("aborted: {e}"),
+                    };
+                    let (abstract_syntax, ts) = &contexts[&pc_id];
+                    match handle_command(
+                        &ctx,
+                        cmd,
+                        pc_id,
+                        abstract_syntax,
+                        ts,
+                        &calling_ae,
+                        &called_ae,
+                        &mut spare,
+                    ) {
+                        Action::Respond(rsp) => {
+                            if let Err(e) = assoc.send(&rsp.to_pdu(pc_id)).await {
+                                break 'assoc format!("failed: sending response: {e}");
                             }
                         }
-                        PDataValueType::Data => {
-                            let Some(inflight) = current.as_mut() else {
-                                break 'assoc "aborted: data set without a command".to_string();
+                        Action::ReceiveDataSet(inflight) => current = Some(inflight),
+                        Action::Nothing => {}
+                    }
+                } else {
+                    let Some(inflight) = current.as_mut() else {
+                        break 'assoc "aborted: data set without a command".to_string();
+                    };
+                    if inflight.pc_id != pc_id {
+                        break 'assoc "aborted: data set on another presentation context"
+                            .to_string();
+                    }
+                    if let Sink::Writer { incoming, failed } = &mut inflight.sink {
+                        if failed.is_none() {
+                            let written = if is_last {
+                                incoming.write_last(data)
+                            } else {
+                                incoming.write(data)
                             };
-                            if inflight.pc_id != pc_id {
-                                break 'assoc "aborted: data set on another presentation context"
-                                    .to_string();
+                            if let Err(e) = written {
+                                debug!(error = %e, "write failed; draining the data set");
+                                *failed = Some(e);
                             }
-                            if let Sink::Writer { incoming, failed } = &mut inflight.sink {
-                                if failed.is_none() {
-                                    if let Err(e) = incoming.write(&data) {
-                                        debug!(error = %e, "write failed; draining the data set");
-                                        *failed = Some(e);
-                                    }
-                                }
-                            }
-                            if is_last {
-                                let Some(inflight) = current.take() else {
-                                    continue;
-                                };
-                                let rsp = finish_instance(
-                                    &ctx,
-                                    inflight,
-                                    &calling_ae,
-                                    &called_ae,
-                                    peer,
-                                    &mut summary,
-                                )
-                                .await;
-                                if let Err(e) = assoc.send(&rsp.to_pdu(pc_id)).await {
-                                    break 'assoc format!("failed: sending response: {e}");
-                                }
-                            }
+                        }
+                    }
+                    if is_last {
+                        let Some(inflight) = current.take() else {
+                            continue;
+                        };
+                        let rsp = finish_instance(
+                            &ctx,
+                            inflight,
+                            &calling_ae,
+                            &called_ae,
+                            peer,
+                            &mut summary,
+                        )
+                        .await;
+                        if let Err(e) = assoc.send(&rsp.to_pdu(pc_id)).await {
+                            break 'assoc format!("failed: sending response: {e}");
+                        }
+                        if spare.is_none() {
+                            spare = ctx.store.spare().ok();
                         }
                     }
                 }
             }
-            Pdu::ReleaseRQ => {
-                if current.is_some() {
-                    warn!(calling_ae, %peer, "release requested in the middle of a data set; the instance is dropped");
+            Event::Pdu(pdu) => match pdu {
+                Pdu::ReleaseRQ => {
+                    if current.is_some() {
+                        warn!(calling_ae, %peer, "release requested in the middle of a data set; the instance is dropped");
+                    }
+                    // The spare goes before the peer hears the release, so a
+                    // finished association leaves nothing in `tmp/`.
+                    drop(spare.take());
+                    let _ = assoc.send(&Pdu::ReleaseRP).await;
+                    break 'assoc "released".to_string();
                 }
-                let _ = assoc.send(&Pdu::ReleaseRP).await;
-                break 'assoc "released".to_string();
-            }
-            Pdu::AbortRQ { source } => break 'assoc format!("aborted by peer: {source:?}"),
-            other => {
-                break 'assoc format!("aborted: unexpected PDU {}", pdu_name(&other));
-            }
+                Pdu::AbortRQ { source } => break 'assoc format!("aborted by peer: {source:?}"),
+                other => {
+                    break 'assoc format!("aborted: unexpected PDU {}", pdu_name(&other));
+                }
+            },
         }
     };
 
@@ -254,6 +275,7 @@ enum Action {
     Nothing,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn handle_command(
     ctx: &Context,
     cmd: Command,
@@ -262,6 +284,7 @@ fn handle_command(
     transfer_syntax: &str,
     calling_ae: &str,
     called_ae: &str,
+    spare: &mut Option<Spare>,
 ) -> Action {
     match cmd.command_field {
         dimse::C_ECHO_RQ => {
@@ -307,7 +330,7 @@ fn handle_command(
                     calling_ae: calling_ae.to_string(),
                     called_ae: called_ae.to_string(),
                 };
-                start_writer(&ctx.store, expected)
+                start_writer(&ctx.store, expected, spare.take())
             };
             Action::ReceiveDataSet(InFlight {
                 rq: cmd,
@@ -350,8 +373,8 @@ fn handle_command(
 }
 
 /// Open the temporary file for one instance.
-fn start_writer(store: &Store, expected: Expected) -> Sink {
-    match store.begin(expected) {
+fn start_writer(store: &Store, expected: Expected, spare: Option<Spare>) -> Sink {
+    match store.begin_with(expected, spare) {
         Ok(incoming) => Sink::Writer {
             incoming: Box::new(incoming),
             failed: None,
@@ -363,7 +386,16 @@ fn start_writer(store: &Store, expected: Expected) -> Sink {
     }
 }
 
-/// The data set is complete: commit, index, and build the response.
+/// The data set is complete: check it, make it durable, index it, and build
+/// the response.
+///
+/// A new instance is handed to the index writer before its file is made
+/// durable, and the two run side by side; the response waits for both. If
+/// the file cannot be made durable after all, its row is taken back. (A
+/// crash in between leaves a row without a file, which the reconciliation
+/// at the next start drops.) A re-sent instance that replaces a file is
+/// made durable first and indexed after, so its row never describes a file
+/// that is not there.
 async fn finish_instance(
     ctx: &Context,
     inflight: InFlight,
@@ -377,76 +409,83 @@ async fn finish_instance(
     } = inflight;
     let sop_class = rq.affected_sop_class_uid.clone().unwrap_or_default();
     let sop_instance = rq.affected_sop_instance_uid.clone().unwrap_or_default();
-    let (incoming, failed) = match sink {
-        Sink::Discard { status, comment } => {
-            summary.failed += 1;
-            warn!(
-                calling_ae, %peer, sop_class = sop::name(&sop_class), sop_instance_uid = %sop_instance,
-                status = format!("{status:#06x}"), reason = %comment, "instance refused"
-            );
-            return Command::store_response(&rq, status, Some(comment));
-        }
-        Sink::Writer { incoming, failed } => (incoming, failed),
+    let refuse = |summary: &mut Summary, status: u16, reason: String| {
+        summary.failed += 1;
+        warn!(
+            calling_ae, %peer, sop_class = sop::name(&sop_class), sop_instance_uid = %sop_instance,
+            status = format!("{status:#06x}"), reason = %reason, "instance refused"
+        );
+        Command::store_response(&rq, status, Some(reason))
     };
-    let t_store = std::time::Instant::now();
-    let result = match failed {
-        Some(e) => Err(e),
-        // fsync blocks for a millisecond or more: hand this worker's other
-        // tasks to another thread while it runs here, rather than paying a
-        // round trip to the blocking pool for every instance.
-        None => match tokio::runtime::Handle::current().runtime_flavor() {
-            tokio::runtime::RuntimeFlavor::CurrentThread => {
-                match tokio::task::spawn_blocking(move || incoming.commit()).await {
-                    Ok(r) => r,
-                    Err(join) => Err(StoreError::Io {
-                        source: std::io::Error::other(format!("storage task failed: {join}")),
-                    }),
-                }
-            }
-            _ => tokio::task::block_in_place(move || incoming.commit()),
+    let checked = match sink {
+        Sink::Discard { status, comment } => return refuse(summary, status, comment),
+        Sink::Writer {
+            failed: Some(e), ..
+        } => return refuse(summary, store_error_status(&e), e.to_string()),
+        // Reads the element headers back from the page cache: quick.
+        Sink::Writer { incoming, .. } => match incoming.check() {
+            Ok(checked) => checked,
+            Err(e) => return refuse(summary, store_error_status(&e), e.to_string()),
         },
     };
-    let stored = match result {
-        Ok(stored) => stored,
-        Err(e) => {
-            summary.failed += 1;
-            let status = store_error_status(&e);
-            warn!(
-                calling_ae, %peer, sop_class = sop::name(&sop_class), sop_instance_uid = %sop_instance,
-                status = format!("{status:#06x}"), reason = %e, "instance refused"
-            );
-            return Command::store_response(&rq, status, Some(e.to_string()));
-        }
-    };
-    let study_uid = stored.header.study_instance_uid.clone().unwrap_or_default();
-    let series_uid = stored
-        .header
-        .series_instance_uid
-        .clone()
-        .unwrap_or_default();
-    let size = stored.size_bytes;
-    let relative_path = stored.relative_path.clone();
-    let was_replacement = stored.replaced;
     let record = InstanceRecord {
-        stored,
+        stored: checked.stored().clone(),
         calling_ae: Some(calling_ae.to_string()),
         called_ae: Some(called_ae.to_string()),
         peer_address: Some(peer.to_string()),
         received_at: index::now(),
     };
-    let store_ms = t_store.elapsed().as_secs_f64() * 1e3;
-    let t_index = std::time::Instant::now();
-    match ctx.index.record(record).await {
+    let new_file = !checked.stored().replaced;
+    let relative_path = checked.stored().relative_path.clone();
+    let t_store = std::time::Instant::now();
+    let (persisted, indexed) = if new_file {
+        let pending = match ctx.index.submit(record).await {
+            Ok(pending) => pending,
+            Err(e) => {
+                return refuse(
+                    summary,
+                    status::OUT_OF_RESOURCES,
+                    format!("index failure: {e}"),
+                )
+            }
+        };
+        let persisted = persist(checked).await;
+        let store_ms = t_store.elapsed().as_secs_f64() * 1e3;
+        (persisted.map(|s| (s, store_ms)), pending.wait().await)
+    } else {
+        match persist(checked).await {
+            Ok(stored) => {
+                let store_ms = t_store.elapsed().as_secs_f64() * 1e3;
+                let indexed = ctx.index.record(record).await;
+                (Ok((stored, store_ms)), indexed)
+            }
+            Err(e) => (Err(e), Ok(Default::default())),
+        }
+    };
+    let index_ms = t_store.elapsed().as_secs_f64() * 1e3;
+    let (stored, store_ms) = match persisted {
+        Ok(p) => p,
+        Err(e) => {
+            if new_file {
+                if let Ok(indexed) = &indexed {
+                    take_back_row(ctx, &sop_instance, &relative_path, indexed).await;
+                }
+            }
+            return refuse(summary, store_error_status(&e), e.to_string());
+        }
+    };
+    let study_uid = stored.header.study_instance_uid.as_deref().unwrap_or("");
+    let series_uid = stored.header.series_instance_uid.as_deref().unwrap_or("");
+    match indexed {
         Ok(indexed) => {
-            let index_ms = t_index.elapsed().as_secs_f64() * 1e3;
             if let Some(stale) = indexed.stale_path {
                 let _ = std::fs::remove_file(ctx.store.data_dir().join(stale));
             }
             summary.stored += 1;
-            summary.bytes += size;
+            summary.bytes += stored.size_bytes;
             info!(
                 calling_ae, %peer, sop_class = sop::name(&sop_class), sop_instance_uid = %sop_instance,
-                study_uid = %study_uid, series_uid = %series_uid, bytes = size,
+                study_uid = %study_uid, series_uid = %series_uid, bytes = stored.size_bytes,
                 replaced = indexed.replaced, store_ms = format!("{store_ms:.2}"),
                 index_ms = format!("{index_ms:.2}"),
                 total_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1e3), "instance stored"
@@ -456,8 +495,8 @@ async fn finish_instance(
         Err(e) => {
             // Not acknowledged: take the new file away again unless it
             // replaced one that the index still describes.
-            if !was_replacement {
-                let _ = std::fs::remove_file(ctx.store.data_dir().join(&relative_path));
+            if !stored.replaced {
+                let _ = std::fs::remove_file(ctx.store.data_dir().join(&stored.relative_path));
             }
             summary.failed += 1;
             warn!(
@@ -470,6 +509,50 @@ async fn finish_instance(
                 Some(format!("index failure: {e}")),
             )
         }
+    }
+}
+
+/// Undo the row of an instance whose file could not be made durable. If the
+/// row had moved the instance from an earlier file (another study or
+/// series), that file is still in the store and is indexed again.
+async fn take_back_row(ctx: &Context, sop_instance: &str, relative_path: &str, indexed: &Indexed) {
+    if let Err(e) = ctx.index.forget(sop_instance, relative_path).await {
+        // The reconciliation at the next start drops it: the file is not there.
+        warn!(sop_instance_uid = %sop_instance, error = %e, "cannot take back the row of an instance not stored");
+    }
+    let Some(earlier) = indexed.stale_path.as_deref() else {
+        return;
+    };
+    let path = ctx.store.data_dir().join(earlier);
+    let Some(stored) = super::recover::read_stored(&path, earlier.to_string()) else {
+        return;
+    };
+    let record = InstanceRecord {
+        stored,
+        calling_ae: None,
+        called_ae: None,
+        peer_address: None,
+        received_at: index::now(),
+    };
+    if let Err(e) = ctx.index.record(record).await {
+        warn!(sop_instance_uid = %sop_instance, path = earlier, error = %e, "cannot index the earlier file again");
+    }
+}
+
+/// fdatasync, rename and directory fsync block for a millisecond or more:
+/// hand this worker's other tasks to another thread while they run here,
+/// rather than paying a round trip to the blocking pool for every instance.
+async fn persist(checked: Checked) -> Result<Stored, StoreError> {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => {
+            match tokio::task::spawn_blocking(move || checked.persist()).await {
+                Ok(r) => r,
+                Err(join) => Err(StoreError::Io {
+                    source: std::io::Error::other(format!("storage task failed: {join}")),
+                }),
+            }
+        }
+        _ => tokio::task::block_in_place(move || checked.persist()),
     }
 }
 

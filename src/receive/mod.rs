@@ -8,6 +8,7 @@
 pub mod access;
 pub mod association;
 pub mod sop;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -121,6 +122,7 @@ impl Node {
             store,
             index,
             ae_title: settings.dicom.ae_title.clone(),
+            read_timeout: Duration::from_secs(settings.dicom.read_timeout_secs.max(1)),
         });
         Ok(Node {
             settings,
@@ -535,7 +537,7 @@ mod recover {
         out
     }
 
-    fn read_stored(path: &Path, relative_path: String) -> Option<Stored> {
+    pub(super) fn read_stored(path: &Path, relative_path: String) -> Option<Stored> {
         let mut file = std::fs::File::open(path).ok()?;
         let size_bytes = file.metadata().ok()?.len();
         let meta = {

@@ -6,7 +6,11 @@
 //! `store/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`. The
 //! rename is atomic, so a reader sees either the old file or the new one,
 //! never a partial one; and the directory is fsynced so the rename itself
-//! survives a power cut. Only then may the caller index it and acknowledge.
+//! survives a power cut. Only then may the caller acknowledge it.
+//!
+//! The two halves are separate ([`Incoming::check`], [`Checked::persist`])
+//! so that the receiver can hand the index row of a checked instance to the
+//! database while the file is being made durable.
 
 pub mod scan;
 
@@ -230,21 +234,50 @@ impl Store {
         format!("store/{study}/{series}/{sop}.dcm")
     }
 
+    /// Create an empty temporary file ahead of need. Creating a file updates
+    /// a directory and takes a few tenths of a millisecond; an association
+    /// makes its next one while the sender prepares the next instance, so
+    /// that time is not spent between request and response.
+    pub fn spare(&self) -> io::Result<Spare> {
+        let path = self.tmp_dir.join(format!("{}.part", uid::generate()));
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Spare {
+            file: Some(file),
+            path,
+        })
+    }
+
     /// Start receiving an instance: a temporary file with the file meta
     /// information already written.
     pub fn begin(&self, expected: Expected) -> Result<Incoming, StoreError> {
+        self.begin_with(expected, None)
+    }
+
+    /// As [`Store::begin`], into `spare` when one was made beforehand.
+    pub fn begin_with(
+        &self,
+        expected: Expected,
+        spare: Option<Spare>,
+    ) -> Result<Incoming, StoreError> {
         let (encoding, deflated) =
             ts::encoding(&expected.transfer_syntax_uid).ok_or_else(|| {
                 StoreError::UnsupportedTransferSyntax {
                     uid: expected.transfer_syntax_uid.clone(),
                 }
             })?;
-        let tmp_path = self.tmp_dir.join(format!("{}.part", uid::generate()));
-        let file = OpenOptions::new()
-            .write(true)
-            .read(true)
-            .create_new(true)
-            .open(&tmp_path)?;
+        let mut spare = match spare {
+            Some(spare) => spare,
+            None => self.spare()?,
+        };
+        let file = spare
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("temporary file already used"))?;
+        let tmp_path = std::mem::take(&mut spare.path);
         let mut incoming = Incoming {
             store: self.clone(),
             // Small enough that whole PDUs bypass the buffer and go straight to the file.
@@ -263,8 +296,23 @@ impl Store {
     }
 }
 
+/// An empty temporary file made by [`Store::spare`]; dropping it unused
+/// removes it.
+pub struct Spare {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// An instance being received into a temporary file. Dropping it without
-/// [`Incoming::commit`] removes the temporary file.
+/// [`Incoming::commit`] (or [`Checked::persist`]) removes the temporary file.
 pub struct Incoming {
     store: Store,
     writer: Option<BufWriter<File>>,
@@ -309,13 +357,23 @@ impl Incoming {
 
     /// Append data set bytes as they arrive.
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.append(bytes, false)
+    }
+
+    /// Append the last bytes of the data set. No write-back is started for
+    /// them: the fdatasync that follows does that in the same request.
+    pub fn write_last(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.append(bytes, true)
+    }
+
+    fn append(&mut self, bytes: &[u8], last: bool) -> Result<(), StoreError> {
         let w = self
             .writer
             .as_mut()
             .ok_or_else(|| io::Error::other("instance already closed"))?;
         w.write_all(bytes)?;
         self.written += bytes.len() as u64;
-        if self.store.fsync && self.written - self.flushed >= WRITEBACK_CHUNK {
+        if self.store.fsync && !last && self.written - self.flushed >= WRITEBACK_CHUNK {
             // Start writing this chunk to disk now, without waiting, so the
             // fsync at the end of a large instance has little left to do and
             // the disk works while the network delivers the rest.
@@ -337,7 +395,13 @@ impl Incoming {
     }
 
     /// Check the data set, make it durable and move it into place.
-    pub fn commit(mut self) -> Result<Stored, StoreError> {
+    pub fn commit(self) -> Result<Stored, StoreError> {
+        self.check()?.persist()
+    }
+
+    /// Check the complete data set: it parses, it is the announced instance,
+    /// and its UIDs may name a path. Nothing is durable yet.
+    pub fn check(mut self) -> Result<Checked, StoreError> {
         let writer = self
             .writer
             .take()
@@ -349,47 +413,28 @@ impl Incoming {
                 ScanError::Io(source) => StoreError::Io { source },
                 other => StoreError::Malformed { source: other },
             })?;
-        let (study, series) = self.check(&header)?;
+        let (study, series) = self.check_header(&header)?;
         let size_bytes = file.metadata()?.len();
-        if self.store.fsync {
-            file.sync_data()?;
-        }
-        drop(file);
-
         let relative_path = Store::relative_path(&study, &series, &self.expected.sop_instance_uid);
         let final_path = self.store.data_dir.join(&relative_path);
-        let series_dir = final_path
-            .parent()
-            .ok_or_else(|| io::Error::other("store path has no parent"))?
-            .to_path_buf();
-        if !series_dir.is_dir() {
-            fs::create_dir_all(&series_dir)?;
-            if self.store.fsync {
-                // New directories must reach the disk too, up to the store root.
-                if let Some(study_dir) = series_dir.parent() {
-                    sync_dir(study_dir)?;
-                }
-                sync_dir(&self.store.store_dir)?;
-            }
-        }
-        let replaced = final_path.exists();
-        fs::rename(&self.tmp_path, &final_path)?;
-        self.done = true;
-        if self.store.fsync {
-            sync_dir(&series_dir)?;
-        }
-        Ok(Stored {
+        let stored = Stored {
             header,
             relative_path,
             size_bytes,
             transfer_syntax_uid: self.expected.transfer_syntax_uid.clone(),
-            replaced,
+            replaced: final_path.exists(),
+        };
+        Ok(Checked {
+            incoming: self,
+            file,
+            final_path,
+            stored,
         })
     }
 
     /// The data set must be the instance the request announced, and every
     /// UID that names a path must be valid.
-    fn check(&self, h: &Header) -> Result<(String, String), StoreError> {
+    fn check_header(&self, h: &Header) -> Result<(String, String), StoreError> {
         let e = &self.expected;
         let sop_class = h.sop_class_uid.as_deref().ok_or(StoreError::Missing {
             attribute: "SOPClassUID (0008,0016)",
@@ -422,6 +467,57 @@ impl Incoming {
             "SeriesInstanceUID (0020,000E)",
         )?;
         Ok((study, series))
+    }
+}
+
+/// A checked instance, still in its temporary file. Dropping it without
+/// [`Checked::persist`] removes the temporary file.
+pub struct Checked {
+    incoming: Incoming,
+    file: File,
+    final_path: PathBuf,
+    stored: Stored,
+}
+
+impl Checked {
+    /// What the instance will be once persisted.
+    pub fn stored(&self) -> &Stored {
+        &self.stored
+    }
+
+    /// Make the file durable and move it into place: fdatasync, rename,
+    /// fsync of the directory (and of any directory created for it).
+    pub fn persist(self) -> Result<Stored, StoreError> {
+        let Checked {
+            mut incoming,
+            file,
+            final_path,
+            stored,
+        } = self;
+        let fsync = incoming.store.fsync;
+        if fsync {
+            file.sync_data()?;
+        }
+        drop(file);
+        let series_dir = final_path
+            .parent()
+            .ok_or_else(|| io::Error::other("store path has no parent"))?;
+        if !series_dir.is_dir() {
+            fs::create_dir_all(series_dir)?;
+            if fsync {
+                // New directories must reach the disk too, up to the store root.
+                if let Some(study_dir) = series_dir.parent() {
+                    sync_dir(study_dir)?;
+                }
+                sync_dir(&incoming.store.store_dir)?;
+            }
+        }
+        fs::rename(&incoming.tmp_path, &final_path)?;
+        incoming.done = true;
+        if fsync {
+            sync_dir(series_dir)?;
+        }
+        Ok(stored)
     }
 }
 

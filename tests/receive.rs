@@ -822,7 +822,13 @@ fn an_instance_that_cannot_be_put_in_place_leaves_no_row() {
         t.contains("Received Store Response (Refused: OutOfResources)"),
         "{t}"
     );
-    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 0);
+    for table in ["instances", "series", "studies", "patients"] {
+        assert_eq!(
+            count(&node.db_path(), &format!("SELECT count(*) FROM {table}")),
+            0,
+            "{table}"
+        );
+    }
     assert_eq!(node.tmp_files(), 0);
     assert!(node.log().contains("instance refused"), "{}", node.log());
     // Out of the way, the same instance is stored and indexed once.
@@ -830,6 +836,11 @@ fn an_instance_that_cannot_be_put_in_place_leaves_no_row() {
     let out = storescu(&node, &[], &[&files[0]]);
     assert!(out.status.success(), "{}", text(&out));
     assert_stored(&node, &files[0]);
+    assert!(
+        !node.log().contains("group commit failed"),
+        "the writer knew its parent rows were gone: {}",
+        node.log()
+    );
 }
 
 #[test]

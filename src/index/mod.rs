@@ -6,10 +6,14 @@
 //! runs in WAL mode, so readers (the `studies` command, later the job
 //! scheduler) never block the receiver, with `synchronous = NORMAL`: a commit
 //! is safe from a process crash at once, and from a power cut after the next
-//! checkpoint. The store, where every file is fsynced before it is indexed,
-//! is the source of truth; after any unclean stop the node reconciles the
-//! index with it (see `receive::reconcile`), so no acknowledged instance is
-//! ever missing from the index for long.
+//! checkpoint. The store, where every file is fsynced before it is
+//! acknowledged, is the source of truth; after any unclean stop the node
+//! reconciles the index with it (see `receive::reconcile`), so no
+//! acknowledged instance is ever missing from the index for long. The row of
+//! a new instance is committed while its file is being made durable, so for
+//! a millisecond a row may name a file not yet in place; if the file never
+//! gets there the receiver takes the row back ([`Index::forget`]), and after
+//! a crash the reconciliation drops it.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -55,6 +59,17 @@ pub struct Indexed {
 
 type Reply = oneshot::Sender<Result<Indexed, String>>;
 
+/// What the writer task is asked to do.
+enum Job {
+    Record(Box<InstanceRecord>, Reply),
+    /// Take back a row (see [`Index::forget`]).
+    Forget {
+        sop_instance_uid: String,
+        file_path: String,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
 /// An instance handed to the writer by [`Index::submit`].
 pub struct Pending(oneshot::Receiver<Result<Indexed, String>>);
 
@@ -75,7 +90,7 @@ impl Pending {
 #[derive(Clone)]
 pub struct Index {
     pool: SqlitePool,
-    writer: mpsc::Sender<(InstanceRecord, Reply)>,
+    writer: mpsc::Sender<Job>,
 }
 
 /// Current UTC time as RFC 3339 with milliseconds.
@@ -145,22 +160,33 @@ impl Index {
     pub async fn submit(&self, record: InstanceRecord) -> Result<Pending, IndexError> {
         let (tx, rx) = oneshot::channel();
         self.writer
-            .send((record, tx))
+            .send(Job::Record(Box::new(record), tx))
             .await
             .map_err(|_| IndexError::WriterGone)?;
         Ok(Pending(rx))
     }
 
     /// Take back the row of an instance whose file could not be stored
-    /// after all; only the row with that path goes.
+    /// after all; only the row with that path goes, and with it a series,
+    /// study and patient that it alone had brought in. It runs on the
+    /// writer's connection, in order with the rows being committed.
     pub async fn forget(&self, sop_instance_uid: &str, file_path: &str) -> Result<(), IndexError> {
-        sqlx::query("DELETE FROM instances WHERE sop_instance_uid = ? AND file_path = ?")
-            .bind(sop_instance_uid)
-            .bind(file_path)
-            .execute(&self.pool)
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job::Forget {
+                sop_instance_uid: sop_instance_uid.to_string(),
+                file_path: file_path.to_string(),
+                reply,
+            })
             .await
-            .context(DbSnafu)?;
-        Ok(())
+            .map_err(|_| IndexError::WriterGone)?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(msg)) => Err(IndexError::Db {
+                source: sqlx::Error::Protocol(msg),
+            }),
+            Err(_) => Err(IndexError::WriterGone),
+        }
     }
 
     /// All file paths currently indexed (for start-up reconciliation).
@@ -304,14 +330,41 @@ pub struct StudySummary {
 /// Commit pending records in groups on the one writer connection. A group
 /// that fails is retried one record at a time so that one bad row cannot
 /// fail its neighbours.
-async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<(InstanceRecord, Reply)>) {
+async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
     const MAX_GROUP: usize = 256;
     let mut known = KnownSeries::default();
-    while let Some(first) = rx.recv().await {
+    // A job taken from the queue that does not belong to the current group.
+    let mut next: Option<Job> = None;
+    loop {
+        let first = match next.take() {
+            Some(job) => job,
+            None => match rx.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let first = match first {
+            Job::Record(record, reply) => (*record, reply),
+            Job::Forget {
+                sop_instance_uid,
+                file_path,
+                reply,
+            } => {
+                let res = forget_row(&mut conn, &sop_instance_uid, &file_path).await;
+                // Parent rows may be gone: write them again next time.
+                known.clear();
+                let _ = reply.send(res.map_err(|e| e.to_string()));
+                continue;
+            }
+        };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
-                Ok(item) => group.push(item),
+                Ok(Job::Record(record, reply)) => group.push((*record, reply)),
+                Ok(other) => {
+                    next = Some(other);
+                    break;
+                }
                 Err(_) => break,
             }
         }
@@ -336,6 +389,54 @@ async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<(Instanc
         }
     }
     let _ = conn.close().await;
+}
+
+/// Delete an instance row and the parents it alone had brought in.
+async fn forget_row(
+    conn: &mut SqliteConnection,
+    sop_instance_uid: &str,
+    file_path: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let row = sqlx::query(
+        "DELETE FROM instances WHERE sop_instance_uid = ? AND file_path = ?
+         RETURNING series_instance_uid, study_instance_uid",
+    )
+    .bind(sop_instance_uid)
+    .bind(file_path)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = row {
+        let (series, study): (String, String) = (row.get(0), row.get(1));
+        sqlx::query(
+            "DELETE FROM series WHERE series_instance_uid = ?1
+             AND NOT EXISTS (SELECT 1 FROM instances WHERE series_instance_uid = ?1)",
+        )
+        .bind(&series)
+        .execute(&mut *tx)
+        .await?;
+        let patient: Option<i64> = sqlx::query(
+            "DELETE FROM studies WHERE study_instance_uid = ?1
+             AND NOT EXISTS (SELECT 1 FROM series WHERE study_instance_uid = ?1)
+             AND NOT EXISTS (SELECT 1 FROM instances WHERE study_instance_uid = ?1)
+             RETURNING patient_pk",
+        )
+        .bind(&study)
+        .fetch_optional(&mut *tx)
+        .await?
+        .map(|r| r.get(0));
+        if let Some(pk) = patient {
+            sqlx::query(
+                "DELETE FROM patients WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_pk = ?1)",
+            )
+            .bind(pk)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// Patient, study and series rows already written with the same values, so

@@ -404,6 +404,36 @@ fn rust_client_and_bad_data_sets() {
         );
         assert_eq!(rows, vec![vec![Some(moved_series.to_string()), Some("2".to_string())]]);
         assert_eq!(count(&node.db_path(), "SELECT count(*) FROM superseded_files"), 0);
+
+        // Re-sent into a third series whose directory cannot be made: refused,
+        // and the row describes the file still in the store.
+        let blocked_series = "1.2.826.0.1.3680043.10.1.78";
+        let blocked = node.store_path(&u.study, blocked_series, &u.sop);
+        let blocked_dir = blocked.parent().expect("series dir");
+        std::fs::write(blocked_dir, b"in the way").expect("blocker");
+        let again = DicomFile {
+            data_set: with_attribute(&dose_path, tags::SERIES_INSTANCE_UID, VR::UI, blocked_series),
+            ..dose.clone()
+        };
+        let rsp = send::store(&mut assoc, 9, &again).await.expect("store blocked");
+        assert_eq!(rsp.status, Some(status::OUT_OF_RESOURCES), "{rsp:?}");
+        assert!(new_path.is_file(), "the stored file stays");
+        let rows = query(
+            &node.db_path(),
+            &format!("SELECT file_path FROM instances WHERE sop_instance_uid = '{}'", u.sop),
+        );
+        assert_eq!(
+            rows,
+            vec![vec![Some(format!("store/{}/{moved_series}/{}.dcm", u.study, u.sop))]]
+        );
+        assert_eq!(
+            count(
+                &node.db_path(),
+                &format!("SELECT count(*) FROM series WHERE series_instance_uid = '{blocked_series}'")
+            ),
+            0
+        );
+        std::fs::remove_file(blocked_dir).expect("remove blocker");
         assoc.release().await.expect("release");
 
         // Dropped in the middle of a data set: nothing kept.

@@ -208,7 +208,11 @@ impl Index {
         for r in rows {
             let (sop, path): (String, String) = (r.get(0), r.get(1));
             if !data_dir.join(&path).is_file() {
-                tracing::warn!(sop_instance_uid = %sop, path, "indexed file missing; row dropped");
+                tracing::warn!(
+                    sop_instance_uid = %sop,
+                    path,
+                    "indexed file missing (an instance cut off by a crash before it was acknowledged, or a file removed by hand); row dropped"
+                );
                 sqlx::query("DELETE FROM instances WHERE sop_instance_uid = ?")
                     .bind(&sop)
                     .execute(&self.pool)

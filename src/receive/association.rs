@@ -514,8 +514,18 @@ async fn finish_instance(
 
 /// Undo the row of an instance whose file could not be made durable. If the
 /// row had moved the instance from an earlier file (another study or
-/// series), that file is still in the store and is indexed again.
+/// series), that file is still in the store and is indexed again. A file
+/// that is in place after all (renamed before the directory fsync failed,
+/// or put there by another association sending the same instance) keeps
+/// its row: the index describes what the store holds.
 async fn take_back_row(ctx: &Context, sop_instance: &str, relative_path: &str, indexed: &Indexed) {
+    if ctx.store.data_dir().join(relative_path).is_file() {
+        // As on success, the file the row moved away from goes.
+        if let Some(earlier) = indexed.stale_path.as_deref() {
+            let _ = std::fs::remove_file(ctx.store.data_dir().join(earlier));
+        }
+        return;
+    }
     if let Err(e) = ctx.index.forget(sop_instance, relative_path).await {
         // The reconciliation at the next start drops it: the file is not there.
         warn!(sop_instance_uid = %sop_instance, error = %e, "cannot take back the row of an instance not stored");

@@ -48,6 +48,20 @@ pub struct InstanceRecord {
     pub received_at: String,
 }
 
+impl InstanceRecord {
+    /// A file found in the store (after a crash, or kept when a re-sent
+    /// instance failed): no association to name.
+    pub fn from_store(stored: Stored) -> InstanceRecord {
+        InstanceRecord {
+            stored,
+            calling_ae: None,
+            called_ae: None,
+            peer_address: None,
+            received_at: now(),
+        }
+    }
+}
+
 /// What indexing changed.
 #[derive(Debug, Clone, Default)]
 pub struct Indexed {
@@ -76,13 +90,18 @@ pub struct Pending(oneshot::Receiver<Result<Indexed, String>>);
 impl Pending {
     /// Wait until the row is committed.
     pub async fn wait(self) -> Result<Indexed, IndexError> {
-        match self.0.await {
-            Ok(Ok(indexed)) => Ok(indexed),
-            Ok(Err(msg)) => Err(IndexError::Db {
-                source: sqlx::Error::Protocol(msg),
-            }),
-            Err(_) => Err(IndexError::WriterGone),
-        }
+        writer_reply(self.0).await
+    }
+}
+
+/// The writer's answer: its error text, or nothing if it stopped.
+async fn writer_reply<T>(rx: oneshot::Receiver<Result<T, String>>) -> Result<T, IndexError> {
+    match rx.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(msg)) => Err(IndexError::Db {
+            source: sqlx::Error::Protocol(msg),
+        }),
+        Err(_) => Err(IndexError::WriterGone),
     }
 }
 
@@ -180,13 +199,7 @@ impl Index {
             })
             .await
             .map_err(|_| IndexError::WriterGone)?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(msg)) => Err(IndexError::Db {
-                source: sqlx::Error::Protocol(msg),
-            }),
-            Err(_) => Err(IndexError::WriterGone),
-        }
+        writer_reply(rx).await
     }
 
     /// All file paths currently indexed (for start-up reconciliation).

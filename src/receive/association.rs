@@ -537,14 +537,7 @@ async fn take_back_row(ctx: &Context, sop_instance: &str, relative_path: &str, i
     let Some(stored) = super::recover::read_stored(&path, earlier.to_string()) else {
         return;
     };
-    let record = InstanceRecord {
-        stored,
-        calling_ae: None,
-        called_ae: None,
-        peer_address: None,
-        received_at: index::now(),
-    };
-    if let Err(e) = ctx.index.record(record).await {
+    if let Err(e) = ctx.index.record(InstanceRecord::from_store(stored)).await {
         warn!(sop_instance_uid = %sop_instance, path = earlier, error = %e, "cannot index the earlier file again");
     }
 }

@@ -479,14 +479,7 @@ async fn reconcile(store: &Store, index: &Index) {
             .await
             .unwrap_or_default();
     for (stored, path) in found {
-        let record = InstanceRecord {
-            stored,
-            calling_ae: None,
-            called_ae: None,
-            peer_address: None,
-            received_at: crate::index::now(),
-        };
-        match index.record(record).await {
+        match index.record(InstanceRecord::from_store(stored)).await {
             Ok(_) => info!(path, "indexed an instance stored just before a crash"),
             Err(e) => warn!(path, error = %e, "cannot index a recovered instance"),
         }

@@ -137,7 +137,10 @@ impl Dataset {
             out.extend(v.to_le_bytes());
         }
         out.extend(&self.targets);
-        let tmp = path.with_extension("part");
+        // One temporary name per process: two trainings reading the same
+        // cohort at once build the same cache, and a shared name would let
+        // one truncate the file the other is about to rename into place.
+        let tmp = path.with_extension(format!("{}.part", std::process::id()));
         std::fs::write(&tmp, out).map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, path).map_err(|e| e.to_string())
     }

@@ -388,6 +388,28 @@ mod tests {
         assert!(!callers[0].admits("OTHER", "127.0.0.1".parse().expect("ip")));
     }
 
+    /// The settings `scripts/gpu-train` trains with: each file loads, and
+    /// changes the training (a misspelt key would leave it as the default).
+    #[test]
+    fn experiment_settings_load_and_differ_from_the_defaults() {
+        use crate::model::train::FusionFeatures;
+        let defaults = Settings::load(None).expect("defaults").train;
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/experiments");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("config/experiments") {
+            let path = entry.expect("entry").path();
+            let s = Settings::load(Some(&path)).expect("experiment settings");
+            let t = s.train;
+            assert_eq!(t.fusion_features, FusionFeatures::Predicted, "{path:?}");
+            assert!(
+                t.net != defaults.net || t.input != defaults.input || t.seed != defaults.seed,
+                "{path:?} trains what the defaults train"
+            );
+            n += 1;
+        }
+        assert!(n >= 4, "{n} experiment files");
+    }
+
     #[test]
     fn invalid_values_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -319,6 +319,8 @@ fn rust_client_and_bad_data_sets() {
             send::echo(&mut assoc, 1).await.expect("echo"),
             status::SUCCESS
         );
+        // Nothing is stored yet, so nothing is prepared on disk either.
+        assert_eq!(node.tmp_files(), 0);
 
         // A good instance.
         let rsp = send::store(&mut assoc, 2, &dose).await.expect("store");

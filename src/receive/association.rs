@@ -96,9 +96,11 @@ where
     let mut command_bytes: Vec<u8> = Vec::new();
     let mut command_pc: Option<u8> = None;
     let mut current: Option<InFlight> = None;
-    // The temporary file for the next instance, made while the sender
-    // prepares it.
-    let mut spare = ctx.store.spare().ok();
+    // The temporary file for the next instance, made after each response
+    // while the sender prepares its next instance. The first is made when
+    // the first C-STORE arrives: an association that only echoes (a PACS
+    // checking that the node is up) touches no file.
+    let mut spare: Option<Spare> = None;
 
     let mut reader =
         wire::PduReader::new(assoc.acceptor_max_pdu_length() as usize, ctx.read_timeout);

@@ -211,6 +211,49 @@ fn incidence_and_ceiling_auc_of_a_small_cohort() {
         "{train}"
     );
     assert!(summary.text().contains("AUC of p_dose"));
+
+    // scripts/ceiling-terms reads the same labels: its p_dose AUC must be
+    // this crate's, and the dose term alone (the risk length) cannot rank
+    // better than chance by accident on a cohort whose risk is driven by it.
+    let o = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/ceiling-terms"
+    ))
+    .arg("--cohort")
+    .arg(out.path())
+    .output()
+    .expect("run scripts/ceiling-terms (python3)");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let internal: Vec<_> = rows.iter().filter(|r| r["split"] == "internal").collect();
+    let cell = |row: &str| -> f64 {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| {row}")))
+            .unwrap_or_else(|| panic!("no row {row:?} in\n{text}"));
+        line.split('|')
+            .nth(2)
+            .expect("internal column")
+            .trim()
+            .parse()
+            .expect("AUC")
+    };
+    let p: Vec<f64> = internal
+        .iter()
+        .map(|r| r["p_dose"].parse().expect("p_dose"))
+        .collect();
+    let y: Vec<bool> = internal.iter().map(|r| r["label"] == "1").collect();
+    let expected = esorisk::metrics::auc(&p, &y);
+    assert!(
+        (cell("p_dose (ceiling)") - expected).abs() < 0.0015,
+        "script {} against {expected}",
+        cell("p_dose (ceiling)")
+    );
+    assert!(cell("dose term alone") > 0.6, "{text}");
 }
 
 #[test]

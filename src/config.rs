@@ -402,7 +402,10 @@ mod tests {
             let t = s.train;
             assert_eq!(t.fusion_features, FusionFeatures::Predicted, "{path:?}");
             assert!(
-                t.net != defaults.net || t.input != defaults.input || t.seed != defaults.seed,
+                t.net != defaults.net
+                    || t.input != defaults.input
+                    || t.seed != defaults.seed
+                    || t.epochs != defaults.epochs,
                 "{path:?} trains what the defaults train"
             );
             n += 1;

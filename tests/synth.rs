@@ -213,8 +213,8 @@ fn incidence_and_ceiling_auc_of_a_small_cohort() {
     assert!(summary.text().contains("AUC of p_dose"));
 
     // scripts/ceiling-terms reads the same labels: its p_dose AUC must be
-    // this crate's, and the dose term alone (the risk length) cannot rank
-    // better than chance by accident on a cohort whose risk is driven by it.
+    // this crate's, and the dose term alone (the risk length), which drives
+    // this cohort's risk, must rank it well above chance.
     let o = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/scripts/ceiling-terms"

@@ -254,6 +254,71 @@ fn incidence_and_ceiling_auc_of_a_small_cohort() {
         cell("p_dose (ceiling)")
     );
     assert!(cell("dose term alone") > 0.6, "{text}");
+
+    // With a predictions file (here p_dose itself as the model, and as the
+    // two baselines it is combined with), the last table splits the AUC by
+    // whether the dose term is zero: the model's row within L > 0 must be
+    // this crate's AUC of p_dose over the internal patients with L > 0.
+    let model = "DGD (full) (dosiomics in the predicted ROI)";
+    let mean_dose = "mean esophagus dose (logistic)";
+    let lkb = "LKB NTCP (Belderbos 2005, EQD2)";
+    let mut csv =
+        format!("patient_id,hospital,split,label,\"{model}\",\"{mean_dose}\",\"{lkb}\"\n");
+    for r in &rows {
+        let p = &r["p_dose"];
+        csv += &format!(
+            "{},{},{},{},{p},{p},{p}\n",
+            r["patient_id"], r["hospital"], r["split"], r["label"]
+        );
+    }
+    let predictions = out.path().join("predictions.csv");
+    std::fs::write(&predictions, csv).expect("write predictions");
+    let o = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/ceiling-terms"
+    ))
+    .arg("--cohort")
+    .arg(out.path())
+    .arg("--predictions")
+    .arg(&predictions)
+    .output()
+    .expect("run scripts/ceiling-terms --predictions");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let dosed: Vec<_> = internal
+        .iter()
+        .filter(|r| r["risk_length_cm"].parse::<f64>().expect("L") > 0.0)
+        .collect();
+    let p: Vec<f64> = dosed
+        .iter()
+        .map(|r| r["p_dose"].parse().expect("p"))
+        .collect();
+    let y: Vec<bool> = dosed.iter().map(|r| r["label"] == "1").collect();
+    assert!(y.iter().any(|&e| e) && !y.iter().all(|&e| e), "{y:?}");
+    let expected = esorisk::metrics::auc(&p, &y);
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&format!("| L > 0: {model}")))
+        .unwrap_or_else(|| panic!("no L > 0 row in\n{text}"));
+    let got: f64 = row
+        .split('|')
+        .nth(2)
+        .expect("cell")
+        .trim()
+        .parse()
+        .expect("AUC");
+    assert!(
+        (got - expected).abs() < 0.0015,
+        "{got} against {expected}\n{text}"
+    );
+    assert!(
+        text.contains(&format!("| L > 0: patients / events | {}/", dosed.len())),
+        "{text}"
+    );
 }
 
 #[test]

@@ -103,6 +103,8 @@ fn join_one(out: &Path, models: &[PathBuf]) -> Result<PathBuf, String> {
         calibration: None,
         roi_threshold: None,
         members: names,
+        init_seed: None,
+        restarts: 0,
         ..first.clone()
     };
     let path = out.join("card.json");

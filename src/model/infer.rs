@@ -58,6 +58,18 @@ pub struct ModelCard {
     /// Empty for a single model, whose weights are `model.safetensors`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
+    /// Training runs abandoned because the segmentation branch collapsed
+    /// in their first epoch (`train::roi_collapsed`); 0 for most models.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: usize,
+    /// After such a restart, the seed the weights were initialised from
+    /// (derived from `train.seed`); absent when it is `train.seed` itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_seed: Option<u64>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Platt scaling of the risk: σ(a·z + b), z the prior-corrected log-odds
@@ -537,6 +549,8 @@ pub fn card(
         calibration: None,
         roi_threshold: t.roi_threshold,
         members: Vec::new(),
+        restarts: t.restarts,
+        init_seed: (t.restarts > 0).then_some(t.init_seed),
     })
 }
 

@@ -128,7 +128,7 @@ impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             seed: 20261126,
-            epochs: 8,
+            epochs: 12,
             batch_size: 8,
             learning_rate: 1e-3,
             weight_decay: 1e-4,
@@ -171,6 +171,48 @@ pub struct Trained {
     /// With predicted-ROI features: the probability threshold of the
     /// learned ROI at the best epoch.
     pub roi_threshold: Option<f64>,
+    /// The seed the kept weights started from: `cfg.seed`, or after a
+    /// restart (see [`roi_collapsed`]) the one derived for that attempt.
+    pub init_seed: u64,
+    /// Attempts abandoned after a first epoch whose ROI had collapsed.
+    pub restarts: usize,
+}
+
+/// Attempts whose segmentation branch collapsed in the first epoch are
+/// abandoned, at most this many times; the last attempt always runs on.
+pub const MAX_RESTARTS: usize = 2;
+
+/// The collapse check needs a first epoch of at least this many optimizer
+/// steps: a branch rising from its 1 % prior needs some steps to show.
+const COLLAPSE_CHECK_MIN_STEPS: usize = 10;
+
+/// Whether a segmentation branch has collapsed: cut at the lowest ROI
+/// threshold, its output (`logits`, patient-major, `voxels` per patient)
+/// meets the target (`targets`, the same layout, 0/1) of no patient that
+/// has one. False when no patient has a target.
+///
+/// Why it matters: the output starts at a 1 % prior, and in some starts
+/// the voxel-wise BCE pulls every voxel down before the Dice term lifts
+/// the targets; the sigmoid then sits where it passes almost no gradient
+/// and the branch never recovers (one of three training seeds of the
+/// shipped configuration did this: an empty ROI for every patient after
+/// every epoch). Restarting from another seed is cheaper than training on.
+pub fn roi_collapsed(targets: &[u8], logits: &[f32], voxels: usize) -> bool {
+    let cut = data::roi_cut(ROI_THRESHOLDS[0]);
+    let mut any_target = false;
+    for (t, l) in targets
+        .chunks(voxels.max(1))
+        .zip(logits.chunks(voxels.max(1)))
+    {
+        if !t.iter().any(|&x| x > 0) {
+            continue;
+        }
+        any_target = true;
+        if t.iter().zip(l).any(|(&x, &v)| x > 0 && v > cut) {
+            return false;
+        }
+    }
+    any_target
 }
 
 /// Device from a setting: `cpu`, `cuda:N`, or `auto` (CUDA when built with
@@ -435,7 +477,10 @@ fn refresh_predicted(
 }
 
 /// Train `cfg.variant` on the training split, early-stopping on the
-/// internal split's AUC. The best epoch's weights are kept.
+/// internal split's AUC. The best epoch's weights are kept. A run whose
+/// segmentation branch collapsed in its first epoch ([`roi_collapsed`]) is
+/// restarted from a seed derived from `cfg.seed`, at most
+/// [`MAX_RESTARTS`] times; runs that do not collapse are what they were.
 pub fn train(
     ds: &Dataset,
     cfg: &TrainConfig,
@@ -443,6 +488,42 @@ pub fn train(
     checkpoint: &Path,
     source: &FeatureSource,
 ) -> Result<Trained, String> {
+    let mut restarts = 0;
+    loop {
+        let seed = if restarts == 0 {
+            cfg.seed
+        } else {
+            Rng::derive(cfg.seed, "restart", restarts as u64)
+        };
+        let check = restarts < MAX_RESTARTS;
+        match train_from(ds, cfg, seed, check, dev, checkpoint, source)? {
+            Some(mut t) => {
+                t.restarts = restarts;
+                return Ok(t);
+            }
+            None => {
+                restarts += 1;
+                eprintln!(
+                    "the segmentation branch collapsed in the first epoch (seed {seed}: no learned ROI meets an optimal ROI at probability {}); restarting from another seed ({restarts} of at most {MAX_RESTARTS})",
+                    ROI_THRESHOLDS[0]
+                );
+            }
+        }
+    }
+}
+
+/// One training run from the weights `seed` gives; `None` when
+/// `check_collapse` is set and the segmentation branch collapsed in the
+/// first epoch.
+fn train_from(
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    seed: u64,
+    check_collapse: bool,
+    dev: &Device,
+    checkpoint: &Path,
+    source: &FeatureSource,
+) -> Result<Option<Trained>, String> {
     let err = |e: candle_core::Error| e.to_string();
     let mut cfg = cfg.clone();
     cfg.net.n_dosiomics = if cfg.variant.fusion() {
@@ -454,7 +535,7 @@ pub fn train(
         in_channels: cfg.input.channels(),
         ..cfg.net.clone()
     };
-    let (varmap, net) = build(&net_cfg, cfg.seed, dev)?;
+    let (varmap, net) = build(&net_cfg, seed, dev)?;
     let train_idx = ds.indices("train", None);
     let val_idx = ds.indices("internal", None);
     if train_idx.is_empty() || val_idx.is_empty() {
@@ -479,7 +560,7 @@ pub fn train(
     let steps_per_epoch = train_idx.len().div_ceil(cfg.batch_size.max(1));
     let total = steps_per_epoch * cfg.epochs.max(1);
     let warmup = steps_per_epoch * cfg.warmup_epochs;
-    let mut rng = Rng::new(Rng::derive(cfg.seed, "train", 0));
+    let mut rng = Rng::new(Rng::derive(seed, "train", 0));
     let mut log = Vec::new();
     let (mut best_auc, mut best_epoch, mut since) = (f64::NEG_INFINITY, 0, 0);
     let mut step = 0usize;
@@ -567,6 +648,20 @@ pub fn train(
             cfg.variant.segmentation(),
         )
         .map_err(err)?;
+        if epoch == 1
+            && check_collapse
+            && cfg.variant.segmentation()
+            && steps_per_epoch >= COLLAPSE_CHECK_MIN_STEPS
+        {
+            let v = ds.input.voxels();
+            let targets: Vec<u8> = val_idx
+                .iter()
+                .flat_map(|&i| ds.targets[i * v..(i + 1) * v].iter().copied())
+                .collect();
+            if roi_collapsed(&targets, &seg, v) {
+                return Ok(None);
+            }
+        }
         let val_auc = auc(&logits, &val_labels);
         let validation_dice = cfg
             .variant
@@ -610,7 +705,7 @@ pub fn train(
     }
     let mut varmap = varmap;
     varmap.load(checkpoint).map_err(err)?;
-    Ok(Trained {
+    Ok(Some(Trained {
         varmap,
         net,
         log,
@@ -618,7 +713,9 @@ pub fn train(
         best_validation_auc: best_auc,
         samples_per_second: seen as f64 / started.elapsed().as_secs_f64(),
         roi_threshold: best_threshold,
-    })
+        init_seed: seed,
+        restarts: 0,
+    }))
 }
 
 /// The network with deterministic initial weights: every parameter is
@@ -662,4 +759,41 @@ fn init_weights(varmap: &VarMap, seed: u64, dev: &Device) -> Result<(), String> 
         var.set(&t).map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two patients of four voxels: the first has a target at voxel 1, the
+    /// second none.
+    const TARGETS: [u8; 8] = [0, 1, 0, 0, 0, 0, 0, 0];
+
+    #[test]
+    fn a_branch_at_its_prior_has_collapsed() {
+        let prior = crate::model::net::SEG_PRIOR_LOGIT as f32;
+        assert!(roi_collapsed(&TARGETS, &[prior; 8], 4));
+        // Outputs above the cut but only off the target: still nothing found.
+        let mut off = [prior; 8];
+        off[0] = 2.0;
+        off[5] = 2.0;
+        assert!(roi_collapsed(&TARGETS, &off, 4));
+    }
+
+    #[test]
+    fn one_target_voxel_above_the_lowest_threshold_is_enough() {
+        let prior = crate::model::net::SEG_PRIOR_LOGIT as f32;
+        let mut l = [prior; 8];
+        // Just above the lowest threshold's logit, on the target.
+        l[1] = data::roi_cut(ROI_THRESHOLDS[0]) + 0.01;
+        assert!(!roi_collapsed(&TARGETS, &l, 4));
+        l[1] = data::roi_cut(ROI_THRESHOLDS[0]) - 0.01;
+        assert!(roi_collapsed(&TARGETS, &l, 4));
+    }
+
+    #[test]
+    fn without_targets_nothing_can_collapse() {
+        assert!(!roi_collapsed(&[0; 8], &[-20.0; 8], 4));
+        assert!(!roi_collapsed(&[], &[], 4));
+    }
 }

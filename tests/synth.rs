@@ -166,6 +166,26 @@ fn every_hospital_writes_valid_dicom_that_reads_back() {
     }
 }
 
+/// `scripts/ceiling-terms --cohort COHORT ARGS…`: its standard output.
+fn ceiling_terms(cohort: &Path, args: &[&std::ffi::OsStr]) -> String {
+    let o = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/ceiling-terms"
+    ))
+    .arg("--cohort")
+    .arg(cohort)
+    .args(args)
+    .output()
+    .expect("run scripts/ceiling-terms (python3)");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text
+}
+
 #[test]
 fn incidence_and_ceiling_auc_of_a_small_cohort() {
     // 120 hospital-1 patients, seed 1. Seeds 1-4 at this size give
@@ -215,20 +235,7 @@ fn incidence_and_ceiling_auc_of_a_small_cohort() {
     // scripts/ceiling-terms reads the same labels: its p_dose AUC must be
     // this crate's, and the dose term alone (the risk length), which drives
     // this cohort's risk, must rank it well above chance.
-    let o = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/ceiling-terms"
-    ))
-    .arg("--cohort")
-    .arg(out.path())
-    .output()
-    .expect("run scripts/ceiling-terms (python3)");
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let text = ceiling_terms(out.path(), &[]);
     let internal: Vec<_> = rows.iter().filter(|r| r["split"] == "internal").collect();
     let cell = |row: &str| -> f64 {
         let line = text
@@ -273,21 +280,9 @@ fn incidence_and_ceiling_auc_of_a_small_cohort() {
     }
     let predictions = out.path().join("predictions.csv");
     std::fs::write(&predictions, csv).expect("write predictions");
-    let o = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/ceiling-terms"
-    ))
-    .arg("--cohort")
-    .arg(out.path())
-    .arg("--predictions")
-    .arg(&predictions)
-    .output()
-    .expect("run scripts/ceiling-terms --predictions");
-    let text = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&o.stderr)
+    let text = ceiling_terms(
+        out.path(),
+        &["--predictions".as_ref(), predictions.as_os_str()],
     );
     let dosed: Vec<_> = internal
         .iter()

@@ -191,12 +191,13 @@ const COLLAPSE_CHECK_MIN_STEPS: usize = 10;
 /// meets the target (`targets`, the same layout, 0/1) of no patient that
 /// has one. False when no patient has a target.
 ///
-/// Why it matters: the output starts at a 1 % prior, and in some starts
-/// the voxel-wise BCE pulls every voxel down before the Dice term lifts
-/// the targets; the sigmoid then sits where it passes almost no gradient
-/// and the branch never recovers (one of three training seeds of the
-/// shipped configuration did this: an empty ROI for every patient after
-/// every epoch). Restarting from another seed is cheaper than training on.
+/// Why it matters: the output starts at a 1 % prior, and one of three
+/// training seeds of the shipped configuration ended its first epoch with
+/// every output below 0.02 and never rose again (an empty ROI for every
+/// patient after every epoch; the head then reads imputed features only).
+/// A sigmoid that far down passes little gradient, which is the likely
+/// reason it stays there. Restarting from another seed is cheaper than
+/// training on.
 pub fn roi_collapsed(targets: &[u8], logits: &[f32], voxels: usize) -> bool {
     let cut = data::roi_cut(ROI_THRESHOLDS[0]);
     let mut any_target = false;

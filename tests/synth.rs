@@ -186,6 +186,21 @@ fn ceiling_terms(cohort: &Path, args: &[&std::ffi::OsStr]) -> String {
     text
 }
 
+/// The internal-split column of the row of `text` (a ceiling-terms table)
+/// that starts with `row`.
+fn internal_cell(text: &str, row: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("| {row}")))
+        .unwrap_or_else(|| panic!("no row {row:?} in\n{text}"));
+    line.split('|')
+        .nth(2)
+        .expect("internal column")
+        .trim()
+        .parse()
+        .expect("AUC")
+}
+
 #[test]
 fn incidence_and_ceiling_auc_of_a_small_cohort() {
     // 120 hospital-1 patients, seed 1. Seeds 1-4 at this size give
@@ -237,18 +252,7 @@ fn incidence_and_ceiling_auc_of_a_small_cohort() {
     // this cohort's risk, must rank it well above chance.
     let text = ceiling_terms(out.path(), &[]);
     let internal: Vec<_> = rows.iter().filter(|r| r["split"] == "internal").collect();
-    let cell = |row: &str| -> f64 {
-        let line = text
-            .lines()
-            .find(|l| l.starts_with(&format!("| {row}")))
-            .unwrap_or_else(|| panic!("no row {row:?} in\n{text}"));
-        line.split('|')
-            .nth(2)
-            .expect("internal column")
-            .trim()
-            .parse()
-            .expect("AUC")
-    };
+    let cell = |row: &str| internal_cell(&text, row);
     let p: Vec<f64> = internal
         .iter()
         .map(|r| r["p_dose"].parse().expect("p_dose"))
@@ -295,17 +299,7 @@ fn incidence_and_ceiling_auc_of_a_small_cohort() {
     let y: Vec<bool> = dosed.iter().map(|r| r["label"] == "1").collect();
     assert!(y.iter().any(|&e| e) && !y.iter().all(|&e| e), "{y:?}");
     let expected = esorisk::metrics::auc(&p, &y);
-    let row = text
-        .lines()
-        .find(|l| l.starts_with(&format!("| L > 0: {model}")))
-        .unwrap_or_else(|| panic!("no L > 0 row in\n{text}"));
-    let got: f64 = row
-        .split('|')
-        .nth(2)
-        .expect("cell")
-        .trim()
-        .parse()
-        .expect("AUC");
+    let got = internal_cell(&text, &format!("L > 0: {model}"));
     assert!(
         (got - expected).abs() < 0.0015,
         "{got} against {expected}\n{text}"

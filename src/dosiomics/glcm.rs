@@ -485,8 +485,10 @@ fn features(m: &[f64], lv: &[f64], ng: f64, w: &mut Work) -> [f64; N_FEATURES] {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{phantom_levels as phantom, within_3_sig};
-    use super::super::volume::{Discretisation, Discretised, Volume};
+    use super::super::testutil::{
+        assert_averaged_and_merged, assert_ibsi, assert_names, binned, phantom_levels as phantom,
+        smooth_cylinder,
+    };
     use super::*;
 
     /// `reference_values.glcm` rows "[3D, averaged]" and "[3D, merged]" of
@@ -545,72 +547,23 @@ mod tests {
         ("Information correlation 2 [3D, merged]", 0.269),
     ];
 
-    fn names(features: &[Feature]) -> Vec<&str> {
-        features.iter().map(|f| f.name.as_str()).collect()
-    }
-
-    fn expected_names() -> Vec<&'static str> {
-        IBSI_NAMES.iter().map(|&(n, _)| n).collect()
-    }
-
     #[test]
     fn names_table_is_consistent() {
-        assert_eq!(IBSI_NAMES.len(), 2 * N_FEATURES);
-        for k in 0..N_FEATURES {
-            let (avg, key_a) = IBSI_NAMES[k];
-            let (mrg, key_m) = IBSI_NAMES[k + N_FEATURES];
-            assert_eq!(
-                avg.strip_prefix("original_glcm_"),
-                mrg.strip_prefix("original_glcmMerged_")
-            );
-            assert_eq!(
-                key_a.strip_suffix(" [3D, averaged]"),
-                key_m.strip_suffix(" [3D, merged]")
-            );
-            assert!(key_a.ends_with(" [3D, averaged]"));
-        }
+        assert_averaged_and_merged(IBSI_NAMES, N_FEATURES, "glcm");
     }
 
     #[test]
     fn ibsi_phantom() {
-        let f = glcm(&phantom());
-        assert_eq!(names(&f), expected_names());
-        let mut failures = Vec::new();
-        for (feature, &(_, key)) in f.iter().zip(IBSI_NAMES) {
-            if key.is_empty() {
-                continue;
-            }
-            let reference = REFERENCE.iter().find(|r| r.0 == key).map(|r| r.1);
-            let reference = reference.unwrap_or_else(|| panic!("no reference for {key}"));
-            let value = feature.value.unwrap_or(f64::NAN);
-            println!("{:45} {:>10} {:>12.5}", feature.name, reference, value);
-            if !within_3_sig(value, reference) {
-                failures.push(format!("{key}: computed {value}, reference {reference}"));
-            }
-        }
-        assert!(failures.is_empty(), "{failures:#?}");
+        assert_ibsi(&glcm(&phantom()), IBSI_NAMES, REFERENCE);
     }
 
     fn volume(dims: [usize; 3], values: Vec<f64>, mask: Vec<bool>) -> Discretised {
-        let vol = Volume {
-            dims,
-            spacing: [1.0; 3],
-            values,
-            mask,
-        };
-        Discretised::new(
-            &vol,
-            Discretisation::BinWidth {
-                width: 1.0,
-                lower: 0.0,
-            },
-        )
+        binned(dims, 1.0, 0.0, values, mask)
     }
 
     fn check_edge(d: &Discretised) -> Vec<Feature> {
         let f = glcm(d);
-        assert_eq!(names(&f), expected_names());
-        assert!(f.iter().all(|x| x.value.is_none_or(f64::is_finite)));
+        assert_names(&f, IBSI_NAMES);
         f
     }
 
@@ -648,43 +601,12 @@ mod tests {
         ));
     }
 
-    /// 30×40×40 grid, cylinder of radius 14.6 voxels along z (~20,000
-    /// voxels), smooth dose 0–70 Gy, 1 Gy bins from 0.
-    fn bench_volume() -> Discretised {
-        let dims = [30, 40, 40];
-        let mut values = Vec::new();
-        let mut mask = Vec::new();
-        for z in 0..30 {
-            for y in 0..40 {
-                for x in 0..40 {
-                    let (dy, dx) = (y as f64 - 19.5, x as f64 - 19.5);
-                    let r2 = dy * dy + dx * dx;
-                    values.push(70.0 * (-r2 / 300.0).exp() * (1.0 - z as f64 / 60.0) + 0.1 * dx);
-                    mask.push(r2 <= 14.6 * 14.6);
-                }
-            }
-        }
-        let vol = Volume {
-            dims,
-            spacing: [2.0; 3],
-            values,
-            mask,
-        };
-        Discretised::new(
-            &vol,
-            Discretisation::BinWidth {
-                width: 1.0,
-                lower: 0.0,
-            },
-        )
-    }
-
     /// Release-mode timing on a ~20,000-voxel cylinder of smooth dose:
     /// `cargo test --release -- --ignored --nocapture timing`.
     #[test]
     #[ignore]
     fn timing() {
-        let d = bench_volume();
+        let d = smooth_cylinder();
         let n = d.levels.iter().filter(|&&l| l > 0).count();
         let reps = 500;
         let t = std::time::Instant::now();

@@ -130,8 +130,9 @@ fn edge_distance(grid: &Padded) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{phantom_levels as phantom, within_3_sig as within};
-    use super::super::volume::{Discretisation, Volume};
+    use super::super::testutil::{
+        assert_ibsi, assert_names, binned, phantom_levels as phantom, textured_tube,
+    };
     use super::*;
 
     /// IBSI reference values (3D rows); all given to 3 significant digits.
@@ -155,43 +156,12 @@ mod tests {
     ];
 
     fn volume(dims: [usize; 3], values: Vec<f64>, mask: Vec<bool>) -> Discretised {
-        let v = Volume {
-            dims,
-            spacing: [2.0; 3],
-            values,
-            mask,
-        };
-        Discretised::new(
-            &v,
-            Discretisation::BinWidth {
-                width: 1.0,
-                lower: 1.0,
-            },
-        )
-    }
-
-    fn check_names(features: &[Feature]) {
-        let names: Vec<&str> = features.iter().map(|f| f.name.as_str()).collect();
-        let expected: Vec<&str> = IBSI_NAMES.iter().map(|&(n, _)| n).collect();
-        assert_eq!(names, expected);
-        for f in features {
-            assert!(f.value.is_none_or(f64::is_finite), "{f:?}");
-        }
+        binned(dims, 2.0, 1.0, values, mask)
     }
 
     #[test]
     fn ibsi_phantom() {
-        let features = gldzm(&phantom());
-        check_names(&features);
-        for (f, &(name, key)) in features.iter().zip(IBSI_NAMES) {
-            let &(_, reference) = REFERENCE.iter().find(|(k, _)| *k == key).expect(key);
-            let computed = f.value.expect(name);
-            println!("{name:55} {key:45} {reference:>10} {computed:.6}");
-            assert!(
-                within(computed, reference),
-                "{name}: {computed} vs {reference}"
-            );
-        }
+        assert_ibsi(&gldzm(&phantom()), IBSI_NAMES, REFERENCE);
     }
 
     /// Distances on a 5×5×5 cube: 1 on the surface, 3 at the centre.
@@ -278,57 +248,26 @@ mod tests {
     fn edge_cases() {
         let empty = volume([2, 2, 2], vec![1.0; 8], vec![false; 8]);
         let f = gldzm(&empty);
-        check_names(&f);
+        assert_names(&f, IBSI_NAMES);
         assert!(f.iter().all(|f| f.value.is_none()));
-        check_names(&gldzm(&volume([0, 3, 3], vec![], vec![])));
+        assert_names(&gldzm(&volume([0, 3, 3], vec![], vec![])), IBSI_NAMES);
         let mut bad = volume([2, 2, 2], vec![1.0; 8], vec![true; 8]);
         bad.levels.pop();
-        check_names(&gldzm(&bad));
+        assert_names(&gldzm(&bad), IBSI_NAMES);
         let mut mask = vec![false; 27];
         mask[13] = true;
         let f = gldzm(&volume([3, 3, 3], vec![5.0; 27], mask));
-        check_names(&f);
+        assert_names(&f, IBSI_NAMES);
         assert_eq!(f[0].value, Some(1.0));
         let f = gldzm(&volume([3, 4, 5], vec![2.0; 60], vec![true; 60]));
-        check_names(&f);
+        assert_names(&f, IBSI_NAMES);
         assert_eq!(f[14].value, Some(0.0));
-    }
-
-    /// A 20,000-voxel tube of smooth dose (0–70 Gy) binned at 1 Gy.
-    fn tube() -> Discretised {
-        let (nz, ny, nx) = (30, 40, 40);
-        let (mut values, mut mask) = (Vec::new(), Vec::new());
-        for z in 0..nz {
-            for y in 0..ny {
-                for x in 0..nx {
-                    let (dy, dx) = (y as f64 - 19.5, x as f64 - 19.5);
-                    let r2 = dy * dy + dx * dx;
-                    let v = 70.0 * (-r2 / 200.0).exp() * (0.7 + 0.3 * (z as f64 / 5.0).sin())
-                        + 2.0 * (x as f64 * 0.7).sin() * (y as f64 * 0.5).cos();
-                    values.push(v.max(0.0));
-                    mask.push(r2 <= 14.6 * 14.6);
-                }
-            }
-        }
-        let v = Volume {
-            dims: [nz, ny, nx],
-            spacing: [2.0; 3],
-            values,
-            mask,
-        };
-        Discretised::new(
-            &v,
-            Discretisation::BinWidth {
-                width: 1.0,
-                lower: 0.0,
-            },
-        )
     }
 
     #[test]
     #[ignore = "timing; run with --release -- --ignored --nocapture"]
     fn speed() {
-        let d = tube();
+        let d = textured_tube();
         let n = d.levels.iter().filter(|&&l| l > 0).count();
         let mut best = f64::INFINITY;
         for _ in 0..20 {

@@ -301,8 +301,10 @@ pub fn png(a: &Analysis, path: &Path) -> Result<(), String> {
     root.present().map_err(|e| e.to_string())
 }
 
-/// Register a system TrueType font for plot text (once).
-pub(crate) fn load_font() -> Result<(), String> {
+/// Register a system TrueType font for plot text (once). The commands
+/// that end in a plot call it before their long work, so a machine without a
+/// font fails in seconds rather than after the tables are computed.
+pub fn load_font() -> Result<(), String> {
     use std::sync::OnceLock;
     static LOADED: OnceLock<Result<(), String>> = OnceLock::new();
     LOADED

@@ -564,6 +564,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             let out = out.unwrap_or_else(|| cohort.join("roi-search"));
             std::fs::create_dir_all(&out)?;
             let model_out = model_out.unwrap_or_else(|| settings.dosiomics.model.clone());
+            esorisk::inspect::load_font()?;
             let started = std::time::Instant::now();
             let patients = search::read_labels(&cohort)?;
             let features = search::cohort_features(&cohort, &patients, &o);
@@ -665,6 +666,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             extra_cohort,
         } => {
             use esorisk::model::{evaluate, infer::RiskModel, train};
+            esorisk::inspect::load_font()?;
             let dev = train::device(device.as_deref().unwrap_or(&settings.model.device))?;
             let main_model = RiskModel::load(&model, &dev)?;
             let dosio = main_model.card.dosiomics.clone();

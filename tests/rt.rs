@@ -620,3 +620,287 @@ fn lungs_in_halves_are_united() {
     let (v2, m2, x2) = eso(&only);
     assert!((v1 - v2).abs() < 1e-9 * v1 && (m1 - m2).abs() < 1e-9 && (x1 - x2).abs() < 1e-9);
 }
+
+/// Files damaged on disk — bytes overwritten in the header or the values,
+/// numbers turned into other text, files cut short — are read as errors or
+/// as problems of the study, never as a panic, all the way through the
+/// shipped model's scoring. Deterministic: a fixed seed picks the damage.
+#[test]
+fn damaged_files_are_errors_not_panics() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = phantom::thorax_on(Grid::uniform(
+        [-120.0, -120.0, -160.0],
+        [5.0, 5.0, 5.0],
+        [48, 48, 56],
+    ));
+    let clean = tmp.path().join("clean");
+    let files = phantom::write(&p, &clean).expect("write");
+    let originals: Vec<Vec<u8>> = files
+        .iter()
+        .map(|f| std::fs::read(f).expect("read"))
+        .collect();
+    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dgd-v1");
+    let model = esorisk::model::infer::RiskModel::load(&model_dir, &candle_core::Device::Cpu)
+        .expect("shipped model");
+    // The undamaged study scores: the damage below is what breaks it.
+    let study = study::load(&files, &DoseOptions::default()).expect("clean study");
+    assert!(model.score(&study).is_ok(), "the clean phantom scores");
+
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n.max(1) as u64) as usize
+    };
+    const ROUNDS: usize = 48;
+    let damaged = tmp.path().join("damaged");
+    let (mut errors, mut scored, mut panics) = (0, 0, Vec::new());
+    for round in 0..ROUNDS {
+        let k = next(files.len());
+        let mut bytes = originals[k].clone();
+        let what = match next(4) {
+            // A few bytes of the first 2 KiB: tags, VRs and value lengths.
+            0 => {
+                for _ in 0..1 + next(4) {
+                    let at = 132 + next(bytes.len().min(2048) - 132);
+                    bytes[at] = next(256) as u8;
+                }
+                "header bytes"
+            }
+            // A few bytes anywhere: contour numbers, pixel data, lengths.
+            1 => {
+                for _ in 0..1 + next(4) {
+                    let at = 132 + next(bytes.len() - 132);
+                    bytes[at] = next(256) as u8;
+                }
+                "bytes anywhere"
+            }
+            // A run of text that reads like numbers but is not one.
+            2 => {
+                const TEXT: &[u8] = b"0123456789.-+eE\\ NaNinf";
+                let at = 132 + next(bytes.len() - 140);
+                for b in &mut bytes[at..at + 8] {
+                    *b = TEXT[next(TEXT.len())];
+                }
+                "number text"
+            }
+            // Cut short.
+            _ => {
+                bytes.truncate(next(bytes.len()));
+                "cut short"
+            }
+        };
+        let _ = std::fs::remove_dir_all(&damaged);
+        std::fs::create_dir_all(&damaged).expect("dir");
+        let paths: Vec<_> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let to = damaged.join(f.file_name().expect("name"));
+                let b = if i == k { &bytes } else { &originals[i] };
+                std::fs::write(&to, b).expect("write");
+                to
+            })
+            .collect();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let s = study::load(&paths, &DoseOptions::default()).map_err(|e| e.to_string())?;
+            let _ = analysis::analyse(&s, &Options::default());
+            model.score(&s).map(|_| ()).map_err(|e| e.to_string())
+        }));
+        match outcome {
+            Ok(Ok(())) => scored += 1,
+            Ok(Err(_)) => errors += 1,
+            Err(_) => panics.push(format!("round {round}: {what} in {}", files[k].display())),
+        }
+    }
+    println!(
+        "{scored} still scored, {errors} errors, {} panics",
+        panics.len()
+    );
+    assert!(panics.is_empty(), "{panics:#?}");
+    // The damage reached the readers: some of it must have been refused.
+    assert!(
+        errors >= ROUNDS / 6,
+        "only {errors} of {ROUNDS} damaged studies were refused"
+    );
+}
+
+/// What a damaged or impossible number does, case by case.
+enum Damage {
+    /// Set a top-level attribute of the RT Dose file to this text.
+    Dose(dicom_core::Tag, &'static str),
+    /// Change the phantom before it is written.
+    Phantom(fn(&mut phantom::Phantom)),
+}
+
+/// Numbers that cannot belong to a plan — not numbers at all, a dose
+/// scaling that is zero, negative or absurd, positions or spacings that put
+/// the dose metres from its structures — end in an error that names what is
+/// wrong, before any grid is sized from them; a damaged contour or
+/// prescription is left out with a note, and what remains still scores.
+#[test]
+fn impossible_numbers_are_refused_with_a_reason() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    fn esophagus(p: &mut phantom::Phantom) -> &mut esorisk::rt::write::RoiSpec {
+        p.rois
+            .iter_mut()
+            .find(|r| r.name == "Esophagus")
+            .expect("esophagus")
+    }
+    let cases: Vec<(&str, Damage, &str)> = vec![
+        (
+            "scaling NaN",
+            Damage::Dose(tags::DOSE_GRID_SCALING, "NaN"),
+            "Dose Grid Scaling missing or not a number",
+        ),
+        (
+            "scaling inf",
+            Damage::Dose(tags::DOSE_GRID_SCALING, "inf"),
+            "Dose Grid Scaling missing or not a number",
+        ),
+        (
+            "scaling 0",
+            Damage::Dose(tags::DOSE_GRID_SCALING, "0"),
+            "Dose Grid Scaling 0 is not positive",
+        ),
+        (
+            "scaling negative",
+            Damage::Dose(tags::DOSE_GRID_SCALING, "-1e-3"),
+            "is not positive",
+        ),
+        (
+            "scaling absurd",
+            Damage::Dose(tags::DOSE_GRID_SCALING, "1e30"),
+            "not a treatment plan's dose",
+        ),
+        (
+            "position NaN",
+            Damage::Dose(tags::IMAGE_POSITION_PATIENT, "NaN\\0\\0"),
+            "Image Position (Patient) missing or not three numbers",
+        ),
+        (
+            "position far away",
+            Damage::Dose(tags::IMAGE_POSITION_PATIENT, "1e300\\0\\0"),
+            "beyond the dose grid: dose and structures do not lie together",
+        ),
+        (
+            "spacing infinite",
+            Damage::Dose(tags::PIXEL_SPACING, "inf\\5"),
+            "Pixel Spacing missing or not positive",
+        ),
+        (
+            "spacing a nanometre",
+            Damage::Dose(tags::PIXEL_SPACING, "1e-6\\5"),
+            "beyond the dose grid",
+        ),
+        (
+            "spacing a kilometre",
+            Damage::Dose(tags::PIXEL_SPACING, "1e6\\1e6"),
+            "covers no voxel centre of the dose grid",
+        ),
+        (
+            "rows negative",
+            Damage::Dose(tags::ROWS, "-5"),
+            "is not a dose grid",
+        ),
+        (
+            "frames beyond counting",
+            Damage::Dose(tags::NUMBER_OF_FRAMES, "999999999999"),
+            "is not a dose grid",
+        ),
+        (
+            "frame offsets NaN",
+            Damage::Phantom(|p| p.grid.z[3] = f64::NAN),
+            "Grid Frame Offset Vector missing or not numbers",
+        ),
+        (
+            "prescription NaN",
+            Damage::Phantom(|p| p.prescription_gy = f64::NAN),
+            "",
+        ),
+        (
+            "contour point NaN",
+            Damage::Phantom(|p| esophagus(p).planes[10].polygons[0][3][0] = f64::NAN),
+            "",
+        ),
+        (
+            "esophagus a kilometre away",
+            Damage::Phantom(|p| {
+                for plane in &mut esophagus(p).planes {
+                    plane.z += 1e6;
+                }
+            }),
+            "beyond the dose grid",
+        ),
+    ];
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dgd-v1");
+    let model = esorisk::model::infer::RiskModel::load(&model_dir, &candle_core::Device::Cpu)
+        .expect("shipped model");
+    let mut failures = Vec::new();
+    for (i, (what, damage, expected)) in cases.into_iter().enumerate() {
+        let mut p = phantom::thorax_on(Grid::uniform(
+            [-120.0, -120.0, -160.0],
+            [5.0, 5.0, 5.0],
+            [48, 48, 56],
+        ));
+        if let Damage::Phantom(f) = &damage {
+            f(&mut p);
+        }
+        let files = phantom::write(&p, &tmp.path().join(i.to_string())).expect("write");
+        if let Damage::Dose(tag, value) = damage {
+            let path = files
+                .iter()
+                .find(|f| f.ends_with("rtdose.dcm"))
+                .expect("dose");
+            let mut obj = dicom_object::open_file(path).expect("open");
+            obj.put(DataElement::new(tag, VR::DS, PrimitiveValue::from(value)));
+            obj.write_to_file(path).expect("write");
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let s = study::load(&files, &DoseOptions::default()).map_err(|e| e.to_string())?;
+            let a = analysis::analyse(&s, &Options::default());
+            let score = model.score(&s).map_err(|e| e.to_string())?;
+            Ok::<_, String>((score.risk, s, a))
+        }));
+        match (outcome, expected) {
+            (Err(_), _) => failures.push(format!("{what}: panicked")),
+            (Ok(Err(e)), "") => failures.push(format!("{what}: refused ({e}), expected to score")),
+            (Ok(Err(e)), want) if !e.contains(want) => {
+                failures.push(format!("{what}: {e:?} does not say {want:?}"))
+            }
+            (Ok(Err(_)), _) => {}
+            (Ok(Ok((risk, s, a))), "") => {
+                if !(0.0..=1.0).contains(&risk) {
+                    failures.push(format!("{what}: risk {risk}"));
+                }
+                // What was left out is said where the physicist reads it.
+                let plan_notes = s
+                    .plan
+                    .as_ref()
+                    .map(|p| p.notes.join("; "))
+                    .unwrap_or_default();
+                let roi_notes: Vec<String> = s
+                    .structures
+                    .iter()
+                    .flat_map(|ss| ss.rois.iter().flat_map(|r| r.info.notes.clone()))
+                    .collect();
+                let said = format!(
+                    "{plan_notes} {} {}",
+                    roi_notes.join("; "),
+                    a.notes.join("; ")
+                );
+                println!("{what}: scored {risk:.4}; notes: {said}");
+                if !said.contains("not all numbers") && !said.contains("Prescription Dose") {
+                    failures.push(format!("{what}: scored without a note ({said})"));
+                }
+            }
+            (Ok(Ok((risk, _, _))), want) => {
+                failures.push(format!("{what}: scored {risk}, expected {want:?}"))
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}

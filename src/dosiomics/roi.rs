@@ -6,7 +6,7 @@
 //! esophagus or PTV reach beyond it, the outside counted at 0 Gy). The ROI
 //! search ranks them; the model learns to reproduce the winner.
 
-use crate::rt::analysis::analysis_grid;
+use crate::rt::analysis::{analysis_grid, MAX_EXTRA_VOXELS};
 use crate::rt::dvh;
 use crate::rt::grid::Grid;
 use crate::rt::names::{self, Organ};
@@ -234,14 +234,14 @@ pub fn feature_grid(
     rois: &[&Roi],
     resample_mm: Option<f64>,
 ) -> Result<FeatureGrid, NotScorable> {
-    let mut grid = analysis_grid(&study.dose.grid, rois);
+    let mut grid = analysis_grid(&study.dose.grid, rois).map_err(NotScorable)?;
     if let Some(s) = resample_mm.filter(|s| s.is_finite() && *s > 0.0) {
         // A grid already of that voxel size is kept as it is, planes and
         // all: recomputing its planes would move them by rounding errors.
         let already =
             uniform_spacing(&grid).is_some_and(|d| d.iter().all(|v| (v - s).abs() < 1e-6));
         if !already {
-            grid = isotropic(&grid, s);
+            grid = isotropic(&grid, s)?;
         }
     }
     let spacing = uniform_spacing(&grid).ok_or_else(|| {
@@ -259,20 +259,30 @@ pub fn feature_grid(
 }
 
 /// A grid of `s`-mm cubes from the first voxel centre of `g` over its
-/// extent (the last partial voxel dropped).
-fn isotropic(g: &Grid, s: f64) -> Grid {
+/// extent (the last partial voxel dropped), or why there is none: a grid
+/// whose spacing says it spans metres (a damaged Pixel Spacing) would not
+/// fit in memory at `s` mm.
+fn isotropic(g: &Grid, s: f64) -> Result<Grid, NotScorable> {
     let z0 = g.z.first().copied().unwrap_or(0.0);
     let z1 = g.z.last().copied().unwrap_or(z0);
-    let n = |extent: f64| (extent / s + 1e-6).floor() as usize + 1;
-    Grid::uniform(
+    let extent = [
+        g.nx.saturating_sub(1) as f64 * g.dx,
+        g.ny.saturating_sub(1) as f64 * g.dy,
+        z1 - z0,
+    ];
+    let n = extent.map(|e| (e / s + 1e-6).floor() + 1.0);
+    let voxels: f64 = n.iter().product();
+    if voxels.is_nan() || voxels > MAX_EXTRA_VOXELS {
+        return Err(NotScorable(format!(
+            "the dose grid spans {:.0} × {:.0} × {:.0} mm, more than a patient; its spacing or positions are damaged",
+            extent[0], extent[1], extent[2]
+        )));
+    }
+    Ok(Grid::uniform(
         [g.x0, g.y0, z0],
         [s, s, s],
-        [
-            n(g.nx.saturating_sub(1) as f64 * g.dx),
-            n(g.ny.saturating_sub(1) as f64 * g.dy),
-            n(z1 - z0),
-        ],
-    )
+        n.map(|v| v as usize),
+    ))
 }
 
 /// `[dz, dy, dx]` when the planes are evenly spaced (within 1 µm).
@@ -497,6 +507,18 @@ pub fn dice(a: &[bool], b: &[bool]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A grid whose spacing says it spans kilometres is refused before the
+    /// resampled grid is allocated; a thorax-sized one is resampled.
+    #[test]
+    fn isotropic_grids_are_bounded() {
+        let thorax = Grid::uniform([0.0; 3], [4.0, 4.0, 4.0], [120, 90, 100]);
+        let g = isotropic(&thorax, 2.5).expect("thorax");
+        assert_eq!((g.nx, g.ny, g.nz()), (191, 143, 159));
+        let far = Grid::uniform([0.0; 3], [1e6, 1e6, 4.0], [48, 48, 56]);
+        let e = isotropic(&far, 2.5).expect_err("kilometres");
+        assert!(e.0.contains("more than a patient"), "{e}");
+    }
 
     #[test]
     fn dilation_by_a_margin_is_a_ball() {

@@ -130,8 +130,15 @@ impl serde::Serialize for Grid {
     }
 }
 
-/// A grid with the dose grid's spacing that covers the dose grid and `rois`.
-pub fn analysis_grid(dose: &Grid, rois: &[&Roi]) -> Grid {
+/// Voxels a grid covering the structures may add to the dose grid's own.
+/// Structures that reach further lie in another place than the dose (a
+/// damaged position or spacing), and a grid over both would not fit in
+/// memory: 2^25 voxels is a 2.5 mm grid of 80 cm each way.
+pub const MAX_EXTRA_VOXELS: f64 = (1u64 << 25) as f64;
+
+/// A grid with the dose grid's spacing that covers the dose grid and `rois`,
+/// or why there is none.
+pub fn analysis_grid(dose: &Grid, rois: &[&Roi]) -> Result<Grid, String> {
     let [(mut xmin, mut xmax), (mut ymin, mut ymax), (mut zmin, mut zmax)] = dose.extent();
     let (x_in, y_in, z_in) = ((xmin, xmax), (ymin, ymax), (zmin, zmax));
     for r in rois {
@@ -147,23 +154,51 @@ pub fn analysis_grid(dose: &Grid, rois: &[&Roi]) -> Grid {
         }
     }
     if (xmin, xmax) == x_in && (ymin, ymax) == y_in && (zmin, zmax) == z_in {
-        return dose.clone();
+        return Ok(dose.clone());
     }
     // Extend by whole voxels so the dose grid's own voxels stay aligned.
-    let lo = |min: f64, origin: f64, d: f64| ((origin - min) / d).ceil().max(0.0) as usize;
-    let hi = |max: f64, last: f64, d: f64| ((max - last) / d).ceil().max(0.0) as usize;
-    let (ax, bx) = (lo(xmin, x_in.0, dose.dx) + 1, hi(xmax, x_in.1, dose.dx) + 1);
-    let (ay, by) = (lo(ymin, y_in.0, dose.dy) + 1, hi(ymax, y_in.1, dose.dy) + 1);
+    // Counted in f64 first: a far-off structure must not overflow them.
+    let steps = |from: f64, to: f64, d: f64| ((to - from) / d).ceil().max(0.0) + 1.0;
     let dz = if dose.z.len() > 1 {
         dose.dz(0).min(dose.dz(dose.z.len() - 1))
     } else {
         dose.dx
     };
-    let (az, bz) = (lo(zmin, z_in.0, dz) + 1, hi(zmax, z_in.1, dz) + 1);
+    let [ax, bx, ay, by, az, bz] = [
+        steps(xmin, x_in.0, dose.dx),
+        steps(x_in.1, xmax, dose.dx),
+        steps(ymin, y_in.0, dose.dy),
+        steps(y_in.1, ymax, dose.dy),
+        steps(zmin, z_in.0, dz),
+        steps(z_in.1, zmax, dz),
+    ];
+    let voxels =
+        (dose.nx as f64 + ax + bx) * (dose.ny as f64 + ay + by) * (dose.nz() as f64 + az + bz);
+    if voxels.is_nan() || voxels > dose.len() as f64 + MAX_EXTRA_VOXELS {
+        let beyond = [
+            x_in.0 - xmin,
+            xmax - x_in.1,
+            y_in.0 - ymin,
+            ymax - y_in.1,
+            z_in.0 - zmin,
+            zmax - z_in.1,
+        ]
+        .into_iter()
+        .fold(0.0f64, f64::max);
+        return Err(format!(
+            "the structures reach {} beyond the dose grid: dose and structures do not lie together",
+            if beyond < 1e6 {
+                format!("{beyond:.0} mm")
+            } else {
+                format!("{beyond:.1e} mm")
+            }
+        ));
+    }
+    let [ax, bx, ay, by, az, bz] = [ax, bx, ay, by, az, bz].map(|n| n as usize);
     let mut z: Vec<f64> = (1..=az).rev().map(|k| z_in.0 - k as f64 * dz).collect();
     z.extend(dose.z.iter().copied());
     z.extend((1..=bz).map(|k| z_in.1 + k as f64 * dz));
-    Grid {
+    Ok(Grid {
         x0: dose.x0 - ax as f64 * dose.dx,
         y0: dose.y0 - ay as f64 * dose.dy,
         dx: dose.dx,
@@ -171,7 +206,7 @@ pub fn analysis_grid(dose: &Grid, rois: &[&Roi]) -> Grid {
         nx: dose.nx + ax + bx,
         ny: dose.ny + ay + by,
         z,
-    }
+    })
 }
 
 /// Match organs, rasterise them and compute their DVHs.
@@ -236,7 +271,20 @@ pub fn analyse(study: &Study, options: &Options) -> Analysis {
         }
     }
     let rois: Vec<&Roi> = chosen.iter().map(|(_, r)| *r).collect();
-    let grid = analysis_grid(&study.dose.grid, &rois);
+    let grid = match analysis_grid(&study.dose.grid, &rois) {
+        Ok(g) => g,
+        Err(why) => {
+            notes.push(format!("{why}; no DVH"));
+            return Analysis {
+                grid: study.dose.grid.clone(),
+                matches,
+                structures: vec![],
+                alpha_beta: options.alpha_beta,
+                fractions: study.plan.as_ref().and_then(|p| p.fractions),
+                notes,
+            };
+        }
+    };
     if !grid.same_geometry(&study.dose.grid) {
         notes.push(
             "structures reach beyond the dose grid; the part outside is counted at 0 Gy".into(),

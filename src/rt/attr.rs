@@ -24,20 +24,20 @@ pub fn string(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// Decimal (DS/FD/FL/IS) values.
+/// Decimal (DS/FD/FL/IS) values; `None` when any of them is not a finite
+/// number. A decimal string cannot spell NaN or infinity, and a binary one
+/// that holds them is damaged: either would flow into grid coordinates and
+/// doses as if it were a measurement.
 pub fn floats(obj: &InMemDicomObject, tag: Tag) -> Option<Vec<f64>> {
     let el = obj.element(tag).ok()?;
-    if el.vr() != dicom_core::VR::UN {
-        if let Ok(v) = el.to_multi_float64() {
-            if !v.is_empty() {
-                return Some(v);
-            }
-        }
-    }
-    let text = string(obj, tag)?;
-    text.split('\\')
-        .map(|p| p.trim().parse::<f64>().ok())
-        .collect()
+    let values: Option<Vec<f64>> = match el.to_multi_float64() {
+        Ok(v) if el.vr() != dicom_core::VR::UN && !v.is_empty() => Some(v),
+        _ => string(obj, tag)?
+            .split('\\')
+            .map(|p| p.trim().parse::<f64>().ok())
+            .collect(),
+    };
+    values.filter(|v| v.iter().all(|x| x.is_finite()))
 }
 
 pub fn float(obj: &InMemDicomObject, tag: Tag) -> Option<f64> {

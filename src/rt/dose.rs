@@ -70,6 +70,10 @@ pub struct RtDose {
     pub info: DoseInfo,
 }
 
+/// Highest dose (Gy) read as a plan's: above it the Dose Grid Scaling or the
+/// units are damaged. Stereotactic hot spots stay well under 200 Gy.
+pub const MAX_PLAUSIBLE_GY: f64 = 1000.0;
+
 /// Read an RT Dose file.
 pub fn read(path: &Path, options: &DoseOptions) -> Result<RtDose, RtError> {
     let obj = super::open(path)?;
@@ -97,6 +101,13 @@ pub fn from_object(
     }
     if rows == 0 || cols == 0 {
         return Err(bad("empty dose grid (0 rows or columns)".into()));
+    }
+    // Rows and Columns are 16-bit; anything larger was read from damaged
+    // text (a negative number becomes huge as a size).
+    if rows > 65535 || cols > 65535 || frames > i32::MAX as usize {
+        return Err(bad(format!(
+            "{rows} rows × {cols} columns × {frames} frames is not a dose grid"
+        )));
     }
     if bits != 16 && bits != 32 {
         return Err(bad(format!(
@@ -136,15 +147,20 @@ pub fn from_object(
         other => return Err(bad(format!("unknown Dose Units {other:?} (GY or RELATIVE expected)"))),
     };
     let scaling = attr::float(obj, tags::DOSE_GRID_SCALING)
-        .ok_or_else(|| bad("Dose Grid Scaling missing".into()))?;
+        .ok_or_else(|| bad("Dose Grid Scaling missing or not a number".into()))?;
+    if scaling <= 0.0 {
+        return Err(bad(format!(
+            "Dose Grid Scaling {scaling} is not positive: the stored values cannot be doses"
+        )));
+    }
 
     // Geometry.
     let ipp = attr::floats(obj, tags::IMAGE_POSITION_PATIENT)
         .filter(|v| v.len() == 3)
-        .ok_or_else(|| bad("Image Position (Patient) missing".into()))?;
+        .ok_or_else(|| bad("Image Position (Patient) missing or not three numbers".into()))?;
     let iop = attr::floats(obj, tags::IMAGE_ORIENTATION_PATIENT)
         .filter(|v| v.len() == 6)
-        .ok_or_else(|| bad("Image Orientation (Patient) missing".into()))?;
+        .ok_or_else(|| bad("Image Orientation (Patient) missing or not six numbers".into()))?;
     let spacing = attr::floats(obj, tags::PIXEL_SPACING)
         .filter(|v| v.len() == 2 && v[0] > 0.0 && v[1] > 0.0)
         .ok_or_else(|| bad("Pixel Spacing missing or not positive".into()))?;
@@ -180,7 +196,7 @@ pub fn from_object(
         attr::floats(obj, tags::GRID_FRAME_OFFSET_VECTOR).unwrap_or_else(|| vec![0.0])
     } else {
         attr::floats(obj, tags::GRID_FRAME_OFFSET_VECTOR)
-            .ok_or_else(|| bad("Grid Frame Offset Vector missing".into()))?
+            .ok_or_else(|| bad("Grid Frame Offset Vector missing or not numbers".into()))?
     };
     let offsets = if frames == 1 && offsets.len() > 1 {
         notes.push(format!(
@@ -267,6 +283,17 @@ pub fn from_object(
                 gy[dst_row + ii] = (raw[src + i] * factor) as f32;
             }
         }
+    }
+    // A scaling that makes the doses absurd (or overflows them) is damage,
+    // not a plan: no treatment deposits a kilogray.
+    let max = gy.iter().fold(
+        0f32,
+        |m, &d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
+    );
+    if f64::from(max) > MAX_PLAUSIBLE_GY {
+        return Err(bad(format!(
+            "the highest dose is {max:.3e} Gy (Dose Grid Scaling {scaling}): not a treatment plan's dose"
+        )));
     }
 
     let plan_items = attr::items(obj, tags::REFERENCED_RT_PLAN_SEQUENCE);

@@ -42,14 +42,21 @@ pub fn read(path: &Path) -> Result<RtPlan, RtError> {
 pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
     let mut notes = Vec::new();
     // Prescription: the target dose reference, else the fraction group.
-    let targets: Vec<f64> = attr::items(obj, tags::DOSE_REFERENCE_SEQUENCE)
-        .iter()
-        .filter(|d| {
-            attr::string(d, tags::DOSE_REFERENCE_TYPE)
-                .is_some_and(|t| t.eq_ignore_ascii_case("TARGET"))
-        })
-        .filter_map(|d| attr::float(d, tags::TARGET_PRESCRIPTION_DOSE))
-        .collect();
+    let mut targets: Vec<f64> = Vec::new();
+    for d in attr::items(obj, tags::DOSE_REFERENCE_SEQUENCE) {
+        let is_target = attr::string(d, tags::DOSE_REFERENCE_TYPE)
+            .is_some_and(|t| t.eq_ignore_ascii_case("TARGET"));
+        if !is_target || d.element(tags::TARGET_PRESCRIPTION_DOSE).is_err() {
+            continue;
+        }
+        match attr::float(d, tags::TARGET_PRESCRIPTION_DOSE) {
+            Some(gy) if gy > 0.0 && gy <= super::dose::MAX_PLAUSIBLE_GY => targets.push(gy),
+            other => notes.push(format!(
+                "a Target Prescription Dose that is not a dose ({}) was ignored",
+                other.map_or_else(|| "not a number".to_string(), |gy| format!("{gy} Gy"))
+            )),
+        }
+    }
     let groups = attr::items(obj, tags::FRACTION_GROUP_SEQUENCE);
     if groups.len() > 1 {
         notes.push(format!(

@@ -129,6 +129,9 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> Result<StructureS
                 continue;
             }
             let Some(data) = attr::floats(c, tags::CONTOUR_DATA) else {
+                roi.info
+                    .notes
+                    .push("a contour whose coordinates are not all numbers was skipped".into());
                 continue;
             };
             if data.len() < 9 || data.len() % 3 != 0 {

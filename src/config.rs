@@ -104,6 +104,8 @@ pub struct PipelineSettings {
     pub delivery_retry_base_seconds: u64,
     #[serde(default)]
     pub hold_claimed_seconds: u64,
+    #[serde(default)]
+    pub panic_in_scoring: bool,
 }
 
 /// Destinations as TOML tables, or (handy in the environment) a string

@@ -746,6 +746,53 @@ fn bad_studies_fail_with_their_reason_and_send_nothing() {
     assert_eq!(count(&db, "SELECT count(*) FROM outputs"), 0);
 }
 
+/// A panic while scoring (injected with `pipeline.panic_in_scoring`) fails
+/// its job with the message, is logged with the study, and the one worker
+/// goes on to the next job instead of dying with the job's lease held.
+#[test]
+fn a_panic_while_scoring_fails_the_job_and_the_worker_goes_on() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let mut env = node_env(model, rx.port);
+    env.push(("ESORISK__PIPELINE__WORKERS".into(), "1".into()));
+    env.push(("ESORISK__PIPELINE__PANIC_IN_SCORING".into(), "true".into()));
+    let node = start_node(&env);
+    let studies = [
+        patient(&tmp.path().join("a"), "31", false),
+        patient(&tmp.path().join("b"), "32", false),
+    ];
+    for s in &studies {
+        push(&node, s);
+    }
+    let db = node.db_path();
+    wait_until("both jobs failed", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'failed'") == 2
+    });
+    for s in &studies {
+        let study_uid = common::uids(&s.join("rtdose.dcm")).study;
+        let row = query(
+            &db,
+            &format!("SELECT error, attempts FROM jobs WHERE study_instance_uid = '{study_uid}'"),
+        );
+        let reason = row[0][0].clone().unwrap_or_default();
+        assert!(
+            reason.contains("internal error") && reason.contains("fault injected"),
+            "{reason}"
+        );
+        assert_eq!(row[0][1].as_deref(), Some("1"));
+        assert!(
+            node.log()
+                .lines()
+                .any(|l| l.contains("internal error while scoring") && l.contains(&study_uid)),
+            "{}",
+            node.log()
+        );
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(rx.files().is_empty(), "{:?}", rx.files());
+}
+
 #[test]
 fn a_not_scored_sr_says_why() {
     let model = tiny_model();

@@ -327,7 +327,26 @@ fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, na
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        let outcome = score_job(&ctx, &rt, &job);
+        // A panic is a defect in esorisk, not a property of the study: it
+        // fails this job with the message instead of killing the worker,
+        // whose heartbeat would otherwise hold the job's lease for ever.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if ctx.settings.panic_in_scoring {
+                panic!("fault injected by pipeline.panic_in_scoring");
+            }
+            score_job(&ctx, &rt, &job)
+        }))
+        .unwrap_or_else(|payload| {
+            let what = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            error!(job = job.id, study = %job.study_instance_uid, "internal error while scoring: {what}");
+            Outcome::Failed(format!(
+                "internal error in esorisk while scoring ({what}); not scored — please report it with this study"
+            ))
+        });
         beat.0.store(true, Ordering::Relaxed);
         let _ = rt.block_on(beat.1);
         match &outcome {

@@ -104,8 +104,9 @@ pub struct PipelineSettings {
     pub delivery_retry_base_seconds: u64,
     #[serde(default)]
     pub hold_claimed_seconds: u64,
+    /// Fault injection for tests: `panic-in-scoring`, `panic-in-delivery`.
     #[serde(default)]
-    pub panic_in_scoring: bool,
+    pub fault: String,
 }
 
 /// Destinations as TOML tables, or (handy in the environment) a string

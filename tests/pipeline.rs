@@ -746,7 +746,7 @@ fn bad_studies_fail_with_their_reason_and_send_nothing() {
     assert_eq!(count(&db, "SELECT count(*) FROM outputs"), 0);
 }
 
-/// A panic while scoring (injected with `pipeline.panic_in_scoring`) fails
+/// A panic while scoring (injected with `pipeline.fault`) fails
 /// its job with the message, is logged with the study, and the one worker
 /// goes on to the next job instead of dying with the job's lease held.
 #[test]
@@ -756,7 +756,7 @@ fn a_panic_while_scoring_fails_the_job_and_the_worker_goes_on() {
     let rx = Receiver::start(&tmp.path().join("tps"));
     let mut env = node_env(model, rx.port);
     env.push(("ESORISK__PIPELINE__WORKERS".into(), "1".into()));
-    env.push(("ESORISK__PIPELINE__PANIC_IN_SCORING".into(), "true".into()));
+    env.push(("ESORISK__PIPELINE__FAULT".into(), "panic-in-scoring".into()));
     let node = start_node(&env);
     let studies = [
         patient(&tmp.path().join("a"), "31", false),
@@ -790,6 +790,45 @@ fn a_panic_while_scoring_fails_the_job_and_the_worker_goes_on() {
         );
     }
     std::thread::sleep(Duration::from_secs(2));
+    assert!(rx.files().is_empty(), "{:?}", rx.files());
+}
+
+/// A panic while sending (injected with `pipeline.fault`) fails that attempt
+/// of each delivery: they back off and end dead with the message, and the
+/// job stays scored.
+#[test]
+fn a_panic_while_sending_ends_the_deliveries_dead_with_the_reason() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let mut env = node_env(model, rx.port);
+    env.push((
+        "ESORISK__PIPELINE__FAULT".into(),
+        "panic-in-delivery".into(),
+    ));
+    let node = start_node(&env);
+    push(&node, &patient(&tmp.path().join("a"), "33", false));
+    let db = node.db_path();
+    wait_until("two dead deliveries", 120, || {
+        count(&db, "SELECT count(*) FROM deliveries WHERE state = 'dead'") == 2
+    });
+    for row in query(&db, "SELECT last_error, attempts FROM deliveries") {
+        let why = row[0].clone().unwrap_or_default();
+        assert!(
+            why.contains("gave up after 3 attempts") && why.contains("internal error"),
+            "{why}"
+        );
+        assert_eq!(row[1].as_deref(), Some("3"));
+    }
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'"),
+        1
+    );
+    assert!(
+        node.log().contains("internal error while sending"),
+        "{}",
+        node.log()
+    );
     assert!(rx.files().is_empty(), "{:?}", rx.files());
 }
 

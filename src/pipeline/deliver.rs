@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::Row;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{jobs, pause, Context};
 use crate::config::Destination;
@@ -18,6 +18,7 @@ use crate::index::{at_offset, now};
 use crate::send::{self, DicomFile};
 
 /// A pending delivery that is due.
+#[derive(Clone)]
 struct Due {
     id: i64,
     job_id: i64,
@@ -65,8 +66,33 @@ pub async fn round(ctx: &Context) -> Result<(), String> {
             i64::from(ctx.settings.delivery_max_attempts),
             ctx.settings.delivery_retry_base_seconds,
         );
+        let fault = ctx.settings.fault == "panic-in-delivery";
         tasks.push(tokio::spawn(async move {
-            let result = send_all(&dest, &ae, &due).await;
+            // A panic in the association (a defect, or a peer's answer the
+            // code did not foresee) fails this attempt of each delivery,
+            // so they back off and end dead with the message, instead of
+            // being retried every round for ever.
+            let sending = {
+                let (dest, ae, due) = (dest.clone(), ae.clone(), due.clone());
+                tokio::spawn(async move {
+                    if fault {
+                        panic!("fault injected by pipeline.fault");
+                    }
+                    send_all(&dest, &ae, &due).await
+                })
+            };
+            let result = match sending.await {
+                Ok(r) => r,
+                Err(e) => {
+                    let what = match e.try_into_panic() {
+                        Ok(payload) => super::panic_message(payload.as_ref()),
+                        Err(e) => e.to_string(),
+                    };
+                    error!(destination = %dest, "internal error while sending: {what}");
+                    let why = format!("internal error in esorisk while sending ({what})");
+                    due.iter().map(|_| Err(why.clone())).collect()
+                }
+            };
             for (d, r) in due.iter().zip(result) {
                 let outcome = record(&pool, d, &dest, r, max, base).await;
                 if let Err(e) = outcome {

@@ -46,7 +46,8 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
     for d in attr::items(obj, tags::DOSE_REFERENCE_SEQUENCE) {
         let is_target = attr::string(d, tags::DOSE_REFERENCE_TYPE)
             .is_some_and(|t| t.eq_ignore_ascii_case("TARGET"));
-        if !is_target || d.element(tags::TARGET_PRESCRIPTION_DOSE).is_err() {
+        // Absent or empty (allowed: the attribute is optional) says nothing.
+        if !is_target || attr::string(d, tags::TARGET_PRESCRIPTION_DOSE).is_none() {
             continue;
         }
         match attr::float(d, tags::TARGET_PRESCRIPTION_DOSE) {

@@ -96,14 +96,28 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
             )
         } else {
             // The fraction group's dose: beam doses per fraction × fractions.
-            let per_fraction: f64 = fg
-                .map(|g| {
-                    attr::items(g, tags::REFERENCED_BEAM_SEQUENCE)
-                        .iter()
-                        .filter_map(|b| attr::float(b, tags::BEAM_DOSE))
-                        .sum()
-                })
-                .unwrap_or(0.0);
+            // One beam dose that is there but not a number would make the
+            // sum short, so then there is no sum.
+            let beams = fg.map_or(&[][..], |g| attr::items(g, tags::REFERENCED_BEAM_SEQUENCE));
+            let stated: Vec<&InMemDicomObject> = beams
+                .iter()
+                .filter(|b| attr::string(b, tags::BEAM_DOSE).is_some())
+                .collect();
+            let doses: Vec<f64> = stated
+                .iter()
+                .filter_map(|b| attr::float(b, tags::BEAM_DOSE))
+                .filter(|gy| *gy >= 0.0)
+                .collect();
+            let per_fraction: f64 = if doses.len() == stated.len() {
+                doses.iter().sum()
+            } else {
+                notes.push(format!(
+                    "{} of {} Beam Doses are not doses; no prescription is summed from them",
+                    stated.len() - doses.len(),
+                    stated.len()
+                ));
+                0.0
+            };
             match (per_fraction > 0.0, fractions) {
                 (true, Some(n)) => (
                     Some(per_fraction * f64::from(n)),
@@ -195,8 +209,9 @@ mod tests {
     use crate::rt::write::{put_seq, put_str};
     use dicom_core::VR;
 
-    #[test]
-    fn twice_daily_fraction_pattern_and_beam_dose_prescription() {
+    /// A twice-daily plan of 30 fractions without a target dose reference,
+    /// whose fraction group states these beam doses.
+    fn plan_with_beam_doses(doses: &[&str]) -> RtPlan {
         let mut obj = InMemDicomObject::new_empty();
         put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3");
         let mut fg = InMemDicomObject::new_empty();
@@ -214,11 +229,11 @@ mod tests {
             VR::LT,
             &"11111111110000".repeat(3),
         );
-        let beams: Vec<InMemDicomObject> = [0.6, 0.9]
+        let beams: Vec<InMemDicomObject> = doses
             .iter()
             .map(|d| {
                 let mut b = InMemDicomObject::new_empty();
-                put_str(&mut b, tags::BEAM_DOSE, VR::DS, &d.to_string());
+                put_str(&mut b, tags::BEAM_DOSE, VR::DS, d);
                 b
             })
             .collect();
@@ -230,7 +245,12 @@ mod tests {
             "1.2.3",
             crate::store::ts::EXPLICIT_VR_LE,
         );
-        let p = from_object(&file);
+        from_object(&file)
+    }
+
+    #[test]
+    fn twice_daily_fraction_pattern_and_beam_dose_prescription() {
+        let p = plan_with_beam_doses(&["0.6", "0.9"]);
         assert_eq!(p.fractions, Some(30));
         assert_eq!(p.fractions_per_day, Some(2));
         assert!(
@@ -240,5 +260,18 @@ mod tests {
         );
         assert!(p.prescription_source.contains("Beam Dose"));
         assert!((p.dose_per_fraction().expect("dpf") - 1.5).abs() < 1e-9);
+    }
+
+    /// A beam dose that is not a number would make the sum short: no sum,
+    /// and a note says why.
+    #[test]
+    fn a_damaged_beam_dose_gives_no_summed_prescription() {
+        let p = plan_with_beam_doses(&["0.6", "NaN"]);
+        assert_eq!(p.prescription_gy, None);
+        assert!(
+            p.notes.iter().any(|n| n.contains("1 of 2 Beam Doses")),
+            "{:?}",
+            p.notes
+        );
     }
 }

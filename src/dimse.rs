@@ -356,4 +356,24 @@ mod tests {
         assert!(Command::decode(&foreign).is_err());
         assert!(Command::decode(&[]).is_err());
     }
+
+    /// Every cut and every single-byte change of a C-STORE request decodes
+    /// or fails, never panics: the command set is the peer's to send.
+    #[test]
+    fn damaged_command_sets_never_panic() {
+        let bytes = Command::store_request(7, "1.2.840.10008.5.1.4.1.1.481.2", "1.2.3.4").encode();
+        for cut in 0..bytes.len() {
+            let _ = Command::decode(&bytes[..cut]);
+        }
+        let mut refused = 0;
+        for at in 0..bytes.len() {
+            for value in [0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF] {
+                let mut b = bytes.clone();
+                b[at] = value;
+                refused += usize::from(Command::decode(&b).is_err());
+            }
+        }
+        // The damage reached the decoder: lengths and tags are refused.
+        assert!(refused > bytes.len(), "{refused} refused");
+    }
 }

@@ -341,6 +341,31 @@ mod tests {
         assert_eq!(got, ["error: connection closed by peer"]);
     }
 
+    /// Every single-byte change of a stream of a command, a data set and a
+    /// release request ends in events and an error, in bounded time: no
+    /// panic, no loop that consumes nothing.
+    #[tokio::test]
+    async fn damaged_streams_end_without_panic_or_hang() {
+        let mut body = pdv(1, 0x03, &[7; 20]);
+        body.extend(pdv(1, 0x00, &[1; 50]));
+        body.extend(pdv(1, 0x02, &[2; 30]));
+        let mut wire = pdu(0x04, &body);
+        wire.extend(pdu(0x05, &[0; 4]));
+        let clean = events(&wire, &[], 4096).await;
+        assert_eq!(clean.len(), 5, "{clean:?}");
+        for at in 0..wire.len() {
+            for value in [0x00, 0x01, 0x7F, 0x80, 0xFF] {
+                let mut w = wire.clone();
+                w[at] = value;
+                let got = tokio::time::timeout(Duration::from_secs(5), events(&w, &[], 16))
+                    .await
+                    .unwrap_or_else(|_| panic!("byte {at} = {value}: no end"));
+                let last = got.last().map(String::as_str).unwrap_or_default();
+                assert!(last.starts_with("error"), "byte {at} = {value}: {got:?}");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn silence_is_a_timeout() {
         let (mut near, _far) = tokio::io::duplex(64);

@@ -713,6 +713,29 @@ mod tests {
         }
     }
 
+    /// Every single-byte change of the sample, read in every encoding the
+    /// receiver accepts, scans or is refused, never panics: the data set is
+    /// the peer's to send.
+    #[test]
+    fn damaged_data_sets_never_panic() {
+        let d = sample();
+        let mut refused = 0;
+        for at in 0..d.len() {
+            for value in [0x00, 0x01, 0x7F, 0x80, 0xFE, 0xFF] {
+                let mut b = d.clone();
+                b[at] = value;
+                for enc in [
+                    Encoding::EXPLICIT_LE,
+                    Encoding::IMPLICIT_LE,
+                    Encoding::EXPLICIT_BE,
+                ] {
+                    refused += usize::from(scan_bytes(&b, enc).is_err());
+                }
+            }
+        }
+        assert!(refused > d.len(), "{refused} refused");
+    }
+
     #[test]
     fn garbage_is_refused() {
         let junk: Vec<u8> = (0..4096u32)

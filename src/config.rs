@@ -233,6 +233,12 @@ impl Settings {
                 "at least 1",
             ));
         }
+        if !["", "panic-in-scoring", "panic-in-delivery"].contains(&pl.fault.as_str()) {
+            return Err(invalid(
+                "pipeline.fault",
+                "empty (tests only: panic-in-scoring or panic-in-delivery)",
+            ));
+        }
         for d in &pl.destinations {
             if !valid_ae_title(&d.ae_title) || d.host.is_empty() || d.port == 0 {
                 return Err(invalid(
@@ -427,6 +433,10 @@ mod tests {
         .expect("write");
         let err = Settings::load(Some(&path)).expect_err("must fail");
         assert!(err.to_string().contains("dicom.ae_title"), "{err}");
+        // A misspelt fault injection is refused, not silently ignored.
+        std::fs::write(&path, "[pipeline]\nfault = \"panic_in_scoring\"\n").expect("write");
+        let err = Settings::load(Some(&path)).expect_err("must fail");
+        assert!(err.to_string().contains("pipeline.fault"), "{err}");
     }
 
     #[test]

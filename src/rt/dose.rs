@@ -284,12 +284,9 @@ pub fn from_object(
             }
         }
     }
-    // A scaling that makes the doses absurd (or overflows them) is damage,
-    // not a plan: no treatment deposits a kilogray.
-    let max = gy.iter().fold(
-        0f32,
-        |m, &d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-    );
+    // A scaling that makes the doses absurd (or overflows them to infinity)
+    // is damage, not a plan: no treatment deposits a kilogray.
+    let max = gy.iter().copied().fold(0f32, f32::max);
     if f64::from(max) > MAX_PLAUSIBLE_GY {
         return Err(bad(format!(
             "the highest dose is {max:.3e} Gy (Dose Grid Scaling {scaling}): not a treatment plan's dose"

@@ -621,6 +621,22 @@ fn lungs_in_halves_are_united() {
     assert!((v1 - v2).abs() < 1e-9 * v1 && (m1 - m2).abs() < 1e-9 && (x1 - x2).abs() < 1e-9);
 }
 
+/// The thorax phantom on a coarse 5 mm grid: small enough to damage and
+/// score many times.
+fn small_thorax() -> phantom::Phantom {
+    phantom::thorax_on(Grid::uniform(
+        [-120.0, -120.0, -160.0],
+        [5.0, 5.0, 5.0],
+        [48, 48, 56],
+    ))
+}
+
+/// The model `esorisk serve` ships with.
+fn shipped_model() -> esorisk::model::infer::RiskModel {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dgd-v1");
+    esorisk::model::infer::RiskModel::load(&dir, &candle_core::Device::Cpu).expect("shipped model")
+}
+
 /// Files damaged on disk — bytes overwritten in the header or the values,
 /// numbers turned into other text, files cut short — are read as errors or
 /// as problems of the study, never as a panic, all the way through the
@@ -628,20 +644,14 @@ fn lungs_in_halves_are_united() {
 #[test]
 fn damaged_files_are_errors_not_panics() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let p = phantom::thorax_on(Grid::uniform(
-        [-120.0, -120.0, -160.0],
-        [5.0, 5.0, 5.0],
-        [48, 48, 56],
-    ));
+    let p = small_thorax();
     let clean = tmp.path().join("clean");
     let files = phantom::write(&p, &clean).expect("write");
     let originals: Vec<Vec<u8>> = files
         .iter()
         .map(|f| std::fs::read(f).expect("read"))
         .collect();
-    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dgd-v1");
-    let model = esorisk::model::infer::RiskModel::load(&model_dir, &candle_core::Device::Cpu)
-        .expect("shipped model");
+    let model = shipped_model();
     // The undamaged study scores: the damage below is what breaks it.
     let study = study::load(&files, &DoseOptions::default()).expect("clean study");
     assert!(model.score(&study).is_ok(), "the clean phantom scores");
@@ -836,16 +846,10 @@ fn impossible_numbers_are_refused_with_a_reason() {
         ),
     ];
     let tmp = tempfile::tempdir().expect("tmp");
-    let model_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dgd-v1");
-    let model = esorisk::model::infer::RiskModel::load(&model_dir, &candle_core::Device::Cpu)
-        .expect("shipped model");
+    let model = shipped_model();
     let mut failures = Vec::new();
     for (i, (what, damage, expected)) in cases.into_iter().enumerate() {
-        let mut p = phantom::thorax_on(Grid::uniform(
-            [-120.0, -120.0, -160.0],
-            [5.0, 5.0, 5.0],
-            [48, 48, 56],
-        ));
+        let mut p = small_thorax();
         if let Damage::Phantom(f) = &damage {
             f(&mut p);
         }

@@ -117,6 +117,9 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> Result<StructureS
             continue;
         };
         let mut ignored: Vec<String> = Vec::new();
+        // Skipped contours are counted, one note each kind: a damaged
+        // structure set should not bury its ROI under a note per contour.
+        let (mut unreadable, mut short) = (0usize, 0usize);
         let mut polys: Vec<(f64, Vec<[f64; 2]>)> = Vec::new();
         for c in attr::items(rc, tags::CONTOUR_SEQUENCE) {
             let kind = attr::string(c, tags::CONTOUR_GEOMETRIC_TYPE)
@@ -129,15 +132,11 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> Result<StructureS
                 continue;
             }
             let Some(data) = attr::floats(c, tags::CONTOUR_DATA) else {
-                roi.info
-                    .notes
-                    .push("a contour whose coordinates are not all numbers was skipped".into());
+                unreadable += 1;
                 continue;
             };
             if data.len() < 9 || data.len() % 3 != 0 {
-                roi.info
-                    .notes
-                    .push("a contour with fewer than 3 points was skipped".into());
+                short += 1;
                 continue;
             }
             let pts: Vec<[f64; 2]> = data.chunks_exact(3).map(|p| [p[0], p[1]]).collect();
@@ -153,6 +152,19 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> Result<StructureS
             roi.info.notes.push(format!(
                 "{kind} contours ignored (only CLOSED_PLANAR describe a volume)"
             ));
+        }
+        for (n, what) in [
+            (unreadable, "whose coordinates are not all numbers"),
+            (short, "with fewer than 3 points"),
+        ] {
+            match n {
+                0 => {}
+                1 => roi.info.notes.push(format!("a contour {what} was skipped")),
+                n => roi
+                    .info
+                    .notes
+                    .push(format!("{n} contours {what} were skipped")),
+            }
         }
         polys.sort_by(|a, b| a.0.total_cmp(&b.0));
         for (z, p) in polys {
@@ -480,6 +492,37 @@ mod tests {
             },
             planes,
         }
+    }
+
+    /// Damaged and degenerate contours are skipped and counted: one note
+    /// per kind, however many there are.
+    #[test]
+    fn skipped_contours_are_counted_once_per_kind() {
+        use crate::rt::phantom;
+        use crate::rt::write::{self, StudyHeader};
+        let plane = |z: f64, polygon: Vec<[f64; 2]>| ContourPlane {
+            z,
+            polygons: vec![polygon],
+        };
+        let mut planes: Vec<ContourPlane> = (0..6)
+            .map(|k| plane(f64::from(k) * 2.5, square(0.0, 0.0, 5.0)))
+            .collect();
+        for p in &mut planes[..3] {
+            p.polygons[0][1][0] = f64::NAN;
+        }
+        planes.push(plane(20.0, vec![[0.0, 0.0], [1.0, 0.0]]));
+        let rois = [phantom::roi(1, "Esophagus", "ORGAN", planes)];
+        let obj = write::rt_struct(&StudyHeader::new("SKIPPED"), "1.2.3", "test", &rois);
+        let ss = from_object(&obj).expect("structure set");
+        let r = &ss.rois[0];
+        assert_eq!(r.planes.len(), 3, "the three good planes remain");
+        assert_eq!(
+            r.info.notes,
+            [
+                "3 contours whose coordinates are not all numbers were skipped",
+                "a contour with fewer than 3 points was skipped",
+            ]
+        );
     }
 
     #[test]

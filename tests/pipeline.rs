@@ -728,13 +728,7 @@ fn bad_studies_fail_with_their_reason_and_send_nothing() {
         // Failed, not retried: the inputs will not change by themselves.
         assert_eq!(row[0][1].as_deref(), Some("1"));
         // The log names the study with the reason.
-        assert!(
-            node.log()
-                .lines()
-                .any(|l| l.contains("not scorable") && l.contains(&study_uid)),
-            "{}",
-            node.log()
-        );
+        node.assert_logged(&["not scorable", &study_uid]);
     }
     let jobs = on_node(&node, &["jobs", "--state", "failed"]);
     assert!(
@@ -781,13 +775,7 @@ fn a_panic_while_scoring_fails_the_job_and_the_worker_goes_on() {
             "{reason}"
         );
         assert_eq!(row[0][1].as_deref(), Some("1"));
-        assert!(
-            node.log()
-                .lines()
-                .any(|l| l.contains("internal error while scoring") && l.contains(&study_uid)),
-            "{}",
-            node.log()
-        );
+        node.assert_logged(&["internal error while scoring", &study_uid]);
     }
     std::thread::sleep(Duration::from_secs(2));
     assert!(rx.files().is_empty(), "{:?}", rx.files());
@@ -824,11 +812,7 @@ fn a_panic_while_sending_ends_the_deliveries_dead_with_the_reason() {
         count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'"),
         1
     );
-    assert!(
-        node.log().contains("internal error while sending"),
-        "{}",
-        node.log()
-    );
+    node.assert_logged(&["internal error while sending"]);
     assert!(rx.files().is_empty(), "{:?}", rx.files());
 }
 

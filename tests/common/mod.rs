@@ -116,6 +116,16 @@ impl TestNode {
         self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// Assert that one log line holds all of `parts` (e.g. a message and
+    /// the study UID it names); the whole log is shown when none does.
+    pub fn assert_logged(&self, parts: &[&str]) {
+        let log = self.log();
+        assert!(
+            log.lines().any(|l| parts.iter().all(|p| l.contains(p))),
+            "no log line holds {parts:?}:\n{log}"
+        );
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }

@@ -58,51 +58,45 @@ pub async fn round(ctx: &Context) -> Result<(), String> {
             path: ctx.data_dir.join(r.get::<String, _>(5)),
         });
     }
-    let mut tasks = Vec::new();
+    // One association per destination, at the same time; each result is
+    // recorded when its association ends. A panic in an association (a
+    // defect, or a peer's answer the code did not foresee) fails this
+    // attempt of each of its deliveries, so they back off and end dead with
+    // the message instead of being retried every round for ever.
+    let fault = ctx.settings.fault == "panic-in-delivery";
+    let mut sending = Vec::new();
     for (dest, due) in by_dest {
-        let pool = ctx.pool.clone();
-        let ae = ctx.ae_title.clone();
-        let (max, base) = (
-            i64::from(ctx.settings.delivery_max_attempts),
-            ctx.settings.delivery_retry_base_seconds,
-        );
-        let fault = ctx.settings.fault == "panic-in-delivery";
-        tasks.push(tokio::spawn(async move {
-            // A panic in the association (a defect, or a peer's answer the
-            // code did not foresee) fails this attempt of each delivery,
-            // so they back off and end dead with the message, instead of
-            // being retried every round for ever.
-            let sending = {
-                let (dest, ae, due) = (dest.clone(), ae.clone(), due.clone());
-                tokio::spawn(async move {
-                    if fault {
-                        panic!("fault injected by pipeline.fault");
-                    }
-                    send_all(&dest, &ae, &due).await
-                })
-            };
-            let result = match sending.await {
-                Ok(r) => r,
-                Err(e) => {
-                    let what = match e.try_into_panic() {
-                        Ok(payload) => super::panic_message(payload.as_ref()),
-                        Err(e) => e.to_string(),
-                    };
-                    error!(destination = %dest, "internal error while sending: {what}");
-                    let why = format!("internal error in esorisk while sending ({what})");
-                    due.iter().map(|_| Err(why.clone())).collect()
-                }
-            };
-            for (d, r) in due.iter().zip(result) {
-                let outcome = record(&pool, d, &dest, r, max, base).await;
-                if let Err(e) = outcome {
-                    warn!(delivery = d.id, "cannot record the delivery: {e}");
-                }
+        let (d, ae, files) = (dest.clone(), ctx.ae_title.clone(), due.clone());
+        let task = tokio::spawn(async move {
+            if fault {
+                panic!("fault injected by pipeline.fault");
             }
-        }));
+            send_all(&d, &ae, &files).await
+        });
+        sending.push((dest, due, task));
     }
-    for t in tasks {
-        let _ = t.await;
+    let (max, base) = (
+        i64::from(ctx.settings.delivery_max_attempts),
+        ctx.settings.delivery_retry_base_seconds,
+    );
+    for (dest, due, task) in sending {
+        let results = match task.await {
+            Ok(r) => r,
+            Err(e) => {
+                let what = match e.try_into_panic() {
+                    Ok(payload) => super::panic_message(payload.as_ref()),
+                    Err(e) => e.to_string(),
+                };
+                error!(destination = %dest, "internal error while sending: {what}");
+                let why = format!("internal error in esorisk while sending ({what})");
+                due.iter().map(|_| Err(why.clone())).collect()
+            }
+        };
+        for (d, r) in due.iter().zip(results) {
+            if let Err(e) = record(&ctx.pool, d, &dest, r, max, base).await {
+                warn!(delivery = d.id, "cannot record the delivery: {e}");
+            }
+        }
     }
     Ok(())
 }

@@ -209,18 +209,31 @@ pub fn analysis_grid(dose: &Grid, rois: &[&Roi]) -> Result<Grid, String> {
     })
 }
 
+impl Analysis {
+    /// An analysis that stops before the DVHs, saying why in `notes`.
+    fn without_dvh(
+        study: &Study,
+        options: &Options,
+        matches: Vec<Match>,
+        notes: Vec<String>,
+    ) -> Analysis {
+        Analysis {
+            grid: study.dose.grid.clone(),
+            matches,
+            structures: vec![],
+            alpha_beta: options.alpha_beta,
+            fractions: study.plan.as_ref().and_then(|p| p.fractions),
+            notes,
+        }
+    }
+}
+
 /// Match organs, rasterise them and compute their DVHs.
 pub fn analyse(study: &Study, options: &Options) -> Analysis {
     let mut notes = Vec::new();
     let Some(ss) = &study.structures else {
-        return Analysis {
-            grid: study.dose.grid.clone(),
-            matches: vec![],
-            structures: vec![],
-            alpha_beta: options.alpha_beta,
-            fractions: study.plan.as_ref().and_then(|p| p.fractions),
-            notes: vec!["no structure set: no DVH".into()],
-        };
+        let notes = vec!["no structure set: no DVH".into()];
+        return Analysis::without_dvh(study, options, vec![], notes);
     };
     let mut matches = names::match_organs(&ss.rois);
     // Lungs contoured in halves: their union stands for the lungs.
@@ -275,14 +288,7 @@ pub fn analyse(study: &Study, options: &Options) -> Analysis {
         Ok(g) => g,
         Err(why) => {
             notes.push(format!("{why}; no DVH"));
-            return Analysis {
-                grid: study.dose.grid.clone(),
-                matches,
-                structures: vec![],
-                alpha_beta: options.alpha_beta,
-                fractions: study.plan.as_ref().and_then(|p| p.fractions),
-                notes,
-            };
+            return Analysis::without_dvh(study, options, matches, notes);
         }
     };
     if !grid.same_geometry(&study.dose.grid) {

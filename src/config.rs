@@ -51,6 +51,9 @@ pub struct DicomSettings {
     pub accept_encapsulated: bool,
     pub allowed_callers: Vec<AllowedCaller>,
     pub tls: TlsSettings,
+    /// Fault injection for tests: `panic-reading-data-set`, `panic-in-association`.
+    #[serde(default)]
+    pub fault: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -224,6 +227,14 @@ impl Settings {
             return Err(invalid(
                 "dicom.ae_title",
                 "1 to 16 printable characters, no backslash, not only spaces",
+            ));
+        }
+        if !["", "panic-reading-data-set", "panic-in-association"]
+            .contains(&self.dicom.fault.as_str())
+        {
+            return Err(invalid(
+                "dicom.fault",
+                "empty (tests only: panic-reading-data-set or panic-in-association)",
             ));
         }
         let pl = &self.pipeline;
@@ -437,6 +448,9 @@ mod tests {
         std::fs::write(&path, "[pipeline]\nfault = \"panic_in_scoring\"\n").expect("write");
         let err = Settings::load(Some(&path)).expect_err("must fail");
         assert!(err.to_string().contains("pipeline.fault"), "{err}");
+        std::fs::write(&path, "[dicom]\nfault = \"panic-in-scoring\"\n").expect("write");
+        let err = Settings::load(Some(&path)).expect_err("must fail");
+        assert!(err.to_string().contains("dicom.fault"), "{err}");
     }
 
     #[test]

@@ -25,3 +25,13 @@ pub mod store;
 pub mod synth;
 pub mod testgen;
 pub mod uid;
+
+/// The message a panic carried, for the instance, association, job or
+/// delivery it failed.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}

@@ -830,6 +830,86 @@ fn refuses_with_out_of_resources_below_the_free_space_floor() {
     assert_eq!(node.tmp_files(), 0);
 }
 
+/// A panic while reading a data set (injected with `dicom.fault`) refuses
+/// that instance with a processing failure and the reason; the association
+/// and the node go on, and nothing of the instance is left behind.
+#[test]
+fn a_panic_reading_a_data_set_refuses_that_instance_only() {
+    let node = TestNode::start(&[("ESORISK__DICOM__FAULT", "panic-reading-data-set")]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = synthetic_study(&tmp.path().join("s"), 0, 64, 2, 43);
+    let out = storescu(
+        &node,
+        &["-v", "-nh", "-aet", "PANICTPS"],
+        &[&files[0], &files[1]],
+    );
+    let t = text(&out);
+    assert_eq!(
+        t.matches("Received Store Response (Error: CannotUnderstand)")
+            .count(),
+        2,
+        "both instances refused in one association: {t}"
+    );
+    assert!(t.contains("Releasing Association"), "{t}");
+    node.assert_logged(&[
+        "internal error while reading the data set",
+        &uids(&files[1]).sop,
+    ]);
+    assert!(node.log().contains("status=\"0xc000\""), "{}", node.log());
+    assert_eq!(node.stored_files().len(), 0);
+    assert_eq!(node.tmp_files(), 0);
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 0);
+    wait_for(|| {
+        count(
+            &node.db_path(),
+            "SELECT count(*) FROM associations WHERE calling_ae = 'PANICTPS' \
+             AND outcome = 'released' AND instances_failed = 2",
+        ) == 1
+    });
+    let port = node.port.to_string();
+    let echo = dcmtk("echoscu", &["-aec", AE, "127.0.0.1", &port]);
+    assert!(echo.status.success(), "{}", text(&echo));
+}
+
+/// A panic anywhere else in an association (injected with `dicom.fault` at
+/// its first command) ends that association with the reason in the log and
+/// in the index; the node keeps serving the next ones.
+#[test]
+fn a_panic_in_an_association_ends_it_with_a_reason() {
+    let node = TestNode::start(&[("ESORISK__DICOM__FAULT", "panic-in-association")]);
+    let port = node.port.to_string();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = synthetic_study(&tmp.path().join("s"), 0, 64, 1, 44);
+    for round in 0..2 {
+        let echo = dcmtk(
+            "echoscu",
+            &["-aet", "ECHOTPS", "-aec", AE, "127.0.0.1", &port],
+        );
+        let out = storescu(&node, &["-aet", "STORETPS"], &[&files[0]]);
+        // The connection closes without a response: "Echo Failed" or
+        // "Store Failed", with an abort or a broken pipe.
+        for t in [text(&echo), text(&out)] {
+            assert!(t.contains(" Failed"), "round {round}: {t}");
+        }
+    }
+    for ae in ["ECHOTPS", "STORETPS"] {
+        node.assert_logged(&["internal error in the association", ae]);
+        wait_for(|| {
+            count(
+                &node.db_path(),
+                &format!(
+                    "SELECT count(*) FROM associations WHERE calling_ae = '{ae}' AND \
+                     outcome = 'aborted: internal error in esorisk: fault injected by dicom.fault' \
+                     AND ended_at IS NOT NULL"
+                ),
+            ) == 2
+        });
+    }
+    assert_eq!(node.stored_files().len(), 0);
+    assert_eq!(node.tmp_files(), 0);
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 0);
+}
+
 /// The index row of a new instance is written while its file is made
 /// durable; when the file cannot be put in place after all, the row is taken
 /// back and the sender hears a failure.

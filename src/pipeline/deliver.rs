@@ -84,7 +84,7 @@ pub async fn round(ctx: &Context) -> Result<(), String> {
             Ok(r) => r,
             Err(e) => {
                 let what = match e.try_into_panic() {
-                    Ok(payload) => super::panic_message(payload.as_ref()),
+                    Ok(payload) => crate::panic_message(payload.as_ref()),
                     Err(e) => e.to_string(),
                 };
                 error!(destination = %dest, "internal error while sending: {what}");

@@ -139,15 +139,6 @@ impl Pipeline {
     }
 }
 
-/// The message a panic carried, for the job or delivery it failed.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into())
-}
-
 /// Sleep `secs` in short steps, returning early when stopping.
 async fn pause(stop: &AtomicBool, secs: u64) {
     let steps = (secs * 10).max(1);
@@ -346,7 +337,7 @@ fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, na
             score_job(&ctx, &rt, &job)
         }))
         .unwrap_or_else(|payload| {
-            let what = panic_message(payload.as_ref());
+            let what = crate::panic_message(payload.as_ref());
             error!(job = job.id, study = %job.study_instance_uid, "internal error while scoring: {what}");
             Outcome::Failed(format!(
                 "internal error in esorisk while scoring ({what}); not scored — please report it with this study"

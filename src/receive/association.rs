@@ -17,7 +17,7 @@ use dicom_ul::pdu::{
     AbortRQServiceProviderReason, AbortRQSource, Pdu, PresentationContextResultReason,
 };
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::sop;
 use super::wire::{self, Event, WireError};
@@ -33,6 +33,8 @@ pub struct Context {
     pub ae_title: String,
     /// How long one read may wait for the peer (ARTIM).
     pub read_timeout: std::time::Duration,
+    /// `dicom.fault`: a panic injected for tests, or empty.
+    pub fault: String,
 }
 
 /// Totals for the association log.
@@ -70,8 +72,8 @@ pub async fn serve<S>(
     ctx: Arc<Context>,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
-) -> Summary
-where
+    summary: &mut Summary,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
@@ -92,7 +94,6 @@ where
             )
         })
         .collect();
-    let mut summary = Summary::default();
     let mut command_bytes: Vec<u8> = Vec::new();
     let mut command_pc: Option<u8> = None;
     let mut current: Option<InFlight> = None;
@@ -210,15 +211,9 @@ where
                         let Some(inflight) = current.take() else {
                             continue;
                         };
-                        let rsp = finish_instance(
-                            &ctx,
-                            inflight,
-                            &calling_ae,
-                            &called_ae,
-                            peer,
-                            &mut summary,
-                        )
-                        .await;
+                        let rsp =
+                            finish_instance(&ctx, inflight, &calling_ae, &called_ae, peer, summary)
+                                .await;
                         if let Err(e) = assoc.send(&rsp.to_pdu(pc_id)).await {
                             break 'assoc format!("failed: sending response: {e}");
                         }
@@ -268,7 +263,6 @@ where
             .await;
     }
     summary.outcome = outcome;
-    summary
 }
 
 enum Action {
@@ -288,6 +282,9 @@ fn handle_command(
     called_ae: &str,
     spare: &mut Option<Spare>,
 ) -> Action {
+    if ctx.fault == "panic-in-association" {
+        panic!("fault injected by dicom.fault");
+    }
     match cmd.command_field {
         dimse::C_ECHO_RQ => {
             info!(calling_ae, "C-ECHO");
@@ -424,11 +421,37 @@ async fn finish_instance(
         Sink::Writer {
             failed: Some(e), ..
         } => return refuse(summary, store_error_status(&e), e.to_string()),
-        // Reads the element headers back from the page cache: quick.
-        Sink::Writer { incoming, .. } => match incoming.check() {
-            Ok(checked) => checked,
-            Err(e) => return refuse(summary, store_error_status(&e), e.to_string()),
-        },
+        // Reads the element headers back from the page cache: quick. The
+        // scan reads what the peer sent; should it panic all the same, the
+        // instance is refused (its temporary file goes with `incoming`) and
+        // the association goes on.
+        Sink::Writer { incoming, .. } => {
+            let fault = ctx.fault == "panic-reading-data-set";
+            let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                if fault {
+                    panic!("fault injected by dicom.fault");
+                }
+                incoming.check()
+            }));
+            match checked {
+                Ok(Ok(checked)) => checked,
+                Ok(Err(e)) => return refuse(summary, store_error_status(&e), e.to_string()),
+                Err(payload) => {
+                    let what = crate::panic_message(payload.as_ref());
+                    error!(
+                        calling_ae, %peer, sop_instance_uid = %sop_instance,
+                        "internal error while reading the data set: {what}"
+                    );
+                    // Sending it again would fail the same way: a
+                    // permanent failure, not "out of resources".
+                    return refuse(
+                        summary,
+                        status::CANNOT_UNDERSTAND,
+                        format!("internal error in esorisk reading the data set: {what}"),
+                    );
+                }
+            }
+        }
     };
     let record = InstanceRecord {
         stored: checked.stored().clone(),

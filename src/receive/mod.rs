@@ -12,6 +12,7 @@ pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use dicom_ul::pdu::{
     AssociationRJSource, Pdu,
 };
 use dicom_ul::ServerAssociationOptions;
+use futures_util::FutureExt;
 use snafu::{ResultExt, Snafu};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -123,6 +125,7 @@ impl Node {
             index,
             ae_title: settings.dicom.ae_title.clone(),
             read_timeout: Duration::from_secs(settings.dicom.read_timeout_secs.max(1)),
+            fault: settings.dicom.fault.clone(),
         });
         Ok(Node {
             settings,
@@ -339,7 +342,25 @@ async fn run_association<S>(
         .await
         .map_err(|e| warn!(error = %e, "cannot log association"))
         .ok();
-    let summary = association::serve(assoc, ctx.clone(), peer, stop).await;
+    // A panic ends this association with a reason in the log and the index
+    // (not only a message on stderr), keeping the counts so far. The
+    // instance in flight, if any, is dropped with its temporary file; the
+    // peer sees the connection close without a response.
+    let mut summary = association::Summary::default();
+    let served = AssertUnwindSafe(association::serve(
+        assoc,
+        ctx.clone(),
+        peer,
+        stop,
+        &mut summary,
+    ))
+    .catch_unwind()
+    .await;
+    if let Err(payload) = served {
+        let what = crate::panic_message(payload.as_ref());
+        error!(calling_ae, %peer, "internal error in the association: {what}");
+        summary.outcome = format!("aborted: internal error in esorisk: {what}");
+    }
     info!(
         calling_ae, %peer, stored = summary.stored, failed = summary.failed, bytes = summary.bytes,
         outcome = %summary.outcome, "association ended"

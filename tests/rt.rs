@@ -356,6 +356,42 @@ fn summation_types_units_and_geometry_are_checked() {
     assert!(err.to_string().contains("different grids"), "{err}");
     std::fs::remove_file(dir.join("beam3.dcm")).expect("rm");
 
+    // Beam 2 sent again under a new SOP Instance UID (recomputed): summing
+    // would count it twice, and two doses for a two-beam plan look complete.
+    let again = DoseEncoding {
+        summation: "BEAM",
+        referenced_plan_uid: Some(plan.clone()),
+        referenced_beam: Some(2),
+        ..Default::default()
+    };
+    let twice = dir.join("beam2-again.dcm");
+    write::rt_dose(&h, &grid, &vec![30.0; grid.len()], &again)
+        .write_to_file(&twice)
+        .expect("dose");
+    let err = study::load(std::slice::from_ref(&dir), &DoseOptions::default())
+        .expect_err("a beam held twice");
+    assert!(
+        err.to_string().contains("both hold beam 2") && err.to_string().contains("twice"),
+        "{err}"
+    );
+    // Without a beam number it cannot be told apart: summed, with a note.
+    let unnamed = DoseEncoding {
+        referenced_beam: None,
+        ..again
+    };
+    write::rt_dose(&h, &grid, &vec![30.0; grid.len()], &unnamed)
+        .write_to_file(&twice)
+        .expect("dose");
+    let s = study::load(std::slice::from_ref(&dir), &DoseOptions::default()).expect("unnamed");
+    assert!(
+        s.problems
+            .iter()
+            .any(|p| p.contains("1 of 3 beam doses name no beam")),
+        "{:?}",
+        s.problems
+    );
+    std::fs::remove_file(&twice).expect("rm");
+
     // A fraction dose is multiplied by the planned fractions.
     let fdir = tmp.path().join("fraction");
     std::fs::create_dir_all(&fdir).expect("mkdir");

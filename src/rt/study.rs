@@ -229,6 +229,7 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         .all(|d| matches!(d.info.summation, Summation::Beam | Summation::Brachy))
     {
         let n = candidates.len();
+        check_beams(&candidates, &mut problems)?;
         let summed = RtDose::sum(candidates)?;
         if let Some(p) = &plan {
             if p.beams > n {
@@ -355,4 +356,42 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         links,
         problems,
     })
+}
+
+/// Beam doses about to be summed must not hold the same beam twice (a
+/// beam dose recomputed and sent again under a new SOP Instance UID would
+/// otherwise count that beam twice, and the beam count would still look
+/// complete). A beam dose that names no beam cannot be checked: a note.
+fn check_beams(doses: &[RtDose], problems: &mut Vec<String>) -> Result<(), RtError> {
+    let beams: Vec<&RtDose> = doses
+        .iter()
+        .filter(|d| d.info.summation == Summation::Beam)
+        .collect();
+    let mut holder: std::collections::HashMap<i64, &str> = Default::default();
+    for d in &beams {
+        let uid = d.info.sop_instance_uid.as_str();
+        for b in &d.info.referenced_beams {
+            match holder.insert(*b, uid) {
+                Some(other) if other != uid => {
+                    return Err(RtError::Study {
+                        what: format!(
+                            "beam doses {other} and {uid} both hold beam {b} of the plan: summing them would count that beam twice"
+                        ),
+                    })
+                }
+                _ => {}
+            }
+        }
+    }
+    let unnamed = beams
+        .iter()
+        .filter(|d| d.info.referenced_beams.is_empty())
+        .count();
+    if unnamed > 0 && beams.len() > 1 {
+        problems.push(format!(
+            "{unnamed} of {} beam doses name no beam (Referenced Beam Number): a beam sent twice would go unnoticed",
+            beams.len()
+        ));
+    }
+    Ok(())
 }

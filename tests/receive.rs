@@ -830,6 +830,45 @@ fn refuses_with_out_of_resources_below_the_free_space_floor() {
     assert_eq!(node.tmp_files(), 0);
 }
 
+/// A second node on a data directory that a running node has open is
+/// refused at start-up, naming the running one; the first goes on serving.
+#[test]
+fn a_second_node_on_the_same_data_directory_is_refused() {
+    let node = TestNode::start(&[]);
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .arg("serve")
+        .env("ESORISK__DICOM__PORT", "0")
+        .env("ESORISK__DICOM__BIND", "127.0.0.1")
+        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+        .env("ESORISK__PIPELINE__ENABLED", "false")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run a second node");
+    // It must stop by itself; one that serves is killed and fails the test.
+    for _ in 0..300 {
+        if second.try_wait().expect("wait").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if second.try_wait().expect("wait").is_none() {
+        let _ = second.kill();
+    }
+    let out = second.wait_with_output().expect("output");
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!("another esorisk process (process {})", node.pid())),
+        "{t}"
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = synthetic_study(&tmp.path().join("s"), 0, 64, 1, 45);
+    let out = storescu(&node, &[], &[&files[0]]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_stored(&node, &files[0]);
+}
+
 /// A panic while reading a data set (injected with `dicom.fault`) refuses
 /// that instance with a processing failure and the reason; the association
 /// and the node go on, and nothing of the instance is left behind.

@@ -15,7 +15,7 @@
 pub mod scan;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Seek, Write};
+use std::io::{self, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use dicom_object::meta::FileMetaTableBuilder;
@@ -136,6 +136,10 @@ pub struct Store {
     tmp_dir: PathBuf,
     fsync: bool,
     min_free_bytes: u64,
+    /// `esorisk.lock`, locked for as long as this store is open: a second
+    /// node on the same data directory would delete the first one's
+    /// instances in flight (`clean_tmp`) and reconcile under its feet.
+    _lock: std::sync::Arc<File>,
 }
 
 /// A stored, durable instance ready to be indexed.
@@ -151,12 +155,16 @@ pub struct Stored {
 }
 
 impl Store {
+    /// Open the data directory for this process alone; refused while
+    /// another process has it open.
     pub fn open(data_dir: &Path, fsync: bool, min_free_mb: u64) -> io::Result<Store> {
         let store_dir = data_dir.join("store");
         let tmp_dir = data_dir.join("tmp");
         fs::create_dir_all(&store_dir)?;
         fs::create_dir_all(&tmp_dir)?;
+        let lock = lock_data_dir(data_dir)?;
         Ok(Store {
+            _lock: std::sync::Arc::new(lock),
             data_dir: data_dir.to_path_buf(),
             store_dir,
             tmp_dir,
@@ -541,6 +549,39 @@ fn required_uid(value: Option<&str>, attribute: &'static str) -> Result<String, 
 }
 
 /// fsync a directory so that entries created or renamed in it are durable.
+/// Lock `esorisk.lock` in the data directory (an advisory lock the kernel
+/// drops when the process ends, however it ends) and write our process id
+/// in it for the message another process gets.
+fn lock_data_dir(data_dir: &Path) -> io::Result<File> {
+    let path = data_dir.join("esorisk.lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let pid = if holder.is_empty() {
+                String::new()
+            } else {
+                format!(" (process {holder})")
+            };
+            return Err(io::Error::other(format!(
+                "another esorisk process{pid} has this data directory open; stop it, or give each node its own storage.data_dir"
+            )));
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(e),
+    }
+    file.set_len(0)?;
+    file.write_all(std::process::id().to_string().as_bytes())?;
+    Ok(file)
+}
+
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

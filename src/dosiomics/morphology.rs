@@ -379,7 +379,7 @@ fn autocorrelation(pos: &[[f64; 3]], vals: &[f64], mean: f64) -> (f64, f64) {
         for s in 1..=(n - 1) / 2 {
             pts.shift(s, n, &mut sums);
         }
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             pts.shift(n / 2, n / 2, &mut sums);
         }
     } else {

@@ -73,7 +73,10 @@ impl NetConfig {
     /// GroupNorm needs groups | channels: take the largest divisor not above `groups`.
     fn groups_for(&self, channels: usize) -> usize {
         let g = self.groups.clamp(1, channels.max(1));
-        (1..=g).rev().find(|d| channels % d == 0).unwrap_or(1)
+        (1..=g)
+            .rev()
+            .find(|d| channels.is_multiple_of(*d))
+            .unwrap_or(1)
     }
 }
 

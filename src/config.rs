@@ -76,6 +76,14 @@ pub struct StorageSettings {
     pub database: PathBuf,
     pub min_free_mb: u64,
     pub fsync: bool,
+    #[serde(default)]
+    pub retention_days: u64,
+    #[serde(default = "hourly")]
+    pub retention_check_secs: u64,
+}
+
+fn hourly() -> u64 {
+    3600
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -19,6 +19,7 @@ pub mod par;
 pub mod pipeline;
 pub mod receive;
 pub mod report;
+pub mod retention;
 pub mod rt;
 pub mod send;
 pub mod store;

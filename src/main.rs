@@ -39,6 +39,17 @@ enum Command {
     },
     /// Queue a dead or failed job again (its dead deliveries too).
     Retry { job: i64 },
+    /// Remove the studies whose last instance arrived more than DAYS ago
+    /// and that have nothing left to do (as `storage.retention_days` does
+    /// in a running node). Refused while a node has the data directory
+    /// open, except with --dry-run.
+    Purge {
+        #[arg(long, value_name = "DAYS")]
+        older_than: f64,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the effective settings (defaults, file and environment merged).
     Settings,
     /// Generate a synthetic lung RT cohort ("phantom hospital") as DICOM,
@@ -396,6 +407,56 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             } else {
                 index.close().await;
                 return Err(format!("job {job} is not dead or failed (see esorisk jobs)").into());
+            }
+            index.close().await;
+        }
+        Command::Purge {
+            older_than,
+            dry_run,
+        } => {
+            if !(older_than.is_finite() && older_than >= 0.0) {
+                return Err("--older-than takes a number of days, 0 or more".into());
+            }
+            // The node's receiver and this removal must not meet on a study;
+            // holding the data directory keeps the node away.
+            let store = if dry_run {
+                None
+            } else {
+                let s = &settings.storage;
+                Some(
+                    esorisk::store::Store::open(&s.data_dir, s.fsync, s.min_free_mb).map_err(|e| {
+                        format!("{e} (a running node removes old studies itself when storage.retention_days is set)")
+                    })?,
+                )
+            };
+            let index = Index::open(&settings.database_path()).await?;
+            let before = esorisk::index::at_offset(-older_than * 86_400.0);
+            let removable = index.removable_studies(&before).await?;
+            for (study, instances, bytes) in &removable {
+                println!(
+                    "{} {study}  instances {instances}  {:.1} MB",
+                    if dry_run { "would remove" } else { "removing" },
+                    *bytes as f64 / 1e6
+                );
+            }
+            if store.is_some() {
+                let gate = esorisk::retention::Gate::default();
+                let r = esorisk::retention::remove_old(
+                    &index,
+                    &gate,
+                    &settings.storage.data_dir,
+                    older_than,
+                    || true,
+                )
+                .await?;
+                println!(
+                    "removed {} studies, {} instances, {:.1} MB",
+                    r.studies,
+                    r.instances,
+                    r.bytes as f64 / 1e6
+                );
+            } else {
+                println!("{} studies would be removed", removable.len());
             }
             index.close().await;
         }

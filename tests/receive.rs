@@ -869,6 +869,104 @@ fn a_second_node_on_the_same_data_directory_is_refused() {
     assert_stored(&node, &files[0]);
 }
 
+/// With `storage.retention_days` the node removes a study whose last
+/// instance is older than that, files and rows, once nothing of it is left
+/// to do; a study with a job still queued waits. `esorisk purge` does the
+/// same by hand, and not while a node has the data directory open.
+#[test]
+fn old_studies_are_removed_when_nothing_is_left_to_do() {
+    let mut node = TestNode::start(&[
+        ("ESORISK__STORAGE__RETENTION_DAYS", "30"),
+        ("ESORISK__STORAGE__RETENTION_CHECK_SECS", "1"),
+    ]);
+    let db = node.db_path();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let old = synthetic_study(&tmp.path().join("old"), 0, 64, 1, 46);
+    let waiting = synthetic_study(&tmp.path().join("waiting"), 0, 64, 1, 47);
+    let recent = synthetic_study(&tmp.path().join("recent"), 0, 64, 1, 48);
+    for files in [&old, &waiting, &recent] {
+        let refs: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+        let out = storescu(&node, &[], &refs);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let (old_uid, waiting_uid) = (uids(&old[0]).study, uids(&waiting[0]).study);
+    let study_dir = |files: &[PathBuf]| {
+        let u = uids(&files[0]);
+        node.store_path(&u.study, &u.series, &u.sop)
+            .parent()
+            .and_then(Path::parent)
+            .expect("study dir")
+            .to_path_buf()
+    };
+    let (old_dir, waiting_dir) = (study_dir(&old), study_dir(&waiting));
+    // Two studies last received in 2020, one of them with a job queued.
+    execute(
+        &db,
+        &format!(
+            "UPDATE studies SET last_received_at = '2020-01-01T00:00:00.000Z' \
+             WHERE study_instance_uid IN ('{old_uid}', '{waiting_uid}'); \
+             INSERT INTO jobs (study_instance_uid, input_key, input_uids, model_version, state, \
+             max_attempts, created_at) VALUES ('{waiting_uid}', 'k1', '[]', 'test', 'queued', 3, \
+             '2020-01-01T00:00:00.000Z');"
+        ),
+    );
+    let rows_of = |uid: &str| {
+        count(
+            &db,
+            &format!("SELECT count(*) FROM instances WHERE study_instance_uid = '{uid}'"),
+        )
+    };
+    wait_for(|| rows_of(&old_uid) == 0);
+    node.assert_logged(&["study removed", &old_uid]);
+    assert!(!old_dir.exists(), "{}", old_dir.display());
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) FROM studies WHERE study_instance_uid = '{old_uid}'")
+        ),
+        0
+    );
+    for f in waiting.iter().chain(&recent) {
+        assert_stored(&node, f);
+    }
+    // The removed study sent again is a new study like any other.
+    let out = storescu(&node, &[], &[&old[0]]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_stored(&node, &old[0]);
+
+    // Its job done, the waiting study goes at a later check.
+    execute(
+        &db,
+        "UPDATE jobs SET state = 'succeeded' WHERE input_key = 'k1'",
+    );
+    wait_for(|| rows_of(&waiting_uid) == 0);
+    assert!(!waiting_dir.exists());
+    assert_eq!(node.stored_files().len(), recent.len() + 1);
+
+    // By hand: not while the node runs; then all that is older than 0 days.
+    let data_dir = node.data_dir.clone();
+    let purge = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
+            .arg("purge")
+            .args(args)
+            .env("ESORISK__STORAGE__DATA_DIR", &data_dir)
+            .output()
+            .expect("purge");
+        (out.status.success(), text(&out))
+    };
+    let (ok, t) = purge(&["--older-than", "0"]);
+    assert!(!ok && t.contains("another esorisk process"), "{t}");
+    let (ok, t) = purge(&["--older-than", "0", "--dry-run"]);
+    assert!(ok && t.contains("2 studies would be removed"), "{t}");
+    assert!(node.terminate());
+    let (ok, t) = purge(&["--older-than", "0"]);
+    assert!(ok && t.contains("removed 2 studies, 4 instances"), "{t}");
+    assert_eq!(node.stored_files().len(), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM instances"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM patients"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 1, "jobs stay");
+}
+
 /// A panic while reading a data set (injected with `dicom.fault`) refuses
 /// that instance with a processing failure and the reason; the association
 /// and the node go on, and nothing of the instance is left behind.

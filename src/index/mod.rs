@@ -82,6 +82,36 @@ enum Job {
         file_path: String,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Remove a study's rows (see [`Index::remove_study`]).
+    RemoveStudy {
+        study_instance_uid: String,
+        received_before: String,
+        reply: oneshot::Sender<Result<Option<RemovedStudy>, String>>,
+    },
+}
+
+/// The rows a study removal took away: the files are the caller's to delete.
+#[derive(Debug, Clone, Default)]
+pub struct RemovedStudy {
+    /// Instance files, relative to the data directory.
+    pub instance_files: Vec<String>,
+    /// Files of the SRs and RT Structure Sets written for the study.
+    pub output_files: Vec<String>,
+    pub bytes: u64,
+}
+
+/// A study whose last instance arrived before a time, with nothing of it
+/// still to do: no job queued or running, no result waiting to be sent.
+macro_rules! removable_study {
+    () => {
+        "
+    SELECT s.study_instance_uid FROM studies s
+    WHERE s.last_received_at < ?1
+      AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_instance_uid = s.study_instance_uid
+                      AND j.state IN ('queued', 'running'))
+      AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN outputs o ON o.sop_instance_uid = d.sop_instance_uid
+                      WHERE o.study_instance_uid = s.study_instance_uid AND d.state = 'pending')"
+    };
 }
 
 /// An instance handed to the writer by [`Index::submit`].
@@ -195,6 +225,56 @@ impl Index {
             .send(Job::Forget {
                 sop_instance_uid: sop_instance_uid.to_string(),
                 file_path: file_path.to_string(),
+                reply,
+            })
+            .await
+            .map_err(|_| IndexError::WriterGone)?;
+        writer_reply(rx).await
+    }
+
+    /// Studies whose last instance arrived before `received_before` (as
+    /// [`at_offset`] writes it) and that have nothing left to do, oldest
+    /// first, with their instance count and bytes.
+    pub async fn removable_studies(
+        &self,
+        received_before: &str,
+    ) -> Result<Vec<(String, i64, i64)>, IndexError> {
+        const SQL: &str = concat!(
+            "SELECT r.study_instance_uid, count(i.sop_instance_uid), coalesce(sum(i.size_bytes), 0)
+             FROM (",
+            removable_study!(),
+            ") r
+             JOIN studies s ON s.study_instance_uid = r.study_instance_uid
+             LEFT JOIN instances i ON i.study_instance_uid = r.study_instance_uid
+             GROUP BY r.study_instance_uid ORDER BY s.last_received_at"
+        );
+        let rows = sqlx::query(SQL)
+            .bind(received_before)
+            .fetch_all(&self.pool)
+            .await
+            .context(DbSnafu)?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    /// Remove a study's instance, series and study rows (and its patient's,
+    /// if it was the patient's last study), provided it is still removable
+    /// (checked again inside the transaction); `None` when it is not. Jobs,
+    /// their events and outputs stay as the record of what was scored and
+    /// sent. It runs on the writer's connection, in order with the rows
+    /// being committed.
+    pub async fn remove_study(
+        &self,
+        study_instance_uid: &str,
+        received_before: &str,
+    ) -> Result<Option<RemovedStudy>, IndexError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job::RemoveStudy {
+                study_instance_uid: study_instance_uid.to_string(),
+                received_before: received_before.to_string(),
                 reply,
             })
             .await
@@ -373,6 +453,16 @@ async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
                 let _ = reply.send(res.map_err(|e| e.to_string()));
                 continue;
             }
+            Job::RemoveStudy {
+                study_instance_uid,
+                received_before,
+                reply,
+            } => {
+                let res = remove_study_rows(&mut conn, &study_instance_uid, &received_before).await;
+                known.clear();
+                let _ = reply.send(res.map_err(|e| e.to_string()));
+                continue;
+            }
         };
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -406,6 +496,79 @@ async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
         }
     }
     let _ = conn.close().await;
+}
+
+/// The rows of one removable study; see [`Index::remove_study`].
+async fn remove_study_rows(
+    conn: &mut SqliteConnection,
+    study: &str,
+    received_before: &str,
+) -> Result<Option<RemovedStudy>, sqlx::Error> {
+    conn.execute("BEGIN IMMEDIATE").await?;
+    let result = async {
+        let still = sqlx::query(concat!(
+            removable_study!(),
+            " AND s.study_instance_uid = ?2"
+        ))
+        .bind(received_before)
+        .bind(study)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if still.is_none() {
+            return Ok(None);
+        }
+        let mut removed = RemovedStudy::default();
+        for r in sqlx::query(
+            "DELETE FROM instances WHERE study_instance_uid = ? RETURNING file_path, size_bytes",
+        )
+        .bind(study)
+        .fetch_all(&mut *conn)
+        .await?
+        {
+            removed.instance_files.push(r.get(0));
+            removed.bytes += r.get::<i64, _>(1).max(0) as u64;
+        }
+        removed.output_files =
+            sqlx::query("SELECT file_path FROM outputs WHERE study_instance_uid = ?")
+                .bind(study)
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+        sqlx::query("DELETE FROM series WHERE study_instance_uid = ?")
+            .bind(study)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query("DELETE FROM study_checks WHERE study_instance_uid = ?")
+            .bind(study)
+            .execute(&mut *conn)
+            .await?;
+        let patient: Option<i64> =
+            sqlx::query("DELETE FROM studies WHERE study_instance_uid = ? RETURNING patient_pk")
+                .bind(study)
+                .fetch_optional(&mut *conn)
+                .await?
+                .map(|r| r.get(0));
+        if let Some(pk) = patient {
+            sqlx::query(
+                "DELETE FROM patients WHERE id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_pk = ?1)",
+            )
+            .bind(pk)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(Some(removed))
+    }
+    .await;
+    match &result {
+        Ok(Some(_)) => conn.execute("COMMIT").await.map(|_| ())?,
+        _ => {
+            let _ = conn.execute("ROLLBACK").await;
+        }
+    }
+    result
 }
 
 /// Delete an instance row and the parents it alone had brought in.

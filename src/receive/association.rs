@@ -35,6 +35,8 @@ pub struct Context {
     pub read_timeout: std::time::Duration,
     /// `dicom.fault`: a panic injected for tests, or empty.
     pub fault: String,
+    /// Shared with the removal of old studies (`storage.retention_days`).
+    pub gate: Arc<crate::retention::Gate>,
 }
 
 /// Totals for the association log.
@@ -452,6 +454,20 @@ async fn finish_instance(
                 }
             }
         }
+    };
+    // Held until the response: the study is not removed meanwhile.
+    let study = checked
+        .stored()
+        .header
+        .study_instance_uid
+        .as_deref()
+        .unwrap_or_default();
+    let Some(_pass) = ctx.gate.enter(study) else {
+        return refuse(
+            summary,
+            status::OUT_OF_RESOURCES,
+            "an old copy of this study is being removed (storage.retention_days); send it again in a minute".into(),
+        );
     };
     let record = InstanceRecord {
         stored: checked.stored().clone(),

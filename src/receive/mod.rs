@@ -126,6 +126,7 @@ impl Node {
             ae_title: settings.dicom.ae_title.clone(),
             read_timeout: Duration::from_secs(settings.dicom.read_timeout_secs.max(1)),
             fault: settings.dicom.fault.clone(),
+            gate: Default::default(),
         });
         Ok(Node {
             settings,
@@ -158,6 +159,17 @@ impl Node {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         let options = Arc::new(OptionsTemplate::new(&settings, tls.clone()));
+        let (retention_stop, retention_rx) = watch::channel(false);
+        let retention = (settings.storage.retention_days > 0).then(|| {
+            tokio::spawn(crate::retention::run(
+                ctx.index.clone(),
+                ctx.gate.clone(),
+                ctx.store.data_dir().to_path_buf(),
+                settings.storage.retention_days,
+                Duration::from_secs(settings.storage.retention_check_secs.max(1)),
+                retention_rx,
+            ))
+        });
         tokio::pin!(shutdown);
         info!(
             ae_title = %settings.dicom.ae_title,
@@ -207,6 +219,10 @@ impl Node {
             let _ = stop_tx.send(true);
             // Associations stop at the next instance boundary.
             while tasks.join_next().await.is_some() {}
+        }
+        let _ = retention_stop.send(true);
+        if let Some(task) = retention {
+            let _ = task.await;
         }
         ctx.index.close().await;
         if let Err(e) = ctx.store.mark_clean() {

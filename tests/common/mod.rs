@@ -283,6 +283,31 @@ fn query_blocking(db: &Path, sql: &str) -> Vec<Vec<Option<String>>> {
     })
 }
 
+/// Change the database of a running node, as an admin with `sqlite3` would
+/// (waiting for the node's writer when it holds the lock).
+pub fn execute(db: &Path, sql: &str) {
+    let (db, sql) = (db.to_path_buf(), sql.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let opts = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&db)
+                .busy_timeout(Duration::from_secs(10));
+            let pool = sqlx::SqlitePool::connect_with(opts).await.expect("open db");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .expect("execute");
+            pool.close().await;
+        })
+    })
+    .join()
+    .expect("execute thread")
+}
+
 pub fn count(db: &Path, sql: &str) -> i64 {
     query(db, sql)
         .first()

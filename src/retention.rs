@@ -1,0 +1,243 @@
+//! Retention: studies whose last instance arrived more than
+//! `storage.retention_days` ago are removed, files and rows, so that a node
+//! that receives every plan of a department does not fill its disk.
+//!
+//! A study goes only when nothing of it is left to do (no job queued or
+//! running, no result waiting to be sent). Its jobs, their events and the
+//! record of what was sent stay in the database. While a study is being
+//! removed the receiver refuses new instances of it with a transient
+//! failure (A700, "send it again"), and a study is not removed while one of
+//! its instances is being stored: the [`Gate`] between the two is what
+//! keeps an instance acknowledged during a removal from being deleted with
+//! the study.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::index::{self, Index, IndexError};
+
+/// Instances being stored, per study, and studies being removed.
+#[derive(Debug, Default)]
+pub struct Gate {
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    storing: HashMap<String, usize>,
+    removing: HashSet<String>,
+}
+
+/// An instance of a study being stored; the study cannot be removed until
+/// this is dropped.
+pub struct Pass {
+    gate: Arc<Gate>,
+    study: String,
+}
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        let mut s = self.gate.lock();
+        if let Some(n) = s.storing.get_mut(&self.study) {
+            *n -= 1;
+            if *n == 0 {
+                s.storing.remove(&self.study);
+            }
+        }
+    }
+}
+
+impl Gate {
+    fn lock(&self) -> MutexGuard<'_, GateState> {
+        // The state is a pair of counters: still right after a panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Let an instance of `study` be stored; `None` while the study is
+    /// being removed.
+    pub fn enter(self: &Arc<Self>, study: &str) -> Option<Pass> {
+        let mut s = self.lock();
+        if s.removing.contains(study) {
+            return None;
+        }
+        *s.storing.entry(study.to_string()).or_default() += 1;
+        Some(Pass {
+            gate: self.clone(),
+            study: study.to_string(),
+        })
+    }
+
+    /// Close `study` to new instances and wait (up to `patience`) until
+    /// none is being stored. False, and the study open again, if one still
+    /// is.
+    async fn close(&self, study: &str, patience: Duration) -> bool {
+        self.lock().removing.insert(study.to_string());
+        let start = std::time::Instant::now();
+        loop {
+            if !self.lock().storing.contains_key(study) {
+                return true;
+            }
+            if start.elapsed() > patience {
+                self.open(study);
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn open(&self, study: &str) {
+        self.lock().removing.remove(study);
+    }
+}
+
+/// What one pass removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub studies: usize,
+    pub instances: usize,
+    pub bytes: u64,
+}
+
+/// Remove every study whose last instance arrived more than `days` ago
+/// and that has nothing left to do, while `keep_going` says so (checked
+/// between studies). A study that is busy (an instance being stored, a job
+/// claimed meanwhile) is left for the next pass.
+pub async fn remove_old(
+    index: &Index,
+    gate: &Gate,
+    data_dir: &Path,
+    days: f64,
+    keep_going: impl Fn() -> bool,
+) -> Result<Removal, IndexError> {
+    let before = index::at_offset(-days * 86_400.0);
+    let mut total = Removal::default();
+    for (study, _, _) in index.removable_studies(&before).await? {
+        if !keep_going() {
+            break;
+        }
+        if !gate.close(&study, Duration::from_secs(30)).await {
+            info!(study_uid = %study, "old study still receiving; kept until the next check");
+            continue;
+        }
+        let removed = index.remove_study(&study, &before).await;
+        let removed = match removed {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                gate.open(&study);
+                continue;
+            }
+            Err(e) => {
+                gate.open(&study);
+                return Err(e);
+            }
+        };
+        // The rows are gone; now the files. One that cannot be removed is
+        // named in the log (nothing refers to it any more).
+        let mut dirs = HashSet::new();
+        for rel in removed.instance_files.iter().chain(&removed.output_files) {
+            let path = data_dir.join(rel);
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    warn!(path = %path.display(), error = %e, "cannot remove a file of an old study");
+                }
+            }
+            // The study's directories below store/ and out/, not those two.
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| {
+                d.strip_prefix(data_dir)
+                    .is_ok_and(|r| r.components().count() > 1)
+            }) {
+                dirs.insert(d.to_path_buf());
+                dir = d.parent();
+            }
+        }
+        // Deepest first; a directory holding anything else stays.
+        let mut dirs: Vec<_> = dirs.into_iter().collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in &dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+        gate.open(&study);
+        info!(
+            study_uid = %study,
+            instances = removed.instance_files.len(),
+            outputs = removed.output_files.len(),
+            bytes = removed.bytes,
+            "study removed: last instance older than storage.retention_days"
+        );
+        total.studies += 1;
+        total.instances += removed.instance_files.len();
+        total.bytes += removed.bytes;
+    }
+    Ok(total)
+}
+
+/// Remove old studies now and then every `every` until `stop` is set.
+pub async fn run(
+    index: Index,
+    gate: Arc<Gate>,
+    data_dir: std::path::PathBuf,
+    days: u64,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    info!(
+        retention_days = days,
+        "studies are removed when their last instance is older than storage.retention_days"
+    );
+    loop {
+        let keep_going = || !*stop.borrow();
+        match remove_old(&index, &gate, &data_dir, days as f64, keep_going).await {
+            Ok(r) if r.studies > 0 => info!(
+                studies = r.studies,
+                instances = r.instances,
+                bytes = r.bytes,
+                "old studies removed"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot remove old studies; trying again at the next check")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_study_is_not_removed_while_an_instance_of_it_is_being_stored() {
+        let gate = Arc::new(Gate::default());
+        let pass = gate.enter("1.2.3").expect("open study");
+        // Another study is not held up.
+        assert!(gate.close("1.2.4", Duration::from_millis(50)).await);
+        assert!(gate.enter("1.2.4").is_none(), "closed while being removed");
+        gate.open("1.2.4");
+        assert!(gate.enter("1.2.4").is_some());
+        // The stored instance keeps its study: closing gives up and reopens.
+        assert!(!gate.close("1.2.3", Duration::from_millis(50)).await);
+        let second = gate.enter("1.2.3").expect("open again after giving up");
+        drop(pass);
+        let waiting = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.close("1.2.3", Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            gate.enter("1.2.3").is_none(),
+            "no new instance while closing"
+        );
+        assert!(!waiting.is_finished(), "waits for the instance in progress");
+        drop(second);
+        assert!(waiting.await.expect("join"), "closed once it is stored");
+    }
+}

@@ -504,71 +504,70 @@ async fn remove_study_rows(
     study: &str,
     received_before: &str,
 ) -> Result<Option<RemovedStudy>, sqlx::Error> {
-    conn.execute("BEGIN IMMEDIATE").await?;
-    let result = async {
-        let still = sqlx::query(concat!(
-            removable_study!(),
-            " AND s.study_instance_uid = ?2"
-        ))
-        .bind(received_before)
-        .bind(study)
-        .fetch_optional(&mut *conn)
-        .await?;
-        if still.is_none() {
-            return Ok(None);
-        }
-        let mut removed = RemovedStudy::default();
-        for r in sqlx::query(
-            "DELETE FROM instances WHERE study_instance_uid = ? RETURNING file_path, size_bytes",
+    // It reads before it writes: take the write lock up front.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let still = sqlx::query(concat!(
+        removable_study!(),
+        " AND s.study_instance_uid = ?2"
+    ))
+    .bind(received_before)
+    .bind(study)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if still.is_none() {
+        return Ok(None);
+    }
+    let mut removed = RemovedStudy::default();
+    for r in sqlx::query(
+        "DELETE FROM instances WHERE study_instance_uid = ? RETURNING file_path, size_bytes",
+    )
+    .bind(study)
+    .fetch_all(&mut *tx)
+    .await?
+    {
+        removed.instance_files.push(r.get(0));
+        removed.bytes += r.get::<i64, _>(1).max(0) as u64;
+    }
+    removed.output_files =
+        sqlx::query("SELECT file_path FROM outputs WHERE study_instance_uid = ?")
+            .bind(study)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+    for sql in [
+        "DELETE FROM series WHERE study_instance_uid = ?",
+        "DELETE FROM study_checks WHERE study_instance_uid = ?",
+    ] {
+        sqlx::query(sql).bind(study).execute(&mut *tx).await?;
+    }
+    let patient: Option<i64> =
+        sqlx::query("DELETE FROM studies WHERE study_instance_uid = ? RETURNING patient_pk")
+            .bind(study)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|r| r.get(0));
+    forget_patient_without_studies(&mut tx, patient).await?;
+    tx.commit().await?;
+    Ok(Some(removed))
+}
+
+/// Delete the patient row of a study just deleted, if it has no study left.
+async fn forget_patient_without_studies(
+    conn: &mut SqliteConnection,
+    patient: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    if let Some(pk) = patient {
+        sqlx::query(
+            "DELETE FROM patients WHERE id = ?1
+             AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_pk = ?1)",
         )
-        .bind(study)
-        .fetch_all(&mut *conn)
-        .await?
-        {
-            removed.instance_files.push(r.get(0));
-            removed.bytes += r.get::<i64, _>(1).max(0) as u64;
-        }
-        removed.output_files =
-            sqlx::query("SELECT file_path FROM outputs WHERE study_instance_uid = ?")
-                .bind(study)
-                .fetch_all(&mut *conn)
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-        sqlx::query("DELETE FROM series WHERE study_instance_uid = ?")
-            .bind(study)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query("DELETE FROM study_checks WHERE study_instance_uid = ?")
-            .bind(study)
-            .execute(&mut *conn)
-            .await?;
-        let patient: Option<i64> =
-            sqlx::query("DELETE FROM studies WHERE study_instance_uid = ? RETURNING patient_pk")
-                .bind(study)
-                .fetch_optional(&mut *conn)
-                .await?
-                .map(|r| r.get(0));
-        if let Some(pk) = patient {
-            sqlx::query(
-                "DELETE FROM patients WHERE id = ?1
-                 AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_pk = ?1)",
-            )
-            .bind(pk)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok(Some(removed))
+        .bind(pk)
+        .execute(conn)
+        .await?;
     }
-    .await;
-    match &result {
-        Ok(Some(_)) => conn.execute("COMMIT").await.map(|_| ())?,
-        _ => {
-            let _ = conn.execute("ROLLBACK").await;
-        }
-    }
-    result
+    Ok(())
 }
 
 /// Delete an instance row and the parents it alone had brought in.
@@ -605,15 +604,7 @@ async fn forget_row(
         .fetch_optional(&mut *tx)
         .await?
         .map(|r| r.get(0));
-        if let Some(pk) = patient {
-            sqlx::query(
-                "DELETE FROM patients WHERE id = ?1
-                 AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_pk = ?1)",
-            )
-            .bind(pk)
-            .execute(&mut *tx)
-            .await?;
-        }
+        forget_patient_without_studies(&mut tx, patient).await?;
     }
     tx.commit().await?;
     Ok(())

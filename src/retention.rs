@@ -72,25 +72,32 @@ impl Gate {
     }
 
     /// Close `study` to new instances and wait (up to `patience`) until
-    /// none is being stored. False, and the study open again, if one still
-    /// is.
-    async fn close(&self, study: &str, patience: Duration) -> bool {
+    /// none is being stored. `None`, and the study open again, if one still
+    /// is; otherwise it stays closed until the guard is dropped.
+    async fn close<'a>(&'a self, study: &'a str, patience: Duration) -> Option<Closed<'a>> {
         self.lock().removing.insert(study.to_string());
+        let closed = Closed { gate: self, study };
         let start = std::time::Instant::now();
-        loop {
-            if !self.lock().storing.contains_key(study) {
-                return true;
-            }
+        while self.lock().storing.contains_key(study) {
             if start.elapsed() > patience {
-                self.open(study);
-                return false;
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        Some(closed)
     }
+}
 
-    fn open(&self, study: &str) {
-        self.lock().removing.remove(study);
+/// A study closed to new instances while it is removed; open again when
+/// dropped, whatever way the removal ends.
+struct Closed<'a> {
+    gate: &'a Gate,
+    study: &'a str,
+}
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.gate.lock().removing.remove(self.study);
     }
 }
 
@@ -119,21 +126,12 @@ pub async fn remove_old(
         if !keep_going() {
             break;
         }
-        if !gate.close(&study, Duration::from_secs(30)).await {
+        let Some(_closed) = gate.close(&study, Duration::from_secs(30)).await else {
             info!(study_uid = %study, "old study still receiving; kept until the next check");
             continue;
-        }
-        let removed = index.remove_study(&study, &before).await;
-        let removed = match removed {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                gate.open(&study);
-                continue;
-            }
-            Err(e) => {
-                gate.open(&study);
-                return Err(e);
-            }
+        };
+        let Some(removed) = index.remove_study(&study, &before).await? else {
+            continue;
         };
         // The rows are gone; now the files. One that cannot be removed is
         // named in the log (nothing refers to it any more).
@@ -161,7 +159,6 @@ pub async fn remove_old(
         for d in &dirs {
             let _ = std::fs::remove_dir(d);
         }
-        gate.open(&study);
         info!(
             study_uid = %study,
             instances = removed.instance_files.len(),
@@ -219,17 +216,23 @@ mod tests {
         let gate = Arc::new(Gate::default());
         let pass = gate.enter("1.2.3").expect("open study");
         // Another study is not held up.
-        assert!(gate.close("1.2.4", Duration::from_millis(50)).await);
+        let closed = gate.close("1.2.4", Duration::from_millis(50)).await;
+        assert!(closed.is_some());
         assert!(gate.enter("1.2.4").is_none(), "closed while being removed");
-        gate.open("1.2.4");
-        assert!(gate.enter("1.2.4").is_some());
+        drop(closed);
+        assert!(gate.enter("1.2.4").is_some(), "open again when done");
         // The stored instance keeps its study: closing gives up and reopens.
-        assert!(!gate.close("1.2.3", Duration::from_millis(50)).await);
+        assert!(gate
+            .close("1.2.3", Duration::from_millis(50))
+            .await
+            .is_none());
         let second = gate.enter("1.2.3").expect("open again after giving up");
         drop(pass);
         let waiting = {
             let gate = gate.clone();
-            tokio::spawn(async move { gate.close("1.2.3", Duration::from_secs(10)).await })
+            tokio::spawn(
+                async move { gate.close("1.2.3", Duration::from_secs(10)).await.is_some() },
+            )
         };
         tokio::time::sleep(Duration::from_millis(60)).await;
         assert!(

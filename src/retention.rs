@@ -137,6 +137,10 @@ pub async fn remove_old(
         // named in the log (nothing refers to it any more).
         let mut dirs = HashSet::new();
         for rel in removed.instance_files.iter().chain(&removed.output_files) {
+            if !inside_data_dir(rel) {
+                warn!(path = %rel, study_uid = %study, "a file path outside the data directory in the index; not removed");
+                continue;
+            }
             let path = data_dir.join(rel);
             if let Err(e) = std::fs::remove_file(&path) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -171,6 +175,14 @@ pub async fn remove_old(
         total.bytes += removed.bytes;
     }
     Ok(total)
+}
+
+/// The paths in the index were made from validated UIDs, but the database
+/// can be edited by hand: only a relative path that stays below the data
+/// directory names a file to delete.
+fn inside_data_dir(rel: &str) -> bool {
+    let mut parts = Path::new(rel).components().peekable();
+    parts.peek().is_some() && parts.all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
 /// Remove old studies now and then every `every` until `stop` is set.
@@ -210,6 +222,21 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_paths_below_the_data_directory_are_removed() {
+        assert!(inside_data_dir("store/1.2/1.3/1.4.dcm"));
+        assert!(inside_data_dir("out/1.2/1.5.dcm"));
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../outside.dcm",
+            "store/../../x",
+            "./store/a",
+        ] {
+            assert!(!inside_data_dir(bad), "{bad}");
+        }
+    }
 
     #[tokio::test]
     async fn a_study_is_not_removed_while_an_instance_of_it_is_being_stored() {

@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{count, dcmtk, query, storescu, text, TestNode};
+use common::{count, dcmtk, execute, query, storescu, text, TestNode};
 
 /// A tiny model trained for one epoch on a small synthetic cohort (shared
 /// by the tests; training it is part of what is tested).
@@ -1033,7 +1033,7 @@ fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
     let rx = Receiver::start(&tmp.path().join("tps"));
     let mut env = node_env(model, rx.port);
     env.push(("ESORISK__PIPELINE__MAX_ATTEMPTS".into(), "3".into()));
-    let node = start_node(&env);
+    let mut node = start_node(&env);
     // A file where the output directory belongs: every attempt to store
     // the results fails (a stand-in for a broken disk).
     let out = node.data_dir.join("out");
@@ -1091,6 +1091,30 @@ fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
         .output()
         .expect("esorisk");
     assert!(!text(&again).contains("queued again"), "{}", text(&again));
+
+    // The study removed by hand (node stopped), a job requeued for it fails
+    // with a reason, not as "replaced by a newer job".
+    let data_dir = node.data_dir.clone();
+    assert!(node.terminate());
+    let data = (
+        "ESORISK__STORAGE__DATA_DIR",
+        data_dir.to_str().unwrap_or_default(),
+    );
+    let said = run(&["purge", "--older-than", "0"], &[data]);
+    assert!(said.contains("removed 1 studies"), "{said}");
+    assert!(rx.files().len() >= 2, "what was sent is not touched");
+    execute(&db, "UPDATE jobs SET state = 'failed'");
+    let said = run(&["retry", &id], &[data]);
+    assert!(said.contains("queued again"), "{said}");
+    let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let _node = TestNode::start_in(&data_dir, &refs);
+    wait_until("the requeued job to fail", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'failed'") == 1
+    });
+    let error = query(&db, "SELECT error FROM jobs")[0][0]
+        .clone()
+        .unwrap_or_default();
+    assert!(error.contains("no longer stored"), "{error}");
 }
 
 #[test]

@@ -393,6 +393,11 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
         .filter(|i| wanted.contains(&i.sop_instance_uid))
         .map(|i| i.path.clone())
         .collect();
+    if inputs.is_empty() {
+        return Outcome::Failed(
+            "the study is no longer stored (removed by storage.retention_days or esorisk purge); send it again to score it".into(),
+        );
+    }
     if rt_paths.len() != wanted.len() {
         return Outcome::Failed(
             "input instances of this job were replaced or removed; a newer job covers them".into(),

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::index::{self, Index, IndexError};
+use crate::index::{self, Index, IndexError, RemovedStudy};
 
 /// Instances being stored, per study, and studies being removed.
 #[derive(Debug, Default)]
@@ -133,48 +133,63 @@ pub async fn remove_old(
         let Some(removed) = index.remove_study(&study, &before).await? else {
             continue;
         };
-        // The rows are gone; now the files. One that cannot be removed is
-        // named in the log (nothing refers to it any more).
-        let mut dirs = HashSet::new();
-        for rel in removed.instance_files.iter().chain(&removed.output_files) {
-            if !inside_data_dir(rel) {
-                warn!(path = %rel, study_uid = %study, "a file path outside the data directory in the index; not removed");
-                continue;
-            }
-            let path = data_dir.join(rel);
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    warn!(path = %path.display(), error = %e, "cannot remove a file of an old study");
-                }
-            }
-            // The study's directories below store/ and out/, not those two.
-            let mut dir = path.parent();
-            while let Some(d) = dir.filter(|d| {
-                d.strip_prefix(data_dir)
-                    .is_ok_and(|r| r.components().count() > 1)
-            }) {
-                dirs.insert(d.to_path_buf());
-                dir = d.parent();
-            }
-        }
-        // Deepest first; a directory holding anything else stays.
-        let mut dirs: Vec<_> = dirs.into_iter().collect();
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in &dirs {
-            let _ = std::fs::remove_dir(d);
+        let (instances, outputs, bytes) = (
+            removed.instance_files.len(),
+            removed.output_files.len(),
+            removed.bytes,
+        );
+        // The rows are gone; now the files, off the receiver's threads.
+        let (dir, uid) = (data_dir.to_path_buf(), study.clone());
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || delete_files(&dir, &uid, &removed)).await
+        {
+            warn!(study_uid = %study, error = %e, "removing the files of an old study stopped");
         }
         info!(
             study_uid = %study,
-            instances = removed.instance_files.len(),
-            outputs = removed.output_files.len(),
-            bytes = removed.bytes,
-            "study removed: last instance older than storage.retention_days"
+            instances,
+            outputs,
+            bytes,
+            "study removed: its last instance is older than the retention period"
         );
         total.studies += 1;
-        total.instances += removed.instance_files.len();
-        total.bytes += removed.bytes;
+        total.instances += instances;
+        total.bytes += bytes;
     }
     Ok(total)
+}
+
+/// Delete a removed study's files and then its directories below `store/`
+/// and `out/` that are left empty. A file that cannot be removed is named in
+/// the log (nothing refers to it any more).
+fn delete_files(data_dir: &Path, study: &str, removed: &RemovedStudy) {
+    let mut dirs = HashSet::new();
+    for rel in removed.instance_files.iter().chain(&removed.output_files) {
+        if !inside_data_dir(rel) {
+            warn!(path = %rel, study_uid = %study, "a file path outside the data directory in the index; not removed");
+            continue;
+        }
+        let path = data_dir.join(rel);
+        if let Err(e) = std::fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(path = %path.display(), error = %e, "cannot remove a file of an old study");
+            }
+        }
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| {
+            d.strip_prefix(data_dir)
+                .is_ok_and(|r| r.components().count() > 1)
+        }) {
+            dirs.insert(d.to_path_buf());
+            dir = d.parent();
+        }
+    }
+    // Deepest first; a directory holding anything else stays.
+    let mut dirs: Vec<_> = dirs.into_iter().collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
+    }
 }
 
 /// The paths in the index were made from validated UIDs, but the database

@@ -236,32 +236,43 @@ pub fn storescu(node: &TestNode, extra: &[&str], files: &[&Path]) -> Output {
     dcmtk("storescu", &refs)
 }
 
-/// Run a query with one row of text columns per result row.
-///
-/// Runs on its own thread so that it also works from inside async tests.
-pub fn query(db: &Path, sql: &str) -> Vec<Vec<Option<String>>> {
-    let (db, sql) = (db.to_path_buf(), sql.to_string());
-    std::thread::spawn(move || query_blocking(&db, &sql))
-        .join()
-        .expect("query thread")
+/// Run `f` with a connection pool on the database, on a thread of its own
+/// so that it also works from inside async tests.
+fn with_db<T, F>(options: sqlx::sqlite::SqliteConnectOptions, f: F) -> T
+where
+    T: Send + 'static,
+    F: AsyncFnOnce(&sqlx::SqlitePool) -> T + Send + 'static,
+{
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let pool = sqlx::SqlitePool::connect_with(options)
+                .await
+                .expect("open db");
+            let out = f(&pool).await;
+            pool.close().await;
+            out
+        })
+    })
+    .join()
+    .expect("database thread")
 }
 
-fn query_blocking(db: &Path, sql: &str) -> Vec<Vec<Option<String>>> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    rt.block_on(async {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(db)
-            .read_only(true);
-        let pool = sqlx::SqlitePool::connect_with(opts).await.expect("open db");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_all(&pool)
+/// Run a query with one row of text columns per result row.
+pub fn query(db: &Path, sql: &str) -> Vec<Vec<Option<String>>> {
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .read_only(true);
+    let sql = sql.to_string();
+    with_db(options, async move |pool| {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .fetch_all(pool)
             .await
             .expect("query");
-        let out = rows
-            .iter()
+        rows.iter()
             .map(|r| {
                 (0..r.len())
                     .map(|i| {
@@ -277,35 +288,23 @@ fn query_blocking(db: &Path, sql: &str) -> Vec<Vec<Option<String>>> {
                     })
                     .collect()
             })
-            .collect();
-        pool.close().await;
-        out
+            .collect()
     })
 }
 
 /// Change the database of a running node, as an admin with `sqlite3` would
 /// (waiting for the node's writer when it holds the lock).
 pub fn execute(db: &Path, sql: &str) {
-    let (db, sql) = (db.to_path_buf(), sql.to_string());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            let opts = sqlx::sqlite::SqliteConnectOptions::new()
-                .filename(&db)
-                .busy_timeout(Duration::from_secs(10));
-            let pool = sqlx::SqlitePool::connect_with(opts).await.expect("open db");
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                .execute(&pool)
-                .await
-                .expect("execute");
-            pool.close().await;
-        })
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(db)
+        .busy_timeout(Duration::from_secs(10));
+    let sql = sql.to_string();
+    with_db(options, async move |pool| {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(pool)
+            .await
+            .expect("execute");
     })
-    .join()
-    .expect("execute thread")
 }
 
 pub fn count(db: &Path, sql: &str) -> i64 {

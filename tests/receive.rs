@@ -967,6 +967,45 @@ fn old_studies_are_removed_when_nothing_is_left_to_do() {
     assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 1, "jobs stay");
 }
 
+/// The shipped systemd unit is one systemd accepts (`systemd-analyze
+/// verify`, with the unit's binary path pointed at the one just built), and
+/// it stops the node with SIGTERM and waits longer than the grace period.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/esorisk.service"),
+    )
+    .expect("config/esorisk.service");
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("TimeoutStopSec");
+    let grace = esorisk::config::Settings::load(None)
+        .expect("defaults")
+        .server
+        .shutdown_grace_secs;
+    assert!(stop > grace, "TimeoutStopSec {stop} <= grace {grace}");
+    assert!(unit.contains("KillSignal=SIGTERM") && unit.contains(" serve\n"));
+    let tmp = tempfile::tempdir().expect("tmp");
+    let path = tmp.path().join("esorisk.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/esorisk", env!("CARGO_BIN_EXE_esorisk")),
+    )
+    .expect("write unit");
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (run scripts/test to install systemd)");
+    let t = text(&out);
+    assert!(
+        out.status.success() && !t.contains("esorisk.service:"),
+        "{t}"
+    );
+}
+
 /// A panic while reading a data set (injected with `dicom.fault`) refuses
 /// that instance with a processing failure and the reason; the association
 /// and the node go on, and nothing of the instance is left behind.

@@ -74,7 +74,11 @@ impl Gate {
     /// Close `study` to new instances and wait (up to `patience`) until
     /// none is being stored. `None`, and the study open again, if one still
     /// is; otherwise it stays closed until the guard is dropped.
-    async fn close<'a>(&'a self, study: &'a str, patience: Duration) -> Option<Closed<'a>> {
+    pub(crate) async fn close<'a>(
+        &'a self,
+        study: &'a str,
+        patience: Duration,
+    ) -> Option<Closed<'a>> {
         self.lock().removing.insert(study.to_string());
         let closed = Closed { gate: self, study };
         let start = std::time::Instant::now();
@@ -90,7 +94,7 @@ impl Gate {
 
 /// A study closed to new instances while it is removed; open again when
 /// dropped, whatever way the removal ends.
-struct Closed<'a> {
+pub(crate) struct Closed<'a> {
     gate: &'a Gate,
     study: &'a str,
 }

@@ -622,3 +622,77 @@ fn tls_config(settings: &Settings) -> Result<Arc<rustls::ServerConfig>, NodeErro
     .map_err(|e| fail(e.to_string()))?;
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::send::{self, DicomFile};
+    use dicom_dictionary_std::tags;
+
+    /// The receiver's side of the retention gate: while a study is being
+    /// removed, an instance of it is refused with A700 and the reason, and
+    /// stored once the removal is over.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_instance_of_a_study_being_removed_is_refused_then_stored() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut settings = Settings::load(None).expect("defaults");
+        settings.storage.data_dir = dir.path().join("var");
+        settings.storage.min_free_mb = 1;
+        settings.dicom.bind = "127.0.0.1".into();
+        settings.dicom.port = 0;
+        let node = Node::start(settings).await.expect("node");
+        let addr = node.local_addr().expect("addr").to_string();
+        let gate = node.ctx.gate.clone();
+        let store_dir = node.ctx.store.store_dir().to_path_buf();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(node.run(async {
+            let _ = stopped.await;
+        }));
+
+        let files =
+            crate::testgen::write_set(&dir.path().join("in"), "rtdose", 1, 16, 1, 5).expect("file");
+        let study = dicom_object::open_file(&files[0])
+            .expect("open")
+            .element(tags::STUDY_INSTANCE_UID)
+            .expect("study uid")
+            .to_str()
+            .expect("text")
+            .trim_end_matches('\0')
+            .to_string();
+        let file = DicomFile::read(&files[0]).expect("read");
+        let contexts = [(
+            file.sop_class_uid.as_str(),
+            vec![file.transfer_syntax_uid.as_str()],
+        )];
+        let mut assoc = send::associate(&addr, "GATETEST", "ESORISK", &contexts)
+            .await
+            .expect("associate");
+
+        let closed = gate
+            .close(&study, Duration::from_secs(1))
+            .await
+            .expect("nothing in progress");
+        let rsp = send::store(&mut assoc, 1, &file).await.expect("response");
+        assert_eq!(
+            rsp.status,
+            Some(crate::dimse::status::OUT_OF_RESOURCES),
+            "{rsp:?}"
+        );
+        assert!(
+            rsp.error_comment
+                .as_deref()
+                .unwrap_or("")
+                .contains("being removed"),
+            "{rsp:?}"
+        );
+        assert!(!store_dir.join(&study).exists(), "nothing stored");
+        drop(closed);
+        let rsp = send::store(&mut assoc, 2, &file).await.expect("response");
+        assert_eq!(rsp.status, Some(crate::dimse::status::SUCCESS), "{rsp:?}");
+        assert!(store_dir.join(&study).is_dir());
+
+        let _ = assoc.release().await;
+        let _ = stop.send(());
+        served.await.expect("join").expect("node stops");
+    }
+}

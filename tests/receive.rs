@@ -916,8 +916,14 @@ fn old_studies_are_removed_when_nothing_is_left_to_do() {
             &format!("SELECT count(*) FROM instances WHERE study_instance_uid = '{uid}'"),
         )
     };
-    wait_for(|| rows_of(&old_uid) == 0);
-    node.assert_logged(&["study removed", &old_uid]);
+    // The log line comes last, after the rows and the files.
+    let removed = |uid: &str| {
+        node.log()
+            .lines()
+            .any(|l| l.contains("study removed") && l.contains(uid))
+    };
+    wait_for(|| removed(&old_uid));
+    assert_eq!(rows_of(&old_uid), 0);
     assert!(!old_dir.exists(), "{}", old_dir.display());
     assert_eq!(
         count(
@@ -939,7 +945,8 @@ fn old_studies_are_removed_when_nothing_is_left_to_do() {
         &db,
         "UPDATE jobs SET state = 'succeeded' WHERE input_key = 'k1'",
     );
-    wait_for(|| rows_of(&waiting_uid) == 0);
+    wait_for(|| removed(&waiting_uid));
+    assert_eq!(rows_of(&waiting_uid), 0);
     assert!(!waiting_dir.exists());
     assert_eq!(node.stored_files().len(), recent.len() + 1);
 

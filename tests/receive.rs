@@ -264,11 +264,13 @@ fn ct_series_and_several_senders_at_once() {
         count(&node.db_path(), "SELECT count(*) FROM instances"),
         120 + 8 * 23
     );
-    let assoc = count(
-        &node.db_path(),
-        "SELECT count(*) FROM associations WHERE outcome = 'released' AND instances_stored > 0",
-    );
-    assert_eq!(assoc, 9);
+    // An association's row is closed just after the sender hears the release.
+    wait_for(|| {
+        count(
+            &node.db_path(),
+            "SELECT count(*) FROM associations WHERE outcome = 'released' AND instances_stored > 0",
+        ) == 9
+    });
     assert!(!node.log().contains("not indexed"), "{}", node.log());
 }
 
@@ -557,13 +559,13 @@ fn access_control_and_unsupported_sop_class() {
     wait_for(|| node.log().matches("association rejected").count() >= 3);
     let log = node.log();
     assert!(log.contains("calling_ae=\"STRANGER\""), "{log}");
-    assert_eq!(
+    // The row is written just after the log line.
+    wait_for(|| {
         count(
             &node.db_path(),
-            "SELECT count(*) FROM associations WHERE outcome LIKE 'rejected:%'"
-        ),
-        3
-    );
+            "SELECT count(*) FROM associations WHERE outcome LIKE 'rejected:%'",
+        ) == 3
+    });
 
     // An SOP class we do not store (MR Image) is refused at negotiation.
     let ct = esorisk::testgen::write_set(&tmp.path().join("ct"), "ct", 1, 64, 1, 1).expect("ct");
@@ -661,12 +663,13 @@ fn associations_over_the_limit_are_rejected_not_left_hanging() {
     });
     let log = node.log();
     assert!(log.contains("too many associations"), "{log}");
-    assert!(
+    // Each row is written just after its log line.
+    wait_for(|| {
         count(
             &node.db_path(),
-            "SELECT count(*) FROM associations WHERE outcome = 'rejected: local limit exceeded'"
+            "SELECT count(*) FROM associations WHERE outcome = 'rejected: local limit exceeded'",
         ) >= 2
-    );
+    });
 }
 
 /// Pairs (file, status) from `storescu -v` output: which sends were acknowledged.

@@ -70,7 +70,7 @@ struct InFlight {
 
 /// Serve one association until it ends. Returns the summary for the log.
 pub async fn serve<S>(
-    mut assoc: AsyncServerAssociation<S>,
+    assoc: &mut AsyncServerAssociation<S>,
     ctx: Arc<Context>,
     peer: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
@@ -78,7 +78,7 @@ pub async fn serve<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
+    let calling_ae = dicom_ul::association::Association::peer_ae_title(&*assoc)
         .trim()
         .to_string();
     let called_ae = assoc.called_ae_title().trim().to_string();
@@ -111,7 +111,7 @@ pub async fn serve<S>(
     let outcome = 'assoc: loop {
         // Between instances a shutdown ends the association; during one, the
         // instance is finished first.
-        let (socket, pending) = AsyncAssociation::get_mut(&mut assoc);
+        let (socket, pending) = AsyncAssociation::get_mut(assoc);
         let event = if current.is_none() && command_pc.is_none() {
             tokio::select! {
                 event = reader.next(socket, pending) => event,

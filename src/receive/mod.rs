@@ -328,7 +328,7 @@ async fn log_refused(ctx: &Context, peer: &str, e: &dicom_ul::association::Error
 }
 
 async fn run_association<S>(
-    assoc: dicom_ul::association::AsyncServerAssociation<S>,
+    mut assoc: dicom_ul::association::AsyncServerAssociation<S>,
     peer: SocketAddr,
     ctx: Arc<Context>,
     stop: watch::Receiver<bool>,
@@ -359,12 +359,12 @@ async fn run_association<S>(
         .map_err(|e| warn!(error = %e, "cannot log association"))
         .ok();
     // A panic ends this association with a reason in the log and the index
-    // (not only a message on stderr), keeping the counts so far. The
-    // instance in flight, if any, is dropped with its temporary file; the
-    // peer sees the connection close without a response.
+    // (not only a message on stderr), keeping the counts so far, and an
+    // A-ABORT to the peer. The instance in flight, if any, is dropped with
+    // its temporary file.
     let mut summary = association::Summary::default();
     let served = AssertUnwindSafe(association::serve(
-        assoc,
+        &mut assoc,
         ctx.clone(),
         peer,
         stop,
@@ -376,6 +376,12 @@ async fn run_association<S>(
         let what = crate::panic_message(payload.as_ref());
         error!(calling_ae, %peer, "internal error in the association: {what}");
         summary.outcome = format!("aborted: internal error in esorisk: {what}");
+        let abort = Pdu::AbortRQ {
+            source: dicom_ul::pdu::AbortRQSource::ServiceProvider(
+                dicom_ul::pdu::AbortRQServiceProviderReason::ReasonNotSpecified,
+            ),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), assoc.send(&abort)).await;
     }
     info!(
         calling_ae, %peer, stored = summary.stored, failed = summary.failed, bytes = summary.bytes,

@@ -35,8 +35,9 @@ pub struct Context {
     pub read_timeout: std::time::Duration,
     /// `dicom.fault`: a panic injected for tests, or empty.
     pub fault: String,
-    /// Shared with the removal of old studies (`storage.retention_days`).
-    pub gate: Arc<crate::retention::Gate>,
+    /// Shared with the removal of old studies; `None` when the node removes
+    /// none (`storage.retention_days = 0`), so the receive path skips it.
+    pub gate: Option<Arc<crate::retention::Gate>>,
 }
 
 /// Totals for the association log.
@@ -456,18 +457,19 @@ async fn finish_instance(
         }
     };
     // Held until the response: the study is not removed meanwhile.
-    let study = checked
-        .stored()
-        .header
-        .study_instance_uid
-        .as_deref()
-        .unwrap_or_default();
-    let Some(_pass) = ctx.gate.enter(study) else {
-        return refuse(
-            summary,
-            status::OUT_OF_RESOURCES,
-            "an old copy of this study is being removed (storage.retention_days); send it again in a minute".into(),
-        );
+    let _pass = match &ctx.gate {
+        Some(gate) => {
+            let study = checked.stored().header.study_instance_uid.as_deref();
+            match gate.enter(study.unwrap_or_default()) {
+                Some(pass) => Some(pass),
+                None => return refuse(
+                    summary,
+                    status::OUT_OF_RESOURCES,
+                    "an old copy of this study is being removed (storage.retention_days); send it again in a minute".into(),
+                ),
+            }
+        }
+        None => None,
     };
     let record = InstanceRecord {
         stored: checked.stored().clone(),

@@ -126,7 +126,7 @@ impl Node {
             ae_title: settings.dicom.ae_title.clone(),
             read_timeout: Duration::from_secs(settings.dicom.read_timeout_secs.max(1)),
             fault: settings.dicom.fault.clone(),
-            gate: Default::default(),
+            gate: (settings.storage.retention_days > 0).then(Default::default),
         });
         Ok(Node {
             settings,
@@ -160,10 +160,10 @@ impl Node {
         let mut tasks = JoinSet::new();
         let options = Arc::new(OptionsTemplate::new(&settings, tls.clone()));
         let (retention_stop, retention_rx) = watch::channel(false);
-        let retention = (settings.storage.retention_days > 0).then(|| {
+        let retention = ctx.gate.clone().map(|gate| {
             tokio::spawn(crate::retention::run(
                 ctx.index.clone(),
-                ctx.gate.clone(),
+                gate,
                 ctx.store.data_dir().to_path_buf(),
                 settings.storage.retention_days,
                 Duration::from_secs(settings.storage.retention_check_secs.max(1)),
@@ -646,9 +646,10 @@ mod tests {
         settings.storage.min_free_mb = 1;
         settings.dicom.bind = "127.0.0.1".into();
         settings.dicom.port = 0;
+        settings.storage.retention_days = 30;
         let node = Node::start(settings).await.expect("node");
         let addr = node.local_addr().expect("addr").to_string();
-        let gate = node.ctx.gate.clone();
+        let gate = node.ctx.gate.clone().expect("a gate with retention on");
         let store_dir = node.ctx.store.store_dir().to_path_buf();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let served = tokio::spawn(node.run(async {

@@ -220,13 +220,22 @@ impl Index {
     /// study and patient that it alone had brought in. It runs on the
     /// writer's connection, in order with the rows being committed.
     pub async fn forget(&self, sop_instance_uid: &str, file_path: &str) -> Result<(), IndexError> {
+        self.ask_writer(|reply| Job::Forget {
+            sop_instance_uid: sop_instance_uid.to_string(),
+            file_path: file_path.to_string(),
+            reply,
+        })
+        .await
+    }
+
+    /// Hand the writer a job that answers on `reply`, and wait for it.
+    async fn ask_writer<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Job,
+    ) -> Result<T, IndexError> {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .send(Job::Forget {
-                sop_instance_uid: sop_instance_uid.to_string(),
-                file_path: file_path.to_string(),
-                reply,
-            })
+            .send(job(reply))
             .await
             .map_err(|_| IndexError::WriterGone)?;
         writer_reply(rx).await
@@ -270,16 +279,12 @@ impl Index {
         study_instance_uid: &str,
         received_before: &str,
     ) -> Result<Option<RemovedStudy>, IndexError> {
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .send(Job::RemoveStudy {
-                study_instance_uid: study_instance_uid.to_string(),
-                received_before: received_before.to_string(),
-                reply,
-            })
-            .await
-            .map_err(|_| IndexError::WriterGone)?;
-        writer_reply(rx).await
+        self.ask_writer(|reply| Job::RemoveStudy {
+            study_instance_uid: study_instance_uid.to_string(),
+            received_before: received_before.to_string(),
+            reply,
+        })
+        .await
     }
 
     /// All file paths currently indexed (for start-up reconciliation).

@@ -1107,7 +1107,7 @@ fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
     let said = run(&["retry", &id], &[data]);
     assert!(said.contains("queued again"), "{said}");
     let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let _node = TestNode::start_in(&data_dir, &refs);
+    let node = TestNode::start_in(&data_dir, &refs);
     wait_until("the requeued job to fail", 120, || {
         count(&db, "SELECT count(*) FROM jobs WHERE state = 'failed'") == 1
     });
@@ -1115,6 +1115,39 @@ fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
         .clone()
         .unwrap_or_default();
     assert!(error.contains("no longer stored"), "{error}");
+    // As the reason says, the same files sent again are scored again: the
+    // removal released the old job's claim on them.
+    let sent_before = rx.files().len();
+    push(&node, &study);
+    wait_until("a new job for the study sent again", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == 1
+    });
+    wait_until("its results", 120, || rx.files().len() >= sent_before + 2);
+    assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 2);
+    let outcome = query(&db, "SELECT outcome FROM study_checks")[0][0]
+        .clone()
+        .unwrap_or_default();
+    assert!(outcome.starts_with("queued job"), "{outcome}");
+    // Sent once more, unchanged, it is not scored a third time, and the
+    // check says which job has those inputs.
+    push(&node, &study);
+    wait_until("the study checked again", 120, || {
+        query(&db, "SELECT outcome FROM study_checks")[0][0]
+            .clone()
+            .unwrap_or_default()
+            .starts_with("unchanged")
+    });
+    let outcome = query(&db, "SELECT outcome FROM study_checks")[0][0]
+        .clone()
+        .unwrap_or_default();
+    let new_job = query(&db, "SELECT max(id) FROM jobs")[0][0]
+        .clone()
+        .unwrap_or_default();
+    assert_eq!(
+        outcome,
+        format!("unchanged: job {new_job} (succeeded) has these inputs and this model")
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 2);
 }
 
 #[test]

@@ -544,6 +544,10 @@ async fn remove_study_rows(
     for sql in [
         "DELETE FROM series WHERE study_instance_uid = ?",
         "DELETE FROM study_checks WHERE study_instance_uid = ?",
+        // The jobs stay as the record, but no longer stand for stored
+        // inputs: the same files sent again are scored again.
+        "UPDATE jobs SET input_key = input_key || ':removed:' || id \
+         WHERE study_instance_uid = ? AND input_key NOT LIKE '%:removed:%'",
     ] {
         sqlx::query(sql).bind(study).execute(&mut *tx).await?;
     }

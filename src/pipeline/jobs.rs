@@ -95,6 +95,18 @@ pub async fn enqueue(
     Ok(id)
 }
 
+/// The job (id, state) holding an input key, if any.
+pub async fn with_input_key(
+    pool: &SqlitePool,
+    input_key: &str,
+) -> sqlx::Result<Option<(i64, String)>> {
+    let row = sqlx::query("SELECT id, state FROM jobs WHERE input_key = ?")
+        .bind(input_key)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|r| (r.get(0), r.get(1))))
+}
+
 /// Claim the oldest due queued job for `worker`, atomically (one UPDATE
 /// with RETURNING: two workers never get the same job).
 pub async fn claim(pool: &SqlitePool, worker: &str, lease_secs: u64) -> sqlx::Result<Option<Job>> {

@@ -225,7 +225,15 @@ pub async fn check_studies(ctx: &Context) -> Result<(), String> {
                             info!(study = %study, job = id, "study complete and stable: job queued");
                             format!("queued job {id}")
                         }
-                        Ok(None) => "unchanged: these inputs were scored with this model".into(),
+                        Ok(None) => match jobs::with_input_key(&ctx.pool, &key).await {
+                            Ok(Some((id, state))) => {
+                                format!(
+                                    "unchanged: job {id} ({state}) has these inputs and this model"
+                                )
+                            }
+                            Ok(None) => "unchanged: a job has these inputs and this model".into(),
+                            Err(e) => return Err(e.to_string()),
+                        },
                         Err(e) => return Err(e.to_string()),
                     }
                 }
@@ -269,7 +277,8 @@ pub async fn study_inputs(ctx: &Context, study: &str) -> Result<Vec<Input>, Stri
 }
 
 /// Model version and the RT inputs' contents, hashed: re-sending the same
-/// files does not score again, a changed file does.
+/// files does not score again, a changed file does. Removing a study
+/// releases its jobs' keys ([`crate::index::Index::remove_study`]).
 fn input_key(model_version: &str, inputs: &[Input]) -> std::io::Result<String> {
     let mut h = crate::hash::Fnv::default();
     h.update(model_version.as_bytes());

@@ -635,51 +635,90 @@ mod tests {
     use crate::send::{self, DicomFile};
     use dicom_dictionary_std::tags;
 
+    /// A node with retention on, serving on an ephemeral port, and one RT
+    /// Dose file of a study to send it.
+    struct GatedNode {
+        _dir: tempfile::TempDir,
+        addr: String,
+        ctx: Arc<Context>,
+        file: DicomFile,
+        study: String,
+        stop: tokio::sync::oneshot::Sender<()>,
+        served: tokio::task::JoinHandle<Result<(), NodeError>>,
+    }
+
+    impl GatedNode {
+        async fn start() -> GatedNode {
+            let dir = tempfile::tempdir().expect("tmp");
+            let mut settings = Settings::load(None).expect("defaults");
+            settings.storage.data_dir = dir.path().join("var");
+            settings.storage.min_free_mb = 1;
+            settings.dicom.bind = "127.0.0.1".into();
+            settings.dicom.port = 0;
+            settings.storage.retention_days = 30;
+            let node = Node::start(settings).await.expect("node");
+            let addr = node.local_addr().expect("addr").to_string();
+            let ctx = node.ctx.clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let served = tokio::spawn(node.run(async {
+                let _ = stopped.await;
+            }));
+            let files = crate::testgen::write_set(&dir.path().join("in"), "rtdose", 1, 16, 1, 5)
+                .expect("file");
+            let study = dicom_object::open_file(&files[0])
+                .expect("open")
+                .element(tags::STUDY_INSTANCE_UID)
+                .expect("study uid")
+                .to_str()
+                .expect("text")
+                .trim_end_matches('\0')
+                .to_string();
+            let file = DicomFile::read(&files[0]).expect("read");
+            GatedNode {
+                _dir: dir,
+                addr,
+                ctx,
+                file,
+                study,
+                stop,
+                served,
+            }
+        }
+
+        async fn associate(
+            &self,
+        ) -> dicom_ul::association::client::AsyncClientAssociation<tokio::net::TcpStream> {
+            let contexts = [(
+                self.file.sop_class_uid.as_str(),
+                vec![self.file.transfer_syntax_uid.as_str()],
+            )];
+            send::associate(&self.addr, "GATETEST", "ESORISK", &contexts)
+                .await
+                .expect("associate")
+        }
+
+        async fn stop(self) {
+            let _ = self.stop.send(());
+            self.served.await.expect("join").expect("node stops");
+        }
+    }
+
     /// The receiver's side of the retention gate: while a study is being
     /// removed, an instance of it is refused with A700 and the reason, and
     /// stored once the removal is over.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_instance_of_a_study_being_removed_is_refused_then_stored() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let mut settings = Settings::load(None).expect("defaults");
-        settings.storage.data_dir = dir.path().join("var");
-        settings.storage.min_free_mb = 1;
-        settings.dicom.bind = "127.0.0.1".into();
-        settings.dicom.port = 0;
-        settings.storage.retention_days = 30;
-        let node = Node::start(settings).await.expect("node");
-        let addr = node.local_addr().expect("addr").to_string();
+        let node = GatedNode::start().await;
         let gate = node.ctx.gate.clone().expect("a gate with retention on");
         let store_dir = node.ctx.store.store_dir().to_path_buf();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let served = tokio::spawn(node.run(async {
-            let _ = stopped.await;
-        }));
-
-        let files =
-            crate::testgen::write_set(&dir.path().join("in"), "rtdose", 1, 16, 1, 5).expect("file");
-        let study = dicom_object::open_file(&files[0])
-            .expect("open")
-            .element(tags::STUDY_INSTANCE_UID)
-            .expect("study uid")
-            .to_str()
-            .expect("text")
-            .trim_end_matches('\0')
-            .to_string();
-        let file = DicomFile::read(&files[0]).expect("read");
-        let contexts = [(
-            file.sop_class_uid.as_str(),
-            vec![file.transfer_syntax_uid.as_str()],
-        )];
-        let mut assoc = send::associate(&addr, "GATETEST", "ESORISK", &contexts)
-            .await
-            .expect("associate");
+        let (file, study) = (&node.file, &node.study);
+        let mut assoc = node.associate().await;
 
         let closed = gate
-            .close(&study, Duration::from_secs(1))
+            .close(study, Duration::from_secs(1))
             .await
             .expect("nothing in progress");
-        let rsp = send::store(&mut assoc, 1, &file).await.expect("response");
+        let rsp = send::store(&mut assoc, 1, file).await.expect("response");
         assert_eq!(
             rsp.status,
             Some(crate::dimse::status::OUT_OF_RESOURCES),
@@ -692,14 +731,94 @@ mod tests {
                 .contains("being removed"),
             "{rsp:?}"
         );
-        assert!(!store_dir.join(&study).exists(), "nothing stored");
+        assert!(!store_dir.join(study).exists(), "nothing stored");
         drop(closed);
-        let rsp = send::store(&mut assoc, 2, &file).await.expect("response");
+        let rsp = send::store(&mut assoc, 2, file).await.expect("response");
         assert_eq!(rsp.status, Some(crate::dimse::status::SUCCESS), "{rsp:?}");
-        assert!(store_dir.join(&study).is_dir());
+        assert!(store_dir.join(study).is_dir());
 
         let _ = assoc.release().await;
-        let _ = stop.send(());
-        served.await.expect("join").expect("node stops");
+        node.stop().await;
+    }
+
+    /// One instance sent again and again while its study is removed again
+    /// and again, as fast as both go: every response is a success or the
+    /// gate's A700, never a failure to put the file in place, and at the
+    /// end the index and the store agree, with the instance present when
+    /// its last success came after the last removal.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn storing_and_removing_one_study_at_once_keep_index_and_store_in_step() {
+        let node = GatedNode::start().await;
+        let gate = node.ctx.gate.clone().expect("a gate with retention on");
+        let index = node.ctx.index.clone();
+        let data_dir = node.ctx.store.data_dir().to_path_buf();
+        let mut assoc = node.associate().await;
+        let file = node.file.clone();
+        let sender = tokio::spawn(async move {
+            let (mut stored, mut refused) = (0u32, 0u32);
+            for id in 1..=200u16 {
+                let rsp = send::store(&mut assoc, id, &file).await.expect("response");
+                match rsp.status {
+                    Some(crate::dimse::status::SUCCESS) => stored += 1,
+                    Some(crate::dimse::status::OUT_OF_RESOURCES)
+                        if rsp
+                            .error_comment
+                            .as_deref()
+                            .is_some_and(|c| c.contains("being removed")) =>
+                    {
+                        refused += 1
+                    }
+                    _ => panic!("instance {id}: {rsp:?}"),
+                }
+            }
+            let _ = assoc.release().await;
+            (stored, refused)
+        });
+        // Everything stored counts as old (cut-off one day ahead).
+        let mut removed = 0;
+        while !sender.is_finished() {
+            removed += crate::retention::remove_old(&index, &gate, &data_dir, -1.0, || true)
+                .await
+                .expect("removal")
+                .studies;
+        }
+        let (stored, refused) = sender.await.expect("sender");
+        assert!(
+            stored > 0 && removed > 0,
+            "stored {stored}, removed {removed}"
+        );
+        eprintln!("{stored} stored, {refused} refused, {removed} removals");
+
+        let indexed = index.indexed_paths().await.expect("paths");
+        let mut on_disk = std::collections::HashSet::new();
+        let mut dirs = vec![node.ctx.store.store_dir().to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).expect("read dir") {
+                let p = e.expect("entry").path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    let rel = p.strip_prefix(&data_dir).expect("inside");
+                    on_disk.insert(rel.to_string_lossy().to_string());
+                }
+            }
+        }
+        assert_eq!(indexed, on_disk, "the index and the store agree");
+        // One last removal, then one last success: it must be there.
+        crate::retention::remove_old(&index, &gate, &data_dir, -1.0, || true)
+            .await
+            .expect("removal");
+        let mut assoc = node.associate().await;
+        let rsp = send::store(&mut assoc, 1, &node.file)
+            .await
+            .expect("response");
+        assert_eq!(rsp.status, Some(crate::dimse::status::SUCCESS), "{rsp:?}");
+        let _ = assoc.release().await;
+        let indexed = index.indexed_paths().await.expect("paths");
+        assert_eq!(indexed.len(), 1, "{indexed:?}");
+        for p in &indexed {
+            assert!(data_dir.join(p).is_file(), "{p}");
+        }
+        node.stop().await;
     }
 }

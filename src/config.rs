@@ -68,6 +68,17 @@ pub struct TlsSettings {
     pub enabled: bool,
     pub certificate: PathBuf,
     pub private_key: PathBuf,
+    /// Mutual TLS: callers must present a certificate of these CAs.
+    #[serde(default)]
+    pub client_ca_certificates: PathBuf,
+}
+
+/// TLS for the deliveries (`[pipeline.tls]`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ClientTlsSettings {
+    pub ca_certificates: PathBuf,
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +122,11 @@ pub struct PipelineSettings {
     #[serde(deserialize_with = "destinations")]
     pub destinations: Vec<Destination>,
     pub send_back_port: u16,
+    /// Send back over TLS (with `pipeline.tls`).
+    #[serde(default)]
+    pub send_back_tls: bool,
+    #[serde(default)]
+    pub tls: ClientTlsSettings,
     pub delivery_max_attempts: u32,
     pub delivery_retry_base_seconds: u64,
     #[serde(default)]
@@ -121,7 +137,7 @@ pub struct PipelineSettings {
 }
 
 /// Destinations as TOML tables, or (handy in the environment) a string
-/// `AE@host:port[,AE@host:port…]`.
+/// `AE@host:port[+tls][,AE@host:port[+tls]…]`.
 fn destinations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Destination>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -137,7 +153,9 @@ fn destinations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Destinatio
             .filter(|s| !s.is_empty())
             .map(|s| {
                 Destination::parse(s).ok_or_else(|| {
-                    serde::de::Error::custom(format!("destination {s:?}: expected AE@host:port"))
+                    serde::de::Error::custom(format!(
+                        "destination {s:?}: expected AE@host:port or AE@host:port+tls"
+                    ))
                 })
             })
             .collect(),
@@ -150,21 +168,31 @@ pub struct Destination {
     pub ae_title: String,
     pub host: String,
     pub port: u16,
+    /// Associate over TLS (`pipeline.tls`).
+    #[serde(default)]
+    pub tls: bool,
 }
 
 impl Destination {
-    /// `AE@host:port`, as the deliveries table records it.
+    /// `AE@host:port`, or `AE@host:port+tls`, as the deliveries table
+    /// records it.
     pub fn key(&self) -> String {
-        format!("{}@{}:{}", self.ae_title, self.host, self.port)
+        let tls = if self.tls { "+tls" } else { "" };
+        format!("{}@{}:{}{tls}", self.ae_title, self.host, self.port)
     }
 
     pub fn parse(key: &str) -> Option<Destination> {
+        let (key, tls) = match key.strip_suffix("+tls") {
+            Some(k) => (k, true),
+            None => (key, false),
+        };
         let (ae, addr) = key.split_once('@')?;
         let (host, port) = addr.rsplit_once(':')?;
         Some(Destination {
             ae_title: ae.to_string(),
             host: host.to_string(),
             port: port.parse().ok()?,
+            tls,
         })
     }
 }
@@ -265,6 +293,19 @@ impl Settings {
                     "each needs ae_title (1-16 characters), host and port",
                 ));
             }
+        }
+        let tls_used = pl.send_back_tls || pl.destinations.iter().any(|d| d.tls);
+        if tls_used && pl.tls.ca_certificates.as_os_str().is_empty() {
+            return Err(invalid(
+                "pipeline.tls.ca_certificates",
+                "a PEM file of the CA certificates the TLS destinations' certificates chain to",
+            ));
+        }
+        if pl.tls.certificate.as_os_str().is_empty() != pl.tls.private_key.as_os_str().is_empty() {
+            return Err(invalid(
+                "pipeline.tls",
+                "certificate and private_key go together (both or neither)",
+            ));
         }
         let ds = &self.dosiomics;
         if !(ds.bin_width_gy.is_finite() && ds.bin_width_gy > 0.0) {
@@ -459,6 +500,42 @@ mod tests {
         std::fs::write(&path, "[dicom]\nfault = \"panic-in-scoring\"\n").expect("write");
         let err = Settings::load(Some(&path)).expect_err("must fail");
         assert!(err.to_string().contains("dicom.fault"), "{err}");
+    }
+
+    #[test]
+    fn tls_destinations_read_and_record_their_transport() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            "[pipeline]\ndestinations = [ { ae_title = \"TPS\", host = \"tps\", port = 104 },\n\
+             { ae_title = \"PACS\", host = \"10.0.0.9\", port = 2762, tls = true } ]\n\
+             [pipeline.tls]\nca_certificates = \"ca.pem\"\n",
+        )
+        .expect("write");
+        let s = Settings::load(Some(&path)).expect("load");
+        let keys: Vec<String> = s
+            .pipeline
+            .destinations
+            .iter()
+            .map(Destination::key)
+            .collect();
+        assert_eq!(keys, ["TPS@tps:104", "PACS@10.0.0.9:2762+tls"]);
+        for (d, k) in s.pipeline.destinations.iter().zip(&keys) {
+            assert_eq!(Destination::parse(k).as_ref(), Some(d));
+        }
+        // Without the CAs to check a TLS destination against: refused.
+        std::fs::write(&path, "[pipeline]\ndestinations = \"PACS@pacs:2762+tls\"\n")
+            .expect("write");
+        let err = Settings::load(Some(&path)).expect_err("must fail");
+        assert!(
+            err.to_string().contains("pipeline.tls.ca_certificates"),
+            "{err}"
+        );
+        // A certificate without its key: refused.
+        std::fs::write(&path, "[pipeline.tls]\ncertificate = \"node.pem\"\n").expect("write");
+        let err = Settings::load(Some(&path)).expect_err("must fail");
+        assert!(err.to_string().contains("both or neither"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod send;
 pub mod store;
 pub mod synth;
 pub mod testgen;
+pub mod tls;
 pub mod uid;
 
 /// The message a panic carried, for the instance, association, job or
@@ -35,4 +36,20 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".into())
+}
+
+/// An error and its causes, `a: b: c`: dicom-ul's "could not connect to
+/// server" alone does not say that a certificate was refused; its cause
+/// does.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
 }

@@ -316,10 +316,14 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
     match command {
         Command::Serve => {
             let pipeline_settings = settings.clone();
+            let tls = esorisk::pipeline::client_tls(&pipeline_settings)?;
             let node = Node::start(settings).await?;
             let pipeline = if pipeline_settings.pipeline.enabled {
-                let ctx =
-                    esorisk::pipeline::context(&pipeline_settings, node.index().pool().clone());
+                let ctx = esorisk::pipeline::context(
+                    &pipeline_settings,
+                    node.index().pool().clone(),
+                    tls,
+                );
                 Some(esorisk::pipeline::Pipeline::start(ctx).await)
             } else {
                 None

@@ -4,18 +4,20 @@
 //! talk to the node the way a planning system would.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use dicom_ul::association::client::AsyncClientAssociation;
+use dicom_ul::association::client::{AsyncClientAssociation, AsyncTlsStream};
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
 use dicom_ul::ClientAssociationOptions;
 use snafu::{ResultExt, Snafu};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::dimse::{Command, CommandError};
 
 #[derive(Debug, Snafu)]
 pub enum SendError {
-    #[snafu(display("association with {addr} failed: {source}"))]
+    #[snafu(display("association with {addr} failed: {}", crate::with_causes(source.as_ref())))]
     Associate {
         addr: String,
         #[snafu(source(from(dicom_ul::association::Error, Box::new)))]
@@ -74,13 +76,15 @@ impl DicomFile {
     }
 }
 
-/// Open an association proposing each (abstract syntax, transfer syntaxes).
-pub async fn associate(
-    addr: &str,
+/// What an association can run over: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+fn options<'a>(
     calling_ae: &str,
     called_ae: &str,
     contexts: &[(&str, Vec<&str>)],
-) -> Result<AsyncClientAssociation<TcpStream>, SendError> {
+) -> ClientAssociationOptions<'a> {
     let mut options = ClientAssociationOptions::new()
         .calling_ae_title(calling_ae.to_string())
         .called_ae_title(called_ae.to_string())
@@ -91,14 +95,46 @@ pub async fn associate(
             ts.iter().map(|t| t.to_string()).collect(),
         );
     }
-    options.establish_async(addr).await.context(AssociateSnafu {
-        addr: addr.to_string(),
-    })
+    options
+}
+
+/// Open an association proposing each (abstract syntax, transfer syntaxes).
+pub async fn associate(
+    addr: &str,
+    calling_ae: &str,
+    called_ae: &str,
+    contexts: &[(&str, Vec<&str>)],
+) -> Result<AsyncClientAssociation<TcpStream>, SendError> {
+    options(calling_ae, called_ae, contexts)
+        .establish_async(addr)
+        .await
+        .context(AssociateSnafu {
+            addr: addr.to_string(),
+        })
+}
+
+/// The same over TLS: the peer's certificate must chain to the CAs of
+/// `config` and name `host` (a DNS name or an IP address).
+pub async fn associate_tls(
+    host: &str,
+    port: u16,
+    config: Arc<rustls::ClientConfig>,
+    calling_ae: &str,
+    called_ae: &str,
+    contexts: &[(&str, Vec<&str>)],
+) -> Result<AsyncClientAssociation<AsyncTlsStream>, SendError> {
+    let addr = format!("{host}:{port}");
+    options(calling_ae, called_ae, contexts)
+        .tls_config(config)
+        .server_name(host)
+        .establish_tls_async(addr.as_str())
+        .await
+        .context(AssociateSnafu { addr })
 }
 
 /// The accepted presentation context for an abstract syntax and transfer syntax.
-pub fn context_id(
-    assoc: &AsyncClientAssociation<TcpStream>,
+pub fn context_id<S>(
+    assoc: &AsyncClientAssociation<S>,
     abstract_syntax: &str,
     transfer_syntax: &str,
 ) -> Option<u8> {
@@ -115,8 +151,8 @@ pub fn context_id(
 
 /// Send a command and an optional data set, split into PDUs that fit the
 /// peer's maximum length.
-pub async fn send_message(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
+pub async fn send_message<S: Stream>(
+    assoc: &mut AsyncClientAssociation<S>,
     pc_id: u8,
     command: &Command,
     data_set: Option<&[u8]>,
@@ -154,8 +190,8 @@ pub async fn send_message(
 }
 
 /// Wait for the next command (a response).
-pub async fn receive_command(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
+pub async fn receive_command<S: Stream>(
+    assoc: &mut AsyncClientAssociation<S>,
 ) -> Result<Command, SendError> {
     let mut bytes = Vec::new();
     loop {
@@ -185,8 +221,8 @@ pub async fn receive_command(
 }
 
 /// C-STORE one data set; returns the response command.
-pub async fn store(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
+pub async fn store<S: Stream>(
+    assoc: &mut AsyncClientAssociation<S>,
     message_id: u16,
     file: &DicomFile,
 ) -> Result<Command, SendError> {
@@ -202,8 +238,8 @@ pub async fn store(
 }
 
 /// C-ECHO on an accepted Verification context; returns the status.
-pub async fn echo(
-    assoc: &mut AsyncClientAssociation<TcpStream>,
+pub async fn echo<S: Stream>(
+    assoc: &mut AsyncClientAssociation<S>,
     message_id: u16,
 ) -> Result<u16, SendError> {
     let pc_id = assoc

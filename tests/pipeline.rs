@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{count, dcmtk, execute, query, storescu, text, TestNode};
+use common::{count, dcmtk, execute, query, storescu, text, Pki, TestNode};
 
 /// A tiny model trained for one epoch on a small synthetic cohort (shared
 /// by the tests; training it is part of what is tested).
@@ -435,6 +435,148 @@ fn a_destination_that_never_answers_ends_as_a_dead_delivery() {
     );
     let jobs = on_node(&node, &["jobs"]);
     assert!(jobs.contains("dead"), "{jobs}");
+}
+
+/// storescp as a TLS destination that requires a client certificate.
+fn tls_receiver(dir: &Path, key: &str, cert: &str, trusted_ca: &str) -> Receiver {
+    std::fs::create_dir_all(dir).expect("dir");
+    let port = free_port();
+    let child = Command::new("storescp")
+        .args([
+            "-aet", "TPS", "+B", "+tls", key, cert, "+cf", trusted_ca, "-rc", "-od",
+        ])
+        .arg(dir)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("storescp");
+    std::thread::sleep(Duration::from_millis(300));
+    Receiver {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+    }
+}
+
+#[test]
+fn results_go_over_tls_to_a_destination_that_requires_it() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pki = Pki::new(&tmp.path().join("pki"), "hospital");
+    let (tps_key, tps_cert) = pki.issue("hospital", "tps");
+    let (node_key, node_cert) = pki.issue("hospital", "esorisk");
+    let rx = tls_receiver(
+        &tmp.path().join("tps"),
+        &tps_key,
+        &tps_cert,
+        &pki.ca("hospital"),
+    );
+    // A second destination whose certificate comes from a CA the node does
+    // not trust.
+    let other = Pki::new(&tmp.path().join("other"), "other");
+    let (bad_key, bad_cert) = other.issue("other", "impostor");
+    let bad = tls_receiver(
+        &tmp.path().join("bad"),
+        &bad_key,
+        &bad_cert,
+        &pki.ca("hospital"),
+    );
+
+    let mut env = node_env(model, rx.port);
+    let tls_env = [
+        (
+            "ESORISK__PIPELINE__DESTINATIONS",
+            format!(
+                "TPS@127.0.0.1:{}+tls,TPS@localhost:{}+tls",
+                rx.port, bad.port
+            ),
+        ),
+        (
+            "ESORISK__PIPELINE__TLS__CA_CERTIFICATES",
+            pki.ca("hospital"),
+        ),
+        ("ESORISK__PIPELINE__TLS__CERTIFICATE", node_cert),
+        ("ESORISK__PIPELINE__TLS__PRIVATE_KEY", node_key),
+        ("ESORISK__PIPELINE__DELIVERY_MAX_ATTEMPTS", "1".into()),
+    ];
+    env.extend(tls_env.into_iter().map(|(k, v)| (k.to_string(), v)));
+    let node = start_node(&env);
+    let study = patient(&tmp.path().join("in"), "31", false);
+    push(&node, &study);
+    wait_until("the SR and RT Structure Set over TLS", 120, || {
+        rx.files().len() >= 2
+    });
+    let db = node.db_path();
+    wait_until("the deliveries recorded", 60, || {
+        count(
+            &db,
+            "SELECT count(*) FROM deliveries WHERE state <> 'pending'",
+        ) == 4
+    });
+    let good = format!("TPS@127.0.0.1:{}+tls", rx.port);
+    let rows = query(
+        &db,
+        "SELECT destination, state, last_error FROM deliveries ORDER BY destination, id",
+    );
+    for row in &rows {
+        let (dest, state, error) = (
+            row[0].clone().unwrap_or_default(),
+            row[1].clone().unwrap_or_default(),
+            row[2].clone().unwrap_or_default(),
+        );
+        if dest == good {
+            assert_eq!(state, "sent", "{row:?}");
+        } else {
+            assert_eq!(dest, format!("TPS@localhost:{}+tls", bad.port));
+            assert_eq!(state, "dead", "{row:?}");
+            assert!(error.contains("certificate"), "{error}");
+        }
+    }
+    assert!(bad.files().is_empty());
+    // What arrived over TLS is what the node wrote.
+    for f in rx.files() {
+        let sop = common::uids(&f).sop;
+        let ours = query(
+            &db,
+            &format!("SELECT file_path FROM outputs WHERE sop_instance_uid = '{sop}'"),
+        );
+        let path = node.data_dir.join(ours[0][0].clone().unwrap_or_default());
+        assert_eq!(common::data_set(&f), common::data_set(&path));
+    }
+}
+
+#[test]
+fn a_tls_destination_needs_the_ca_certificates() {
+    let out = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .arg("serve")
+        .env("ESORISK__PIPELINE__DESTINATIONS", "TPS@127.0.0.1:104+tls")
+        .env("ESORISK__STORAGE__DATA_DIR", "/nonexistent/never-created")
+        .output()
+        .expect("esorisk");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("pipeline.tls.ca_certificates"),
+        "{}",
+        text(&out)
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .arg("serve")
+        .env("ESORISK__PIPELINE__DESTINATIONS", "TPS@127.0.0.1:104+tls")
+        .env(
+            "ESORISK__PIPELINE__TLS__CA_CERTIFICATES",
+            tmp.path().join("none.pem"),
+        )
+        .env("ESORISK__STORAGE__DATA_DIR", tmp.path().join("var"))
+        .output()
+        .expect("esorisk");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("none.pem"), "{}", text(&out));
+    assert!(
+        !tmp.path().join("var").exists(),
+        "refused before the node starts"
+    );
 }
 
 #[test]

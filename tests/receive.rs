@@ -1263,6 +1263,60 @@ fn tls_associations_with_storescu() {
     assert!(!plain.status.success());
 }
 
+/// With `dicom.tls.client_ca_certificates`, only callers with a
+/// certificate of those CAs get through the handshake.
+#[test]
+fn mutual_tls_lets_in_only_callers_with_a_trusted_certificate() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pki = Pki::new(&tmp.path().join("pki"), "hospital");
+    let (node_key, node_cert) = pki.issue("hospital", "esorisk");
+    let (tps_key, tps_cert) = pki.issue("hospital", "tps");
+    let other = Pki::new(&tmp.path().join("other"), "other");
+    let (bad_key, bad_cert) = other.issue("other", "impostor");
+    let ca = pki.ca("hospital");
+    let node = TestNode::start(&[
+        ("ESORISK__DICOM__TLS__ENABLED", "true"),
+        ("ESORISK__DICOM__TLS__CERTIFICATE", &node_cert),
+        ("ESORISK__DICOM__TLS__PRIVATE_KEY", &node_key),
+        ("ESORISK__DICOM__TLS__CLIENT_CA_CERTIFICATES", &ca),
+    ]);
+    let port = node.port.to_string();
+    let files = synthetic_study(&tmp.path().join("s"), 1, 64, 1, 22);
+    let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+    let push = |tls: &[&str]| {
+        let mut args = tls.to_vec();
+        args.extend(["+cf", &ca, "-aec", AE, "127.0.0.1", &port]);
+        args.extend(names.iter().map(String::as_str));
+        dcmtk("storescu", &args)
+    };
+    let out = push(&["+tls", &bad_key, &bad_cert]);
+    assert!(
+        !out.status.success(),
+        "a certificate of another CA: {}",
+        text(&out)
+    );
+    let out = push(&["+tla"]);
+    assert!(!out.status.success(), "no certificate: {}", text(&out));
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 0);
+    // Each refusal is on record with the reason.
+    let db = node.db_path();
+    wait_for(|| {
+        count(
+            &db,
+            "SELECT count(*) FROM associations WHERE outcome LIKE 'rejected:%certificate%'",
+        ) == 2
+    });
+    let out = push(&["+tls", &tps_key, &tps_cert]);
+    assert!(
+        out.status.success(),
+        "a hospital certificate: {}",
+        text(&out)
+    );
+    for f in &files {
+        assert_stored(&node, f);
+    }
+}
+
 #[test]
 fn restart_after_a_crash_reconciles_index_and_store() {
     let tmp = tempfile::tempdir().expect("tmp");

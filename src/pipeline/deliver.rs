@@ -16,6 +16,7 @@ use super::{jobs, pause, Context};
 use crate::config::Destination;
 use crate::index::{at_offset, now};
 use crate::send::{self, DicomFile};
+use dicom_ul::association::client::AsyncClientAssociation;
 
 /// A pending delivery that is due.
 #[derive(Clone)]
@@ -67,11 +68,12 @@ pub async fn round(ctx: &Context) -> Result<(), String> {
     let mut sending = Vec::new();
     for (dest, due) in by_dest {
         let (d, ae, files) = (dest.clone(), ctx.ae_title.clone(), due.clone());
+        let tls = ctx.tls.clone();
         let task = tokio::spawn(async move {
             if fault {
                 panic!("fault injected by pipeline.fault");
             }
-            send_all(&d, &ae, &files).await
+            send_all(&d, &ae, tls, &files).await
         });
         sending.push((dest, due, task));
     }
@@ -101,13 +103,17 @@ pub async fn round(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
-/// C-STORE every file to `dest` over one association; one result each.
-async fn send_all(dest: &str, calling_ae: &str, due: &[Due]) -> Vec<Result<(), String>> {
+/// C-STORE every file to `dest` over one association (over TLS for a
+/// `+tls` destination); one result each.
+async fn send_all(
+    dest: &str,
+    calling_ae: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    due: &[Due],
+) -> Vec<Result<(), String>> {
+    let all = |e: String| due.iter().map(|_| Err(e.clone())).collect();
     let Some(d) = Destination::parse(dest) else {
-        return due
-            .iter()
-            .map(|_| Err(format!("bad destination {dest:?}")))
-            .collect();
+        return all(format!("bad destination {dest:?}"));
     };
     let files: Vec<Result<DicomFile, String>> = due
         .iter()
@@ -120,21 +126,36 @@ async fn send_all(dest: &str, calling_ae: &str, due: &[Due]) -> Vec<Result<(), S
         }
     }
     let addr = format!("{}:{}", d.host, d.port);
-    let assoc = tokio::time::timeout(
-        Duration::from_secs(30),
-        send::associate(&addr, calling_ae, &d.ae_title, &contexts),
-    )
-    .await;
-    let mut assoc = match assoc {
-        Ok(Ok(a)) => a,
-        Ok(Err(e)) => return due.iter().map(|_| Err(e.to_string())).collect(),
-        Err(_) => {
-            return due
-                .iter()
-                .map(|_| Err(format!("no answer from {addr} within 30 s")))
-                .collect()
+    let late = || format!("no answer from {addr} within 30 s");
+    let limit = Duration::from_secs(30);
+    if d.tls {
+        let Some(config) = tls else {
+            return all(format!("{dest} needs TLS and pipeline.tls is not set"));
+        };
+        let assoc =
+            send::associate_tls(&d.host, d.port, config, calling_ae, &d.ae_title, &contexts);
+        match tokio::time::timeout(limit, assoc).await {
+            Ok(Ok(assoc)) => store_all(assoc, &d, &addr, &files).await,
+            Ok(Err(e)) => all(e.to_string()),
+            Err(_) => all(late()),
         }
-    };
+    } else {
+        let assoc = send::associate(&addr, calling_ae, &d.ae_title, &contexts);
+        match tokio::time::timeout(limit, assoc).await {
+            Ok(Ok(assoc)) => store_all(assoc, &d, &addr, &files).await,
+            Ok(Err(e)) => all(e.to_string()),
+            Err(_) => all(late()),
+        }
+    }
+}
+
+/// The C-STOREs of [`send_all`] on an established association.
+async fn store_all<S: send::Stream>(
+    mut assoc: AsyncClientAssociation<S>,
+    d: &Destination,
+    addr: &str,
+    files: &[Result<DicomFile, String>],
+) -> Vec<Result<(), String>> {
     let mut out = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let r = match f {

@@ -41,11 +41,33 @@ pub struct Context {
     pub fsync: bool,
     pub model: Option<Arc<RiskModel>>,
     pub model_version: String,
+    /// For destinations over TLS (`pipeline.tls`); `None` when none is.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The TLS configuration of the deliveries, when a destination uses TLS.
+/// Unreadable `pipeline.tls` files are an error at start-up, not a failure
+/// of every delivery later.
+pub fn client_tls(
+    settings: &crate::config::Settings,
+) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    let pl = &settings.pipeline;
+    if !(pl.send_back_tls || pl.destinations.iter().any(|d| d.tls)) {
+        return Ok(None);
+    }
+    let t = &pl.tls;
+    crate::tls::client_config(&t.ca_certificates, &t.certificate, &t.private_key)
+        .map(Some)
+        .map_err(|e| format!("pipeline.tls: {e}"))
 }
 
 /// The pipeline's context from the settings: the model is loaded once here
 /// (a missing or unreadable model is logged; studies then wait queued).
-pub fn context(settings: &crate::config::Settings, pool: SqlitePool) -> Context {
+pub fn context(
+    settings: &crate::config::Settings,
+    pool: SqlitePool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Context {
     let model = crate::model::train::device(&settings.model.device)
         .and_then(|dev| RiskModel::load(&settings.model.path, &dev));
     let model = match model {
@@ -67,6 +89,7 @@ pub fn context(settings: &crate::config::Settings, pool: SqlitePool) -> Context 
         fsync: settings.storage.fsync,
         model,
         model_version,
+        tls,
     }
 }
 
@@ -665,6 +688,7 @@ fn destinations(
                     ae_title: ae.trim().to_string(),
                     host,
                     port: ctx.settings.send_back_port,
+                    tls: ctx.settings.send_back_tls,
                 };
                 if !out.contains(&d) {
                     out.push(d);

@@ -316,7 +316,7 @@ async fn handle_connection(
 }
 
 async fn log_refused(ctx: &Context, peer: &str, e: &dicom_ul::association::Error) {
-    let outcome = format!("rejected: {e}");
+    let outcome = format!("rejected: {}", crate::with_causes(e));
     info!(%peer, outcome, "association not established");
     if let Err(err) = ctx
         .index
@@ -598,35 +598,15 @@ mod recover {
     }
 }
 
-/// Build the rustls server configuration from PEM files.
+/// Build the rustls server configuration from the `dicom.tls` settings.
 fn tls_config(settings: &Settings) -> Result<Arc<rustls::ServerConfig>, NodeError> {
     let tls = &settings.dicom.tls;
-    let fail = |message: String| NodeError::Tls { message };
-    let cert_pem = std::fs::read(&tls.certificate)
-        .map_err(|e| fail(format!("reading {}: {e}", tls.certificate.display())))?;
-    let key_pem = std::fs::read(&tls.private_key)
-        .map_err(|e| fail(format!("reading {}: {e}", tls.private_key.display())))?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
-        .collect::<Result<_, _>>()
-        .map_err(|e| fail(format!("certificate: {e}")))?;
-    if certs.is_empty() {
-        return Err(fail(format!(
-            "no certificate in {}",
-            tls.certificate.display()
-        )));
-    }
-    let key = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|e| fail(format!("private key: {e}")))?
-        .ok_or_else(|| fail(format!("no private key in {}", tls.private_key.display())))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| fail(e.to_string()))?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| fail(e.to_string()))?;
-    Ok(Arc::new(config))
+    crate::tls::server_config(
+        &tls.certificate,
+        &tls.private_key,
+        &tls.client_ca_certificates,
+    )
+    .map_err(|message| NodeError::Tls { message })
 }
 
 #[cfg(test)]

@@ -435,3 +435,105 @@ pub fn push_study(node: &TestNode, dir: &Path, ct: usize, seed: u64) -> Vec<Path
     assert!(out.status.success(), "{}", text(&out));
     files
 }
+
+/// A test certification authority and certificates it issued, as PEM files
+/// written with `openssl`.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// A new CA (`<name>-ca.pem`, `<name>-ca.key`) in `dir`.
+    #[allow(dead_code)]
+    pub fn new(dir: &Path, name: &str) -> Pki {
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+        };
+        let (key, cert) = (pki.path(&format!("{name}-ca.key")), pki.ca(name));
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name} test CA"),
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+        ]);
+        pki
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+
+    /// The CA certificate of `name`.
+    #[allow(dead_code)]
+    pub fn ca(&self, name: &str) -> String {
+        self.path(&format!("{name}-ca.pem"))
+    }
+
+    /// A certificate for `localhost` and 127.0.0.1, for servers and clients,
+    /// issued by the CA `ca`: (key, certificate).
+    #[allow(dead_code)]
+    pub fn issue(&self, ca: &str, name: &str) -> (String, String) {
+        let (key, csr, cert, ext) = (
+            self.path(&format!("{name}.key")),
+            self.path(&format!("{name}.csr")),
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}.ext")),
+        );
+        std::fs::write(
+            &ext,
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\n\
+             basicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth,clientAuth\n",
+        )
+        .expect("extensions");
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &self.ca(ca),
+            "-CAkey",
+            &self.path(&format!("{ca}-ca.key")),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+            "-out",
+            &cert,
+        ]);
+        (key, cert)
+    }
+}
+
+fn openssl(args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+}

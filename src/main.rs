@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use esorisk::config::Settings;
+use esorisk::config::{Destination, Settings};
 use esorisk::index::Index;
 use esorisk::receive::Node;
 
@@ -39,6 +39,13 @@ enum Command {
     },
     /// Queue a dead or failed job again (its dead deliveries too).
     Retry { job: i64 },
+    /// Check that destinations answer: associate as the node would (over
+    /// TLS where marked) and send a C-ECHO. Without arguments, every
+    /// configured destination (`pipeline.destinations`).
+    Echo {
+        /// AE@host:port, with +tls for TLS.
+        destinations: Vec<String>,
+    },
     /// Remove the studies whose last instance arrived more than DAYS ago
     /// and that have nothing left to do (as `storage.retention_days` does
     /// in a running node). Refused while a node has the data directory
@@ -413,6 +420,54 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 return Err(format!("job {job} is not dead or failed (see esorisk jobs)").into());
             }
             index.close().await;
+        }
+        Command::Echo { destinations } => {
+            let mut dests = Vec::new();
+            for text in &destinations {
+                dests.push(Destination::parse(text).ok_or_else(|| {
+                    format!("destination {text:?}: expected AE@host:port or AE@host:port+tls")
+                })?);
+            }
+            if dests.is_empty() {
+                dests = settings.pipeline.destinations.clone();
+            }
+            if dests.is_empty() {
+                return Err(
+                    "no destination: name one (AE@host:port) or set pipeline.destinations".into(),
+                );
+            }
+            let tls = if dests.iter().any(|d| d.tls) {
+                let t = &settings.pipeline.tls;
+                Some(
+                    esorisk::tls::client_config(&t.ca_certificates, &t.certificate, &t.private_key)
+                        .map_err(|e| format!("pipeline.tls: {e}"))?,
+                )
+            } else {
+                None
+            };
+            let mut failed = 0;
+            for d in &dests {
+                match esorisk::pipeline::deliver::echo(d, tls.clone(), &settings.dicom.ae_title)
+                    .await
+                {
+                    Ok(took) => println!(
+                        "{}: C-ECHO answered with success in {} ms",
+                        d.key(),
+                        took.as_millis()
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        println!("{}: {e}", d.key());
+                    }
+                }
+            }
+            if failed > 0 {
+                return Err(format!(
+                    "{failed} of {} destinations did not answer C-ECHO with success",
+                    dests.len()
+                )
+                .into());
+            }
         }
         Command::Purge {
             older_than,

@@ -13,6 +13,7 @@ use snafu::{ResultExt, Snafu};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::config::Destination;
 use crate::dimse::{Command, CommandError};
 
 #[derive(Debug, Snafu)]
@@ -36,6 +37,8 @@ pub enum SendError {
     Command { source: CommandError },
     #[snafu(display("cannot read {path}: {message}"))]
     File { path: String, message: String },
+    #[snafu(display("{dest} needs TLS and pipeline.tls is not set"))]
+    NoTlsSettings { dest: String },
 }
 
 /// A DICOM file split into what C-STORE needs.
@@ -130,6 +133,60 @@ pub async fn associate_tls(
         .establish_tls_async(addr.as_str())
         .await
         .context(AssociateSnafu { addr })
+}
+
+/// An association with a destination, over TCP or TLS. (One lives per
+/// destination and delivery round: the TLS variant's size does not matter.)
+#[allow(clippy::large_enum_variant)]
+pub enum Peer {
+    Tcp(AsyncClientAssociation<TcpStream>),
+    Tls(AsyncClientAssociation<AsyncTlsStream>),
+}
+
+/// Associate with `d` over its transport: TLS (with `tls`, the
+/// `pipeline.tls` configuration) for a `+tls` destination, TCP otherwise.
+pub async fn connect(
+    d: &Destination,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    calling_ae: &str,
+    contexts: &[(&str, Vec<&str>)],
+) -> Result<Peer, SendError> {
+    if !d.tls {
+        let addr = format!("{}:{}", d.host, d.port);
+        return Ok(Peer::Tcp(
+            associate(&addr, calling_ae, &d.ae_title, contexts).await?,
+        ));
+    }
+    let config = tls.ok_or_else(|| SendError::NoTlsSettings { dest: d.key() })?;
+    let assoc = associate_tls(&d.host, d.port, config, calling_ae, &d.ae_title, contexts).await?;
+    Ok(Peer::Tls(assoc))
+}
+
+impl Peer {
+    /// C-STORE one data set; see [`store`].
+    pub async fn store(&mut self, message_id: u16, file: &DicomFile) -> Result<Command, SendError> {
+        match self {
+            Peer::Tcp(a) => store(a, message_id, file).await,
+            Peer::Tls(a) => store(a, message_id, file).await,
+        }
+    }
+
+    /// C-ECHO; see [`echo`].
+    pub async fn echo(&mut self, message_id: u16) -> Result<u16, SendError> {
+        match self {
+            Peer::Tcp(a) => echo(a, message_id).await,
+            Peer::Tls(a) => echo(a, message_id).await,
+        }
+    }
+
+    /// Release the association (A-RELEASE).
+    pub async fn release(self) -> Result<(), SendError> {
+        match self {
+            Peer::Tcp(a) => a.release().await,
+            Peer::Tls(a) => a.release().await,
+        }
+        .context(NetworkSnafu)
+    }
 }
 
 /// The accepted presentation context for an abstract syntax and transfer syntax.

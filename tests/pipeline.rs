@@ -534,6 +534,47 @@ fn results_go_over_tls_to_a_destination_that_requires_it() {
         }
     }
     assert!(bad.files().is_empty());
+    // `esorisk echo` checks the configured destinations the same way.
+    let echo = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .arg("echo")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("esorisk echo");
+    let said = text(&echo);
+    assert!(!echo.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("{good}: C-ECHO answered with success")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "TPS@localhost:{}+tls: association with localhost:{} failed",
+            bad.port, bad.port
+        )) && said.contains("UnknownIssuer"),
+        "{said}"
+    );
+    assert!(
+        said.contains("1 of 2 destinations did not answer"),
+        "{said}"
+    );
+    // One named on the command line, plain TCP, where nothing listens.
+    let nobody = format!("TPS@127.0.0.1:{}", free_port());
+    let echo = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["echo", &nobody])
+        .output()
+        .expect("esorisk echo");
+    assert!(!echo.status.success());
+    assert!(
+        text(&echo).contains(&format!("{nobody}: association with")),
+        "{}",
+        text(&echo)
+    );
+    let echo = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["echo", &good])
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .output()
+        .expect("esorisk echo");
+    assert!(echo.status.success(), "{}", text(&echo));
     // What arrived over TLS is what the node wrote.
     for f in rx.files() {
         let sop = common::uids(&f).sop;

@@ -16,7 +16,6 @@ use super::{jobs, pause, Context};
 use crate::config::Destination;
 use crate::index::{at_offset, now};
 use crate::send::{self, DicomFile};
-use dicom_ul::association::client::AsyncClientAssociation;
 
 /// A pending delivery that is due.
 #[derive(Clone)]
@@ -126,67 +125,72 @@ async fn send_all(
         }
     }
     let addr = format!("{}:{}", d.host, d.port);
-    let late = || format!("no answer from {addr} within 30 s");
-    let limit = Duration::from_secs(30);
-    if d.tls {
-        let Some(config) = tls else {
-            return all(format!("{dest} needs TLS and pipeline.tls is not set"));
-        };
-        let assoc =
-            send::associate_tls(&d.host, d.port, config, calling_ae, &d.ae_title, &contexts);
-        match tokio::time::timeout(limit, assoc).await {
-            Ok(Ok(assoc)) => store_all(assoc, &d, &addr, &files).await,
-            Ok(Err(e)) => all(e.to_string()),
-            Err(_) => all(late()),
-        }
-    } else {
-        let assoc = send::associate(&addr, calling_ae, &d.ae_title, &contexts);
-        match tokio::time::timeout(limit, assoc).await {
-            Ok(Ok(assoc)) => store_all(assoc, &d, &addr, &files).await,
-            Ok(Err(e)) => all(e.to_string()),
-            Err(_) => all(late()),
-        }
-    }
-}
-
-/// The C-STOREs of [`send_all`] on an established association.
-async fn store_all<S: send::Stream>(
-    mut assoc: AsyncClientAssociation<S>,
-    d: &Destination,
-    addr: &str,
-    files: &[Result<DicomFile, String>],
-) -> Vec<Result<(), String>> {
+    let assoc = tokio::time::timeout(
+        Duration::from_secs(30),
+        send::connect(&d, tls, calling_ae, &contexts),
+    )
+    .await;
+    let mut assoc = match assoc {
+        Ok(Ok(a)) => a,
+        Ok(Err(e)) => return all(e.to_string()),
+        Err(_) => return all(format!("no answer from {addr} within 30 s")),
+    };
     let mut out = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let r = match f {
             Err(e) => Err(e.clone()),
-            Ok(f) => match tokio::time::timeout(
-                Duration::from_secs(60),
-                send::store(&mut assoc, i as u16 + 1, f),
-            )
-            .await
-            {
-                Ok(Ok(rsp)) => match rsp.status {
-                    Some(0) | Some(0xB000) | Some(0xB007) | Some(0xB006) => Ok(()),
-                    Some(s) => Err(format!(
-                        "{} refused {} with status {s:04X}{}",
-                        d.ae_title,
-                        f.sop_instance_uid,
-                        rsp.error_comment
-                            .as_deref()
-                            .map(|c| format!(" ({c})"))
-                            .unwrap_or_default()
-                    )),
-                    None => Err("the C-STORE response has no status".into()),
-                },
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no C-STORE response from {addr} within 60 s")),
-            },
+            Ok(f) => {
+                match tokio::time::timeout(Duration::from_secs(60), assoc.store(i as u16 + 1, f))
+                    .await
+                {
+                    Ok(Ok(rsp)) => match rsp.status {
+                        Some(0) | Some(0xB000) | Some(0xB007) | Some(0xB006) => Ok(()),
+                        Some(s) => Err(format!(
+                            "{} refused {} with status {s:04X}{}",
+                            d.ae_title,
+                            f.sop_instance_uid,
+                            rsp.error_comment
+                                .as_deref()
+                                .map(|c| format!(" ({c})"))
+                                .unwrap_or_default()
+                        )),
+                        None => Err("the C-STORE response has no status".into()),
+                    },
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no C-STORE response from {addr} within 60 s")),
+                }
+            }
         };
         out.push(r);
     }
     let _ = assoc.release().await;
     out
+}
+
+/// Associate with `d` as a delivery would and send a C-ECHO: how long the
+/// round took, or why it failed.
+pub async fn echo(
+    d: &Destination,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    calling_ae: &str,
+) -> Result<Duration, String> {
+    let start = std::time::Instant::now();
+    let contexts = [(
+        crate::dimse::VERIFICATION_SOP_CLASS,
+        vec![crate::store::ts::IMPLICIT_VR_LE],
+    )];
+    let round = async {
+        let mut assoc = send::connect(d, tls, calling_ae, &contexts).await?;
+        let status = assoc.echo(1).await;
+        let _ = assoc.release().await;
+        status
+    };
+    match tokio::time::timeout(Duration::from_secs(30), round).await {
+        Ok(Ok(0)) => Ok(start.elapsed()),
+        Ok(Ok(status)) => Err(format!("C-ECHO answered with status {status:04X}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer from {}:{} within 30 s", d.host, d.port)),
+    }
 }
 
 async fn record(

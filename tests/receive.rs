@@ -833,6 +833,66 @@ fn refuses_with_out_of_resources_below_the_free_space_floor() {
     assert_eq!(node.tmp_files(), 0);
 }
 
+/// A disk that fills up in the middle of an instance: that instance is
+/// refused with A700 and the reason, nothing of it stays (no file, no row,
+/// no temporary file), and the node goes on storing what fits. The disk is
+/// a 3 MiB tmpfs, so the test needs the right to mount one (root, as
+/// scripts/test runs in CI); elsewhere it says so and checks nothing.
+#[test]
+fn a_disk_that_fills_up_mid_instance_refuses_that_instance_and_goes_on() {
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let disk = tmp.path().join("small-disk");
+    std::fs::create_dir_all(&disk).expect("dir");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "tmpfs"])
+        .arg(&disk)
+        .output();
+    if !mounted.map(|o| o.status.success()).unwrap_or(false) {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _unmount = Unmount(disk.clone());
+    let mut node = TestNode::start_in(&disk.join("var"), &[]);
+    let files = synthetic_study(&tmp.path().join("s"), 1, 64, 4, 9);
+    let dose = files
+        .iter()
+        .find(|p| p.ends_with("rtdose.dcm"))
+        .expect("dose");
+    let ct = files
+        .iter()
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ct"))
+        })
+        .expect("ct");
+    assert!(std::fs::metadata(dose).expect("size").len() > 3 << 20);
+    let out = storescu(&node, &["-v", "-nh"], &[dose]);
+    let t = text(&out);
+    assert!(
+        t.contains("Received Store Response (Refused: OutOfResources)"),
+        "{t}"
+    );
+    let sop = uids(dose).sop;
+    node.assert_logged(&["No space left on device", &sop]);
+    assert_eq!(node.stored_files().len(), 0);
+    assert_eq!(node.tmp_files(), 0);
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 0);
+    // The space the refused instance took is free again.
+    let out = storescu(&node, &[], &[ct]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_stored(&node, ct);
+    assert!(node.terminate(), "a clean exit");
+}
+
 /// A second node on a data directory that a running node has open is
 /// refused at start-up, naming the running one; the first goes on serving.
 #[test]

@@ -499,6 +499,9 @@ fn results_go_over_tls_to_a_destination_that_requires_it() {
         ("ESORISK__PIPELINE__TLS__CERTIFICATE", node_cert),
         ("ESORISK__PIPELINE__TLS__PRIVATE_KEY", node_key),
         ("ESORISK__PIPELINE__DELIVERY_MAX_ATTEMPTS", "1".into()),
+        // And back to the sender (storescu calls as STORESCU), over TLS.
+        ("ESORISK__PIPELINE__SEND_BACK_PORT", rx.port.to_string()),
+        ("ESORISK__PIPELINE__SEND_BACK_TLS", "true".into()),
     ];
     env.extend(tls_env.into_iter().map(|(k, v)| (k.to_string(), v)));
     let node = start_node(&env);
@@ -512,9 +515,10 @@ fn results_go_over_tls_to_a_destination_that_requires_it() {
         count(
             &db,
             "SELECT count(*) FROM deliveries WHERE state <> 'pending'",
-        ) == 4
+        ) == 6
     });
     let good = format!("TPS@127.0.0.1:{}+tls", rx.port);
+    let back = format!("STORESCU@127.0.0.1:{}+tls", rx.port);
     let rows = query(
         &db,
         "SELECT destination, state, last_error FROM deliveries ORDER BY destination, id",
@@ -525,7 +529,7 @@ fn results_go_over_tls_to_a_destination_that_requires_it() {
             row[1].clone().unwrap_or_default(),
             row[2].clone().unwrap_or_default(),
         );
-        if dest == good {
+        if dest == good || dest == back {
             assert_eq!(state, "sent", "{row:?}");
         } else {
             assert_eq!(dest, format!("TPS@localhost:{}+tls", bad.port));

@@ -26,16 +26,26 @@ enum Command {
     /// Run the DICOM node (C-ECHO and C-STORE service provider).
     Serve,
     /// List the studies received, newest first.
-    Studies,
+    Studies {
+        /// One JSON document (for scripts and monitoring).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the scoring jobs and deliveries; --follow tails the job events.
     Jobs {
         /// Only jobs in this state: queued, running, succeeded, failed, dead.
         #[arg(long)]
         state: Option<String>,
-        #[arg(long)]
+        /// Then print the job events as they are appended, until Ctrl-C.
+        #[arg(long, conflicts_with = "json")]
         follow: bool,
+        /// At most this many jobs, the newest.
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// One JSON document, `{"jobs": [...], "deliveries": [...]}` (for
+        /// scripts and monitoring).
+        #[arg(long)]
+        json: bool,
     },
     /// Queue a dead or failed job again (its dead deliveries too).
     Retry { job: i64 },
@@ -344,15 +354,20 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             state,
             follow,
             limit,
+            json,
         } => {
             use esorisk::pipeline::jobs;
             let index = Index::open(&settings.database_path()).await?;
             let pool = index.pool();
-            for j in jobs::list(pool, state.as_deref(), limit)
-                .await?
-                .iter()
-                .rev()
-            {
+            let listed = jobs::list(pool, state.as_deref(), limit).await?;
+            let deliveries = jobs::delivery_summary(pool).await?;
+            if json {
+                let doc = serde_json::json!({ "jobs": listed, "deliveries": deliveries });
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                index.close().await;
+                return Ok(());
+            }
+            for j in listed.iter().rev() {
                 println!(
                     "job {:>4}  {:<9}  study {}  attempts {}/{}  created {}  {}",
                     j.id,
@@ -372,21 +387,15 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     }
                 );
             }
-            let rows = sqlx::query(
-                "SELECT destination, state, count(*), max(last_error) FROM deliveries GROUP BY destination, state ORDER BY destination, state",
-            )
-            .fetch_all(pool)
-            .await?;
-            for r in rows {
-                use sqlx::Row;
-                let (d, st, n, e): (String, String, i64, Option<String>) =
-                    (r.get(0), r.get(1), r.get(2), r.get(3));
+            for d in deliveries {
                 println!(
-                    "deliveries to {d}: {n} {st}{}",
-                    if st == "sent" {
-                        String::new()
-                    } else {
-                        e.map(|e| format!(" (last error: {e})")).unwrap_or_default()
+                    "deliveries to {}: {} {}{}",
+                    d.destination,
+                    d.count,
+                    d.state,
+                    match (d.state.as_str(), d.last_error) {
+                        ("sent", _) | (_, None) => String::new(),
+                        (_, Some(e)) => format!(" (last error: {e})"),
                     }
                 );
             }
@@ -519,9 +528,14 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             }
             index.close().await;
         }
-        Command::Studies => {
+        Command::Studies { json } => {
             let index = Index::open(&settings.database_path()).await?;
             let studies = index.studies().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&studies)?);
+                index.close().await;
+                return Ok(());
+            }
             if studies.is_empty() {
                 println!("no studies received");
             }

@@ -377,6 +377,17 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
         jobs.contains("succeeded") && jobs.contains("risk"),
         "{jobs}"
     );
+    let v: serde_json::Value =
+        serde_json::from_str(&on_node(&node, &["jobs", "--json"])).expect("JSON");
+    assert_eq!(v["jobs"][0]["state"], "succeeded", "{v}");
+    assert!(
+        v["jobs"][0]["risk"]
+            .as_f64()
+            .is_some_and(|r| (0.0..=1.0).contains(&r)),
+        "{v}"
+    );
+    assert_eq!(v["deliveries"][0]["state"], "sent", "{v}");
+    assert_eq!(v["deliveries"][0]["count"], 2, "{v}");
     // A replaced input (the planner re-sends the dose, rescaled) is scored
     // again, and the new SR names the first one as its predecessor.
     let first_sr = common::uids(&sr).sop;

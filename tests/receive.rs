@@ -203,6 +203,15 @@ fn echo_and_every_transfer_syntax_stored_byte_for_byte() {
     assert!(listing.contains(&u.study), "{listing}");
     assert!(listing.contains("CT,RTDOSE,RTPLAN,RTSTRUCT"), "{listing}");
     assert!(listing.contains("instances 4"), "{listing}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["studies", "--json"])
+        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+        .output()
+        .expect("studies --json");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v[0]["study_instance_uid"], u.study.as_str(), "{v}");
+    assert_eq!(v[0]["instances"], 4, "{v}");
+    assert_eq!(v[0]["modalities"], "CT,RTDOSE,RTPLAN,RTSTRUCT", "{v}");
 }
 
 #[test]

@@ -415,7 +415,7 @@ impl Index {
 }
 
 /// One row of `esorisk studies`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct StudySummary {
     pub study_instance_uid: String,
     pub patient_id: String,

@@ -332,6 +332,36 @@ pub async fn retry(pool: &SqlitePool, id: i64) -> sqlx::Result<bool> {
     Ok(r.rows_affected() == 1)
 }
 
+/// Deliveries counted per destination and state, with the last error of
+/// each group (`esorisk jobs`).
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliverySummary {
+    pub destination: String,
+    pub state: String,
+    pub count: i64,
+    pub last_error: Option<String>,
+}
+
+pub async fn delivery_summary(pool: &SqlitePool) -> sqlx::Result<Vec<DeliverySummary>> {
+    let rows = sqlx::query(
+        "SELECT destination, state, count(*), \
+         (SELECT last_error FROM deliveries e WHERE e.destination = d.destination \
+          AND e.state = d.state AND e.last_error IS NOT NULL ORDER BY e.id DESC LIMIT 1) \
+         FROM deliveries d GROUP BY destination, state ORDER BY destination, state",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| DeliverySummary {
+            destination: r.get(0),
+            state: r.get(1),
+            count: r.get(2),
+            last_error: r.get(3),
+        })
+        .collect())
+}
+
 /// Jobs, newest first, optionally of one state.
 pub async fn list(pool: &SqlitePool, state: Option<&str>, limit: i64) -> sqlx::Result<Vec<Job>> {
     let rows =

@@ -39,6 +39,12 @@ pub enum SendError {
     File { path: String, message: String },
     #[snafu(display("{dest} needs TLS and pipeline.tls is not set"))]
     NoTlsSettings { dest: String },
+    #[snafu(display("cannot re-encode the data set from {from} to {to}: {message}"))]
+    Transcode {
+        from: String,
+        to: String,
+        message: String,
+    },
 }
 
 /// A DICOM file split into what C-STORE needs.
@@ -99,6 +105,35 @@ fn options<'a>(
         );
     }
     options
+}
+
+impl DicomFile {
+    /// The data set re-encoded in another native (uncompressed, not
+    /// deflated) transfer syntax, e.g. Explicit to Implicit VR Little
+    /// Endian. Text is decoded and encoded again in the data set's own
+    /// Specific Character Set.
+    pub fn transcoded(&self, ts_uid: &str) -> Result<Vec<u8>, SendError> {
+        use dicom_encoding::TransferSyntaxIndex;
+        let fail = |message: String| SendError::Transcode {
+            from: self.transfer_syntax_uid.clone(),
+            to: ts_uid.to_string(),
+            message,
+        };
+        let registry = dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+        let native = |uid: &str| {
+            registry
+                .get(uid)
+                .filter(|ts| ts.is_codec_free())
+                .ok_or_else(|| fail(format!("{uid} is not a native transfer syntax")))
+        };
+        let (from, to) = (native(&self.transfer_syntax_uid)?, native(ts_uid)?);
+        let obj = dicom_object::InMemDicomObject::read_dataset_with_ts(&self.data_set[..], from)
+            .map_err(|e| fail(e.to_string()))?;
+        let mut out = Vec::with_capacity(self.data_set.len());
+        obj.write_dataset_with_ts(&mut out, to)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(out)
+    }
 }
 
 /// Open an association proposing each (abstract syntax, transfer syntaxes).
@@ -277,20 +312,35 @@ pub async fn receive_command<S: Stream>(
     }
 }
 
-/// C-STORE one data set; returns the response command.
+/// C-STORE one data set; returns the response command. When the peer took
+/// the SOP class only in another transfer syntax (Implicit VR Little
+/// Endian, which every SCP must accept, where it accepts no other), the
+/// data set is re-encoded in it ([`DicomFile::transcoded`]).
 pub async fn store<S: Stream>(
     assoc: &mut AsyncClientAssociation<S>,
     message_id: u16,
     file: &DicomFile,
 ) -> Result<Command, SendError> {
-    let pc_id =
-        context_id(assoc, &file.sop_class_uid, &file.transfer_syntax_uid).ok_or_else(|| {
-            SendError::NoContext {
-                abstract_syntax: file.sop_class_uid.clone(),
-            }
-        })?;
+    let (pc_id, data_set) = match context_id(assoc, &file.sop_class_uid, &file.transfer_syntax_uid)
+    {
+        Some(id) => (id, std::borrow::Cow::Borrowed(&file.data_set)),
+        None => {
+            let (id, ts) = assoc
+                .presentation_contexts()
+                .iter()
+                .find(|pc| {
+                    pc.reason == PresentationContextResultReason::Acceptance
+                        && crate::uid::trim(&pc.abstract_syntax) == file.sop_class_uid
+                })
+                .map(|pc| (pc.id, crate::uid::trim(&pc.transfer_syntax).to_string()))
+                .ok_or_else(|| SendError::NoContext {
+                    abstract_syntax: file.sop_class_uid.clone(),
+                })?;
+            (id, std::borrow::Cow::Owned(file.transcoded(&ts)?))
+        }
+    };
     let rq = Command::store_request(message_id, &file.sop_class_uid, &file.sop_instance_uid);
-    send_message(assoc, pc_id, &rq, Some(&file.data_set)).await?;
+    send_message(assoc, pc_id, &rq, Some(&data_set)).await?;
     receive_command(assoc).await
 }
 

@@ -66,10 +66,17 @@ struct Receiver {
 
 impl Receiver {
     fn start(dir: &Path) -> Receiver {
+        Receiver::with_options(dir, &[])
+    }
+
+    /// storescp with more options (TLS, transfer syntaxes).
+    fn with_options(dir: &Path, options: &[&str]) -> Receiver {
         std::fs::create_dir_all(dir).expect("dir");
         let port = free_port();
         let child = Command::new("storescp")
-            .args(["-aet", "TPS", "-od"])
+            .args(["-aet", "TPS"])
+            .args(options)
+            .arg("-od")
             .arg(dir)
             .arg(port.to_string())
             .env("TCP_NODELAY", "1")
@@ -450,23 +457,57 @@ fn a_destination_that_never_answers_ends_as_a_dead_delivery() {
 
 /// storescp as a TLS destination that requires a client certificate.
 fn tls_receiver(dir: &Path, key: &str, cert: &str, trusted_ca: &str) -> Receiver {
-    std::fs::create_dir_all(dir).expect("dir");
-    let port = free_port();
-    let child = Command::new("storescp")
-        .args([
-            "-aet", "TPS", "+B", "+tls", key, cert, "+cf", trusted_ca, "-rc", "-od",
-        ])
-        .arg(dir)
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("storescp");
-    std::thread::sleep(Duration::from_millis(300));
-    Receiver {
-        child,
-        port,
-        dir: dir.to_path_buf(),
+    Receiver::with_options(dir, &["+B", "+tls", key, cert, "+cf", trusted_ca, "-rc"])
+}
+
+/// The same attributes with the same values, sequences item by item,
+/// whatever the transfer syntax each was read from.
+fn same_data_set(a: &dicom_object::InMemDicomObject, b: &dicom_object::InMemDicomObject) {
+    use dicom_core::header::Header;
+    use dicom_core::value::Value;
+    let tags = |o: &dicom_object::InMemDicomObject| o.iter().map(|e| e.tag()).collect::<Vec<_>>();
+    assert_eq!(tags(a), tags(b));
+    for (x, y) in a.iter().zip(b.iter()) {
+        assert_eq!(x.vr(), y.vr(), "{}", x.tag());
+        match (x.value(), y.value()) {
+            (Value::Sequence(p), Value::Sequence(q)) => {
+                assert_eq!(p.items().len(), q.items().len(), "{}", x.tag());
+                for (i, j) in p.items().iter().zip(q.items()) {
+                    same_data_set(i, j);
+                }
+            }
+            (Value::Primitive(p), Value::Primitive(q)) => assert_eq!(p, q, "{}", x.tag()),
+            _ => panic!("{}: different kinds of value", x.tag()),
+        }
+    }
+}
+
+#[test]
+fn results_reach_a_destination_that_takes_only_implicit_vr_little_endian() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::with_options(&tmp.path().join("tps"), &["+xi", "+B"]);
+    let node = start_node(&node_env(model, rx.port));
+    push(&node, &patient(&tmp.path().join("in"), "32", false));
+    wait_until("the SR and RT Structure Set", 120, || rx.files().len() >= 2);
+    let db = node.db_path();
+    for f in rx.files() {
+        let got = common::uids(&f);
+        assert_eq!(got.ts, "1.2.840.10008.1.2", "{}", f.display());
+        let ours = query(
+            &db,
+            &format!(
+                "SELECT file_path FROM outputs WHERE sop_instance_uid = '{}'",
+                got.sop
+            ),
+        );
+        let ours = node.data_dir.join(ours[0][0].clone().unwrap_or_default());
+        assert_eq!(common::uids(&ours).ts, "1.2.840.10008.1.2.1");
+        let (a, b) = (
+            dicom_object::open_file(&ours).expect("ours"),
+            dicom_object::open_file(&f).expect("received"),
+        );
+        same_data_set(&a, &b);
     }
 }
 

@@ -118,10 +118,18 @@ async fn send_all(
         .iter()
         .map(|x| DicomFile::read(&x.path).map_err(|e| e.to_string()))
         .collect();
+    // Each SOP class in the files' transfer syntax, and in Implicit VR
+    // Little Endian, which every SCP must accept: `send::store` re-encodes
+    // when the peer takes only that.
+    let implicit = crate::store::ts::IMPLICIT_VR_LE;
     let mut contexts: Vec<(&str, Vec<&str>)> = Vec::new();
     for f in files.iter().flatten() {
         if !contexts.iter().any(|(a, _)| *a == f.sop_class_uid) {
-            contexts.push((&f.sop_class_uid, vec![&f.transfer_syntax_uid]));
+            let mut ts = vec![f.transfer_syntax_uid.as_str()];
+            if f.transfer_syntax_uid != implicit {
+                ts.push(implicit);
+            }
+            contexts.push((&f.sop_class_uid, ts));
         }
     }
     let addr = format!("{}:{}", d.host, d.port);

@@ -171,6 +171,10 @@ pub struct Destination {
     /// Associate over TLS (`pipeline.tls`).
     #[serde(default)]
     pub tls: bool,
+    /// Which outputs go there: "sr" (the risk report, and the not-scored
+    /// SR), "rtstruct" (the learned ROI); empty: all.
+    #[serde(default)]
+    pub objects: Vec<String>,
 }
 
 impl Destination {
@@ -179,6 +183,13 @@ impl Destination {
     pub fn key(&self) -> String {
         let tls = if self.tls { "+tls" } else { "" };
         format!("{}@{}:{}{tls}", self.ae_title, self.host, self.port)
+    }
+
+    /// Whether outputs of `kind` (the `outputs.kind` column: sr,
+    /// sr-not-scored, rtstruct) go to this destination.
+    pub fn wants(&self, kind: &str) -> bool {
+        let kind = if kind == "sr-not-scored" { "sr" } else { kind };
+        self.objects.is_empty() || self.objects.iter().any(|o| o == kind)
     }
 
     pub fn parse(key: &str) -> Option<Destination> {
@@ -193,6 +204,7 @@ impl Destination {
             host: host.to_string(),
             port: port.parse().ok()?,
             tls,
+            objects: Vec::new(),
         })
     }
 }
@@ -291,6 +303,16 @@ impl Settings {
                 return Err(invalid(
                     "pipeline.destinations",
                     "each needs ae_title (1-16 characters), host and port",
+                ));
+            }
+            if let Some(o) = d
+                .objects
+                .iter()
+                .find(|o| !["sr", "rtstruct"].contains(&o.as_str()))
+            {
+                return Err(invalid(
+                    "pipeline.destinations",
+                    &format!("objects: {o:?} is not \"sr\" or \"rtstruct\""),
                 ));
             }
         }
@@ -532,6 +554,26 @@ mod tests {
             err.to_string().contains("pipeline.tls.ca_certificates"),
             "{err}"
         );
+        // What a destination wants: both kinds unless it says.
+        std::fs::write(
+            &path,
+            "[pipeline]\ndestinations = [ { ae_title = \"TPS\", host = \"tps\", port = 104, \
+             objects = [\"rtstruct\"] } ]\n",
+        )
+        .expect("write");
+        let s = Settings::load(Some(&path)).expect("load");
+        let tps = &s.pipeline.destinations[0];
+        assert!(tps.wants("rtstruct") && !tps.wants("sr") && !tps.wants("sr-not-scored"));
+        let all = Destination::parse("PACS@pacs:104").expect("parse");
+        assert!(all.wants("sr") && all.wants("sr-not-scored") && all.wants("rtstruct"));
+        std::fs::write(
+            &path,
+            "[pipeline]\ndestinations = [ { ae_title = \"TPS\", host = \"tps\", port = 104, \
+             objects = [\"dose\"] } ]\n",
+        )
+        .expect("write");
+        let err = Settings::load(Some(&path)).expect_err("must fail");
+        assert!(err.to_string().contains("\"dose\" is not"), "{err}");
         // A certificate without its key: refused.
         std::fs::write(&path, "[pipeline.tls]\ncertificate = \"node.pem\"\n").expect("write");
         let err = Settings::load(Some(&path)).expect_err("must fail");

@@ -421,14 +421,22 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             index.close().await;
         }
         Command::Retry { job } => {
+            use esorisk::pipeline::jobs::{retry, Retried};
             let index = Index::open(&settings.database_path()).await?;
-            if esorisk::pipeline::jobs::retry(index.pool(), job).await? {
-                println!("job {job} queued again");
-            } else {
-                index.close().await;
-                return Err(format!("job {job} is not dead or failed (see esorisk jobs)").into());
-            }
+            let done = retry(index.pool(), job).await;
             index.close().await;
+            match done? {
+                Retried::Job => println!("job {job} queued again"),
+                Retried::Deliveries(n) => {
+                    println!("job {job}: {n} dead deliveries queued again")
+                }
+                Retried::Nothing => {
+                    return Err(format!(
+                    "job {job} is not dead or failed and has no dead delivery (see esorisk jobs)"
+                )
+                    .into())
+                }
+            }
         }
         Command::Echo { destinations } => {
             let mut dests = Vec::new();

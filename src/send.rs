@@ -47,6 +47,14 @@ pub enum SendError {
     },
 }
 
+impl SendError {
+    /// The peer accepted none of the presentation contexts proposed.
+    pub fn refused_every_context(&self) -> bool {
+        matches!(self, SendError::Associate { source, .. }
+            if matches!(**source, dicom_ul::association::Error::NoAcceptedPresentationContexts { .. }))
+    }
+}
+
 /// A DICOM file split into what C-STORE needs.
 #[derive(Debug, Clone)]
 pub struct DicomFile {
@@ -204,6 +212,19 @@ impl Peer {
             Peer::Tcp(a) => store(a, message_id, file).await,
             Peer::Tls(a) => store(a, message_id, file).await,
         }
+    }
+
+    /// Whether the peer accepted `abstract_syntax` (dicom-ul keeps only
+    /// the accepted presentation contexts).
+    pub fn accepts(&self, abstract_syntax: &str) -> bool {
+        let contexts = match self {
+            Peer::Tcp(a) => a.presentation_contexts(),
+            Peer::Tls(a) => a.presentation_contexts(),
+        };
+        contexts.iter().any(|pc| {
+            pc.reason == PresentationContextResultReason::Acceptance
+                && crate::uid::trim(&pc.abstract_syntax) == abstract_syntax
+        })
     }
 
     /// C-ECHO; see [`echo`].

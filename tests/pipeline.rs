@@ -71,8 +71,11 @@ impl Receiver {
 
     /// storescp with more options (TLS, transfer syntaxes).
     fn with_options(dir: &Path, options: &[&str]) -> Receiver {
+        Receiver::on_port(dir, free_port(), options)
+    }
+
+    fn on_port(dir: &Path, port: u16, options: &[&str]) -> Receiver {
         std::fs::create_dir_all(dir).expect("dir");
-        let port = free_port();
         let child = Command::new("storescp")
             .args(["-aet", "TPS"])
             .args(options)
@@ -480,6 +483,93 @@ fn same_data_set(a: &dicom_object::InMemDicomObject, b: &dicom_object::InMemDico
             _ => panic!("{}: different kinds of value", x.tag()),
         }
     }
+}
+
+/// A DCMTK association profile that accepts RT Structure Set Storage only,
+/// as a planning system that cannot import an SR.
+const RT_ONLY: &str = "[[TransferSyntaxes]]\n[Uncompressed]\n\
+TransferSyntax1 = LocalEndianExplicit\nTransferSyntax2 = LittleEndianImplicit\n\n\
+[[PresentationContexts]]\n[RTOnly]\nPresentationContext1 = RTStructureSetStorage\\Uncompressed\n\n\
+[[Profiles]]\n[RT]\nPresentationContexts = RTOnly\n";
+
+#[test]
+fn each_destination_gets_the_objects_it_wants_and_a_refused_class_ends_at_once() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let profile = tmp.path().join("rt-only.cfg");
+    std::fs::write(&profile, RT_ONLY).expect("profile");
+    let profile = profile.display().to_string();
+    let pacs = Receiver::start(&tmp.path().join("pacs"));
+    let tps = Receiver::with_options(&tmp.path().join("tps"), &["-xf", &profile, "RT"]);
+    let old = Receiver::with_options(&tmp.path().join("old"), &["-xf", &profile, "RT"]);
+    let config = tmp.path().join("site.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\ndestinations = [\n\
+             {{ ae_title = \"PACS\", host = \"127.0.0.1\", port = {} }},\n\
+             {{ ae_title = \"TPS\", host = \"127.0.0.1\", port = {}, objects = [\"rtstruct\"] }},\n\
+             {{ ae_title = \"OLDTPS\", host = \"127.0.0.1\", port = {} }},\n]\n",
+            pacs.port, tps.port, old.port
+        ),
+    )
+    .expect("config");
+    let env: Vec<(String, String)> = node_env(model, 0)
+        .into_iter()
+        .filter(|(k, _)| k != "ESORISK__PIPELINE__DESTINATIONS")
+        .collect();
+    let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let node = TestNode::start_with_args(&["--config", config.to_str().expect("utf8")], &refs);
+    push(&node, &patient(&tmp.path().join("in"), "33", false));
+    let db = node.db_path();
+    wait_until("every delivery ended", 120, || {
+        count(&db, "SELECT count(*) FROM deliveries") == 5
+            && count(
+                &db,
+                "SELECT count(*) FROM deliveries WHERE state = 'pending'",
+            ) == 0
+    });
+    let names = |r: &Receiver| -> Vec<String> {
+        r.files()
+            .iter()
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy()[..2].to_string()))
+            .collect()
+    };
+    assert_eq!(names(&pacs), ["RS", "SR"]);
+    assert_eq!(
+        names(&tps),
+        ["RS"],
+        "the TPS asked for the RT Structure Set only"
+    );
+    assert_eq!(names(&old), ["RS"]);
+    let dead = query(
+        &db,
+        "SELECT destination, attempts, last_error FROM deliveries WHERE state = 'dead'",
+    );
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let (dest, attempts, error) = (
+        dead[0][0].clone().unwrap_or_default(),
+        dead[0][1].clone().unwrap_or_default(),
+        dead[0][2].clone().unwrap_or_default(),
+    );
+    assert_eq!(dest, format!("OLDTPS@127.0.0.1:{}", old.port));
+    assert_eq!(attempts, "1", "refused classes are not tried again");
+    assert!(
+        error.contains("OLDTPS does not accept Comprehensive SR Storage"),
+        "{error}"
+    );
+    // Once the old planning system accepts SRs, `esorisk retry` sends it.
+    let port = old.port;
+    drop(old);
+    let old = Receiver::on_port(&tmp.path().join("old"), port, &[]);
+    let job = query(&db, "SELECT job_id FROM deliveries WHERE state = 'dead'")[0][0]
+        .clone()
+        .unwrap_or_default();
+    let said = on_node(&node, &["retry", &job]);
+    assert!(said.contains("1 dead deliveries queued again"), "{said}");
+    wait_until("the SR at the old planning system", 60, || {
+        names(&old) == ["RS", "SR"]
+    });
 }
 
 #[test]

@@ -90,7 +90,9 @@ pub async fn round(ctx: &Context) -> Result<(), String> {
                 };
                 error!(destination = %dest, "internal error while sending: {what}");
                 let why = format!("internal error in esorisk while sending ({what})");
-                due.iter().map(|_| Err(why.clone())).collect()
+                due.iter()
+                    .map(|_| Err(Failure::retry(why.clone())))
+                    .collect()
             }
         };
         for (d, r) in due.iter().zip(results) {
@@ -102,6 +104,24 @@ pub async fn round(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a delivery attempt failed.
+struct Failure {
+    message: String,
+    /// Another attempt would fail the same way until someone changes the
+    /// destination (it refused the object's SOP class): the delivery is
+    /// dead at once, and `esorisk retry` gives it another round.
+    permanent: bool,
+}
+
+impl Failure {
+    fn retry(message: String) -> Failure {
+        Failure {
+            message,
+            permanent: false,
+        }
+    }
+}
+
 /// C-STORE every file to `dest` over one association (over TLS for a
 /// `+tls` destination); one result each.
 async fn send_all(
@@ -109,8 +129,8 @@ async fn send_all(
     calling_ae: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
     due: &[Due],
-) -> Vec<Result<(), String>> {
-    let all = |e: String| due.iter().map(|_| Err(e.clone())).collect();
+) -> Vec<Result<(), Failure>> {
+    let all = |e: String| due.iter().map(|_| Err(Failure::retry(e.clone()))).collect();
     let Some(d) = Destination::parse(dest) else {
         return all(format!("bad destination {dest:?}"));
     };
@@ -140,6 +160,27 @@ async fn send_all(
     .await;
     let mut assoc = match assoc {
         Ok(Ok(a)) => a,
+        Ok(Err(e)) if e.refused_every_context() => {
+            let why = format!(
+                "{} accepts none of the SOP classes sent ({}): {e}; set this destination's \
+                 objects, or have it accept them, then esorisk retry",
+                d.ae_title,
+                contexts
+                    .iter()
+                    .map(|(c, _)| crate::receive::sop::name(c))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return due
+                .iter()
+                .map(|_| {
+                    Err(Failure {
+                        message: why.clone(),
+                        permanent: true,
+                    })
+                })
+                .collect();
+        }
         Ok(Err(e)) => return all(e.to_string()),
         Err(_) => return all(format!("no answer from {addr} within 30 s")),
     };
@@ -147,6 +188,19 @@ async fn send_all(
     for (i, f) in files.iter().enumerate() {
         let r = match f {
             Err(e) => Err(e.clone()),
+            Ok(f) if !assoc.accepts(&f.sop_class_uid) => {
+                out.push(Err(Failure {
+                    message: format!(
+                        "{} does not accept {} (it refused the SOP class in the association \
+                         negotiation): set this destination's objects, or have it accept the \
+                         class, then esorisk retry",
+                        d.ae_title,
+                        crate::receive::sop::name(&f.sop_class_uid)
+                    ),
+                    permanent: true,
+                }));
+                continue;
+            }
             Ok(f) => {
                 match tokio::time::timeout(Duration::from_secs(60), assoc.store(i as u16 + 1, f))
                     .await
@@ -169,7 +223,7 @@ async fn send_all(
                 }
             }
         };
-        out.push(r);
+        out.push(r.map_err(Failure::retry));
     }
     let _ = assoc.release().await;
     out
@@ -205,11 +259,13 @@ async fn record(
     pool: &sqlx::SqlitePool,
     d: &Due,
     dest: &str,
-    r: Result<(), String>,
+    r: Result<(), Failure>,
     max: i64,
     base: u64,
 ) -> sqlx::Result<()> {
     let attempts = d.attempts + 1;
+    // (message, whether the delivery ends dead now)
+    let r = r.map_err(|f| (f.message, f.permanent || attempts >= max));
     match r {
         Ok(()) => {
             sqlx::query("UPDATE deliveries SET state = 'sent', attempts = ?, sent_at = ?, last_error = NULL WHERE id = ?")
@@ -221,8 +277,12 @@ async fn record(
             info!(job = d.job_id, sop = %d.sop, destination = dest, "delivered");
             jobs::event(pool, d.job_id, "sent", &format!("{} to {dest}", d.sop)).await
         }
-        Err(e) if attempts >= max => {
-            let why = format!("gave up after {attempts} attempts: {e}");
+        Err((e, true)) => {
+            let why = if attempts >= max {
+                format!("gave up after {attempts} attempts: {e}")
+            } else {
+                e
+            };
             sqlx::query(
                 "UPDATE deliveries SET state = 'dead', attempts = ?, last_error = ? WHERE id = ?",
             )
@@ -240,7 +300,7 @@ async fn record(
             )
             .await
         }
-        Err(e) => {
+        Err((e, false)) => {
             let delay = base as f64 * 2f64.powi((attempts - 1) as i32);
             sqlx::query("UPDATE deliveries SET attempts = ?, last_error = ?, next_attempt_at = ? WHERE id = ?")
                 .bind(attempts)

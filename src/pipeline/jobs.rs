@@ -308,8 +308,21 @@ pub async fn void_leases(pool: &SqlitePool) -> sqlx::Result<()> {
     expire_leases(pool).await.map(|_| ())
 }
 
-/// Requeue a dead (or failed) job: `esorisk retry`.
-pub async fn retry(pool: &SqlitePool, id: i64) -> sqlx::Result<bool> {
+/// What `esorisk retry` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Retried {
+    /// A dead or failed job queued again (its dead deliveries too).
+    Job,
+    /// A succeeded job's dead deliveries given another round.
+    Deliveries(u64),
+    /// Nothing to retry.
+    Nothing,
+}
+
+/// `esorisk retry`: requeue a dead or failed job, or send a succeeded
+/// job's dead deliveries again (a destination that was down for long, or
+/// that now accepts a SOP class it refused).
+pub async fn retry(pool: &SqlitePool, id: i64) -> sqlx::Result<Retried> {
     let r = sqlx::query(
         "UPDATE jobs SET state = 'queued', attempts = 0, not_before = NULL, error = NULL, worker = NULL \
          WHERE id = ? AND state IN ('dead', 'failed')",
@@ -317,19 +330,31 @@ pub async fn retry(pool: &SqlitePool, id: i64) -> sqlx::Result<bool> {
     .bind(id)
     .execute(pool)
     .await?;
-    if r.rows_affected() == 1 {
+    let requeued = r.rows_affected() == 1;
+    let d = sqlx::query(
+        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ? \
+         WHERE job_id = ? AND state = 'dead'",
+    )
+    .bind(now())
+    .bind(id)
+    .execute(pool)
+    .await?;
+    if requeued {
         event(pool, id, "requeued", "by esorisk retry").await?;
-        // Dead deliveries of this job get another round too.
-        sqlx::query(
-            "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ? \
-             WHERE job_id = ? AND state = 'dead'",
+        Ok(Retried::Job)
+    } else if d.rows_affected() > 0 {
+        let n = d.rows_affected();
+        event(
+            pool,
+            id,
+            "requeued",
+            &format!("{n} dead deliveries, by esorisk retry"),
         )
-        .bind(now())
-        .bind(id)
-        .execute(pool)
         .await?;
+        Ok(Retried::Deliveries(n))
+    } else {
+        Ok(Retried::Nothing)
     }
-    Ok(r.rows_affected() == 1)
 }
 
 /// Deliveries counted per destination and state, with the last error of

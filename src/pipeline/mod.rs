@@ -639,7 +639,7 @@ fn store_outputs(
             .bind(&n)
             .execute(&mut *tx)
             .await?;
-            for d in &destinations {
+            for d in destinations.iter().filter(|d| d.wants(kind)) {
                 sqlx::query(
                     "INSERT OR IGNORE INTO deliveries (job_id, sop_instance_uid, destination, state, next_attempt_at) \
                      VALUES (?, ?, ?, 'pending', ?)",
@@ -689,8 +689,9 @@ fn destinations(
                     host,
                     port: ctx.settings.send_back_port,
                     tls: ctx.settings.send_back_tls,
+                    objects: Vec::new(),
                 };
-                if !out.contains(&d) {
+                if !out.iter().any(|o| o.key() == d.key()) {
                     out.push(d);
                 }
             }

@@ -18,10 +18,14 @@ pub const STORAGE: &[(&str, &str)] = &[
     (RT_ION_PLAN, "RT Ion Plan Storage"),
 ];
 
-/// Human name of an accepted SOP class, or the UID itself.
+/// Human name of an accepted SOP class (or of the SR esorisk sends), or
+/// the UID itself.
 pub fn name(uid: &str) -> &str {
     if uid == VERIFICATION {
         return "Verification";
+    }
+    if uid == crate::report::sr::COMPREHENSIVE_SR {
+        return "Comprehensive SR Storage";
     }
     STORAGE
         .iter()

@@ -1283,41 +1283,19 @@ fn shared_pydicom_samples_are_stored_when_present() {
 #[test]
 fn tls_associations_with_storescu() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let key = tmp.path().join("key.pem");
-    let cert = tmp.path().join("cert.pem");
-    let out = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{}", text(&out));
+    let pki = Pki::new(&tmp.path().join("pki"), "hospital");
+    let (key, cert) = pki.issue("hospital", "esorisk");
     let node = TestNode::start(&[
         ("ESORISK__DICOM__TLS__ENABLED", "true"),
-        (
-            "ESORISK__DICOM__TLS__CERTIFICATE",
-            cert.to_str().expect("utf8"),
-        ),
-        (
-            "ESORISK__DICOM__TLS__PRIVATE_KEY",
-            key.to_str().expect("utf8"),
-        ),
+        ("ESORISK__DICOM__TLS__CERTIFICATE", &cert),
+        ("ESORISK__DICOM__TLS__PRIVATE_KEY", &key),
     ]);
     let files = synthetic_study(&tmp.path().join("s"), 1, 64, 1, 21);
-    let (k, c) = (key.display().to_string(), cert.display().to_string());
-    let mut args = vec!["+tls", &k, &c, "+cf", &c, "-aec", AE, "127.0.0.1"];
+    // The caller presents a certificate too; the node does not ask for
+    // one unless client_ca_certificates is set.
+    let (k, c) = pki.issue("hospital", "tps");
+    let ca = pki.ca("hospital");
+    let mut args = vec!["+tls", &k, &c, "+cf", &ca, "-aec", AE, "127.0.0.1"];
     let port = node.port.to_string();
     args.push(&port);
     let names: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();

@@ -91,31 +91,7 @@ impl DicomFile {
             data_set: bytes[offset..].to_vec(),
         })
     }
-}
 
-/// What an association can run over: TCP, or TLS over TCP.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
-
-fn options<'a>(
-    calling_ae: &str,
-    called_ae: &str,
-    contexts: &[(&str, Vec<&str>)],
-) -> ClientAssociationOptions<'a> {
-    let mut options = ClientAssociationOptions::new()
-        .calling_ae_title(calling_ae.to_string())
-        .called_ae_title(called_ae.to_string())
-        .max_pdu_length(262_138);
-    for (abstract_syntax, ts) in contexts {
-        options = options.with_presentation_context(
-            abstract_syntax.to_string(),
-            ts.iter().map(|t| t.to_string()).collect(),
-        );
-    }
-    options
-}
-
-impl DicomFile {
     /// The data set re-encoded in another native (uncompressed, not
     /// deflated) transfer syntax, e.g. Explicit to Implicit VR Little
     /// Endian. Text is decoded and encoded again in the data set's own
@@ -142,6 +118,28 @@ impl DicomFile {
             .map_err(|e| fail(e.to_string()))?;
         Ok(out)
     }
+}
+
+/// What an association can run over: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+
+fn options<'a>(
+    calling_ae: &str,
+    called_ae: &str,
+    contexts: &[(&str, Vec<&str>)],
+) -> ClientAssociationOptions<'a> {
+    let mut options = ClientAssociationOptions::new()
+        .calling_ae_title(calling_ae.to_string())
+        .called_ae_title(called_ae.to_string())
+        .max_pdu_length(262_138);
+    for (abstract_syntax, ts) in contexts {
+        options = options.with_presentation_context(
+            abstract_syntax.to_string(),
+            ts.iter().map(|t| t.to_string()).collect(),
+        );
+    }
+    options
 }
 
 /// Open an association proposing each (abstract syntax, transfer syntaxes).
@@ -384,4 +382,40 @@ pub async fn echo<S: Stream>(
     send_message(assoc, pc_id, &Command::echo_request(message_id), None).await?;
     let rsp = receive_command(assoc).await?;
     Ok(rsp.status.unwrap_or(0xFFFF))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ts::{EXPLICIT_VR_LE, IMPLICIT_VR_LE};
+
+    /// Explicit to Implicit VR Little Endian and back gives the data set
+    /// byte for byte (sequences included); compressed syntaxes are refused.
+    #[test]
+    fn transcoding_between_native_syntaxes_round_trips() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let files = crate::testgen::write_set(dir.path(), "study", 0, 16, 1, 3).expect("files");
+        let mut n = 0;
+        for path in &files {
+            let file = DicomFile::read(path).expect("read");
+            assert_eq!(file.transfer_syntax_uid, EXPLICIT_VR_LE);
+            let implicit = DicomFile {
+                transfer_syntax_uid: IMPLICIT_VR_LE.into(),
+                data_set: file.transcoded(IMPLICIT_VR_LE).expect("to implicit"),
+                ..file.clone()
+            };
+            assert_ne!(implicit.data_set, file.data_set);
+            let back = implicit.transcoded(EXPLICIT_VR_LE).expect("to explicit");
+            assert!(back == file.data_set, "{}", path.display());
+            let err = file
+                .transcoded("1.2.840.10008.1.2.4.70")
+                .expect_err("JPEG is not native");
+            assert!(
+                err.to_string().contains("not a native transfer syntax"),
+                "{err}"
+            );
+            n += 1;
+        }
+        assert!(n >= 3, "{n} files");
+    }
 }

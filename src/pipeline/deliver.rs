@@ -120,6 +120,13 @@ impl Failure {
             permanent: false,
         }
     }
+
+    fn permanent(message: String) -> Failure {
+        Failure {
+            message,
+            permanent: true,
+        }
+    }
 }
 
 /// C-STORE every file to `dest` over one association (over TLS for a
@@ -173,12 +180,7 @@ async fn send_all(
             );
             return due
                 .iter()
-                .map(|_| {
-                    Err(Failure {
-                        message: why.clone(),
-                        permanent: true,
-                    })
-                })
+                .map(|_| Err(Failure::permanent(why.clone())))
                 .collect();
         }
         Ok(Err(e)) => return all(e.to_string()),
@@ -189,16 +191,13 @@ async fn send_all(
         let r = match f {
             Err(e) => Err(e.clone()),
             Ok(f) if !assoc.accepts(&f.sop_class_uid) => {
-                out.push(Err(Failure {
-                    message: format!(
-                        "{} does not accept {} (it refused the SOP class in the association \
-                         negotiation): set this destination's objects, or have it accept the \
-                         class, then esorisk retry",
-                        d.ae_title,
-                        crate::receive::sop::name(&f.sop_class_uid)
-                    ),
-                    permanent: true,
-                }));
+                out.push(Err(Failure::permanent(format!(
+                    "{} does not accept {} (it refused the SOP class in the association \
+                     negotiation): set this destination's objects, or have it accept the \
+                     class, then esorisk retry",
+                    d.ae_title,
+                    crate::receive::sop::name(&f.sop_class_uid)
+                ))));
                 continue;
             }
             Ok(f) => {

@@ -520,6 +520,14 @@ fn each_destination_gets_the_objects_it_wants_and_a_refused_class_ends_at_once()
         .collect();
     let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let node = TestNode::start_with_args(&["--config", config.to_str().expect("utf8")], &refs);
+    // The log says where results go, and what each destination gets.
+    wait_until("the pipeline started", 30, || {
+        node.log().contains("results go to")
+    });
+    node.assert_logged(&[
+        "results go to the destinations",
+        &format!("TPS@127.0.0.1:{} (rtstruct)", tps.port),
+    ]);
     push(&node, &patient(&tmp.path().join("in"), "33", false));
     let db = node.db_path();
     wait_until("every delivery ended", 120, || {

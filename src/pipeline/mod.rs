@@ -110,6 +110,23 @@ impl Pipeline {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
+        let sent_to: Vec<String> = ctx
+            .settings
+            .destinations
+            .iter()
+            .map(|d| match d.objects.is_empty() {
+                true => d.key(),
+                false => format!("{} ({})", d.key(), d.objects.join(", ")),
+            })
+            .collect();
+        match (sent_to.is_empty(), ctx.settings.send_back_port) {
+            (true, 0) => warn!("no destinations: results are written under out/ and not sent (pipeline.destinations)"),
+            _ => info!(
+                destinations = %sent_to.join("; "),
+                send_back_port = ctx.settings.send_back_port,
+                "results go to the destinations"
+            ),
+        }
         let c = ctx.clone();
         let s = stop.clone();
         tasks.push(tokio::spawn(async move { watch(c, s).await }));

@@ -197,7 +197,7 @@ impl Destination {
             Some(k) => (k, true),
             None => (key, false),
         };
-        let (ae, addr) = key.split_once('@')?;
+        let (ae, addr) = key.rsplit_once('@')?;
         let (host, port) = addr.rsplit_once(':')?;
         Some(Destination {
             ae_title: ae.to_string(),
@@ -564,6 +564,11 @@ mod tests {
         let s = Settings::load(Some(&path)).expect("load");
         let tps = &s.pipeline.destinations[0];
         assert!(tps.wants("rtstruct") && !tps.wants("sr") && !tps.wants("sr-not-scored"));
+        let odd = Destination::parse("A@B+C@pacs:104+tls").expect("an AE title with @ and +");
+        assert_eq!(
+            (odd.ae_title.as_str(), odd.host.as_str(), odd.tls),
+            ("A@B+C", "pacs", true)
+        );
         let all = Destination::parse("PACS@pacs:104").expect("parse");
         assert!(all.wants("sr") && all.wants("sr-not-scored") && all.wants("rtstruct"));
         std::fs::write(

@@ -25,6 +25,13 @@ struct Cli {
 enum Command {
     /// Run the DICOM node (C-ECHO and C-STORE service provider).
     Serve,
+    /// The node at a glance: running or not, free space, studies, jobs and
+    /// deliveries by state (for admins and monitoring).
+    Status {
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the studies received, newest first.
     Studies {
         /// One JSON document (for scripts and monitoring).
@@ -536,6 +543,14 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             }
             index.close().await;
         }
+        Command::Status { json } => {
+            let doc = status(&settings).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print_status(&doc);
+            }
+        }
         Command::Studies { json } => {
             let index = Index::open(&settings.database_path()).await?;
             let studies = index.studies().await?;
@@ -1002,4 +1017,102 @@ fn model_label(card: &esorisk::model::infer::ModelCard) -> String {
         }
         _ => card.variant.label().to_string(),
     }
+}
+
+/// What `esorisk status` reports, read from the data directory and the
+/// index without disturbing a running node.
+async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    use sqlx::Row;
+    let data_dir = &settings.storage.data_dir;
+    let node = esorisk::store::holder(data_dir);
+    let free_mb = esorisk::store::free_bytes(data_dir).map(|b| b / (1024 * 1024));
+    let mut doc = serde_json::json!({
+        "data_dir": data_dir.display().to_string(),
+        "node_running": node.is_some(),
+        "node_pid": node,
+        "free_mb": free_mb,
+        "min_free_mb": settings.storage.min_free_mb,
+        "retention_days": settings.storage.retention_days,
+    });
+    let db = settings.database_path();
+    if !db.exists() {
+        return Ok(doc);
+    }
+    let index = Index::open(&db).await?;
+    let pool = index.pool();
+    let studies = sqlx::query(
+        "SELECT (SELECT count(*) FROM studies), count(*), COALESCE(sum(size_bytes), 0), \
+         max(received_at) FROM instances",
+    )
+    .fetch_one(pool)
+    .await?;
+    let mut jobs = serde_json::Map::new();
+    for r in sqlx::query("SELECT state, count(*) FROM jobs GROUP BY state")
+        .fetch_all(pool)
+        .await?
+    {
+        jobs.insert(r.get(0), r.get::<i64, _>(1).into());
+    }
+    let mut deliveries = serde_json::Map::new();
+    for r in sqlx::query("SELECT state, count(*) FROM deliveries GROUP BY state")
+        .fetch_all(pool)
+        .await?
+    {
+        deliveries.insert(r.get(0), r.get::<i64, _>(1).into());
+    }
+    doc["studies"] = studies.get::<i64, _>(0).into();
+    doc["instances"] = studies.get::<i64, _>(1).into();
+    doc["stored_mb"] = (studies.get::<i64, _>(2) / (1024 * 1024)).into();
+    doc["last_received_at"] = studies.get::<Option<String>, _>(3).into();
+    doc["jobs"] = jobs.into();
+    doc["deliveries"] = deliveries.into();
+    index.close().await;
+    Ok(doc)
+}
+
+fn print_status(doc: &serde_json::Value) {
+    let text = |k: &str| match &doc[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        v => v.to_string(),
+    };
+    match doc["node_pid"].as_str() {
+        Some(pid) => println!("node: running (process {pid})"),
+        None => println!("node: not running"),
+    }
+    println!(
+        "data directory: {} ({} MB free; instances refused below {} MB)",
+        text("data_dir"),
+        text("free_mb"),
+        text("min_free_mb")
+    );
+    if doc.get("studies").is_none() {
+        println!("nothing received yet (no index)");
+        return;
+    }
+    println!(
+        "studies: {} ({} instances, {} MB); last instance received {}",
+        text("studies"),
+        text("instances"),
+        text("stored_mb"),
+        text("last_received_at")
+    );
+    let counts = |k: &str, states: &[&str]| {
+        states
+            .iter()
+            .map(|s| format!("{} {s}", doc[k][s].as_i64().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "jobs: {}",
+        counts(
+            "jobs",
+            &["queued", "running", "succeeded", "failed", "dead"]
+        )
+    );
+    println!(
+        "deliveries: {}",
+        counts("deliveries", &["pending", "sent", "dead"])
+    );
 }

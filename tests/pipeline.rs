@@ -398,6 +398,26 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     );
     assert_eq!(v["deliveries"][0]["state"], "sent", "{v}");
     assert_eq!(v["deliveries"][0]["count"], 2, "{v}");
+    // `esorisk status`: the running node, and the counts by state.
+    let said = on_node(&node, &["status"]);
+    assert!(
+        said.contains(&format!("node: running (process {})", node.pid())),
+        "{said}"
+    );
+    assert!(
+        said.contains("jobs: 0 queued, 0 running, 1 succeeded, 0 failed, 0 dead"),
+        "{said}"
+    );
+    assert!(
+        said.contains("deliveries: 0 pending, 2 sent, 0 dead"),
+        "{said}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&on_node(&node, &["status", "--json"])).expect("JSON");
+    assert_eq!(v["node_running"], true, "{v}");
+    assert_eq!(v["studies"], 1, "{v}");
+    assert_eq!(v["jobs"]["succeeded"], 1, "{v}");
+    assert!(v["free_mb"].as_u64().is_some_and(|mb| mb > 0), "{v}");
     // A replaced input (the planner re-sends the dose, rescaled) is scored
     // again, and the new SR names the first one as its predecessor.
     let first_sr = common::uids(&sr).sop;
@@ -1437,6 +1457,8 @@ fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
         "ESORISK__STORAGE__DATA_DIR",
         data_dir.to_str().unwrap_or_default(),
     );
+    let said = run(&["status"], &[data]);
+    assert!(said.contains("node: not running"), "{said}");
     let said = run(&["purge", "--older-than", "0"], &[data]);
     assert!(said.contains("removed 1 studies"), "{said}");
     assert!(rx.files().len() >= 2, "what was sent is not touched");

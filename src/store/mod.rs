@@ -548,7 +548,6 @@ fn required_uid(value: Option<&str>, attribute: &'static str) -> Result<String, 
     Ok(value.to_string())
 }
 
-/// fsync a directory so that entries created or renamed in it are durable.
 /// Lock `esorisk.lock` in the data directory (an advisory lock the kernel
 /// drops when the process ends, however it ends) and write our process id
 /// in it for the message another process gets.
@@ -582,6 +581,22 @@ fn lock_data_dir(data_dir: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// The process id of the node that has `data_dir` open, if one has
+/// (`esorisk status`): its lock is held. The probe holds the lock for a
+/// moment only when no node does.
+pub fn holder(data_dir: &Path) -> Option<String> {
+    let mut file = File::open(data_dir.join("esorisk.lock")).ok()?;
+    match file.try_lock_shared() {
+        Ok(()) => None,
+        Err(_) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Some(pid.trim().to_string())
+        }
+    }
+}
+
+/// fsync a directory so that entries created or renamed in it are durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -87,6 +87,13 @@ pub fn client_config(
     certificate: &Path,
     key: &Path,
 ) -> Result<Arc<ClientConfig>, String> {
+    if !is_set(cas) {
+        return Err(
+            "ca_certificates is not set: the CA certificates that destinations' certificates \
+             must chain to"
+                .into(),
+        );
+    }
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -108,6 +115,8 @@ mod tests {
     #[test]
     fn missing_and_empty_files_are_named_in_the_error() {
         let dir = tempfile::tempdir().expect("tmp");
+        let err = client_config(Path::new(""), Path::new(""), Path::new("")).expect_err("no CAs");
+        assert!(err.starts_with("ca_certificates is not set"), "{err}");
         let none = dir.path().join("absent.pem");
         let err = client_config(&none, Path::new(""), Path::new("")).expect_err("no file");
         assert!(err.contains("absent.pem"), "{err}");

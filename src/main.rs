@@ -54,7 +54,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Queue a dead or failed job again (its dead deliveries too).
+    /// Queue a dead or failed job again (its dead deliveries too), or send
+    /// a succeeded job's dead deliveries again.
     Retry { job: i64 },
     /// Check that destinations answer: associate as the node would (over
     /// TLS where marked) and send a C-ECHO. Without arguments, every
@@ -340,7 +341,11 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
     match command {
         Command::Serve => {
             let pipeline_settings = settings.clone();
-            let tls = esorisk::pipeline::client_tls(&pipeline_settings)?;
+            let pl = &pipeline_settings.pipeline;
+            let tls = esorisk::pipeline::client_tls(
+                &pl.tls,
+                pl.send_back_tls || pl.destinations.iter().any(|d| d.tls),
+            )?;
             let node = Node::start(settings).await?;
             let pipeline = if pipeline_settings.pipeline.enabled {
                 let ctx = esorisk::pipeline::context(
@@ -460,15 +465,8 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     "no destination: name one (AE@host:port) or set pipeline.destinations".into(),
                 );
             }
-            let tls = if dests.iter().any(|d| d.tls) {
-                let t = &settings.pipeline.tls;
-                Some(
-                    esorisk::tls::client_config(&t.ca_certificates, &t.certificate, &t.private_key)
-                        .map_err(|e| format!("pipeline.tls: {e}"))?,
-                )
-            } else {
-                None
-            };
+            let tls =
+                esorisk::pipeline::client_tls(&settings.pipeline.tls, dests.iter().any(|d| d.tls))?;
             let mut failed = 0;
             for d in &dests {
                 match esorisk::pipeline::deliver::echo(d, tls.clone(), &settings.dicom.ae_title)

@@ -45,17 +45,16 @@ pub struct Context {
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-/// The TLS configuration of the deliveries, when a destination uses TLS.
-/// Unreadable `pipeline.tls` files are an error at start-up, not a failure
-/// of every delivery later.
+/// The TLS configuration for deliveries (`pipeline.tls`) when `needed`
+/// (a destination uses TLS). Unreadable files are an error at start-up,
+/// not a failure of every delivery later.
 pub fn client_tls(
-    settings: &crate::config::Settings,
+    t: &crate::config::ClientTlsSettings,
+    needed: bool,
 ) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
-    let pl = &settings.pipeline;
-    if !(pl.send_back_tls || pl.destinations.iter().any(|d| d.tls)) {
+    if !needed {
         return Ok(None);
     }
-    let t = &pl.tls;
     crate::tls::client_config(&t.ca_certificates, &t.certificate, &t.private_key)
         .map(Some)
         .map_err(|e| format!("pipeline.tls: {e}"))

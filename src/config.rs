@@ -136,6 +136,13 @@ pub struct PipelineSettings {
     pub fault: String,
 }
 
+impl PipelineSettings {
+    /// Whether any delivery goes over TLS (and needs `pipeline.tls`).
+    pub fn uses_tls(&self) -> bool {
+        self.send_back_tls || self.destinations.iter().any(|d| d.tls)
+    }
+}
+
 /// Destinations as TOML tables, or (handy in the environment) a string
 /// `AE@host:port[+tls][,AE@host:port[+tls]…]`.
 fn destinations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Destination>, D::Error> {
@@ -316,8 +323,7 @@ impl Settings {
                 ));
             }
         }
-        let tls_used = pl.send_back_tls || pl.destinations.iter().any(|d| d.tls);
-        if tls_used && pl.tls.ca_certificates.as_os_str().is_empty() {
+        if pl.uses_tls() && pl.tls.ca_certificates.as_os_str().is_empty() {
             return Err(invalid(
                 "pipeline.tls.ca_certificates",
                 "a PEM file of the CA certificates the TLS destinations' certificates chain to",

@@ -342,10 +342,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
         Command::Serve => {
             let pipeline_settings = settings.clone();
             let pl = &pipeline_settings.pipeline;
-            let tls = esorisk::pipeline::client_tls(
-                &pl.tls,
-                pl.send_back_tls || pl.destinations.iter().any(|d| d.tls),
-            )?;
+            let tls = esorisk::pipeline::client_tls(&pl.tls, pl.uses_tls())?;
             let node = Node::start(settings).await?;
             let pipeline = if pipeline_settings.pipeline.enabled {
                 let ctx = esorisk::pipeline::context(

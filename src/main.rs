@@ -31,6 +31,11 @@ enum Command {
         /// One JSON document.
         #[arg(long)]
         json: bool,
+        /// Exit with status 1 when there is a problem (no node running,
+        /// free space under the floor, dead jobs or deliveries), for a
+        /// monitoring check.
+        #[arg(long)]
+        check: bool,
     },
     /// List the studies received, newest first.
     Studies {
@@ -538,12 +543,16 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             }
             index.close().await;
         }
-        Command::Status { json } => {
+        Command::Status { json, check } => {
             let doc = status(&settings).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
             } else {
                 print_status(&doc);
+            }
+            let problems = doc["problems"].as_array().map_or(0, Vec::len);
+            if check && problems > 0 {
+                return Err(format!("{problems} problems (see esorisk status)").into());
             }
         }
         Command::Studies { json } => {
@@ -1029,6 +1038,17 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
         "min_free_mb": settings.storage.min_free_mb,
         "retention_days": settings.storage.retention_days,
     });
+    let mut problems = Vec::new();
+    if doc["node_pid"].is_null() {
+        problems.push("no node is running on this data directory".to_string());
+    }
+    if free_mb.is_some_and(|mb| mb < settings.storage.min_free_mb) {
+        problems.push(format!(
+            "free space is under storage.min_free_mb ({} MB): instances are refused",
+            settings.storage.min_free_mb
+        ));
+    }
+    doc["problems"] = problems.clone().into();
     let db = settings.database_path();
     if !db.exists() {
         return Ok(doc);
@@ -1059,8 +1079,16 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
     doc["instances"] = studies.get::<i64, _>(1).into();
     doc["stored_mb"] = (studies.get::<i64, _>(2) / (1024 * 1024)).into();
     doc["last_received_at"] = studies.get::<Option<String>, _>(3).into();
+    for (what, counts) in [("jobs", &jobs), ("deliveries", &deliveries)] {
+        if let Some(n) = counts.get("dead").and_then(|n| n.as_i64()) {
+            problems.push(format!(
+                "{n} dead {what} (esorisk jobs --state dead; esorisk retry)"
+            ));
+        }
+    }
     doc["jobs"] = jobs.into();
     doc["deliveries"] = deliveries.into();
+    doc["problems"] = problems.into();
     index.close().await;
     Ok(doc)
 }
@@ -1081,6 +1109,16 @@ fn print_status(doc: &serde_json::Value) {
         text("free_mb"),
         text("min_free_mb")
     );
+    let problems: Vec<&str> = doc["problems"]
+        .as_array()
+        .map(|v| v.iter().filter_map(|p| p.as_str()).collect())
+        .unwrap_or_default();
+    if problems.is_empty() {
+        println!("problems: none");
+    }
+    for p in problems {
+        println!("problem: {p}");
+    }
     if doc.get("studies").is_none() {
         println!("nothing received yet (no index)");
         return;

@@ -412,6 +412,7 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
         said.contains("deliveries: 0 pending, 2 sent, 0 dead"),
         "{said}"
     );
+    assert!(said.contains("problems: none"), "{said}");
     let v: serde_json::Value =
         serde_json::from_str(&on_node(&node, &["status", "--json"])).expect("JSON");
     assert_eq!(v["node_running"], true, "{v}");
@@ -476,6 +477,18 @@ fn a_destination_that_never_answers_ends_as_a_dead_delivery() {
     );
     let jobs = on_node(&node, &["jobs"]);
     assert!(jobs.contains("dead"), "{jobs}");
+    // A monitoring check sees them.
+    let check = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["status", "--check"])
+        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+        .output()
+        .expect("esorisk status");
+    assert!(!check.status.success());
+    assert!(
+        text(&check).contains("problem: 2 dead deliveries"),
+        "{}",
+        text(&check)
+    );
 }
 
 /// storescp as a TLS destination that requires a client certificate.
@@ -1459,6 +1472,7 @@ fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
     );
     let said = run(&["status"], &[data]);
     assert!(said.contains("node: not running"), "{said}");
+    assert!(said.contains("problem: no node is running"), "{said}");
     let said = run(&["purge", "--older-than", "0"], &[data]);
     assert!(said.contains("removed 1 studies"), "{said}");
     assert!(rx.files().len() >= 2, "what was sent is not touched");

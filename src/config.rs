@@ -97,6 +97,10 @@ fn hourly() -> u64 {
     3600
 }
 
+fn sixty() -> u64 {
+    60
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
@@ -129,6 +133,9 @@ pub struct PipelineSettings {
     pub tls: ClientTlsSettings,
     pub delivery_max_attempts: u32,
     pub delivery_retry_base_seconds: u64,
+    /// How long to wait for a destination's C-STORE response.
+    #[serde(default = "sixty")]
+    pub delivery_response_seconds: u64,
     #[serde(default)]
     pub hold_claimed_seconds: u64,
     /// Fault injection for tests: `panic-in-scoring`, `panic-in-delivery`.

@@ -233,6 +233,15 @@ impl Peer {
         }
     }
 
+    /// Abort the association (A-ABORT) and close the connection.
+    pub async fn abort(self) -> Result<(), SendError> {
+        match self {
+            Peer::Tcp(a) => a.abort().await,
+            Peer::Tls(a) => a.abort().await,
+        }
+        .context(NetworkSnafu)
+    }
+
     /// Release the association (A-RELEASE).
     pub async fn release(self) -> Result<(), SendError> {
         match self {

@@ -620,8 +620,11 @@ fn results_reach_a_destination_that_takes_only_implicit_vr_little_endian() {
     let rx = Receiver::with_options(&tmp.path().join("tps"), &["+xi", "+B"]);
     let node = start_node(&node_env(model, rx.port));
     push(&node, &patient(&tmp.path().join("in"), "32", false));
-    wait_until("the SR and RT Structure Set", 120, || rx.files().len() >= 2);
     let db = node.db_path();
+    // Recorded as sent once storescp answered, after writing the file.
+    wait_until("the SR and RT Structure Set", 120, || {
+        count(&db, "SELECT count(*) FROM deliveries WHERE state = 'sent'") == 2
+    });
     for f in rx.files() {
         let got = common::uids(&f);
         assert_eq!(got.ts, "1.2.840.10008.1.2", "{}", f.display());
@@ -804,6 +807,89 @@ fn a_tls_destination_needs_the_ca_certificates() {
     assert!(
         !tmp.path().join("var").exists(),
         "refused before the node starts"
+    );
+}
+
+/// A peer that accepts associations (any storage class) and then never
+/// answers: a planning system hung after the handshake.
+fn hung_peer() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for socket in listener.incoming().flatten() {
+            let options = dicom_ul::ServerAssociationOptions::new()
+                .accept_any()
+                .promiscuous(true)
+                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.88.33")
+                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.481.3");
+            if let Ok(assoc) = options.establish(socket) {
+                held.push(assoc);
+            }
+        }
+    });
+    port
+}
+
+/// A destination that hangs after the handshake holds up only its own
+/// deliveries: the results of the next study reach the other destination
+/// while the hung one still waits for its first C-STORE response.
+#[test]
+fn a_hung_destination_does_not_hold_up_the_others() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let hung = hung_peer();
+    let mut env = node_env(model, rx.port);
+    env.push((
+        "ESORISK__PIPELINE__DESTINATIONS".into(),
+        format!("TPS@127.0.0.1:{},HUNG@127.0.0.1:{hung}", rx.port),
+    ));
+    env.push((
+        "ESORISK__PIPELINE__DELIVERY_RESPONSE_SECONDS".into(),
+        "20".into(),
+    ));
+    let node = start_node(&env);
+    push(&node, &patient(&tmp.path().join("a"), "34", false));
+    wait_until("the first study's results", 120, || rx.files().len() >= 2);
+    // The hung destination now holds an association waiting 20 s for its
+    // first response. A second study is scored and sent meanwhile.
+    push(&node, &patient(&tmp.path().join("b"), "35", false));
+    wait_until("the second study's results", 120, || rx.files().len() >= 4);
+    let db = node.db_path();
+    let hung_rows = format!("FROM deliveries WHERE destination = 'HUNG@127.0.0.1:{hung}'");
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT count(*) {hung_rows} AND attempts > 0")
+        ),
+        0,
+        "the second study's results went out while the hung destination still waited"
+    );
+    // Its attempt times out and is aborted, not left waiting for a release
+    // that never comes: both deliveries it carried are recorded with the
+    // reason and wait for their retry.
+    wait_until("the hung destination's first attempt to end", 120, || {
+        count(
+            &db,
+            &format!("SELECT count(*) {hung_rows} AND attempts = 1"),
+        ) >= 2
+    });
+    let errors: Vec<String> = query(
+        &db,
+        &format!("SELECT last_error {hung_rows} AND attempts = 1 ORDER BY id LIMIT 2"),
+    )
+    .into_iter()
+    .filter_map(|r| r[0].clone())
+    .collect();
+    assert!(
+        errors[0].starts_with("no C-STORE response from"),
+        "{errors:?}"
+    );
+    assert!(errors[0].ends_with("within 20 s"), "{errors:?}");
+    assert!(
+        errors[1].starts_with("not sent: no C-STORE response"),
+        "{errors:?}"
     );
 }
 

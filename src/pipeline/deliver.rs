@@ -1,9 +1,9 @@
 //! Delivery of the outputs: C-STORE to each destination, retried with
 //! exponential back-off, ending as sent or dead (with the reason), never a
-//! loop. One destination's trouble does not hold up another's, nor new
-//! jobs.
+//! loop. One destination's trouble (down, slow, hung after the handshake)
+//! does not hold up another's, nor new jobs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,18 +27,37 @@ struct Due {
     attempts: i64,
 }
 
-/// Deliver until stopped.
+/// An association in flight to one destination, with the deliveries it
+/// carries.
+struct Sending {
+    due: Vec<Due>,
+    task: tokio::task::JoinHandle<Vec<Result<(), Failure>>>,
+}
+
+/// Deliver until stopped. Each destination has at most one association in
+/// flight, and each is recorded when it ends: a destination that is slow or
+/// hangs holds up only its own deliveries, not the others' nor new jobs'.
 pub async fn run(ctx: Arc<Context>, stop: Arc<AtomicBool>) {
+    let mut busy: HashMap<String, Sending> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = round(&ctx).await {
-            warn!("delivery round failed: {e}");
+        record_finished(&ctx, &mut busy, false).await;
+        if let Err(e) = start_due(&ctx, &mut busy).await {
+            warn!("delivery check failed: {e}");
         }
         pause(&stop, ctx.settings.poll_seconds).await;
     }
+    // Stopping: give the associations in flight a moment, then leave the
+    // rest pending for the next start (a peer may get an object twice).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while busy.values().any(|s| !s.task.is_finished()) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    record_finished(&ctx, &mut busy, true).await;
 }
 
-/// One pass over the due deliveries, one association per destination.
-pub async fn round(ctx: &Context) -> Result<(), String> {
+/// Start an association to each destination that has due deliveries and
+/// none in flight.
+async fn start_due(ctx: &Context, busy: &mut HashMap<String, Sending>) -> Result<(), String> {
     let rows = sqlx::query(
         "SELECT d.id, d.job_id, d.sop_instance_uid, d.destination, d.attempts, o.file_path FROM deliveries d \
          JOIN outputs o ON o.sop_instance_uid = d.sop_instance_uid \
@@ -50,7 +69,11 @@ pub async fn round(ctx: &Context) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let mut by_dest: BTreeMap<String, Vec<Due>> = BTreeMap::new();
     for r in rows {
-        by_dest.entry(r.get(3)).or_default().push(Due {
+        let dest: String = r.get(3);
+        if busy.contains_key(&dest) {
+            continue;
+        }
+        by_dest.entry(dest).or_default().push(Due {
             id: r.get(0),
             job_id: r.get(1),
             sop: r.get(2),
@@ -58,29 +81,46 @@ pub async fn round(ctx: &Context) -> Result<(), String> {
             path: ctx.data_dir.join(r.get::<String, _>(5)),
         });
     }
-    // One association per destination, at the same time; each result is
-    // recorded when its association ends. A panic in an association (a
-    // defect, or a peer's answer the code did not foresee) fails this
-    // attempt of each of its deliveries, so they back off and end dead with
-    // the message instead of being retried every round for ever.
     let fault = ctx.settings.fault == "panic-in-delivery";
-    let mut sending = Vec::new();
     for (dest, due) in by_dest {
         let (d, ae, files) = (dest.clone(), ctx.ae_title.clone(), due.clone());
         let tls = ctx.tls.clone();
+        let wait = Duration::from_secs(ctx.settings.delivery_response_seconds.max(1));
         let task = tokio::spawn(async move {
             if fault {
                 panic!("fault injected by pipeline.fault");
             }
-            send_all(&d, &ae, tls, &files).await
+            send_all(&d, &ae, tls, wait, &files).await
         });
-        sending.push((dest, due, task));
+        busy.insert(dest, Sending { due, task });
     }
+    Ok(())
+}
+
+/// Record the results of the associations that ended. A panic in one (a
+/// defect, or a peer's answer the code did not foresee) fails this attempt
+/// of each of its deliveries, so they back off and end dead with the
+/// message instead of being retried for ever. With `abort`, those still in
+/// flight are stopped and their deliveries left as they were.
+async fn record_finished(ctx: &Context, busy: &mut HashMap<String, Sending>, abort: bool) {
     let (max, base) = (
         i64::from(ctx.settings.delivery_max_attempts),
         ctx.settings.delivery_retry_base_seconds,
     );
-    for (dest, due, task) in sending {
+    let ended: Vec<String> = busy
+        .iter()
+        .filter(|(_, s)| s.task.is_finished() || abort)
+        .map(|(d, _)| d.clone())
+        .collect();
+    for dest in ended {
+        let Some(Sending { due, task }) = busy.remove(&dest) else {
+            continue;
+        };
+        if !task.is_finished() {
+            task.abort();
+            warn!(destination = %dest, deliveries = due.len(), "delivery interrupted by shutdown; sent again at the next start");
+            continue;
+        }
         let results = match task.await {
             Ok(r) => r,
             Err(e) => {
@@ -101,7 +141,6 @@ pub async fn round(ctx: &Context) -> Result<(), String> {
             }
         }
     }
-    Ok(())
 }
 
 /// Why a delivery attempt failed.
@@ -135,6 +174,7 @@ async fn send_all(
     dest: &str,
     calling_ae: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
+    wait: Duration,
     due: &[Due],
 ) -> Vec<Result<(), Failure>> {
     let all = |e: String| due.iter().map(|_| Err(Failure::retry(e.clone()))).collect();
@@ -187,7 +227,14 @@ async fn send_all(
         Err(_) => return all(format!("no answer from {addr} within 30 s")),
     };
     let mut out = Vec::new();
+    // After a C-STORE without a response (or a broken connection) the
+    // association cannot be trusted: the rest wait for the next attempt.
+    let mut broken: Option<String> = None;
     for (i, f) in files.iter().enumerate() {
+        if let Some(why) = &broken {
+            out.push(Err(Failure::retry(format!("not sent: {why}"))));
+            continue;
+        }
         let r = match f {
             Err(e) => Err(e.clone()),
             Ok(f) if !assoc.accepts(&f.sop_class_uid) => {
@@ -200,31 +247,44 @@ async fn send_all(
                 ))));
                 continue;
             }
-            Ok(f) => {
-                match tokio::time::timeout(Duration::from_secs(60), assoc.store(i as u16 + 1, f))
-                    .await
-                {
-                    Ok(Ok(rsp)) => match rsp.status {
-                        Some(0) | Some(0xB000) | Some(0xB007) | Some(0xB006) => Ok(()),
-                        Some(s) => Err(format!(
-                            "{} refused {} with status {s:04X}{}",
-                            d.ae_title,
-                            f.sop_instance_uid,
-                            rsp.error_comment
-                                .as_deref()
-                                .map(|c| format!(" ({c})"))
-                                .unwrap_or_default()
-                        )),
-                        None => Err("the C-STORE response has no status".into()),
-                    },
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no C-STORE response from {addr} within 60 s")),
+            Ok(f) => match tokio::time::timeout(wait, assoc.store(i as u16 + 1, f)).await {
+                Ok(Ok(rsp)) => match rsp.status {
+                    Some(0) | Some(0xB000) | Some(0xB007) | Some(0xB006) => Ok(()),
+                    Some(s) => Err(format!(
+                        "{} refused {} with status {s:04X}{}",
+                        d.ae_title,
+                        f.sop_instance_uid,
+                        rsp.error_comment
+                            .as_deref()
+                            .map(|c| format!(" ({c})"))
+                            .unwrap_or_default()
+                    )),
+                    None => Err("the C-STORE response has no status".into()),
+                },
+                Ok(Err(e)) => {
+                    broken = Some(format!("the association with {addr} failed"));
+                    Err(e.to_string())
                 }
-            }
+                Err(_) => {
+                    let why = format!(
+                        "no C-STORE response from {addr} within {} s",
+                        wait.as_secs()
+                    );
+                    broken = Some(why.clone());
+                    Err(why)
+                }
+            },
         };
         out.push(r.map_err(Failure::retry));
     }
-    let _ = assoc.release().await;
+    // A peer that stops answering must not keep this task (and its
+    // destination's deliveries) waiting for a release either.
+    let end = Duration::from_secs(10);
+    if broken.is_some() {
+        let _ = tokio::time::timeout(end, assoc.abort()).await;
+    } else if tokio::time::timeout(end, assoc.release()).await.is_err() {
+        warn!(destination = %dest, "no answer to the release within 10 s; connection closed");
+    }
     out
 }
 

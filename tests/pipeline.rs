@@ -891,6 +891,17 @@ fn a_hung_destination_does_not_hold_up_the_others() {
         errors[1].starts_with("not sent: no C-STORE response"),
         "{errors:?}"
     );
+    // SIGTERM while the retry hangs: the node stops within its grace, and
+    // says that the delivery waits for the next start.
+    wait_until("the retry in flight", 60, || {
+        node.log().contains("delivery failed, retry in")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let mut node = node;
+    assert!(node.terminate(), "a clean exit:\n{}", node.log());
+    wait_until("the shutdown logged", 10, || {
+        node.log().contains("delivery interrupted by shutdown")
+    });
 }
 
 #[test]

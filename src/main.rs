@@ -359,10 +359,13 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             } else {
                 None
             };
-            node.run(shutdown_signal()).await?;
+            // The pipeline stops between the receiver and the index, so
+            // that what it finishes during shutdown is still recorded.
+            let stopped = node.serve(shutdown_signal()).await?;
             if let Some(p) = pipeline {
                 p.stop().await;
             }
+            stopped.close().await;
         }
         Command::Jobs {
             state,

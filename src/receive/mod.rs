@@ -148,6 +148,15 @@ impl Node {
     /// Serve until `shutdown` completes, then stop accepting, let running
     /// instances finish (within the grace period), and close the database.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), NodeError> {
+        self.serve(shutdown).await?.close().await;
+        Ok(())
+    }
+
+    /// Serve until `shutdown` completes, then stop accepting and let running
+    /// instances finish (within the grace period). The index stays open
+    /// for whatever else uses it (the scoring pipeline) until
+    /// [`Stopped::close`].
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<Stopped, NodeError> {
         let Node {
             settings,
             ctx,
@@ -220,16 +229,34 @@ impl Node {
             // Associations stop at the next instance boundary.
             while tasks.join_next().await.is_some() {}
         }
-        let _ = retention_stop.send(true);
-        if let Some(task) = retention {
+        Ok(Stopped {
+            ctx,
+            retention_stop,
+            retention,
+        })
+    }
+}
+
+/// A node that no longer receives, its index still open.
+pub struct Stopped {
+    ctx: Arc<Context>,
+    retention_stop: watch::Sender<bool>,
+    retention: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Stopped {
+    /// Stop removing old studies, close the index and record the clean
+    /// shutdown.
+    pub async fn close(self) {
+        let _ = self.retention_stop.send(true);
+        if let Some(task) = self.retention {
             let _ = task.await;
         }
-        ctx.index.close().await;
-        if let Err(e) = ctx.store.mark_clean() {
+        self.ctx.index.close().await;
+        if let Err(e) = self.ctx.store.mark_clean() {
             warn!(error = %e, "cannot record the clean shutdown; the next start will reconcile");
         }
         info!("stopped");
-        Ok(())
     }
 }
 

@@ -3,8 +3,8 @@
 //!
 //! A zone is a 26-connected group of ROI voxels sharing one grey level; the
 //! matrix counts zones by grey level and zone size (in voxels). The zone
-//! labelling ([`for_each_zone`]) and the arithmetic common to all
-//! "grey level × count" matrices ([`pair_features`]) live here and are reused
+//! labelling (`for_each_zone`) and the arithmetic common to all
+//! "grey level × count" matrices (`pair_features`) live here and are reused
 //! by the GLDZM and NGLDM families.
 
 use super::volume::{Discretised, Feature};

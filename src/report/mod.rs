@@ -7,7 +7,7 @@
 //! plan they describe. docs/CONFORMANCE.md (section 8) lists what they hold.
 //!
 //! [`ReportInputs`] gathers, once, everything the writers need from the
-//! received objects; [`RiskReport`] is what the model concluded.
+//! received objects; [`sr::RiskReport`] is what the model concluded.
 
 pub mod contour;
 pub mod rtstruct;

@@ -47,6 +47,18 @@ fn roots(path: &Path) -> Result<Arc<RootCertStore>, String> {
     Ok(Arc::new(store))
 }
 
+/// A certificate's SHA-256 fingerprint, `AB:CD:…`, as `openssl x509
+/// -fingerprint -sha256` prints it: how an admin tells which certificate
+/// a caller presented.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(der)
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 fn is_set(path: &Path) -> bool {
     !path.as_os_str().is_empty()
 }

@@ -1362,6 +1362,34 @@ fn mutual_tls_lets_in_only_callers_with_a_trusted_certificate() {
     for f in &files {
         assert_stored(&node, f);
     }
+    // The association names the certificate: its SHA-256 fingerprint, as
+    // openssl prints it.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-fingerprint",
+            "-sha256",
+            "-in",
+            &tps_cert,
+        ])
+        .output()
+        .expect("openssl");
+    let printed = text(&out);
+    let expected = printed.trim().rsplit('=').next().unwrap_or_default();
+    assert_eq!(expected.len(), 95, "{printed}");
+    wait_for(|| {
+        count(
+            &db,
+            "SELECT count(*) FROM associations WHERE outcome = 'released'",
+        ) == 1
+    });
+    let rows = query(
+        &db,
+        "SELECT tls_client FROM associations WHERE outcome = 'released'",
+    );
+    assert_eq!(rows, [[Some(expected.to_string())]]);
+    node.assert_logged(&["association accepted", expected]);
 }
 
 #[test]

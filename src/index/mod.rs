@@ -328,17 +328,19 @@ impl Index {
         calling_ae: Option<&str>,
         called_ae: Option<&str>,
         peer: &str,
+        tls_client: Option<&str>,
         outcome: Option<&str>,
     ) -> Result<i64, IndexError> {
         let now = now();
         let ended = outcome.map(|_| now.clone());
         let row = sqlx::query(
-            "INSERT INTO associations (calling_ae, called_ae, peer_address, started_at, ended_at, outcome)
-             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO associations (calling_ae, called_ae, peer_address, tls_client, started_at, ended_at, outcome)
+             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(calling_ae)
         .bind(called_ae)
         .bind(peer)
+        .bind(tls_client)
         .bind(&now)
         .bind(ended)
         .bind(outcome)

@@ -331,12 +331,22 @@ async fn handle_connection(
     let peer_s = peer.to_string();
     if template.tls.is_some() {
         match options.establish_tls_async(socket).await {
-            Ok(assoc) => run_association(assoc, peer, ctx, stop).await,
+            Ok(mut assoc) => {
+                // Who the caller is beyond its AE title, with mutual TLS.
+                let client = assoc
+                    .inner_stream()
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|chain| chain.first())
+                    .map(|cert| crate::tls::fingerprint(cert));
+                run_association(assoc, peer, ctx, stop, client).await
+            }
             Err(e) => log_refused(&ctx, &peer_s, &e).await,
         }
     } else {
         match options.establish_async(socket).await {
-            Ok(assoc) => run_association(assoc, peer, ctx, stop).await,
+            Ok(assoc) => run_association(assoc, peer, ctx, stop, None).await,
             Err(e) => log_refused(&ctx, &peer_s, &e).await,
         }
     }
@@ -347,7 +357,7 @@ async fn log_refused(ctx: &Context, peer: &str, e: &dicom_ul::association::Error
     info!(%peer, outcome, "association not established");
     if let Err(err) = ctx
         .index
-        .association_started(None, None, peer, Some(&outcome))
+        .association_started(None, None, peer, None, Some(&outcome))
         .await
     {
         warn!(error = %err, "cannot log association");
@@ -359,6 +369,7 @@ async fn run_association<S>(
     peer: SocketAddr,
     ctx: Arc<Context>,
     stop: watch::Receiver<bool>,
+    tls_client: Option<String>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -378,10 +389,17 @@ async fn run_association<S>(
             )
         })
         .collect();
-    info!(calling_ae, called_ae, %peer, accepted = ?contexts, "association accepted");
+    let client = tls_client.as_deref();
+    info!(calling_ae, called_ae, %peer, tls_client = client.unwrap_or(""), accepted = ?contexts, "association accepted");
     let row = ctx
         .index
-        .association_started(Some(&calling_ae), Some(&called_ae), &peer.to_string(), None)
+        .association_started(
+            Some(&calling_ae),
+            Some(&called_ae),
+            &peer.to_string(),
+            client,
+            None,
+        )
         .await
         .map_err(|e| warn!(error = %e, "cannot log association"))
         .ok();
@@ -467,6 +485,7 @@ async fn reject_busy(
             calling.as_deref(),
             called.as_deref(),
             &peer.to_string(),
+            None,
             Some("rejected: local limit exceeded"),
         )
         .await;

@@ -516,8 +516,9 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 )
             };
             let index = Index::open(&settings.database_path()).await?;
-            let before = esorisk::index::at_offset(-older_than * 86_400.0);
-            let removable = index.removable_studies(&before).await?;
+            let rule =
+                esorisk::index::RemovalRule::older_than(older_than, settings.pipeline.enabled);
+            let removable = index.removable_studies(&rule).await?;
             for (study, instances, bytes) in &removable {
                 println!(
                     "{} {study}  instances {instances}  {:.1} MB",
@@ -531,7 +532,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     &index,
                     &gate,
                     &settings.storage.data_dir,
-                    older_than,
+                    &rule,
                     || true,
                 )
                 .await?;

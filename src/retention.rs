@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use crate::index::{self, Index, IndexError, RemovedStudy};
+use crate::index::{Index, IndexError, RemovalRule, RemovedStudy};
 
 /// Instances being stored, per study, and studies being removed.
 #[derive(Debug, Default)]
@@ -121,12 +121,11 @@ pub async fn remove_old(
     index: &Index,
     gate: &Gate,
     data_dir: &Path,
-    days: f64,
+    rule: &RemovalRule,
     keep_going: impl Fn() -> bool,
 ) -> Result<Removal, IndexError> {
-    let before = index::at_offset(-days * 86_400.0);
     let mut total = Removal::default();
-    for (study, _, _) in index.removable_studies(&before).await? {
+    for (study, _, _) in index.removable_studies(rule).await? {
         if !keep_going() {
             break;
         }
@@ -134,7 +133,7 @@ pub async fn remove_old(
             info!(study_uid = %study, "old study still receiving; kept until the next check");
             continue;
         };
-        let Some(removed) = index.remove_study(&study, &before).await? else {
+        let Some(removed) = index.remove_study(&study, rule).await? else {
             continue;
         };
         let (instances, outputs, bytes) = (
@@ -204,12 +203,15 @@ fn inside_data_dir(rel: &str) -> bool {
     parts.peek().is_some() && parts.all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
-/// Remove old studies now and then every `every` until `stop` is set.
+/// Remove old studies now and then every `every` until `stop` is set;
+/// with `pipeline_first`, only studies the scoring pipeline has looked at
+/// since their last instance ([`RemovalRule`]).
 pub async fn run(
     index: Index,
     gate: Arc<Gate>,
     data_dir: std::path::PathBuf,
     days: u64,
+    pipeline_first: bool,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -219,7 +221,8 @@ pub async fn run(
     );
     loop {
         let keep_going = || !*stop.borrow();
-        match remove_old(&index, &gate, &data_dir, days as f64, keep_going).await {
+        let rule = RemovalRule::older_than(days as f64, pipeline_first);
+        match remove_old(&index, &gate, &data_dir, &rule, keep_going).await {
             Ok(r) if r.studies > 0 => info!(
                 studies = r.studies,
                 instances = r.instances,

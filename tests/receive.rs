@@ -1024,19 +1024,26 @@ fn old_studies_are_removed_when_nothing_is_left_to_do() {
 
     // By hand: not while the node runs; then all that is older than 0 days.
     let data_dir = node.data_dir.clone();
-    let purge = |args: &[&str]| {
+    // With the node's settings: it scores nothing (pipeline.enabled = false).
+    let purge_as = |pipeline: &str, args: &[&str]| {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
             .arg("purge")
             .args(args)
             .env("ESORISK__STORAGE__DATA_DIR", &data_dir)
+            .env("ESORISK__PIPELINE__ENABLED", pipeline)
             .output()
             .expect("purge");
         (out.status.success(), text(&out))
     };
+    let purge = |args: &[&str]| purge_as("false", args);
     let (ok, t) = purge(&["--older-than", "0"]);
     assert!(!ok && t.contains("another esorisk process"), "{t}");
     let (ok, t) = purge(&["--older-than", "0", "--dry-run"]);
     assert!(ok && t.contains("2 studies would be removed"), "{t}");
+    // A node that scores keeps a study until its pipeline has looked at it
+    // since its last instance; these two never were.
+    let (ok, t) = purge_as("true", &["--older-than", "0", "--dry-run"]);
+    assert!(ok && t.contains("0 studies would be removed"), "{t}");
     assert!(node.terminate());
     let (ok, t) = purge(&["--older-than", "0"]);
     assert!(ok && t.contains("removed 2 studies, 4 instances"), "{t}");

@@ -85,9 +85,32 @@ enum Job {
     /// Remove a study's rows (see [`Index::remove_study`]).
     RemoveStudy {
         study_instance_uid: String,
-        received_before: String,
+        rule: RemovalRule,
         reply: oneshot::Sender<Result<Option<RemovedStudy>, String>>,
     },
+}
+
+/// Which studies a removal may take: those whose last instance arrived
+/// before `received_before` (as [`at_offset`] writes it) and that have
+/// nothing left to do.
+#[derive(Debug, Clone)]
+pub struct RemovalRule {
+    pub received_before: String,
+    /// The node scores studies (`pipeline.enabled`): a study also waits
+    /// until the pipeline has looked at it since its last instance, so
+    /// that one received just before a long stop is scored before it can
+    /// go.
+    pub pipeline_first: bool,
+}
+
+impl RemovalRule {
+    /// Studies last received more than `days` ago (from now).
+    pub fn older_than(days: f64, pipeline_first: bool) -> RemovalRule {
+        RemovalRule {
+            received_before: at_offset(-days * 86_400.0),
+            pipeline_first,
+        }
+    }
 }
 
 /// The rows a study removal took away: the files are the caller's to delete.
@@ -107,6 +130,8 @@ macro_rules! removable_study {
         "
     SELECT s.study_instance_uid FROM studies s
     WHERE s.last_received_at < ?1
+      AND (?2 = 0 OR EXISTS (SELECT 1 FROM study_checks c WHERE c.study_instance_uid = s.study_instance_uid
+                             AND c.last_received_at = s.last_received_at))
       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_instance_uid = s.study_instance_uid
                       AND j.state IN ('queued', 'running'))
       AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN outputs o ON o.sop_instance_uid = d.sop_instance_uid
@@ -241,12 +266,11 @@ impl Index {
         writer_reply(rx).await
     }
 
-    /// Studies whose last instance arrived before `received_before` (as
-    /// [`at_offset`] writes it) and that have nothing left to do, oldest
-    /// first, with their instance count and bytes.
+    /// The studies `rule` lets go, oldest first, with their instance count
+    /// and bytes.
     pub async fn removable_studies(
         &self,
-        received_before: &str,
+        rule: &RemovalRule,
     ) -> Result<Vec<(String, i64, i64)>, IndexError> {
         const SQL: &str = concat!(
             "SELECT r.study_instance_uid, count(i.sop_instance_uid), coalesce(sum(i.size_bytes), 0)
@@ -258,7 +282,8 @@ impl Index {
              GROUP BY r.study_instance_uid ORDER BY s.last_received_at"
         );
         let rows = sqlx::query(SQL)
-            .bind(received_before)
+            .bind(&rule.received_before)
+            .bind(rule.pipeline_first)
             .fetch_all(&self.pool)
             .await
             .context(DbSnafu)?;
@@ -277,11 +302,11 @@ impl Index {
     pub async fn remove_study(
         &self,
         study_instance_uid: &str,
-        received_before: &str,
+        rule: &RemovalRule,
     ) -> Result<Option<RemovedStudy>, IndexError> {
         self.ask_writer(|reply| Job::RemoveStudy {
             study_instance_uid: study_instance_uid.to_string(),
-            received_before: received_before.to_string(),
+            rule: rule.clone(),
             reply,
         })
         .await
@@ -462,10 +487,10 @@ async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
             }
             Job::RemoveStudy {
                 study_instance_uid,
-                received_before,
+                rule,
                 reply,
             } => {
-                let res = remove_study_rows(&mut conn, &study_instance_uid, &received_before).await;
+                let res = remove_study_rows(&mut conn, &study_instance_uid, &rule).await;
                 known.clear();
                 let _ = reply.send(res.map_err(|e| e.to_string()));
                 continue;
@@ -509,15 +534,16 @@ async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
 async fn remove_study_rows(
     conn: &mut SqliteConnection,
     study: &str,
-    received_before: &str,
+    rule: &RemovalRule,
 ) -> Result<Option<RemovedStudy>, sqlx::Error> {
     // It reads before it writes: take the write lock up front.
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let still = sqlx::query(concat!(
         removable_study!(),
-        " AND s.study_instance_uid = ?2"
+        " AND s.study_instance_uid = ?3"
     ))
-    .bind(received_before)
+    .bind(&rule.received_before)
+    .bind(rule.pipeline_first)
     .bind(study)
     .fetch_optional(&mut *tx)
     .await?;

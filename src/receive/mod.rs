@@ -175,6 +175,7 @@ impl Node {
                 gate,
                 ctx.store.data_dir().to_path_buf(),
                 settings.storage.retention_days,
+                settings.pipeline.enabled,
                 Duration::from_secs(settings.storage.retention_check_secs.max(1)),
                 retention_rx,
             ))
@@ -800,10 +801,12 @@ mod tests {
             let _ = assoc.release().await;
             (stored, refused)
         });
-        // Everything stored counts as old (cut-off one day ahead).
+        // Everything stored counts as old (cut-off one day ahead); this node
+        // scores nothing.
+        let everything = crate::index::RemovalRule::older_than(-1.0, false);
         let mut removed = 0;
         while !sender.is_finished() {
-            removed += crate::retention::remove_old(&index, &gate, &data_dir, -1.0, || true)
+            removed += crate::retention::remove_old(&index, &gate, &data_dir, &everything, || true)
                 .await
                 .expect("removal")
                 .studies;
@@ -831,7 +834,7 @@ mod tests {
         }
         assert_eq!(indexed, on_disk, "the index and the store agree");
         // One last removal, then one last success: it must be there.
-        crate::retention::remove_old(&index, &gate, &data_dir, -1.0, || true)
+        crate::retention::remove_old(&index, &gate, &data_dir, &everything, || true)
             .await
             .expect("removal");
         let mut assoc = node.associate().await;

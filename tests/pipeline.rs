@@ -985,6 +985,42 @@ fn a_node_stopped_while_scoring_records_the_job() {
     );
 }
 
+/// A study whose stored file is gone (removed by hand) is recorded as
+/// such, once: not queued, not looked at again at every poll.
+#[test]
+fn a_study_with_a_missing_file_is_recorded_once() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut env = node_env(model, free_port());
+    env.push(("ESORISK__PIPELINE__STABLE_SECONDS".into(), "3".into()));
+    let node = start_node(&env);
+    push(&node, &patient(&tmp.path().join("in"), "37", false));
+    let db = node.db_path();
+    let plan = query(
+        &db,
+        "SELECT file_path FROM instances WHERE modality = 'RTPLAN'",
+    )[0][0]
+        .clone()
+        .unwrap_or_default();
+    std::fs::remove_file(node.data_dir.join(&plan)).expect("remove the plan");
+    wait_until("the study checked", 60, || {
+        count(&db, "SELECT count(*) FROM study_checks") == 1
+    });
+    let outcome = query(&db, "SELECT outcome FROM study_checks")[0][0]
+        .clone()
+        .unwrap_or_default();
+    assert!(outcome.starts_with("cannot read the inputs: "), "{outcome}");
+    assert!(outcome.contains(&plan), "{outcome}");
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        node.log().matches("cannot read the inputs").count(),
+        1,
+        "{}",
+        node.log()
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 0);
+}
+
 #[test]
 fn a_node_killed_while_scoring_finishes_the_job_once() {
     let model = tiny_model();

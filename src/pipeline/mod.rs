@@ -242,38 +242,14 @@ pub async fn check_studies(ctx: &Context) -> Result<(), String> {
                     let key = tokio::task::spawn_blocking(move || input_key(&version, &rt2))
                         .await
                         .map_err(|e| e.to_string())?;
-                    let key = match key {
-                        Ok(k) => k,
+                    match key {
+                        // Recorded, so that the study is looked at again
+                        // when it changes, not at every poll.
                         Err(e) => {
                             warn!(study = %study, "cannot read the inputs: {e}");
-                            continue;
+                            format!("cannot read the inputs: {e}")
                         }
-                    };
-                    let uids: Vec<String> = rt.iter().map(|i| i.sop_instance_uid.clone()).collect();
-                    match jobs::enqueue(
-                        &ctx.pool,
-                        &study,
-                        &key,
-                        &uids,
-                        &ctx.model_version,
-                        ctx.settings.max_attempts,
-                    )
-                    .await
-                    {
-                        Ok(Some(id)) => {
-                            info!(study = %study, job = id, "study complete and stable: job queued");
-                            format!("queued job {id}")
-                        }
-                        Ok(None) => match jobs::with_input_key(&ctx.pool, &key).await {
-                            Ok(Some((id, state))) => {
-                                format!(
-                                    "unchanged: job {id} ({state}) has these inputs and this model"
-                                )
-                            }
-                            Ok(None) => "unchanged: a job has these inputs and this model".into(),
-                            Err(e) => return Err(e.to_string()),
-                        },
-                        Err(e) => return Err(e.to_string()),
+                        Ok(key) => queue(ctx, &study, &key, &rt).await?,
                     }
                 }
             }
@@ -293,6 +269,35 @@ pub async fn check_studies(ctx: &Context) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Queue a job for a complete study's RT inputs (`key` their hash) unless
+/// one has them already; the outcome for `study_checks`.
+async fn queue(ctx: &Context, study: &str, key: &str, rt: &[Input]) -> Result<String, String> {
+    let uids: Vec<String> = rt.iter().map(|i| i.sop_instance_uid.clone()).collect();
+    match jobs::enqueue(
+        &ctx.pool,
+        study,
+        key,
+        &uids,
+        &ctx.model_version,
+        ctx.settings.max_attempts,
+    )
+    .await
+    {
+        Ok(Some(id)) => {
+            info!(study = %study, job = id, "study complete and stable: job queued");
+            Ok(format!("queued job {id}"))
+        }
+        Ok(None) => match jobs::with_input_key(&ctx.pool, key).await {
+            Ok(Some((id, state))) => Ok(format!(
+                "unchanged: job {id} ({state}) has these inputs and this model"
+            )),
+            Ok(None) => Ok("unchanged: a job has these inputs and this model".into()),
+            Err(e) => Err(e.to_string()),
+        },
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The study's RT and CT instances from the index.
@@ -323,7 +328,8 @@ fn input_key(model_version: &str, inputs: &[Input]) -> std::io::Result<String> {
     h.update(model_version.as_bytes());
     for i in inputs {
         h.update(i.sop_instance_uid.as_bytes());
-        h.update_file(&i.path)?;
+        h.update_file(&i.path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", i.path.display())))?;
     }
     Ok(format!("{:016x}", h.finish()))
 }

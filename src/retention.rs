@@ -143,10 +143,11 @@ pub async fn remove_old(
         );
         // The rows are gone; now the files, off the receiver's threads.
         let (dir, uid) = (data_dir.to_path_buf(), study.clone());
-        if let Err(e) =
-            tokio::task::spawn_blocking(move || delete_files(&dir, &uid, &removed)).await
-        {
-            warn!(study_uid = %study, error = %e, "removing the files of an old study stopped");
+        match tokio::task::spawn_blocking(move || delete_files(&dir, &uid, &removed)).await {
+            Ok(()) => index.removal_done(&study).await?,
+            Err(e) => {
+                warn!(study_uid = %study, error = %e, "removing the files of an old study stopped")
+            }
         }
         info!(
             study_uid = %study,
@@ -160,6 +161,29 @@ pub async fn remove_old(
         total.bytes += bytes;
     }
     Ok(total)
+}
+
+/// Finish the removals a crash interrupted between the rows and the files
+/// (at start-up, before the store is reconciled with the index, which would
+/// otherwise index those files again).
+pub async fn finish_interrupted(index: &Index, data_dir: &Path) -> Result<usize, IndexError> {
+    let pending = index.pending_removals().await?;
+    for (study, files) in &pending {
+        let removed = RemovedStudy {
+            instance_files: files.clone(),
+            ..Default::default()
+        };
+        let (dir, uid) = (data_dir.to_path_buf(), study.clone());
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || delete_files(&dir, &uid, &removed)).await
+        {
+            warn!(study_uid = %study, error = %e, "finishing an interrupted removal stopped");
+            continue;
+        }
+        index.removal_done(study).await?;
+        warn!(study_uid = %study, files = files.len(), "finished removing a study whose removal a crash interrupted");
+    }
+    Ok(pending.len())
 }
 
 /// Delete a removed study's files and then its directories below `store/`

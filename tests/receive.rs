@@ -1051,6 +1051,60 @@ fn old_studies_are_removed_when_nothing_is_left_to_do() {
     assert_eq!(count(&db, "SELECT count(*) FROM instances"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM patients"), 0);
     assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 1, "jobs stay");
+    assert_eq!(count(&db, "SELECT count(*) FROM removals"), 0);
+}
+
+/// A crash between a removal's rows and its files leaves the files and a
+/// `removals` row; the next start finishes the removal instead of indexing
+/// the files again as a study.
+#[test]
+fn a_removal_a_crash_interrupted_is_finished_at_the_next_start() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data_dir = tmp.path().join("var");
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    let files = push_study(&node, &tmp.path().join("s"), 2, 41);
+    let study = uids(&files[0]).study;
+    let db = node.db_path();
+    let paths: Vec<String> = query(&db, "SELECT file_path FROM instances")
+        .into_iter()
+        .filter_map(|r| r[0].clone())
+        .collect();
+    assert_eq!(paths.len(), files.len());
+    assert!(node.terminate());
+    // What the crash leaves: the rows gone with the removal's own row in
+    // the same transaction, the files still there, no clean-shutdown mark.
+    for sql in [
+        "DELETE FROM instances",
+        "DELETE FROM series",
+        "DELETE FROM studies",
+        "DELETE FROM patients",
+    ] {
+        execute(&db, sql);
+    }
+    let list = serde_json::to_string(&paths).expect("json");
+    execute(
+        &db,
+        &format!(
+            "INSERT INTO removals (study_instance_uid, started_at, files) \
+             VALUES ('{study}', '2026-01-01T00:00:00.000Z', '{list}')"
+        ),
+    );
+    std::fs::remove_file(data_dir.join("clean-shutdown")).expect("no clean mark");
+    let node = TestNode::start_in(&data_dir, &[]);
+    node.assert_logged(&["finished removing a study", &study]);
+    assert!(
+        !node
+            .log()
+            .contains("indexed an instance stored just before a crash"),
+        "{}",
+        node.log()
+    );
+    for p in &paths {
+        assert!(!data_dir.join(p).exists(), "{p}");
+    }
+    assert!(!data_dir.join("store").join(&study).exists());
+    assert_eq!(count(&db, "SELECT count(*) FROM instances"), 0);
+    assert_eq!(count(&db, "SELECT count(*) FROM removals"), 0);
 }
 
 /// The shipped systemd unit is one systemd accepts (`systemd-analyze

@@ -312,6 +312,32 @@ impl Index {
         .await
     }
 
+    /// Removals whose files may not all be deleted yet (a crash came in
+    /// between): (study, files relative to the data directory).
+    pub async fn pending_removals(&self) -> Result<Vec<(String, Vec<String>)>, IndexError> {
+        let rows = sqlx::query("SELECT study_instance_uid, files FROM removals")
+            .fetch_all(&self.pool)
+            .await
+            .context(DbSnafu)?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let files: String = r.get(1);
+                (r.get(0), serde_json::from_str(&files).unwrap_or_default())
+            })
+            .collect())
+    }
+
+    /// A removal's files are deleted.
+    pub async fn removal_done(&self, study_instance_uid: &str) -> Result<(), IndexError> {
+        sqlx::query("DELETE FROM removals WHERE study_instance_uid = ?")
+            .bind(study_instance_uid)
+            .execute(&self.pool)
+            .await
+            .context(DbSnafu)?;
+        Ok(())
+    }
+
     /// All file paths currently indexed (for start-up reconciliation).
     pub async fn indexed_paths(&self) -> Result<std::collections::HashSet<String>, IndexError> {
         let rows = sqlx::query("SELECT file_path FROM instances")
@@ -579,6 +605,21 @@ async fn remove_study_rows(
     ] {
         sqlx::query(sql).bind(study).execute(&mut *tx).await?;
     }
+    // The files are deleted after the commit: a crash in between leaves this
+    // row, and the next start finishes the job (`pending_removals`).
+    let files: Vec<&String> = removed
+        .instance_files
+        .iter()
+        .chain(&removed.output_files)
+        .collect();
+    sqlx::query(
+        "INSERT OR REPLACE INTO removals (study_instance_uid, started_at, files) VALUES (?, ?, ?)",
+    )
+    .bind(study)
+    .bind(now())
+    .bind(serde_json::to_string(&files).unwrap_or_else(|_| "[]".into()))
+    .execute(&mut *tx)
+    .await?;
     let patient: Option<i64> =
         sqlx::query("DELETE FROM studies WHERE study_instance_uid = ? RETURNING patient_pk")
             .bind(study)

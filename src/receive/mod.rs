@@ -92,6 +92,11 @@ impl Node {
         let clean = store.take_clean_marker().context(DataDirSnafu {
             path: data_dir.display().to_string(),
         })?;
+        // First the removals a crash interrupted between the rows and the
+        // files: reconciling would index those files again.
+        if let Err(e) = crate::retention::finish_interrupted(&index, &data_dir).await {
+            error!(error = %e, "cannot finish the removals a crash interrupted");
+        }
         let store_empty = std::fs::read_dir(store.store_dir())
             .map(|mut d| d.next().is_none())
             .unwrap_or(true);

@@ -1371,6 +1371,59 @@ fn tls_associations_with_storescu() {
     assert!(!plain.status.success());
 }
 
+/// Connections that open and then say nothing (no TLS handshake, no
+/// association request) are closed after the read timeout, so they cannot
+/// hold the association slots.
+#[test]
+fn silent_connections_do_not_hold_the_slots() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pki = Pki::new(&tmp.path().join("pki"), "hospital");
+    let (key, cert) = pki.issue("hospital", "esorisk");
+    let ca = pki.ca("hospital");
+    for tls in [false, true] {
+        let mut env = vec![
+            ("ESORISK__DICOM__MAX_ASSOCIATIONS", "2"),
+            ("ESORISK__DICOM__READ_TIMEOUT_SECS", "2"),
+        ];
+        if tls {
+            env.extend([
+                ("ESORISK__DICOM__TLS__ENABLED", "true"),
+                ("ESORISK__DICOM__TLS__CERTIFICATE", cert.as_str()),
+                ("ESORISK__DICOM__TLS__PRIVATE_KEY", key.as_str()),
+            ]);
+        }
+        let node = TestNode::start(&env);
+        let silent: Vec<_> = (0..2)
+            .map(|_| std::net::TcpStream::connect(node.addr()).expect("connect"))
+            .collect();
+        std::thread::sleep(Duration::from_secs(4));
+        let port = node.port.to_string();
+        let mut args = vec!["-aec", AE, "127.0.0.1", port.as_str()];
+        if tls {
+            args = vec!["+tla", "+cf", &ca, "-aec", AE, "127.0.0.1", &port];
+        }
+        let echo = dcmtk("echoscu", &args);
+        assert!(echo.status.success(), "tls {tls}: {}", text(&echo));
+        let db = node.db_path();
+        wait_for(|| {
+            count(
+                &db,
+                "SELECT count(*) FROM associations WHERE outcome LIKE 'rejected:%'",
+            ) == 2
+        });
+        if tls {
+            assert_eq!(
+                count(
+                    &db,
+                    "SELECT count(*) FROM associations WHERE outcome LIKE '%no TLS handshake%'"
+                ),
+                2
+            );
+        }
+        drop(silent);
+    }
+}
+
 /// With `dicom.tls.client_ca_certificates`, only callers with a
 /// certificate of those CAs get through the handshake.
 #[test]

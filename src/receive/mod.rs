@@ -336,7 +336,18 @@ async fn handle_connection(
     let options = template.build(PeerAccess { policy, peer });
     let peer_s = peer.to_string();
     if template.tls.is_some() {
-        match options.establish_tls_async(socket).await {
+        // dicom-ul's read timeout starts after the TLS handshake: a caller
+        // that connects and says nothing would hold its slot for ever.
+        let limit = template.read_timeout;
+        let established = tokio::time::timeout(limit, options.establish_tls_async(socket)).await;
+        let Ok(established) = established else {
+            let why = format!(
+                "rejected: no TLS handshake and association request within {} s",
+                limit.as_secs()
+            );
+            return record_refused(&ctx, &peer_s, why).await;
+        };
+        match established {
             Ok(mut assoc) => {
                 // Who the caller is beyond its AE title, with mutual TLS.
                 let client = assoc
@@ -359,7 +370,10 @@ async fn handle_connection(
 }
 
 async fn log_refused(ctx: &Context, peer: &str, e: &dicom_ul::association::Error) {
-    let outcome = format!("rejected: {}", crate::with_causes(e));
+    record_refused(ctx, peer, format!("rejected: {}", crate::with_causes(e))).await
+}
+
+async fn record_refused(ctx: &Context, peer: &str, outcome: String) {
     info!(%peer, outcome, "association not established");
     if let Err(err) = ctx
         .index

@@ -208,17 +208,16 @@ impl Command {
         out
     }
 
-    /// The command as one P-DATA-TF PDU on presentation context `pc_id`
-    /// (command sets are small; they always fit one PDU).
-    pub fn to_pdu(&self, pc_id: u8) -> dicom_ul::Pdu {
-        dicom_ul::Pdu::PData {
-            data: vec![dicom_ul::pdu::PDataValue {
-                presentation_context_id: pc_id,
-                value_type: dicom_ul::pdu::PDataValueType::Command,
-                is_last: true,
-                data: self.encode(),
-            }],
-        }
+    /// The command as P-DATA-TF PDUs on presentation context `pc_id` that
+    /// fit the peer's maximum PDU length: one, unless the peer announced a
+    /// maximum smaller than a command set (PS3.8 sets no lower bound).
+    pub fn to_pdus(&self, pc_id: u8, peer_max_pdu: u32) -> Vec<dicom_ul::Pdu> {
+        pdata_pdus(
+            pc_id,
+            dicom_ul::pdu::PDataValueType::Command,
+            &self.encode(),
+            peer_max_pdu,
+        )
     }
 
     /// A C-ECHO-RSP answering `rq`.
@@ -316,8 +315,78 @@ fn text(v: &[u8]) -> String {
         .to_string()
 }
 
+/// `data` as P-DATA-TF PDUs of one presentation data value each, every
+/// PDU within `peer_max_pdu` (the length of its variable field, as
+/// negotiated; dicom-ul reads an announced 0, "no limit", as its own
+/// maximum). The last fragment carries the "last" bit; empty data is one
+/// empty fragment.
+pub fn pdata_pdus(
+    pc_id: u8,
+    value_type: dicom_ul::pdu::PDataValueType,
+    data: &[u8],
+    peer_max_pdu: u32,
+) -> Vec<dicom_ul::Pdu> {
+    // A PDV item's header: 4 bytes of length, the context ID and the
+    // message control header.
+    let room = (peer_max_pdu as usize).saturating_sub(6).max(1);
+    let chunks: Vec<&[u8]> = if data.is_empty() {
+        vec![&[]]
+    } else {
+        data.chunks(room).collect()
+    };
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, chunk)| dicom_ul::Pdu::PData {
+            data: vec![dicom_ul::pdu::PDataValue {
+                presentation_context_id: pc_id,
+                value_type: value_type.clone(),
+                is_last: i + 1 == n,
+                data: chunk.to_vec(),
+            }],
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pdus_fit_the_peers_maximum() {
+        use dicom_ul::pdu::PDataValueType;
+        let rsp = Command::echo_response(&Command {
+            command_field: 0x0030,
+            message_id: Some(7),
+            affected_sop_class_uid: Some(VERIFICATION_SOP_CLASS.into()),
+            ..Command::default()
+        });
+        let whole = rsp.encode();
+        for max in [0u32, 1, 7, 16, 64, 100, 16_384] {
+            let pdus = rsp.to_pdus(3, max.max(1));
+            let mut joined = Vec::new();
+            for (i, pdu) in pdus.iter().enumerate() {
+                let dicom_ul::Pdu::PData { data } = pdu else {
+                    panic!("not P-DATA")
+                };
+                assert_eq!(data.len(), 1);
+                let pdv = &data[0];
+                assert_eq!(pdv.presentation_context_id, 3);
+                assert_eq!(pdv.value_type, PDataValueType::Command);
+                assert_eq!(pdv.is_last, i + 1 == pdus.len());
+                assert!(pdv.data.len() + 6 <= (max.max(7)) as usize, "max {max}");
+                joined.extend_from_slice(&pdv.data);
+            }
+            assert_eq!(joined, whole, "max {max}");
+            assert_eq!(
+                pdus.len() == 1,
+                whole.len() + 6 <= max.max(1) as usize,
+                "max {max}"
+            );
+        }
+        let empty = pdata_pdus(1, PDataValueType::Data, &[], 64);
+        assert_eq!(empty.len(), 1);
+    }
+
     use super::*;
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use dicom_ul::association::client::{AsyncClientAssociation, AsyncTlsStream};
-use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu, PresentationContextResultReason};
+use dicom_ul::pdu::{PDataValueType, Pdu, PresentationContextResultReason};
 use dicom_ul::ClientAssociationOptions;
 use snafu::{ResultExt, Snafu};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -277,33 +277,13 @@ pub async fn send_message<S: Stream>(
     command: &Command,
     data_set: Option<&[u8]>,
 ) -> Result<(), SendError> {
-    assoc
-        .send(&command.to_pdu(pc_id))
-        .await
-        .context(NetworkSnafu)?;
+    let max = assoc.acceptor_max_pdu_length();
+    for pdu in command.to_pdus(pc_id, max) {
+        assoc.send(&pdu).await.context(NetworkSnafu)?;
+    }
     if let Some(data) = data_set {
-        // PDU header (6) + PDV header (6) must fit too.
-        let max = (assoc.acceptor_max_pdu_length() as usize)
-            .saturating_sub(12)
-            .max(1024);
-        let chunks: Vec<&[u8]> = if data.is_empty() {
-            vec![&[]]
-        } else {
-            data.chunks(max).collect()
-        };
-        let n = chunks.len();
-        for (i, chunk) in chunks.into_iter().enumerate() {
-            assoc
-                .send(&Pdu::PData {
-                    data: vec![PDataValue {
-                        presentation_context_id: pc_id,
-                        value_type: PDataValueType::Data,
-                        is_last: i + 1 == n,
-                        data: chunk.to_vec(),
-                    }],
-                })
-                .await
-                .context(NetworkSnafu)?;
+        for pdu in crate::dimse::pdata_pdus(pc_id, PDataValueType::Data, data, max) {
+            assoc.send(&pdu).await.context(NetworkSnafu)?;
         }
     }
     Ok(())

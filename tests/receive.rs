@@ -1424,6 +1424,172 @@ fn silent_connections_do_not_hold_the_slots() {
     }
 }
 
+/// A caller may announce a maximum PDU length smaller than a response
+/// command set (PS3.8 sets no lower bound); the responses then come in
+/// fragments that fit it. dicom-ul's client cannot be held to 64 bytes, so
+/// this caller writes its PDUs itself.
+#[test]
+fn a_caller_with_a_tiny_maximum_pdu_gets_its_responses_in_fragments() {
+    use dicom_ul::pdu::{
+        read_pdu, write_pdu, AssociationRQ, PDataValueType, Pdu, PresentationContextProposed,
+        UserVariableItem,
+    };
+    use std::io::{Read, Write};
+    const MAX: u32 = 64;
+
+    fn next_pdu(socket: &mut std::net::TcpStream) -> (Pdu, usize) {
+        let mut header = [0u8; 6];
+        socket.read_exact(&mut header).expect("PDU header");
+        let len = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+        let mut whole = header.to_vec();
+        whole.resize(6 + len, 0);
+        socket.read_exact(&mut whole[6..]).expect("PDU body");
+        let pdu = read_pdu(&whole[..], 1 << 20, false)
+            .expect("PDU")
+            .expect("a whole PDU");
+        (pdu, len)
+    }
+    /// The response to a request: its command set's fragments, joined.
+    fn response(socket: &mut std::net::TcpStream) -> (Command, usize) {
+        let mut bytes = Vec::new();
+        let mut fragments = 0;
+        loop {
+            let (pdu, len) = next_pdu(socket);
+            assert!(len <= MAX as usize, "a PDU of {len} bytes");
+            let Pdu::PData { data } = pdu else {
+                panic!("expected P-DATA, got {pdu:?}")
+            };
+            for pdv in data {
+                assert_eq!(pdv.value_type, PDataValueType::Command);
+                fragments += 1;
+                bytes.extend_from_slice(&pdv.data);
+                if pdv.is_last {
+                    return (Command::decode(&bytes).expect("command"), fragments);
+                }
+            }
+        }
+    }
+    fn send(socket: &mut std::net::TcpStream, pdus: Vec<Pdu>) {
+        let mut out = Vec::new();
+        for pdu in &pdus {
+            write_pdu(&mut out, pdu).expect("encode");
+        }
+        socket.write_all(&out).expect("send");
+    }
+
+    let node = TestNode::start(&[]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dose_path = rt_dose_file(tmp.path());
+    let dose = DicomFile::read(&dose_path).expect("read");
+    let mut socket = std::net::TcpStream::connect(node.addr()).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    send(
+        &mut socket,
+        vec![Pdu::AssociationRQ(AssociationRQ {
+            protocol_version: 1,
+            calling_ae_title: "SMALLPDU".into(),
+            called_ae_title: AE.into(),
+            application_context_name: "1.2.840.10008.3.1.1.1".into(),
+            presentation_contexts: vec![
+                PresentationContextProposed {
+                    id: 1,
+                    abstract_syntax: esorisk::dimse::VERIFICATION_SOP_CLASS.into(),
+                    transfer_syntaxes: vec![ts::IMPLICIT_VR_LE.into()],
+                },
+                PresentationContextProposed {
+                    id: 3,
+                    abstract_syntax: RT_DOSE.into(),
+                    transfer_syntaxes: vec![ts::EXPLICIT_VR_LE.into()],
+                },
+            ],
+            user_variables: vec![
+                UserVariableItem::MaxLength(MAX),
+                UserVariableItem::ImplementationClassUID("1.2.3.4".into()),
+            ],
+        })],
+    );
+    let (ac, _) = next_pdu(&mut socket);
+    assert!(matches!(ac, Pdu::AssociationAC(_)), "{ac:?}");
+
+    let echo = esorisk::dimse::Command::echo_request(1);
+    send(&mut socket, echo.to_pdus(1, 16_384));
+    let (rsp, fragments) = response(&mut socket);
+    assert_eq!(rsp.status, Some(status::SUCCESS), "{rsp:?}");
+    assert!(fragments > 1, "{fragments} fragment");
+
+    let rq = Command::store_request(2, RT_DOSE, &dose.sop_instance_uid);
+    let mut pdus = rq.to_pdus(3, 16_384);
+    pdus.extend(esorisk::dimse::pdata_pdus(
+        3,
+        PDataValueType::Data,
+        &dose.data_set,
+        16_384,
+    ));
+    send(&mut socket, pdus);
+    let (rsp, fragments) = response(&mut socket);
+    assert_eq!(rsp.status, Some(status::SUCCESS), "{rsp:?}");
+    assert_eq!(rsp.message_id_being_responded_to, Some(2));
+    assert_eq!(
+        rsp.affected_sop_instance_uid.as_deref(),
+        Some(dose.sop_instance_uid.as_str())
+    );
+    assert!(fragments > 1, "{fragments} fragment");
+
+    send(&mut socket, vec![Pdu::ReleaseRQ]);
+    let (rp, _) = next_pdu(&mut socket);
+    assert_eq!(rp, Pdu::ReleaseRP);
+    assert_stored(&node, &dose_path);
+    let db = node.db_path();
+    wait_for(|| {
+        count(
+            &db,
+            "SELECT count(*) FROM associations WHERE outcome = 'released'",
+        ) == 1
+    });
+}
+
+/// A caller whose first PDU is not an A-ASSOCIATE-RQ is refused, and the
+/// record says what it sent in a few words, not as a dump of the PDU.
+#[test]
+fn a_connection_that_starts_with_data_is_refused_in_a_few_words() {
+    use std::io::{Read, Write};
+    let node = TestNode::start(&[]);
+    // A P-DATA-TF of 16 KiB: one presentation data value, command, last.
+    let value_len = 16 * 1024u32;
+    let mut pdu = vec![0x04, 0];
+    pdu.extend((value_len + 6).to_be_bytes());
+    pdu.extend((value_len + 2).to_be_bytes());
+    pdu.extend([1, 0x03]);
+    pdu.extend(std::iter::repeat_n(0x41u8, value_len as usize));
+    let mut socket = std::net::TcpStream::connect(node.addr()).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    socket.write_all(&pdu).expect("send");
+    let mut answer = Vec::new();
+    let _ = socket.read_to_end(&mut answer);
+    let db = node.db_path();
+    wait_for(|| count(&db, "SELECT count(*) FROM associations") == 1);
+    let rows = query(&db, "SELECT outcome FROM associations");
+    assert_eq!(
+        rows[0][0].as_deref(),
+        Some("rejected: expected an A-ASSOCIATE-RQ, received P-DATA-TF")
+    );
+    node.assert_logged(&["association not established", "received P-DATA-TF"]);
+    assert!(
+        node.log().lines().all(|l| l.len() < 2_000),
+        "a log line of {} bytes",
+        node.log().lines().map(str::len).max().unwrap_or(0)
+    );
+    let echo = dcmtk(
+        "echoscu",
+        &["-aec", AE, "127.0.0.1", &node.port.to_string()],
+    );
+    assert!(echo.status.success(), "{}", text(&echo));
+}
+
 /// With `dicom.tls.client_ca_certificates`, only callers with a
 /// certificate of those CAs get through the handshake.
 #[test]

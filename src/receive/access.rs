@@ -38,6 +38,9 @@ impl PeerAccess {
         if self.policy.require_called_ae_title && called_ae_title.trim() != this_ae_title.trim() {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
+        if !valid_ae_title(calling_ae_title) {
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
+        }
         let callers = &self.policy.allowed_callers;
         if !callers.is_empty()
             && !callers
@@ -48,6 +51,16 @@ impl PeerAccess {
         }
         Ok(())
     }
+}
+
+/// An AE title as PS3.5 allows it: not all spaces, no control character and
+/// no backslash (trailing NULs, which some older peers pad with, are let
+/// through as padding). The calling AE title names the sender in the index,
+/// the logs and the returned reports, so one that is not text is refused
+/// even when any caller is let in.
+fn valid_ae_title(title: &str) -> bool {
+    let title = title.trim_end_matches(['\0', ' ']);
+    !title.trim().is_empty() && !title.chars().any(|c| c.is_control() || c == '\\')
 }
 
 impl AccessControl for PeerAccess {
@@ -94,6 +107,20 @@ mod tests {
             a.decide("ESORISK", "ANY", "OTHER"),
             Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized)
         );
+    }
+
+    #[test]
+    fn calling_titles_that_are_not_text_are_refused() {
+        let a = access(vec![]);
+        for bad in ["", "   ", "FUZZ\u{f}\u{ff}", "A\\B", "TAB\tX"] {
+            assert_eq!(
+                a.decide("ESORISK", bad, "ESORISK"),
+                Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(a.decide("ESORISK", "TPS 1 ", "ESORISK"), Ok(()));
+        assert_eq!(a.decide("ESORISK", "OLDTPS\0\0", "ESORISK"), Ok(()));
     }
 
     #[test]

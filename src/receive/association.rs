@@ -69,6 +69,21 @@ struct InFlight {
     started: std::time::Instant,
 }
 
+/// Send a response in PDUs that fit what the caller said it can take.
+async fn respond<S>(
+    assoc: &mut AsyncServerAssociation<S>,
+    rsp: &Command,
+    pc_id: u8,
+) -> Result<(), dicom_ul::association::Error>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    for pdu in rsp.to_pdus(pc_id, assoc.requestor_max_pdu_length()) {
+        assoc.send(&pdu).await?;
+    }
+    Ok(())
+}
+
 /// Serve one association until it ends. Returns the summary for the log.
 pub async fn serve<S>(
     assoc: &mut AsyncServerAssociation<S>,
@@ -182,7 +197,7 @@ pub async fn serve<S>(
                         &mut spare,
                     ) {
                         Action::Respond(rsp) => {
-                            if let Err(e) = assoc.send(&rsp.to_pdu(pc_id)).await {
+                            if let Err(e) = respond(assoc, &rsp, pc_id).await {
                                 break 'assoc format!("failed: sending response: {e}");
                             }
                         }
@@ -217,7 +232,7 @@ pub async fn serve<S>(
                         let rsp =
                             finish_instance(&ctx, inflight, &calling_ae, &called_ae, peer, summary)
                                 .await;
-                        if let Err(e) = assoc.send(&rsp.to_pdu(pc_id)).await {
+                        if let Err(e) = respond(assoc, &rsp, pc_id).await {
                             break 'assoc format!("failed: sending response: {e}");
                         }
                         if spare.is_none() {
@@ -613,7 +628,7 @@ pub fn store_error_status(e: &StoreError) -> u16 {
     }
 }
 
-fn pdu_name(pdu: &Pdu) -> &'static str {
+pub(crate) fn pdu_name(pdu: &Pdu) -> &'static str {
     match pdu {
         Pdu::AssociationRQ { .. } => "A-ASSOCIATE-RQ",
         Pdu::AssociationAC { .. } => "A-ASSOCIATE-AC",

@@ -370,7 +370,38 @@ async fn handle_connection(
 }
 
 async fn log_refused(ctx: &Context, peer: &str, e: &dicom_ul::association::Error) {
-    record_refused(ctx, peer, format!("rejected: {}", crate::with_causes(e))).await
+    record_refused(ctx, peer, format!("rejected: {}", refusal_reason(e))).await
+}
+
+/// Why an association was not established, in one short line. dicom-ul's
+/// own message for a first PDU that is not an A-ASSOCIATE-RQ prints that
+/// whole PDU as a list of numbers (16 KiB of P-DATA became a 60 kB log line
+/// and `associations` row); the PDU's kind is what an admin needs.
+fn refusal_reason(e: &dicom_ul::association::Error) -> String {
+    use dicom_ul::association::Error;
+    match e {
+        Error::UnexpectedPdu { pdu, .. } | Error::UnknownPdu { pdu, .. } => {
+            let got = match pdu.as_ref() {
+                Pdu::Unknown { pdu_type, .. } => format!("a PDU of unknown type 0x{pdu_type:02x}"),
+                other => association::pdu_name(other).to_string(),
+            };
+            format!("expected an A-ASSOCIATE-RQ, received {got}")
+        }
+        other => clipped(crate::with_causes(other), 512),
+    }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn clipped(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 async fn record_refused(ctx: &Context, peer: &str, outcome: String) {

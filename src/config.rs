@@ -91,6 +91,13 @@ pub struct StorageSettings {
     pub retention_days: u64,
     #[serde(default = "hourly")]
     pub retention_check_secs: u64,
+    /// Days the `associations` log is kept; 0: for ever.
+    #[serde(default = "a_year")]
+    pub association_log_days: u64,
+}
+
+fn a_year() -> u64 {
+    365
 }
 
 fn hourly() -> u64 {

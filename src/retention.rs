@@ -227,6 +227,35 @@ fn inside_data_dir(rel: &str) -> bool {
     parts.peek().is_some() && parts.all(|c| matches!(c, std::path::Component::Normal(_)))
 }
 
+/// Delete association log rows older than `days` now and then every
+/// `every` until `stop` is set. The log grows by a row per connection, and
+/// a monitoring system's C-ECHO every minute is half a million rows a year.
+pub async fn prune_association_log(
+    index: Index,
+    days: u64,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let before = crate::index::at_offset(-(days as f64) * 86_400.0);
+        match index.prune_associations(&before).await {
+            Ok(0) => {}
+            Ok(rows) => info!(
+                rows,
+                association_log_days = days,
+                "association log rows older than storage.association_log_days deleted"
+            ),
+            Err(e) => {
+                warn!(error = %e, "cannot prune the association log; trying again at the next check")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+}
+
 /// Remove old studies now and then every `every` until `stop` is set;
 /// with `pipeline_first`, only studies the scoring pipeline has looked at
 /// since their last instance ([`RemovalRule`]).

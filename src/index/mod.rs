@@ -401,6 +401,32 @@ impl Index {
         Ok(row.get(0))
     }
 
+    /// Delete the association log rows that started before `before` (a
+    /// time as [`now`] writes it), a few thousand at a time so that the
+    /// receiver's own inserts wait for no long transaction. Returns how
+    /// many went.
+    pub async fn prune_associations(&self, before: &str) -> Result<u64, IndexError> {
+        const BATCH: u64 = 5_000;
+        let mut total = 0;
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM associations WHERE id IN
+                   (SELECT id FROM associations WHERE started_at < ? LIMIT ?)",
+            )
+            .bind(before)
+            .bind(BATCH as i64)
+            .execute(&self.pool)
+            .await
+            .context(DbSnafu)?
+            .rows_affected();
+            total += n;
+            if n < BATCH {
+                return Ok(total);
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
     /// Close an association row with its outcome and counts.
     pub async fn association_ended(
         &self,

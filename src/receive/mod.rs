@@ -185,6 +185,14 @@ impl Node {
                 retention_rx,
             ))
         });
+        let log_pruning = (settings.storage.association_log_days > 0).then(|| {
+            tokio::spawn(crate::retention::prune_association_log(
+                ctx.index.clone(),
+                settings.storage.association_log_days,
+                Duration::from_secs(settings.storage.retention_check_secs.max(1)),
+                retention_stop.subscribe(),
+            ))
+        });
         tokio::pin!(shutdown);
         info!(
             ae_title = %settings.dicom.ae_title,
@@ -238,7 +246,7 @@ impl Node {
         Ok(Stopped {
             ctx,
             retention_stop,
-            retention,
+            housekeeping: retention.into_iter().chain(log_pruning).collect(),
         })
     }
 }
@@ -247,15 +255,16 @@ impl Node {
 pub struct Stopped {
     ctx: Arc<Context>,
     retention_stop: watch::Sender<bool>,
-    retention: Option<tokio::task::JoinHandle<()>>,
+    /// Old studies' removal and the association log's pruning.
+    housekeeping: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Stopped {
-    /// Stop removing old studies, close the index and record the clean
-    /// shutdown.
+    /// Stop removing old studies and old log rows, close the index and
+    /// record the clean shutdown.
     pub async fn close(self) {
         let _ = self.retention_stop.send(true);
-        if let Some(task) = self.retention {
+        for task in self.housekeeping {
             let _ = task.await;
         }
         self.ctx.index.close().await;
@@ -899,5 +908,63 @@ mod tests {
             assert!(data_dir.join(p).is_file(), "{p}");
         }
         node.stop().await;
+    }
+
+    /// Association log rows older than `storage.association_log_days` are
+    /// deleted by the running node, in batches; younger ones stay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_node_prunes_the_association_log() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut settings = Settings::load(None).expect("defaults");
+        settings.storage.data_dir = dir.path().join("var");
+        settings.storage.min_free_mb = 1;
+        settings.dicom.bind = "127.0.0.1".into();
+        settings.dicom.port = 0;
+        settings.storage.association_log_days = 30;
+        let index = Index::open(&settings.database_path()).await.expect("index");
+        let old = crate::index::at_offset(-31.0 * 86_400.0);
+        let young = crate::index::at_offset(-29.0 * 86_400.0);
+        for (at, n) in [(&old, 12_001), (&young, 3)] {
+            sqlx::query(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+                 INSERT INTO associations (peer_address, started_at, outcome)
+                 SELECT '192.0.2.1:104', ?, 'released' FROM n",
+            )
+            .bind(n)
+            .bind(at)
+            .execute(index.pool())
+            .await
+            .expect("rows");
+        }
+        index.close().await;
+
+        let node = Node::start(settings).await.expect("node");
+        let ctx = node.ctx.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(node.run(async {
+            let _ = stopped.await;
+        }));
+        let count = || async {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM associations")
+                .fetch_one(ctx.index.pool())
+                .await
+                .expect("count")
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while count().await != 3 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} rows left",
+                count().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left: Vec<String> = sqlx::query_scalar("SELECT DISTINCT started_at FROM associations")
+            .fetch_all(ctx.index.pool())
+            .await
+            .expect("rows");
+        assert_eq!(left, vec![young.clone()]);
+        let _ = stop.send(());
+        served.await.expect("join").expect("served");
     }
 }

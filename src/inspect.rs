@@ -169,6 +169,13 @@ pub fn text(study: &Study, a: &Analysis) -> String {
         for p in &m.passed_over {
             let _ = writeln!(o, "  {:<11}   passed over {p}", "");
         }
+        for t in &m.tied {
+            let _ = writeln!(
+                o,
+                "  {:<11}   as good a match: {t} (ambiguous; the risk model refuses it)",
+                ""
+            );
+        }
     }
     if let Some(ss) = &study.structures {
         for r in &ss.rois {

@@ -911,6 +911,10 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             let dir = model.unwrap_or_else(|| settings.model.path.clone());
             let m = RiskModel::load(&dir, &dev)?;
             let study = esorisk::rt::study::load(&paths, &Default::default())?;
+            // What the node would refuse, `predict` refuses too.
+            if let Some(p) = study.blocking_problem() {
+                return Err(format!("{p}; not scored").into());
+            }
             let started = std::time::Instant::now();
             let s = m.score(&study)?;
             if json {
@@ -919,11 +923,15 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     "patient_id": study.patient_id,
                     "model": m.card.name,
                     "score": s,
+                    "problems": study.problems,
                     "disclaimer": esorisk::model::infer::INTENDED_USE,
                 });
                 println!("{}", serde_json::to_string_pretty(&j)?);
             } else {
                 print!("{}", esorisk::model::infer::text(&m, &study, &s));
+                for p in &study.problems {
+                    println!("note: {p}");
+                }
                 println!("scored in {:.2} s", started.elapsed().as_secs_f64());
             }
         }

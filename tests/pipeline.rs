@@ -1232,6 +1232,35 @@ fn broken_studies(root: &Path) -> Vec<(PathBuf, &'static [&'static str])> {
         )
     });
     v.push((s, &["frame of reference", "not scored"]));
+    // Two ROIs named alike: which one is the esophagus cannot be told.
+    let s = patient(&root.join("two-esophagi"), "19", false);
+    edit(&s.join("rtstruct.dcm"), |obj| {
+        let mut items = obj
+            .element(tags::STRUCTURE_SET_ROI_SEQUENCE)
+            .ok()
+            .and_then(|e| e.items().map(|i| i.to_vec()))
+            .expect("ROIs");
+        for it in &mut items {
+            let heart = it
+                .element(tags::ROI_NAME)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .is_some_and(|n| n == "Heart");
+            if heart {
+                it.put(dicom_core::DataElement::new(
+                    tags::ROI_NAME,
+                    dicom_core::VR::LO,
+                    dicom_core::PrimitiveValue::from("Esophagus"),
+                ));
+            }
+        }
+        obj.put(dicom_core::DataElement::new(
+            tags::STRUCTURE_SET_ROI_SEQUENCE,
+            dicom_core::VR::SQ,
+            dicom_core::value::DataSetSequence::from(items),
+        ));
+    });
+    v.push((s, &["2 ROIs match the esophagus equally well", "rename"]));
     v
 }
 
@@ -1246,8 +1275,8 @@ fn bad_studies_fail_with_their_reason_and_send_nothing() {
         push(&node, s);
     }
     let db = node.db_path();
-    wait_until("four failed jobs", 120, || {
-        count(&db, "SELECT count(*) FROM jobs WHERE state = 'failed'") == 4
+    wait_until("every study failed", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'failed'") == studies.len() as i64
     });
     for (s, markers) in &studies {
         let study_uid = common::uids(&s.join("rtdose.dcm")).study;
@@ -1274,6 +1303,20 @@ fn bad_studies_fail_with_their_reason_and_send_nothing() {
         jobs.contains("frame of reference") && jobs.contains("RELATIVE"),
         "{jobs}"
     );
+    // `predict` refuses what the node refuses, with the same reason.
+    for (s, markers) in &studies {
+        let o = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+            .args(["predict", "--device", "cpu", "--model"])
+            .arg(model)
+            .arg(s)
+            .output()
+            .expect("esorisk runs");
+        let said = text(&o);
+        assert!(!o.status.success(), "{}: {said}", s.display());
+        for m in *markers {
+            assert!(said.contains(m), "{}: {said:?} lacks {m:?}", s.display());
+        }
+    }
     std::thread::sleep(Duration::from_secs(2));
     assert!(rx.files().is_empty(), "{:?}", rx.files());
     assert_eq!(count(&db, "SELECT count(*) FROM outputs"), 0);

@@ -105,6 +105,15 @@ impl PatientDose {
                     .join(", ")
             ))
         })?;
+        if !eso_match.tied.is_empty() {
+            return Err(NotScorable(format!(
+                "{} ROIs match the esophagus equally well: {:?} (ROI {}), {}; rename or remove all but one",
+                eso_match.tied.len() + 1,
+                eso_match.roi_name,
+                eso_match.roi_number,
+                eso_match.tied.join(", ")
+            )));
+        }
         let find = |n: i64| ss.rois.iter().find(|r| r.info.number == n);
         let eso = find(eso_match.roi_number)
             .filter(|r| !r.planes.is_empty())

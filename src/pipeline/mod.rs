@@ -466,12 +466,7 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
         Ok(s) => s,
         Err(e) => return fail_with_optional_sr(ctx, rt, job, &rt_paths, &ct_paths, &e.to_string()),
     };
-    // Problems that make the dose wrong, not just unusual: another frame of
-    // reference, or beam doses that do not add up to the plan.
-    if let Some(p) = study.problems.iter().find(|p| {
-        (p.contains("frame of reference") && !p.contains("CT image"))
-            || p.contains("summed dose is incomplete")
-    }) {
+    if let Some(p) = study.blocking_problem() {
         let reason = format!("{p}; not scored");
         return fail_with_optional_sr(ctx, rt, job, &rt_paths, &ct_paths, &reason);
     }

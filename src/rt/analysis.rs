@@ -251,6 +251,7 @@ pub fn analyse(study: &Study, options: &Options) -> Analysis {
                     l.info.name, r.info.name
                 ),
                 passed_over: vec![],
+                tied: vec![],
             });
             Roi::union(l, r, UNION_ROI_NUMBER, &name)
         })

@@ -55,6 +55,11 @@ pub struct Match {
     pub reason: String,
     /// Other ROIs that looked like candidates, with why they lost.
     pub passed_over: Vec<String>,
+    /// Other ROIs that match exactly as well as the chosen one (two
+    /// "Esophagus", or "esophagus" and "oesophagus"): which one is meant
+    /// cannot be told from the names. Empty for targets, where the largest
+    /// extent decides.
+    pub tied: Vec<String>,
 }
 
 fn norm(s: &str) -> String {
@@ -231,6 +236,7 @@ pub fn match_organs(rois: &[Roi]) -> Vec<Match> {
 
 pub fn match_organ(organ: Organ, rois: &[Roi]) -> Option<Match> {
     let mut passed = Vec::new();
+    let mut tied: Vec<String> = Vec::new();
     let mut best: Option<(&RoiInfo, u8, f64)> = None;
     for r in rois {
         let s = score(organ, &r.info.name);
@@ -265,7 +271,12 @@ pub fn match_organ(organ: Organ, rois: &[Roi]) -> Option<Match> {
                     old.name
                 ));
             }
+            for t in tied.drain(..) {
+                passed.push(format!("{t}: a weaker match than the one chosen"));
+            }
             best = Some((&r.info, s, extent));
+        } else if best.is_some_and(|(_, bs, _)| bs == s) && !organ.is_target() {
+            tied.push(format!("{:?} (ROI {})", r.info.name, r.info.number));
         } else {
             passed.push(format!(
                 "{:?}: a weaker match than the one chosen",
@@ -290,6 +301,7 @@ pub fn match_organ(organ: Organ, rois: &[Roi]) -> Option<Match> {
         roi_name: info.name.clone(),
         reason,
         passed_over: passed,
+        tied,
     })
 }
 
@@ -342,6 +354,30 @@ mod tests {
             roi(2, "Esoph_opt", &[0.0]),
         ];
         assert!(match_organ(Organ::Esophagus, &rois).is_none());
+    }
+
+    #[test]
+    fn equally_good_organ_names_are_ambiguous() {
+        let rois = vec![
+            roi(1, "esophagus", &[0.0]),
+            roi(2, "Heart", &[0.0]),
+            roi(3, "Oesophagus", &[0.0]),
+        ];
+        let m = match_organ(Organ::Esophagus, &rois).expect("match");
+        assert_eq!(m.roi_number, 1);
+        assert_eq!(m.tied, vec!["\"Oesophagus\" (ROI 3)".to_string()]);
+        // A better name settles it, and what tied before it is passed over.
+        let mut better = rois.clone();
+        better.push(roi(4, "Esophagus", &[0.0]));
+        let m = match_organ(Organ::Esophagus, &better).expect("match");
+        assert_eq!(m.roi_number, 4);
+        assert!(m.tied.is_empty(), "{:?}", m.tied);
+        assert_eq!(m.passed_over.len(), 2, "{:?}", m.passed_over);
+        // Targets of equal names are told apart by their extent.
+        let ptvs = vec![roi(1, "PTV", &[0.0, 5.0]), roi(2, "PTV", &[0.0, 9.0])];
+        let m = match_organ(Organ::Ptv, &ptvs).expect("match");
+        assert_eq!(m.roi_number, 2);
+        assert!(m.tied.is_empty());
     }
 
     #[test]

@@ -36,6 +36,22 @@ pub struct Study {
     pub problems: Vec<String>,
 }
 
+impl Study {
+    /// The first problem that makes the dose wrong, not just unusual:
+    /// structures or plan in another frame of reference than the dose (their
+    /// coordinates are not comparable), or beam doses that do not add up to
+    /// the plan. Such a study is not scored, by the node or by `predict`.
+    pub fn blocking_problem(&self) -> Option<&str> {
+        self.problems
+            .iter()
+            .find(|p| {
+                (p.contains("frame of reference") && !p.contains("CT image"))
+                    || p.contains("summed dose is incomplete")
+            })
+            .map(String::as_str)
+    }
+}
+
 /// Every file under the given files and directories (recursively).
 pub fn collect_files(inputs: &[PathBuf]) -> Vec<PathBuf> {
     let mut out = Vec::new();

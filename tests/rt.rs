@@ -857,6 +857,21 @@ fn impossible_numbers_are_refused_with_a_reason() {
             "is not a dose grid",
         ),
         (
+            "no frames",
+            Damage::Dose(tags::NUMBER_OF_FRAMES, "0"),
+            "Number of Frames 0: an empty dose grid",
+        ),
+        (
+            "fewer frames than the pixel data holds",
+            Damage::Dose(tags::NUMBER_OF_FRAMES, "1"),
+            "Number of Frames says 1",
+        ),
+        (
+            "fractions beyond a course",
+            Damage::Phantom(|p| p.fractions = 1_000_000),
+            "not a treatment course (1000000)",
+        ),
+        (
             "frame offsets NaN",
             Damage::Phantom(|p| p.grid.z[3] = f64::NAN),
             "Grid Frame Offset Vector missing or not numbers",

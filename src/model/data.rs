@@ -134,11 +134,17 @@ pub fn prepare(
         _ => None,
     };
     if cfg.dose == DoseKind::Eqd2 && patient.eqd2.is_none() {
-        return Err(NotScorable(
-            "the number of fractions is unknown (RT Plan missing or without a fraction group); \
-             the model reads EQD2"
-                .into(),
-        ));
+        let why = study
+            .plan
+            .as_ref()
+            .and_then(|p| p.notes.iter().find(|n| n.contains("Number of Fractions")))
+            .map_or(
+                "RT Plan missing or without a fraction group".to_string(),
+                |n| n.clone(),
+            );
+        return Err(NotScorable(format!(
+            "the number of fractions is unknown ({why}); the model reads EQD2"
+        )));
     }
     // Esophagus bounding box centre in patient coordinates.
     let g = &patient.grid;

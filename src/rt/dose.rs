@@ -92,7 +92,11 @@ pub fn from_object(
     };
     let rows = attr::int(obj, tags::ROWS).ok_or_else(|| bad("Rows missing".into()))? as usize;
     let cols = attr::int(obj, tags::COLUMNS).ok_or_else(|| bad("Columns missing".into()))? as usize;
-    let frames = attr::int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1) as usize;
+    let frames = match attr::int(obj, tags::NUMBER_OF_FRAMES) {
+        None => 1,
+        Some(n) if n >= 1 => n as usize,
+        Some(n) => return Err(bad(format!("Number of Frames {n}: an empty dose grid"))),
+    };
     let bits =
         attr::int(obj, tags::BITS_ALLOCATED).ok_or_else(|| bad("Bits Allocated missing".into()))?;
     let signed = attr::int(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1;
@@ -237,7 +241,8 @@ pub fn from_object(
     let mut pixel_note = None;
     let raw = pixel_values(
         obj,
-        frames * rows * cols,
+        frames,
+        rows * cols,
         bits as usize,
         signed,
         &mut pixel_note,
@@ -324,11 +329,13 @@ pub fn from_object(
 /// Stored pixel values as f64 (unscaled), in file order.
 fn pixel_values(
     obj: &FileDicomObject<InMemDicomObject>,
-    n: usize,
+    frames: usize,
+    frame_len: usize,
     bits: usize,
     signed: bool,
     note: &mut Option<String>,
 ) -> Result<Vec<f64>, String> {
+    let n = frames * frame_len;
     let ts_uid = obj
         .meta()
         .transfer_syntax()
@@ -443,6 +450,15 @@ fn pixel_values(
         return Err(format!(
             "pixel data holds {} values, {n} expected",
             values.len()
+        ));
+    }
+    // A whole frame or more left over: Number of Frames is not what the
+    // pixel data holds, and the planes would be read against the wrong
+    // offsets.
+    if values.len() >= n + frame_len {
+        return Err(format!(
+            "pixel data holds {} frames of {frame_len} values; Number of Frames says {frames}",
+            values.len() / frame_len
         ));
     }
     Ok(values[..n].iter().map(|v| from_u32(*v)).collect())

@@ -27,6 +27,9 @@ pub struct RtPlan {
     pub notes: Vec<String>,
 }
 
+/// The most fractions a plan may plan and still be read as a course.
+pub const MAX_FRACTIONS: i64 = 100;
+
 impl RtPlan {
     /// Dose per fraction (Gy), when both prescription and fractions are known.
     pub fn dose_per_fraction(&self) -> Option<f64> {
@@ -66,10 +69,18 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
         ));
     }
     let fg = groups.first();
-    let fractions = fg
-        .and_then(|g| attr::int(g, tags::NUMBER_OF_FRACTIONS_PLANNED))
-        .filter(|n| *n > 0)
-        .map(|n| n as u32);
+    // Above MAX_FRACTIONS is no external-beam course (twice-daily lung
+    // schedules stay under 70), and EQD2 from it would be meaningless.
+    let fractions = match fg.and_then(|g| attr::int(g, tags::NUMBER_OF_FRACTIONS_PLANNED)) {
+        Some(n) if n > MAX_FRACTIONS => {
+            notes.push(format!(
+                "a Number of Fractions Planned that is not a treatment course ({n}) was ignored"
+            ));
+            None
+        }
+        Some(n) if n > 0 => Some(n as u32),
+        _ => None,
+    };
     let fractions_per_day = fg.and_then(|g| {
         let digits = attr::int(g, tags::NUMBER_OF_FRACTION_PATTERN_DIGITS_PER_DAY)? as usize;
         let pattern = attr::string(g, tags::FRACTION_PATTERN)?;
@@ -212,10 +223,19 @@ mod tests {
     /// A twice-daily plan of 30 fractions without a target dose reference,
     /// whose fraction group states these beam doses.
     fn plan_with_beam_doses(doses: &[&str]) -> RtPlan {
+        plan_with("30", doses)
+    }
+
+    fn plan_with(fractions: &str, doses: &[&str]) -> RtPlan {
         let mut obj = InMemDicomObject::new_empty();
         put_str(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3");
         let mut fg = InMemDicomObject::new_empty();
-        put_str(&mut fg, tags::NUMBER_OF_FRACTIONS_PLANNED, VR::IS, "30");
+        put_str(
+            &mut fg,
+            tags::NUMBER_OF_FRACTIONS_PLANNED,
+            VR::IS,
+            fractions,
+        );
         put_str(
             &mut fg,
             tags::NUMBER_OF_FRACTION_PATTERN_DIGITS_PER_DAY,
@@ -273,5 +293,24 @@ mod tests {
             "{:?}",
             p.notes
         );
+    }
+
+    #[test]
+    fn fractions_beyond_a_treatment_course_are_ignored_with_a_note() {
+        let p = plan_with("100", &["1.0"]);
+        assert_eq!(p.fractions, Some(100));
+        assert!(p.notes.is_empty(), "{:?}", p.notes);
+        for n in ["101", "2147483647"] {
+            let p = plan_with(n, &["1.0"]);
+            assert_eq!(p.fractions, None, "{n}");
+            assert!(
+                p.notes
+                    .iter()
+                    .any(|x| x.contains("not a treatment course") && x.contains(n)),
+                "{:?}",
+                p.notes
+            );
+        }
+        assert_eq!(plan_with("0", &["1.0"]).fractions, None);
     }
 }

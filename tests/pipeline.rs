@@ -311,9 +311,30 @@ fn predecessors(sr: &Path) -> Vec<String> {
 
 #[test]
 fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
+    use dicom_dictionary_std::tags;
     let model = tiny_model();
     let tmp = tempfile::tempdir().expect("tmp");
     let study = patient(&tmp.path().join("in"), "11", true);
+    // A planning system writing Latin-1: the name must come back as the
+    // same letters (in the UTF-8 the outputs declare).
+    for f in std::fs::read_dir(&study).expect("study").flatten() {
+        let path = f.path();
+        edit(&path, |o| {
+            put_str(
+                o,
+                tags::SPECIFIC_CHARACTER_SET,
+                dicom_core::VR::CS,
+                "ISO_IR 100",
+            );
+            put_str(o, tags::PATIENT_NAME, dicom_core::VR::PN, "Müller^Jörg");
+        });
+        let bytes = std::fs::read(&path).expect("read");
+        assert!(
+            bytes.windows(6).any(|w| w == b"M\xfcller"),
+            "{}: not Latin-1",
+            path.display()
+        );
+    }
     let rx = Receiver::start(&tmp.path().join("tps"));
     let node = start_node(&node_env(model, rx.port));
     push(&node, &study);
@@ -334,6 +355,24 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     let (sr, rs) = (sr.expect("an SR"), rs.expect("an RT Structure Set"));
     for f in [&sr, &rs] {
         assert_valid(f);
+        let obj = dicom_object::open_file(f).expect("open");
+        let text_of = |tag| {
+            obj.element(tag)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim().to_string())
+        };
+        assert_eq!(
+            text_of(tags::SPECIFIC_CHARACTER_SET).as_deref(),
+            Some("ISO_IR 192")
+        );
+        assert_eq!(text_of(tags::PATIENT_NAME).as_deref(), Some("Müller^Jörg"));
+        let bytes = std::fs::read(f).expect("read");
+        assert!(
+            bytes.windows(7).any(|w| w == "Müller".as_bytes()),
+            "{}: the name is not in UTF-8",
+            f.display()
+        );
     }
     let dump = dcmtk("dsrdump", &["+Pc", "+Pl", sr.to_str().unwrap_or_default()]);
     assert!(dump.status.success(), "{}", text(&dump));

@@ -1300,6 +1300,15 @@ fn broken_studies(root: &Path) -> Vec<(PathBuf, &'static [&'static str])> {
         ));
     });
     v.push((s, &["2 ROIs match the esophagus equally well", "rename"]));
+    // A structure set of another patient under the same study.
+    let s = patient(&root.join("two-patients"), "20", false);
+    edit(&s.join("rtstruct.dcm"), |o| {
+        put_str(o, tags::PATIENT_ID, dicom_core::VR::LO, "SOMEONE-ELSE")
+    });
+    v.push((
+        s,
+        &["different patients", "\"SOMEONE-ELSE\" (RT Structure Set)"],
+    ));
     v
 }
 

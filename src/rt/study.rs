@@ -34,22 +34,25 @@ pub struct Study {
     pub links: Vec<String>,
     /// What is missing or inconsistent, in plain words.
     pub problems: Vec<String>,
+    /// Those of `problems` that make the dose wrong, not just unusual:
+    /// objects of different patients, structures or plan in another frame
+    /// of reference than the dose (their coordinates are not comparable),
+    /// beam doses that do not add up to the plan.
+    pub blocking: Vec<String>,
 }
 
 impl Study {
-    /// The first problem that makes the dose wrong, not just unusual:
-    /// structures or plan in another frame of reference than the dose (their
-    /// coordinates are not comparable), or beam doses that do not add up to
-    /// the plan. Such a study is not scored, by the node or by `predict`.
+    /// The first problem that makes the dose wrong. Such a study is not
+    /// scored, by the node or by `predict`.
     pub fn blocking_problem(&self) -> Option<&str> {
-        self.problems
-            .iter()
-            .find(|p| {
-                (p.contains("frame of reference") && !p.contains("CT image"))
-                    || p.contains("summed dose is incomplete")
-            })
-            .map(String::as_str)
+        self.blocking.first().map(String::as_str)
     }
+}
+
+/// Record a problem that makes the dose wrong.
+fn block(problems: &mut Vec<String>, blocking: &mut Vec<String>, what: String) {
+    problems.push(what.clone());
+    blocking.push(what);
 }
 
 /// Every file under the given files and directories (recursively).
@@ -84,6 +87,8 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
     let mut ct_for: Vec<Option<String>> = Vec::new();
     let mut study_uids: Vec<String> = Vec::new();
     let mut patient_id = None;
+    // Each Patient ID with the kinds of object that carry it.
+    let mut patients: Vec<(String, Vec<&'static str>)> = Vec::new();
     let mut unreadable = Vec::new();
     for f in &files {
         let obj = match super::open(f) {
@@ -102,7 +107,8 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
                 study_uids.push(s);
             }
         }
-        patient_id = patient_id.or_else(|| attr::string(&obj, tags::PATIENT_ID));
+        let this_patient = attr::string(&obj, tags::PATIENT_ID);
+        patient_id = patient_id.or_else(|| this_patient.clone());
         let kind = match class.as_str() {
             sop::RT_DOSE => {
                 doses.push((f.clone(), obj));
@@ -126,6 +132,13 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             }
             _ => "other",
         };
+        if let Some(id) = this_patient.filter(|_| kind != "other") {
+            match patients.iter_mut().find(|(p, _)| *p == id) {
+                Some((_, kinds)) if kinds.contains(&kind) => {}
+                Some((_, kinds)) => kinds.push(kind),
+                None => patients.push((id, vec![kind])),
+            }
+        }
         objects.push(Object {
             kind: kind.to_string(),
             sop_instance_uid: uid,
@@ -133,7 +146,22 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         });
     }
     let mut problems = Vec::new();
+    let mut blocking = Vec::new();
     let mut links = Vec::new();
+    if patients.len() > 1 {
+        let who: Vec<String> = patients
+            .iter()
+            .map(|(id, kinds)| format!("{id:?} ({})", kinds.join(", ")))
+            .collect();
+        block(
+            &mut problems,
+            &mut blocking,
+            format!(
+                "the objects belong to different patients: Patient ID {}; one patient's dose is not measured in another's structures",
+                who.join(", ")
+            ),
+        );
+    }
     if !unreadable.is_empty() {
         problems.push(format!(
             "{} file(s) could not be read as DICOM: {}",
@@ -249,10 +277,14 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         let summed = RtDose::sum(candidates)?;
         if let Some(p) = &plan {
             if p.beams > n {
-                problems.push(format!(
-                    "only {n} beam dose(s) for a plan with {} treatment beams: the summed dose is incomplete",
-                    p.beams
-                ));
+                block(
+                    &mut problems,
+                    &mut blocking,
+                    format!(
+                        "only {n} beam dose(s) for a plan with {} treatment beams: the summed dose is incomplete",
+                        p.beams
+                    ),
+                );
             }
         }
         links.push(format!("{n} beam/brachy dose(s) summed on one grid"));
@@ -333,9 +365,13 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             .chain(s.frame_of_reference_uids.iter())
             .collect();
         if roi_fors.iter().any(|f| *f != d) {
-            problems.push(format!(
-                "the structures are drawn in another frame of reference than the dose ({d}); dose and structures may not line up"
-            ));
+            block(
+                &mut problems,
+                &mut blocking,
+                format!(
+                    "the structures are drawn in another frame of reference than the dose ({d}); dose and structures may not line up"
+                ),
+            );
         } else if !roi_fors.is_empty() {
             links.push(format!("dose and structures share frame of reference {d}"));
         }
@@ -346,9 +382,11 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             .and_then(|p| p.frame_of_reference_uid.as_ref()),
     ) {
         if d != p {
-            problems.push(format!(
-                "the RT Plan's frame of reference {p} differs from the dose's {d}"
-            ));
+            block(
+                &mut problems,
+                &mut blocking,
+                format!("the RT Plan's frame of reference {p} differs from the dose's {d}"),
+            );
         }
     }
     let ct_images = ct_for
@@ -371,6 +409,7 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         ct_images,
         links,
         problems,
+        blocking,
     })
 }
 

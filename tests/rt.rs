@@ -959,3 +959,183 @@ fn impossible_numbers_are_refused_with_a_reason() {
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Two plans with their own doses in one study: an old version (named
+/// PREDECESSOR by the new one) and a REJECTED plan give way, otherwise the
+/// latest is scored with a note; plans of one course (PRIOR) are refused.
+#[test]
+fn of_several_plans_the_current_one_is_chosen_and_a_course_is_refused() {
+    use dicom_core::value::DataSetSequence;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    use dicom_object::InMemDicomObject;
+
+    fn put(o: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: &str) {
+        o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+    }
+    fn text(o: &InMemDicomObject, tag: dicom_core::Tag) -> String {
+        o.element(tag)
+            .ok()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches('\0').trim().to_string())
+            .unwrap_or_default()
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let p = small_thorax();
+    let base = tmp.path().join("base");
+    let files = phantom::write(&p, &base).expect("write");
+    let find = |name: &str| {
+        files
+            .iter()
+            .find(|f| f.ends_with(name))
+            .expect("file")
+            .clone()
+    };
+    let (plan_path, dose_path) = (find("rtplan.dcm"), find("rtdose.dcm"));
+    let old_plan = text(
+        &dicom_object::open_file(&plan_path).expect("plan"),
+        tags::SOP_INSTANCE_UID,
+    );
+
+    // A study directory with the base files and a second plan and dose:
+    // the dose 10 % higher, the plan dated `date`, named `label`, with
+    // `approval` and a reference to the first plan as `relationship`.
+    let variant = |name: &str, date: &str, approval: &str, relationship: Option<&str>| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in &files {
+            std::fs::copy(f, dir.join(f.file_name().expect("name"))).expect("copy");
+        }
+        let mut base_plan = dicom_object::open_file(&plan_path).expect("plan");
+        put(&mut base_plan, tags::RT_PLAN_DATE, VR::DA, "20250101");
+        base_plan
+            .write_to_file(dir.join("rtplan.dcm"))
+            .expect("write");
+        let new_plan_uid = uid::generate();
+        let mut plan = dicom_object::open_file(&plan_path).expect("plan");
+        put(&mut plan, tags::SOP_INSTANCE_UID, VR::UI, &new_plan_uid);
+        plan.meta_mut().media_storage_sop_instance_uid = new_plan_uid.clone();
+        put(&mut plan, tags::RT_PLAN_LABEL, VR::SH, name);
+        put(&mut plan, tags::RT_PLAN_DATE, VR::DA, date);
+        put(&mut plan, tags::APPROVAL_STATUS, VR::CS, approval);
+        if let Some(r) = relationship {
+            let mut item = InMemDicomObject::new_empty();
+            put(
+                &mut item,
+                tags::REFERENCED_SOP_CLASS_UID,
+                VR::UI,
+                "1.2.840.10008.5.1.4.1.1.481.5",
+            );
+            put(
+                &mut item,
+                tags::REFERENCED_SOP_INSTANCE_UID,
+                VR::UI,
+                &old_plan,
+            );
+            put(&mut item, tags::RT_PLAN_RELATIONSHIP, VR::CS, r);
+            plan.put(DataElement::new(
+                tags::REFERENCED_RT_PLAN_SEQUENCE,
+                VR::SQ,
+                DataSetSequence::from(vec![item]),
+            ));
+        }
+        plan.write_to_file(dir.join("rtplan-2.dcm")).expect("write");
+        let mut dose = dicom_object::open_file(&dose_path).expect("dose");
+        let new_dose_uid = uid::generate();
+        put(&mut dose, tags::SOP_INSTANCE_UID, VR::UI, &new_dose_uid);
+        dose.meta_mut().media_storage_sop_instance_uid = new_dose_uid;
+        let scaling: f64 = text(&dose, tags::DOSE_GRID_SCALING)
+            .parse()
+            .expect("scaling");
+        put(
+            &mut dose,
+            tags::DOSE_GRID_SCALING,
+            VR::DS,
+            &format!("{:.6e}", scaling * 1.1),
+        );
+        let mut item = InMemDicomObject::new_empty();
+        put(
+            &mut item,
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            "1.2.840.10008.5.1.4.1.1.481.5",
+        );
+        put(
+            &mut item,
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            &new_plan_uid,
+        );
+        dose.put(DataElement::new(
+            tags::REFERENCED_RT_PLAN_SEQUENCE,
+            VR::SQ,
+            DataSetSequence::from(vec![item]),
+        ));
+        dose.write_to_file(dir.join("rtdose-2.dcm")).expect("write");
+        (dir, new_plan_uid)
+    };
+    let load =
+        |dir: &Path| study::load(&[dir.to_path_buf()], &DoseOptions::default()).expect("load");
+    let base_max = load(&base).dose.max_gy();
+
+    // A newer plan, no relationship stated: the latest, with a note.
+    let (dir, newer) = variant("NEWER", "20250301", "APPROVED", None);
+    let s = load(&dir);
+    assert_eq!(
+        s.plan.as_ref().map(|p| p.sop_instance_uid.as_str()),
+        Some(newer.as_str())
+    );
+    assert!(
+        (s.dose.max_gy() / base_max - 1.1).abs() < 0.01,
+        "the newer plan's dose"
+    );
+    let all = s.problems.join("\n");
+    assert!(
+        all.contains("2 RT Plans with their own doses") && all.contains("the latest, \"NEWER\""),
+        "{all}"
+    );
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+
+    // An older revision that names the base plan as its predecessor still wins.
+    let (dir, revision) = variant("REVISION", "20240101", "APPROVED", Some("PREDECESSOR"));
+    let s = load(&dir);
+    assert_eq!(
+        s.plan.as_ref().map(|p| p.sop_instance_uid.as_str()),
+        Some(revision.as_str())
+    );
+    assert!(
+        s.problems
+            .join("\n")
+            .contains("replaced by a newer version"),
+        "{:?}",
+        s.problems
+    );
+
+    // A newer but REJECTED plan gives way.
+    let (dir, _) = variant("REJECTED", "20250301", "REJECTED", None);
+    let s = load(&dir);
+    assert_eq!(
+        s.plan.as_ref().map(|p| p.sop_instance_uid.as_str()),
+        Some(old_plan.as_str())
+    );
+    assert!(
+        (s.dose.max_gy() / base_max - 1.0).abs() < 1e-3,
+        "the base plan's dose"
+    );
+    assert!(
+        s.problems
+            .join("\n")
+            .contains("1 REJECTED RT Plan(s) ignored"),
+        "{:?}",
+        s.problems
+    );
+
+    // A boost after the base plan: one course, refused.
+    let (dir, _) = variant("BOOST", "20250301", "APPROVED", Some("PRIOR"));
+    let s = load(&dir);
+    let blocked = s.blocking_problem().unwrap_or_default().to_string();
+    assert!(
+        blocked.contains("a course of 2 RT Plans") && blocked.contains("MULTI_PLAN"),
+        "{blocked}"
+    );
+}

@@ -24,7 +24,32 @@ pub struct RtPlan {
     pub radiation_type: Option<String>,
     pub beams: usize,
     pub referenced_structure_set_uid: Option<String>,
+    /// RT Plan Date and Time (else Instance Creation), `YYYYMMDDHHMMSS…`,
+    /// so that plans compare by it as text.
+    pub date_time: Option<String>,
+    /// Approval Status (300E,0002): APPROVED, UNAPPROVED, REJECTED.
+    pub approval: Option<String>,
+    /// Plans this one names in its Referenced RT Plan Sequence, with the
+    /// RT Plan Relationship (PRIOR, PREDECESSOR, CONCURRENT, …).
+    pub related: Vec<(String, String)>,
     pub notes: Vec<String>,
+}
+
+/// A date (DA) and time (TM) as one sortable text; the time may be absent.
+fn date_time(
+    obj: &InMemDicomObject,
+    date: dicom_core::Tag,
+    time: dicom_core::Tag,
+) -> Option<String> {
+    let d = attr::string(obj, date)
+        .filter(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()))?;
+    let t: String = attr::string(obj, time)
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(6)
+        .collect();
+    Some(format!("{d}{t:0<6}"))
 }
 
 /// The most fractions a plan may plan and still be read as a course.
@@ -167,6 +192,25 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
             obj,
             tags::REFERENCED_STRUCTURE_SET_SEQUENCE,
         ),
+        date_time: date_time(obj, tags::RT_PLAN_DATE, tags::RT_PLAN_TIME).or_else(|| {
+            date_time(
+                obj,
+                tags::INSTANCE_CREATION_DATE,
+                tags::INSTANCE_CREATION_TIME,
+            )
+        }),
+        approval: attr::string(obj, tags::APPROVAL_STATUS).map(|s| s.to_ascii_uppercase()),
+        related: attr::items(obj, tags::REFERENCED_RT_PLAN_SEQUENCE)
+            .iter()
+            .filter_map(|i| {
+                Some((
+                    attr::string(i, tags::REFERENCED_SOP_INSTANCE_UID)?,
+                    attr::string(i, tags::RT_PLAN_RELATIONSHIP)
+                        .unwrap_or_default()
+                        .to_ascii_uppercase(),
+                ))
+            })
+            .collect(),
         notes,
     }
 }

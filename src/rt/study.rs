@@ -205,15 +205,19 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         .iter()
         .filter_map(|d| d.info.referenced_plan_uid.clone())
         .collect();
-    let plan = match referenced
+    let with_dose: Vec<&RtPlan> = plans
         .iter()
-        .find_map(|u| plans.iter().find(|p| &p.sop_instance_uid == u))
-    {
+        .filter(|p| referenced.contains(&p.sop_instance_uid))
+        .collect();
+    let plan = match choose_plan(with_dose, &mut problems, &mut blocking) {
         Some(p) => {
             links.push(format!(
                 "RT Dose → RT Plan {} (by reference)",
                 p.sop_instance_uid
             ));
+            if p.approval.as_deref() == Some("REJECTED") {
+                problems.push("the RT Plan's Approval Status is REJECTED".into());
+            }
             Some(p.clone())
         }
         None => {
@@ -411,6 +415,82 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         problems,
         blocking,
     })
+}
+
+/// Of the plans that have a dose among the inputs, the one to score. A
+/// plan that another names as its PREDECESSOR is an old version, and a
+/// REJECTED plan gives way to any other; of those left the latest (RT Plan
+/// Date and Time) is taken, with a note, since a planning system that
+/// exports a revised plan into the same study is the usual reason for two.
+/// Plans that name each other PRIOR or CONCURRENT are one course: its dose
+/// is their sum, which one plan's dose is not, so that is blocking.
+fn choose_plan<'a>(
+    mut with_dose: Vec<&'a RtPlan>,
+    problems: &mut Vec<String>,
+    blocking: &mut Vec<String>,
+) -> Option<&'a RtPlan> {
+    if with_dose.len() > 1 {
+        let superseded: Vec<&str> = with_dose
+            .iter()
+            .flat_map(|p| &p.related)
+            .filter(|(_, relationship)| relationship == "PREDECESSOR")
+            .map(|(uid, _)| uid.as_str())
+            .collect();
+        let before = with_dose.len();
+        with_dose.retain(|p| !superseded.contains(&p.sop_instance_uid.as_str()));
+        if with_dose.len() < before {
+            problems.push(format!(
+                "{} RT Plan(s) replaced by a newer version (RT Plan Relationship PREDECESSOR) ignored",
+                before - with_dose.len()
+            ));
+        }
+    }
+    let rejected = |p: &&RtPlan| p.approval.as_deref() == Some("REJECTED");
+    if with_dose.len() > 1 && !with_dose.iter().all(rejected) {
+        let before = with_dose.len();
+        with_dose.retain(|p| !rejected(p));
+        if with_dose.len() < before {
+            problems.push(format!(
+                "{} REJECTED RT Plan(s) ignored",
+                before - with_dose.len()
+            ));
+        }
+    }
+    if with_dose.len() > 1 {
+        let course = with_dose.iter().any(|p| {
+            p.related.iter().any(|(uid, relationship)| {
+                (relationship == "PRIOR" || relationship == "CONCURRENT")
+                    && with_dose.iter().any(|q| &q.sop_instance_uid == uid)
+            })
+        });
+        let named: Vec<String> = with_dose
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:?} ({})",
+                    p.label.as_deref().unwrap_or(&p.sop_instance_uid),
+                    p.date_time.as_deref().unwrap_or("no date")
+                )
+            })
+            .collect();
+        if course {
+            let what = format!(
+                "the study holds a course of {} RT Plans ({}) that name each other PRIOR or CONCURRENT: its dose is their sum, not one plan's; send the sum as one RT Dose (MULTI_PLAN)",
+                with_dose.len(),
+                named.join(", ")
+            );
+            block(problems, blocking, what);
+        }
+        with_dose.sort_by(|a, b| a.date_time.cmp(&b.date_time));
+        let latest = with_dose.last()?;
+        problems.push(format!(
+            "{} RT Plans with their own doses: {}; the latest, {:?}, is scored",
+            named.len(),
+            named.join(", "),
+            latest.label.as_deref().unwrap_or(&latest.sop_instance_uid)
+        ));
+    }
+    with_dose.last().copied()
 }
 
 /// Beam doses about to be summed must not hold the same beam twice (a

@@ -225,6 +225,7 @@ fn returned_objects_validate_and_read_back() {
             uid(&rs, tags::SOP_INSTANCE_UID),
         )),
         predecessor: None,
+        notes: vec!["2 RT Plans with their own doses: \"A\" (20250101000000), \"B\" (20250301000000); the latest, \"B\", is scored".into()],
     };
     let sr = risk_sr(&input, &result).expect("sr");
     let sr_path = write(&sr, &tmp.path().join("risk_sr.dcm"));
@@ -244,6 +245,7 @@ fn returned_objects_validate_and_read_back() {
         "Research result from a model trained on synthetic data",
         "(ESR0001,99ESORISK,\"Probability of grade >= 2 radiation esophagitis\")=\"0.2345\"",
         "(130488,DCM,\"Region in Space\")",
+        "(ESR0004,99ESORISK,\"Note on the inputs\")=\"2 RT Plans with their own doses",
         &uid(&rs, tags::SOP_INSTANCE_UID),
     ] {
         assert!(dump.contains(needle), "dsrdump lacks {needle:?}");

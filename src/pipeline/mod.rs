@@ -534,6 +534,7 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
             .collect(),
         rtstruct_ref: Some((rs_series.clone(), rs_uid.clone())),
         predecessor: predecessor.clone(),
+        notes: study.problems.clone(),
     };
     let sr = match report::sr::risk_sr(&inputs, &report) {
         Ok(o) => o,

@@ -80,6 +80,10 @@ pub const RISK: Code = Code(
 pub const DOSIOMIC_FEATURE: Code = Code("ESR0002", CODING_SCHEME, "Dosiomic feature");
 /// Why a study was not scored (TEXT).
 pub const NOT_SCORED: Code = Code("ESR0003", CODING_SCHEME, "Reason the study was not scored");
+/// Something unusual about the inputs that the score was computed despite
+/// (TEXT): which of two plans was taken, a structure set found without a
+/// reference, CT images ignored.
+pub const INPUT_NOTE: Code = Code("ESR0004", CODING_SCHEME, "Note on the inputs");
 /// Mean dose to the whole esophagus (Gy).
 pub const ESOPHAGUS_DMEAN: Code = Code("ESR0010", CODING_SCHEME, "Esophagus mean dose");
 /// Percent of the esophagus volume receiving at least 35, 50, 60 Gy.
@@ -147,6 +151,8 @@ pub struct RiskReport {
     /// (Series Instance UID, SOP Instance UID) of an earlier esorisk SR of
     /// the same study (a Comprehensive SR) that this one replaces.
     pub predecessor: Option<(String, String)>,
+    /// What was unusual about the inputs, in plain words, one note each.
+    pub notes: Vec<String>,
 }
 
 /// The SR with the risk for `input`'s study.
@@ -243,11 +249,13 @@ pub fn risk_sr(
         IMAGING_MEASUREMENTS,
         vec![container("CONTAINS", MEASUREMENT_GROUP, group)],
     );
-    let qualitative = container(
-        "CONTAINS",
-        QUALITATIVE,
-        vec![text("CONTAINS", COMMENT, RESEARCH_STATEMENT)],
-    );
+    let mut evaluations: Vec<InMemDicomObject> = result
+        .notes
+        .iter()
+        .map(|n| text("CONTAINS", INPUT_NOTE, n))
+        .collect();
+    evaluations.push(text("CONTAINS", COMMENT, RESEARCH_STATEMENT));
+    let qualitative = container("CONTAINS", QUALITATIVE, evaluations);
     let predecessor = result
         .predecessor
         .as_ref()
@@ -482,6 +490,7 @@ mod tests {
             RISK,
             DOSIOMIC_FEATURE,
             NOT_SCORED,
+            INPUT_NOTE,
             ESOPHAGUS_DMEAN,
             ESOPHAGUS_V35,
             ESOPHAGUS_V50,

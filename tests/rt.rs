@@ -1139,3 +1139,65 @@ fn of_several_plans_the_current_one_is_chosen_and_a_course_is_refused() {
         "{blocked}"
     );
 }
+
+/// Two whole-plan doses of one plan (the dose recalculated and sent again):
+/// the latest created is used, whatever the file order, with a note.
+#[test]
+fn of_two_doses_of_one_plan_the_latest_is_used() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = phantom::write(&small_thorax(), &tmp.path().join("s")).expect("write");
+    let dose_path = files
+        .iter()
+        .find(|f| f.ends_with("rtdose.dcm"))
+        .expect("dose")
+        .clone();
+    let base_max = study::load(&files, &DoseOptions::default())
+        .expect("load")
+        .dose
+        .max_gy();
+    let put = |o: &mut dicom_object::DefaultDicomObject, tag, vr, v: &str| {
+        o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
+    };
+    // The recalculation: 10 % more dose, created later, and named so that
+    // it comes first among the files.
+    let mut again = dicom_object::open_file(&dose_path).expect("dose");
+    let mut first = dicom_object::open_file(&dose_path).expect("dose");
+    put(&mut first, tags::INSTANCE_CREATION_DATE, VR::DA, "20250101");
+    first.write_to_file(&dose_path).expect("write");
+    let new_uid = uid::generate();
+    put(&mut again, tags::SOP_INSTANCE_UID, VR::UI, &new_uid);
+    again.meta_mut().media_storage_sop_instance_uid = new_uid.clone();
+    put(&mut again, tags::INSTANCE_CREATION_DATE, VR::DA, "20250301");
+    let scaling: f64 = again
+        .element(tags::DOSE_GRID_SCALING)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
+        .expect("scaling");
+    put(
+        &mut again,
+        tags::DOSE_GRID_SCALING,
+        VR::DS,
+        &format!("{:.6e}", scaling * 1.1),
+    );
+    let again_path = dose_path.with_file_name("a-rtdose.dcm");
+    again.write_to_file(&again_path).expect("write");
+    let mut all = files.clone();
+    all.insert(0, again_path);
+    let s = study::load(&all, &DoseOptions::default()).expect("load");
+    assert_eq!(s.dose.info.sop_instance_uid, new_uid);
+    assert!((s.dose.max_gy() / base_max - 1.1).abs() < 0.01);
+    assert!(
+        s.problems
+            .iter()
+            .any(|p| p.contains("2 whole-plan doses") && p.contains("20250301")),
+        "{:?}",
+        s.problems
+    );
+    // The other way round: the older one first in the files, same answer.
+    all.rotate_left(1);
+    let s = study::load(&all, &DoseOptions::default()).expect("load");
+    assert_eq!(s.dose.info.sop_instance_uid, new_uid);
+}

@@ -76,3 +76,15 @@ pub fn referenced_uid(obj: &InMemDicomObject, seq: Tag) -> Option<String> {
         .iter()
         .find_map(|i| string(i, dicom_dictionary_std::tags::REFERENCED_SOP_INSTANCE_UID))
 }
+
+/// A date (DA) and time (TM) as one sortable text; the time may be absent.
+pub fn date_time(obj: &InMemDicomObject, date: Tag, time: Tag) -> Option<String> {
+    let d = string(obj, date).filter(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()))?;
+    let t: String = string(obj, time)
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(6)
+        .collect();
+    Some(format!("{d}{t:0<6}"))
+}

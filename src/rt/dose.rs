@@ -55,6 +55,8 @@ pub struct DoseInfo {
     pub units: String,
     pub referenced_plan_uid: Option<String>,
     pub referenced_beams: Vec<i64>,
+    /// Instance Creation (else Content) Date and Time, sortable as text.
+    pub created: Option<String>,
     /// Patient orientation implied by Image Orientation (Patient).
     pub orientation: &'static str,
     /// Remarks for the physicist (e.g. RELATIVE dose normalised).
@@ -320,6 +322,12 @@ pub fn from_object(
             units,
             referenced_plan_uid,
             referenced_beams,
+            created: attr::date_time(
+                obj,
+                tags::INSTANCE_CREATION_DATE,
+                tags::INSTANCE_CREATION_TIME,
+            )
+            .or_else(|| attr::date_time(obj, tags::CONTENT_DATE, tags::CONTENT_TIME)),
             orientation,
             notes,
         },
@@ -564,6 +572,7 @@ mod tests {
                 dose_type: "PHYSICAL".into(),
                 units: "GY".into(),
                 referenced_plan_uid: None,
+                created: None,
                 referenced_beams: vec![],
                 orientation: "HFS",
                 notes: vec![],

@@ -35,23 +35,6 @@ pub struct RtPlan {
     pub notes: Vec<String>,
 }
 
-/// A date (DA) and time (TM) as one sortable text; the time may be absent.
-fn date_time(
-    obj: &InMemDicomObject,
-    date: dicom_core::Tag,
-    time: dicom_core::Tag,
-) -> Option<String> {
-    let d = attr::string(obj, date)
-        .filter(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()))?;
-    let t: String = attr::string(obj, time)
-        .unwrap_or_default()
-        .chars()
-        .filter(|c| c.is_ascii_digit())
-        .take(6)
-        .collect();
-    Some(format!("{d}{t:0<6}"))
-}
-
 /// The most fractions a plan may plan and still be read as a course.
 pub const MAX_FRACTIONS: i64 = 100;
 
@@ -192,8 +175,8 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
             obj,
             tags::REFERENCED_STRUCTURE_SET_SEQUENCE,
         ),
-        date_time: date_time(obj, tags::RT_PLAN_DATE, tags::RT_PLAN_TIME).or_else(|| {
-            date_time(
+        date_time: attr::date_time(obj, tags::RT_PLAN_DATE, tags::RT_PLAN_TIME).or_else(|| {
+            attr::date_time(
                 obj,
                 tags::INSTANCE_CREATION_DATE,
                 tags::INSTANCE_CREATION_TIME,

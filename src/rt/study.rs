@@ -260,11 +260,25 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             what: "no RT Dose belongs to the chosen RT Plan".into(),
         });
     }
-    let dose = if let Some(pos) = candidates
-        .iter()
-        .position(|d| matches!(d.info.summation, Summation::Plan | Summation::MultiPlan))
-    {
-        if candidates.len() > 1 {
+    let whole = |d: &RtDose| matches!(d.info.summation, Summation::Plan | Summation::MultiPlan);
+    let dose = if candidates.iter().any(whole) {
+        // Of several whole-plan doses (a dose recalculated and sent again),
+        // the latest created; on a tie, the first.
+        let pos = (0..candidates.len())
+            .filter(|&i| whole(&candidates[i]))
+            .fold(None::<usize>, |best, i| match best {
+                Some(b) if candidates[b].info.created >= candidates[i].info.created => Some(b),
+                _ => Some(i),
+            })
+            .unwrap_or(0);
+        let plan_doses = candidates.iter().filter(|d| whole(d)).count();
+        if plan_doses > 1 {
+            problems.push(format!(
+                "{plan_doses} whole-plan doses of this plan; the latest created ({}, {}) is used",
+                candidates[pos].info.sop_instance_uid,
+                candidates[pos].info.created.as_deref().unwrap_or("no date")
+            ));
+        } else if candidates.len() > 1 {
             links.push(format!(
                 "plan dose {} used; {} other dose object(s) ignored",
                 candidates[pos].info.sop_instance_uid,

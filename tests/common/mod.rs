@@ -117,13 +117,20 @@ impl TestNode {
     }
 
     /// Assert that one log line holds all of `parts` (e.g. a message and
-    /// the study UID it names); the whole log is shown when none does.
+    /// the study UID it names); the whole log is shown when none does. The
+    /// log is read from the node's stderr by a thread, so a line written
+    /// just before a response may arrive a moment after it: this waits up
+    /// to 10 s for it.
     pub fn assert_logged(&self, parts: &[&str]) {
+        let holds = |log: &str| log.lines().any(|l| parts.iter().all(|p| l.contains(p)));
+        for _ in 0..200 {
+            if holds(&self.log()) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let log = self.log();
-        assert!(
-            log.lines().any(|l| parts.iter().all(|p| l.contains(p))),
-            "no log line holds {parts:?}:\n{log}"
-        );
+        assert!(holds(&log), "no log line holds {parts:?}:\n{log}");
     }
 
     pub fn pid(&self) -> u32 {

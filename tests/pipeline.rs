@@ -421,6 +421,39 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     push(&node, &study);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 1);
+    // Nor does the returned RT Structure Set forwarded back by a PACS (it
+    // would start a loop of jobs), nor a copy of it under a new SOP
+    // Instance UID, which only its Manufacturer tells apart.
+    let echoed = tmp.path().join("echoed");
+    std::fs::create_dir_all(&echoed).expect("mkdir");
+    std::fs::copy(&rs, echoed.join("rs.dcm")).expect("copy");
+    let renamed = echoed.join("rs-copy.dcm");
+    std::fs::copy(&rs, &renamed).expect("copy");
+    edit(&renamed, |o| {
+        let u = esorisk::uid::generate();
+        put_str(o, tags::SOP_INSTANCE_UID, dicom_core::VR::UI, &u);
+        o.meta_mut().media_storage_sop_instance_uid = u;
+    });
+    push(&node, &echoed);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM instances WHERE modality = 'RTSTRUCT'"),
+        3,
+        "the echoes are stored"
+    );
+    let study_uid = common::uids(&study.join("rtdose.dcm")).study;
+    wait_until("the echoed study looked at again", 30, || {
+        query(
+            &db,
+            &format!(
+                "SELECT c.outcome FROM study_checks c JOIN studies s USING (study_instance_uid) \
+                 WHERE s.study_instance_uid = '{study_uid}' AND c.last_received_at = s.last_received_at"
+            ),
+        )
+        .first()
+        .and_then(|r| r[0].clone())
+        .is_some_and(|o| o.starts_with("unchanged: job 1"))
+    });
+    assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 1);
     let jobs = on_node(&node, &["jobs"]);
     assert!(
         jobs.contains("succeeded") && jobs.contains("risk"),

@@ -227,6 +227,17 @@ pub async fn check_studies(ctx: &Context) -> Result<(), String> {
         let last: String = r.get(1);
         let outcome = match study_inputs(ctx, &study).await {
             Ok(inputs) => {
+                // esorisk's own RT Structure Sets, sent back by a PACS that
+                // forwards the whole study, are stored but are no inputs:
+                // counted, each would be a new job and a new one, for ever.
+                let inputs = tokio::task::spawn_blocking(move || {
+                    inputs
+                        .into_iter()
+                        .filter(|i| i.modality != "RTSTRUCT" || !written_by_esorisk(&i.path))
+                        .collect::<Vec<_>>()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
                 let has = |m: &str| inputs.iter().any(|i| i.modality == m);
                 let missing: Vec<&str> = ["RTDOSE", "RTPLAN", "RTSTRUCT"]
                     .into_iter()
@@ -300,11 +311,13 @@ async fn queue(ctx: &Context, study: &str, key: &str, rt: &[Input]) -> Result<St
     }
 }
 
-/// The study's RT and CT instances from the index.
+/// The study's RT and CT instances from the index, less the objects this
+/// node wrote itself (an output sent back to it).
 pub async fn study_inputs(ctx: &Context, study: &str) -> Result<Vec<Input>, String> {
     let rows = sqlx::query(
         "SELECT sop_instance_uid, COALESCE(modality, ''), file_path FROM instances \
-         WHERE study_instance_uid = ? AND modality IN ('RTDOSE', 'RTPLAN', 'RTSTRUCT', 'CT') ORDER BY sop_instance_uid",
+         WHERE study_instance_uid = ? AND modality IN ('RTDOSE', 'RTPLAN', 'RTSTRUCT', 'CT') \
+         AND sop_instance_uid NOT IN (SELECT sop_instance_uid FROM outputs) ORDER BY sop_instance_uid",
     )
     .bind(study)
     .fetch_all(&ctx.pool)
@@ -420,6 +433,28 @@ fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, na
             error!(job = job.id, "cannot record the job's end: {e}");
         }
     }
+}
+
+/// Whether the file was written by esorisk (this node before its index was
+/// rebuilt, or another esorisk node): Manufacturer and Manufacturer's Model
+/// Name both "esorisk", as the outputs set them. Only the first elements
+/// are read. A file that cannot be read is not taken for one; reading it
+/// for the job key says what is wrong with it.
+fn written_by_esorisk(path: &Path) -> bool {
+    use dicom_dictionary_std::tags;
+    OpenFileOptions::new()
+        .read_until(dicom_core::Tag(0x0008, 0x1091))
+        .open_file(path)
+        .is_ok_and(|o| {
+            let text = |tag| {
+                o.element(tag)
+                    .ok()
+                    .and_then(|e| e.to_str().ok())
+                    .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            };
+            text(tags::MANUFACTURER).as_deref() == Some("esorisk")
+                && text(tags::MANUFACTURER_MODEL_NAME).as_deref() == Some("esorisk")
+        })
 }
 
 /// Open a file without its pixel data (enough for references).

@@ -27,6 +27,7 @@ pub enum ConfigError {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     pub dicom: DicomSettings,
     pub storage: StorageSettings,
@@ -39,6 +40,7 @@ pub struct Settings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DicomSettings {
     pub ae_title: String,
     pub bind: String,
@@ -57,6 +59,7 @@ pub struct DicomSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AllowedCaller {
     pub ae_title: String,
     #[serde(default)]
@@ -64,6 +67,7 @@ pub struct AllowedCaller {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     pub enabled: bool,
     pub certificate: PathBuf,
@@ -75,6 +79,7 @@ pub struct TlsSettings {
 
 /// TLS for the deliveries (`[pipeline.tls]`).
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClientTlsSettings {
     pub ca_certificates: PathBuf,
     pub certificate: PathBuf,
@@ -82,6 +87,7 @@ pub struct ClientTlsSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub data_dir: PathBuf,
     pub database: PathBuf,
@@ -109,6 +115,7 @@ fn sixty() -> u64 {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
 }
@@ -121,6 +128,7 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PipelineSettings {
     pub enabled: bool,
     pub stable_seconds: u64,
@@ -159,32 +167,48 @@ impl PipelineSettings {
 
 /// Destinations as TOML tables, or (handy in the environment) a string
 /// `AE@host:port[+tls][,AE@host:port[+tls]…]`.
+/// A visitor rather than an untagged enum, so that a misspelt key in a
+/// table is reported as such, not as "no variant matched".
 fn destinations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Destination>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Form {
-        Tables(Vec<Destination>),
-        Text(String),
-    }
-    match Form::deserialize(d)? {
-        Form::Tables(v) => Ok(v),
-        Form::Text(t) => t
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| {
-                Destination::parse(s).ok_or_else(|| {
-                    serde::de::Error::custom(format!(
-                        "destination {s:?}: expected AE@host:port or AE@host:port+tls"
-                    ))
+    struct Form;
+    impl<'de> serde::de::Visitor<'de> for Form {
+        type Value = Vec<Destination>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of destination tables, or \"AE@host:port[+tls],…\"")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<Self::Value, E> {
+            t.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    Destination::parse(s).ok_or_else(|| {
+                        E::custom(format!(
+                            "destination {s:?}: expected AE@host:port or AE@host:port+tls"
+                        ))
+                    })
                 })
-            })
-            .collect(),
+                .collect()
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(d) = seq.next_element::<Destination>()? {
+                out.push(d);
+            }
+            Ok(out)
+        }
     }
+    d.deserialize_any(Form)
 }
 
 /// A DICOM peer results are sent to.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct Destination {
     pub ae_title: String,
     pub host: String,
@@ -231,12 +255,14 @@ impl Destination {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ModelSettings {
     pub path: PathBuf,
     pub device: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DosiomicsSettings {
     pub bin_width_gy: f64,
     pub dose: crate::dosiomics::roi::DoseKind,
@@ -255,6 +281,7 @@ impl DosiomicsSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoggingSettings {
     pub format: LogFormat,
     pub level: String,
@@ -542,6 +569,31 @@ mod tests {
         std::fs::write(&path, "[dicom]\nfault = \"panic-in-scoring\"\n").expect("write");
         let err = Settings::load(Some(&path)).expect_err("must fail");
         assert!(err.to_string().contains("dicom.fault"), "{err}");
+    }
+
+    /// A misspelt key is an error naming it, in every section and in a
+    /// destination's table: `destination = …` for `destinations` used to
+    /// leave the node sending its results nowhere, silently.
+    #[test]
+    fn unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("typo.toml");
+        for (text, key) in [
+            ("[dicom]\nae_tile = \"X\"\n", "ae_tile"),
+            ("[pipeline]\ndestination = \"TPS@tps:104\"\n", "destination"),
+            ("[storage]\nretention_day = 30\n", "retention_day"),
+            ("[train]\nepoch = 3\n", "epoch"),
+            ("[train.net]\nwidht = 8\n", "widht"),
+            ("[nonsense]\nx = 1\n", "nonsense"),
+            (
+                "[pipeline]\ndestinations = [ { ae_title = \"TPS\", host = \"tps\", port = 104, object = [\"sr\"] } ]\n",
+                "object",
+            ),
+        ] {
+            std::fs::write(&path, text).expect("write");
+            let err = Settings::load(Some(&path)).expect_err(key);
+            assert!(err.to_string().contains(&format!("unknown field `{key}`")), "{err}");
+        }
     }
 
     #[test]

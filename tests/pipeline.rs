@@ -436,7 +436,10 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     });
     push(&node, &echoed);
     assert_eq!(
-        count(&db, "SELECT count(*) FROM instances WHERE modality = 'RTSTRUCT'"),
+        count(
+            &db,
+            "SELECT count(*) FROM instances WHERE modality = 'RTSTRUCT'"
+        ),
         3,
         "the echoes are stored"
     );

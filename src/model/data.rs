@@ -17,6 +17,7 @@ use crate::rt::study::Study;
 /// Input settings (stored in the model card; a model only reads inputs made
 /// with its own).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct InputConfig {
     /// Grid `[D, H, W]` (z, y, x).
     pub size: [usize; 3],

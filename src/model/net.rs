@@ -17,6 +17,7 @@ use super::conv3d::{
 /// Architecture hyper-parameters; everything scales with `width` so the same code runs
 /// small on CPU and paper-sized (width 64) on GPU.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct NetConfig {
     pub in_channels: usize,
     /// Channels of the first stage (paper: 64); stages use width × [1, 2, 4, 8].

@@ -78,6 +78,7 @@ impl std::str::FromStr for Variant {
 
 /// Training settings (all stored in the model card).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub seed: u64,
     pub epochs: usize,

@@ -1201,3 +1201,43 @@ fn of_two_doses_of_one_plan_the_latest_is_used() {
     let s = study::load(&all, &DoseOptions::default()).expect("load");
     assert_eq!(s.dose.info.sop_instance_uid, new_uid);
 }
+
+/// A structure set edited after planning (a new SOP Instance UID the plan
+/// does not name) is not used, and the study says so.
+#[test]
+fn a_structure_set_the_plan_does_not_name_is_noted_not_used() {
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_dictionary_std::tags;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut files = phantom::write(&small_thorax(), &tmp.path().join("s")).expect("write");
+    let ss_path = files
+        .iter()
+        .find(|f| f.ends_with("rtstruct.dcm"))
+        .expect("rtstruct")
+        .clone();
+    let original = study::load(&files, &DoseOptions::default())
+        .expect("load")
+        .structures
+        .expect("structures")
+        .sop_instance_uid;
+    let mut edited = dicom_object::open_file(&ss_path).expect("open");
+    let new_uid = uid::generate();
+    edited.put(DataElement::new(
+        tags::SOP_INSTANCE_UID,
+        VR::UI,
+        PrimitiveValue::from(new_uid.as_str()),
+    ));
+    edited.meta_mut().media_storage_sop_instance_uid = new_uid.clone();
+    let edited_path = ss_path.with_file_name("a-rtstruct.dcm");
+    edited.write_to_file(&edited_path).expect("write");
+    files.insert(0, edited_path);
+    let s = study::load(&files, &DoseOptions::default()).expect("load");
+    assert_eq!(s.structures.expect("structures").sop_instance_uid, original);
+    assert!(
+        s.problems.iter().any(|p| p
+            .contains("1 other RT Structure Set(s) not referenced by the RT Plan ignored")
+            && p.contains(&new_uid)),
+        "{:?}",
+        s.problems
+    );
+}

@@ -347,7 +347,21 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
                 "RT Plan → RT Structure Set {} (by reference)",
                 structure_sets[i].sop_instance_uid
             ));
-            Some(structure_sets.swap_remove(i))
+            let chosen = structure_sets.swap_remove(i);
+            if !structure_sets.is_empty() {
+                // A structure set edited after planning: the plan's dose
+                // was computed on the one it names, which is the one used.
+                problems.push(format!(
+                    "{} other RT Structure Set(s) not referenced by the RT Plan ignored ({})",
+                    structure_sets.len(),
+                    structure_sets
+                        .iter()
+                        .map(|s| s.sop_instance_uid.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            Some(chosen)
         }
         None => {
             if let Some(u) = &wanted {

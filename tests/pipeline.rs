@@ -1244,14 +1244,10 @@ fn training_is_deterministic_for_a_seed() {
     assert!(worst.0 == 0.0, "same seed, different weights: {worst:?}");
 }
 
-/// The four ways a study can be unscorable, each made from a good synthetic
-/// study: what the physicist must fix, and its marker in the job's error.
-fn broken_studies(root: &Path) -> Vec<(PathBuf, &'static [&'static str])> {
+/// Rename the ROIs of a structure set for which `rename` gives a new name.
+fn rename_rois(rtstruct: &Path, rename: impl Fn(&str) -> Option<&'static str>) {
     use dicom_dictionary_std::tags;
-    let mut v: Vec<(PathBuf, &'static [&'static str])> = Vec::new();
-    // No ROI recognised as the esophagus (it is named "Liver").
-    let s = patient(&root.join("no-esophagus"), "12", false);
-    edit(&s.join("rtstruct.dcm"), |obj| {
+    edit(rtstruct, |obj| {
         let mut items = obj
             .element(tags::STRUCTURE_SET_ROI_SEQUENCE)
             .ok()
@@ -1264,11 +1260,11 @@ fn broken_studies(root: &Path) -> Vec<(PathBuf, &'static [&'static str])> {
                 .and_then(|e| e.to_str().ok())
                 .unwrap_or_default()
                 .to_string();
-            if name.to_lowercase().contains("esoph") {
+            if let Some(new) = rename(&name) {
                 it.put(dicom_core::DataElement::new(
                     tags::ROI_NAME,
                     dicom_core::VR::LO,
-                    dicom_core::PrimitiveValue::from("Liver"),
+                    dicom_core::PrimitiveValue::from(new),
                 ));
             }
         }
@@ -1277,6 +1273,18 @@ fn broken_studies(root: &Path) -> Vec<(PathBuf, &'static [&'static str])> {
             dicom_core::VR::SQ,
             dicom_core::value::DataSetSequence::from(items),
         ));
+    });
+}
+
+/// Ways a study can be unscorable, each made from a good synthetic study:
+/// what the physicist must fix, and its marker in the job's error.
+fn broken_studies(root: &Path) -> Vec<(PathBuf, &'static [&'static str])> {
+    use dicom_dictionary_std::tags;
+    let mut v: Vec<(PathBuf, &'static [&'static str])> = Vec::new();
+    // No ROI recognised as the esophagus (it is named "Liver").
+    let s = patient(&root.join("no-esophagus"), "12", false);
+    rename_rois(&s.join("rtstruct.dcm"), |n| {
+        n.to_lowercase().contains("esoph").then_some("Liver")
     });
     v.push((s, &["esophagus", "Liver"]));
     // A relative dose (no absolute Gy).
@@ -1309,31 +1317,8 @@ fn broken_studies(root: &Path) -> Vec<(PathBuf, &'static [&'static str])> {
     v.push((s, &["frame of reference", "not scored"]));
     // Two ROIs named alike: which one is the esophagus cannot be told.
     let s = patient(&root.join("two-esophagi"), "19", false);
-    edit(&s.join("rtstruct.dcm"), |obj| {
-        let mut items = obj
-            .element(tags::STRUCTURE_SET_ROI_SEQUENCE)
-            .ok()
-            .and_then(|e| e.items().map(|i| i.to_vec()))
-            .expect("ROIs");
-        for it in &mut items {
-            let heart = it
-                .element(tags::ROI_NAME)
-                .ok()
-                .and_then(|e| e.to_str().ok())
-                .is_some_and(|n| n == "Heart");
-            if heart {
-                it.put(dicom_core::DataElement::new(
-                    tags::ROI_NAME,
-                    dicom_core::VR::LO,
-                    dicom_core::PrimitiveValue::from("Esophagus"),
-                ));
-            }
-        }
-        obj.put(dicom_core::DataElement::new(
-            tags::STRUCTURE_SET_ROI_SEQUENCE,
-            dicom_core::VR::SQ,
-            dicom_core::value::DataSetSequence::from(items),
-        ));
+    rename_rois(&s.join("rtstruct.dcm"), |n| {
+        (n == "Heart").then_some("Esophagus")
     });
     v.push((s, &["2 ROIs match the esophagus equally well", "rename"]));
     // A structure set of another patient under the same study.

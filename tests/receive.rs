@@ -1420,16 +1420,42 @@ fn silent_connections_do_not_hold_the_slots() {
     }
 }
 
+/// An A-ASSOCIATE-RQ from `calling` for C-ECHO (context 1, implicit VR)
+/// and RT Dose storage (context 3, explicit VR), for callers that write
+/// their PDUs themselves.
+fn echo_and_dose_request(calling: &str, max_pdu: u32) -> dicom_ul::pdu::Pdu {
+    use dicom_ul::pdu::{AssociationRQ, Pdu, PresentationContextProposed, UserVariableItem};
+    Pdu::AssociationRQ(AssociationRQ {
+        protocol_version: 1,
+        calling_ae_title: calling.into(),
+        called_ae_title: AE.into(),
+        application_context_name: "1.2.840.10008.3.1.1.1".into(),
+        presentation_contexts: vec![
+            PresentationContextProposed {
+                id: 1,
+                abstract_syntax: esorisk::dimse::VERIFICATION_SOP_CLASS.into(),
+                transfer_syntaxes: vec![ts::IMPLICIT_VR_LE.into()],
+            },
+            PresentationContextProposed {
+                id: 3,
+                abstract_syntax: RT_DOSE.into(),
+                transfer_syntaxes: vec![ts::EXPLICIT_VR_LE.into()],
+            },
+        ],
+        user_variables: vec![
+            UserVariableItem::MaxLength(max_pdu),
+            UserVariableItem::ImplementationClassUID("1.2.3.4".into()),
+        ],
+    })
+}
+
 /// A caller may announce a maximum PDU length smaller than a response
 /// command set (PS3.8 sets no lower bound); the responses then come in
 /// fragments that fit it. dicom-ul's client cannot be held to 64 bytes, so
 /// this caller writes its PDUs itself.
 #[test]
 fn a_caller_with_a_tiny_maximum_pdu_gets_its_responses_in_fragments() {
-    use dicom_ul::pdu::{
-        read_pdu, write_pdu, AssociationRQ, PDataValueType, Pdu, PresentationContextProposed,
-        UserVariableItem,
-    };
+    use dicom_ul::pdu::{read_pdu, write_pdu, PDataValueType, Pdu};
     use std::io::{Read, Write};
     const MAX: u32 = 64;
 
@@ -1481,31 +1507,7 @@ fn a_caller_with_a_tiny_maximum_pdu_gets_its_responses_in_fragments() {
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    send(
-        &mut socket,
-        vec![Pdu::AssociationRQ(AssociationRQ {
-            protocol_version: 1,
-            calling_ae_title: "SMALLPDU".into(),
-            called_ae_title: AE.into(),
-            application_context_name: "1.2.840.10008.3.1.1.1".into(),
-            presentation_contexts: vec![
-                PresentationContextProposed {
-                    id: 1,
-                    abstract_syntax: esorisk::dimse::VERIFICATION_SOP_CLASS.into(),
-                    transfer_syntaxes: vec![ts::IMPLICIT_VR_LE.into()],
-                },
-                PresentationContextProposed {
-                    id: 3,
-                    abstract_syntax: RT_DOSE.into(),
-                    transfer_syntaxes: vec![ts::EXPLICIT_VR_LE.into()],
-                },
-            ],
-            user_variables: vec![
-                UserVariableItem::MaxLength(MAX),
-                UserVariableItem::ImplementationClassUID("1.2.3.4".into()),
-            ],
-        })],
-    );
+    send(&mut socket, vec![echo_and_dose_request("SMALLPDU", MAX)]);
     let (ac, _) = next_pdu(&mut socket);
     assert!(matches!(ac, Pdu::AssociationAC(_)), "{ac:?}");
 
@@ -1819,38 +1821,14 @@ fn a_deleted_index_is_rebuilt_from_the_store() {
 /// every row has its file, and no line of the log is a panic or a dump.
 #[test]
 fn damaged_sessions_leave_the_node_answering_and_consistent() {
-    use dicom_ul::pdu::{
-        write_pdu, AssociationRQ, PDataValueType, Pdu, PresentationContextProposed,
-        UserVariableItem,
-    };
+    use dicom_ul::pdu::{write_pdu, PDataValueType, Pdu};
     use esorisk::synth::rng::Rng;
     use std::io::{Read, Write};
 
     let node = TestNode::start(&[("ESORISK__DICOM__READ_TIMEOUT_SECS", "2")]);
     let tmp = tempfile::tempdir().expect("tmp");
     let dose = DicomFile::read(&rt_dose_file(tmp.path())).expect("read");
-    let mut pdus = vec![Pdu::AssociationRQ(AssociationRQ {
-        protocol_version: 1,
-        calling_ae_title: "FUZZ".into(),
-        called_ae_title: AE.into(),
-        application_context_name: "1.2.840.10008.3.1.1.1".into(),
-        presentation_contexts: vec![
-            PresentationContextProposed {
-                id: 1,
-                abstract_syntax: esorisk::dimse::VERIFICATION_SOP_CLASS.into(),
-                transfer_syntaxes: vec![ts::IMPLICIT_VR_LE.into()],
-            },
-            PresentationContextProposed {
-                id: 3,
-                abstract_syntax: RT_DOSE.into(),
-                transfer_syntaxes: vec![ts::EXPLICIT_VR_LE.into()],
-            },
-        ],
-        user_variables: vec![
-            UserVariableItem::MaxLength(16_384),
-            UserVariableItem::ImplementationClassUID("1.2.3.4".into()),
-        ],
-    })];
+    let mut pdus = vec![echo_and_dose_request("FUZZ", 16_384)];
     pdus.extend(Command::echo_request(1).to_pdus(1, 16_384));
     for id in [2, 3] {
         pdus.extend(Command::store_request(id, RT_DOSE, &dose.sop_instance_uid).to_pdus(3, 16_384));

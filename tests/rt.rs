@@ -960,19 +960,86 @@ fn impossible_numbers_are_refused_with_a_reason() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// Set a text attribute.
+fn put_text(
+    o: &mut dicom_object::InMemDicomObject,
+    tag: dicom_core::Tag,
+    vr: dicom_core::VR,
+    v: &str,
+) {
+    o.put(dicom_core::DataElement::new(
+        tag,
+        vr,
+        dicom_core::PrimitiveValue::from(v),
+    ));
+}
+
+/// Give a file's object a new SOP Instance UID (data set and meta), which
+/// it returns: another instance of the same content.
+fn new_instance(o: &mut dicom_object::DefaultDicomObject) -> String {
+    let u = uid::generate();
+    put_text(
+        o,
+        dicom_dictionary_std::tags::SOP_INSTANCE_UID,
+        dicom_core::VR::UI,
+        &u,
+    );
+    o.meta_mut().media_storage_sop_instance_uid = u.clone();
+    u
+}
+
+/// Multiply an RT Dose's Dose Grid Scaling by `factor`.
+fn scale_dose(o: &mut dicom_object::DefaultDicomObject, factor: f64) {
+    use dicom_dictionary_std::tags;
+    let scaling: f64 = o
+        .element(tags::DOSE_GRID_SCALING)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
+        .expect("scaling");
+    put_text(
+        o,
+        tags::DOSE_GRID_SCALING,
+        dicom_core::VR::DS,
+        &format!("{:.6e}", scaling * factor),
+    );
+}
+
+/// A Referenced RT Plan Sequence of one item naming `plan`, with an RT Plan
+/// Relationship when given.
+fn plan_reference(
+    plan: &str,
+    relationship: Option<&str>,
+) -> dicom_core::DataElement<dicom_object::InMemDicomObject> {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let mut item = dicom_object::InMemDicomObject::new_empty();
+    put_text(
+        &mut item,
+        tags::REFERENCED_SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.481.5",
+    );
+    put_text(&mut item, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, plan);
+    if let Some(r) = relationship {
+        put_text(&mut item, tags::RT_PLAN_RELATIONSHIP, VR::CS, r);
+    }
+    dicom_core::DataElement::new(
+        tags::REFERENCED_RT_PLAN_SEQUENCE,
+        VR::SQ,
+        dicom_core::value::DataSetSequence::from(vec![item]),
+    )
+}
+
 /// Two plans with their own doses in one study: an old version (named
 /// PREDECESSOR by the new one) and a REJECTED plan give way, otherwise the
 /// latest is scored with a note; plans of one course (PRIOR) are refused.
 #[test]
 fn of_several_plans_the_current_one_is_chosen_and_a_course_is_refused() {
-    use dicom_core::value::DataSetSequence;
-    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_core::VR;
     use dicom_dictionary_std::tags;
     use dicom_object::InMemDicomObject;
 
-    fn put(o: &mut InMemDicomObject, tag: dicom_core::Tag, vr: VR, v: &str) {
-        o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
-    }
     fn text(o: &InMemDicomObject, tag: dicom_core::Tag) -> String {
         o.element(tag)
             .ok()
@@ -1007,70 +1074,23 @@ fn of_several_plans_the_current_one_is_chosen_and_a_course_is_refused() {
             std::fs::copy(f, dir.join(f.file_name().expect("name"))).expect("copy");
         }
         let mut base_plan = dicom_object::open_file(&plan_path).expect("plan");
-        put(&mut base_plan, tags::RT_PLAN_DATE, VR::DA, "20250101");
+        put_text(&mut base_plan, tags::RT_PLAN_DATE, VR::DA, "20250101");
         base_plan
             .write_to_file(dir.join("rtplan.dcm"))
             .expect("write");
-        let new_plan_uid = uid::generate();
         let mut plan = dicom_object::open_file(&plan_path).expect("plan");
-        put(&mut plan, tags::SOP_INSTANCE_UID, VR::UI, &new_plan_uid);
-        plan.meta_mut().media_storage_sop_instance_uid = new_plan_uid.clone();
-        put(&mut plan, tags::RT_PLAN_LABEL, VR::SH, name);
-        put(&mut plan, tags::RT_PLAN_DATE, VR::DA, date);
-        put(&mut plan, tags::APPROVAL_STATUS, VR::CS, approval);
+        let new_plan_uid = new_instance(&mut plan);
+        put_text(&mut plan, tags::RT_PLAN_LABEL, VR::SH, name);
+        put_text(&mut plan, tags::RT_PLAN_DATE, VR::DA, date);
+        put_text(&mut plan, tags::APPROVAL_STATUS, VR::CS, approval);
         if let Some(r) = relationship {
-            let mut item = InMemDicomObject::new_empty();
-            put(
-                &mut item,
-                tags::REFERENCED_SOP_CLASS_UID,
-                VR::UI,
-                "1.2.840.10008.5.1.4.1.1.481.5",
-            );
-            put(
-                &mut item,
-                tags::REFERENCED_SOP_INSTANCE_UID,
-                VR::UI,
-                &old_plan,
-            );
-            put(&mut item, tags::RT_PLAN_RELATIONSHIP, VR::CS, r);
-            plan.put(DataElement::new(
-                tags::REFERENCED_RT_PLAN_SEQUENCE,
-                VR::SQ,
-                DataSetSequence::from(vec![item]),
-            ));
+            plan.put(plan_reference(&old_plan, Some(r)));
         }
         plan.write_to_file(dir.join("rtplan-2.dcm")).expect("write");
         let mut dose = dicom_object::open_file(&dose_path).expect("dose");
-        let new_dose_uid = uid::generate();
-        put(&mut dose, tags::SOP_INSTANCE_UID, VR::UI, &new_dose_uid);
-        dose.meta_mut().media_storage_sop_instance_uid = new_dose_uid;
-        let scaling: f64 = text(&dose, tags::DOSE_GRID_SCALING)
-            .parse()
-            .expect("scaling");
-        put(
-            &mut dose,
-            tags::DOSE_GRID_SCALING,
-            VR::DS,
-            &format!("{:.6e}", scaling * 1.1),
-        );
-        let mut item = InMemDicomObject::new_empty();
-        put(
-            &mut item,
-            tags::REFERENCED_SOP_CLASS_UID,
-            VR::UI,
-            "1.2.840.10008.5.1.4.1.1.481.5",
-        );
-        put(
-            &mut item,
-            tags::REFERENCED_SOP_INSTANCE_UID,
-            VR::UI,
-            &new_plan_uid,
-        );
-        dose.put(DataElement::new(
-            tags::REFERENCED_RT_PLAN_SEQUENCE,
-            VR::SQ,
-            DataSetSequence::from(vec![item]),
-        ));
+        new_instance(&mut dose);
+        scale_dose(&mut dose, 1.1);
+        dose.put(plan_reference(&new_plan_uid, None));
         dose.write_to_file(dir.join("rtdose-2.dcm")).expect("write");
         (dir, new_plan_uid)
     };
@@ -1144,7 +1164,7 @@ fn of_several_plans_the_current_one_is_chosen_and_a_course_is_refused() {
 /// the latest created is used, whatever the file order, with a note.
 #[test]
 fn of_two_doses_of_one_plan_the_latest_is_used() {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_core::VR;
     use dicom_dictionary_std::tags;
     let tmp = tempfile::tempdir().expect("tmp");
     let files = phantom::write(&small_thorax(), &tmp.path().join("s")).expect("write");
@@ -1157,31 +1177,15 @@ fn of_two_doses_of_one_plan_the_latest_is_used() {
         .expect("load")
         .dose
         .max_gy();
-    let put = |o: &mut dicom_object::DefaultDicomObject, tag, vr, v: &str| {
-        o.put(DataElement::new(tag, vr, PrimitiveValue::from(v)));
-    };
     // The recalculation: 10 % more dose, created later, and named so that
     // it comes first among the files.
     let mut again = dicom_object::open_file(&dose_path).expect("dose");
     let mut first = dicom_object::open_file(&dose_path).expect("dose");
-    put(&mut first, tags::INSTANCE_CREATION_DATE, VR::DA, "20250101");
+    put_text(&mut first, tags::INSTANCE_CREATION_DATE, VR::DA, "20250101");
     first.write_to_file(&dose_path).expect("write");
-    let new_uid = uid::generate();
-    put(&mut again, tags::SOP_INSTANCE_UID, VR::UI, &new_uid);
-    again.meta_mut().media_storage_sop_instance_uid = new_uid.clone();
-    put(&mut again, tags::INSTANCE_CREATION_DATE, VR::DA, "20250301");
-    let scaling: f64 = again
-        .element(tags::DOSE_GRID_SCALING)
-        .ok()
-        .and_then(|e| e.to_str().ok())
-        .and_then(|s| s.trim().parse().ok())
-        .expect("scaling");
-    put(
-        &mut again,
-        tags::DOSE_GRID_SCALING,
-        VR::DS,
-        &format!("{:.6e}", scaling * 1.1),
-    );
+    let new_uid = new_instance(&mut again);
+    put_text(&mut again, tags::INSTANCE_CREATION_DATE, VR::DA, "20250301");
+    scale_dose(&mut again, 1.1);
     let again_path = dose_path.with_file_name("a-rtdose.dcm");
     again.write_to_file(&again_path).expect("write");
     let mut all = files.clone();
@@ -1206,8 +1210,6 @@ fn of_two_doses_of_one_plan_the_latest_is_used() {
 /// does not name) is not used, and the study says so.
 #[test]
 fn a_structure_set_the_plan_does_not_name_is_noted_not_used() {
-    use dicom_core::{DataElement, PrimitiveValue, VR};
-    use dicom_dictionary_std::tags;
     let tmp = tempfile::tempdir().expect("tmp");
     let mut files = phantom::write(&small_thorax(), &tmp.path().join("s")).expect("write");
     let ss_path = files
@@ -1221,13 +1223,7 @@ fn a_structure_set_the_plan_does_not_name_is_noted_not_used() {
         .expect("structures")
         .sop_instance_uid;
     let mut edited = dicom_object::open_file(&ss_path).expect("open");
-    let new_uid = uid::generate();
-    edited.put(DataElement::new(
-        tags::SOP_INSTANCE_UID,
-        VR::UI,
-        PrimitiveValue::from(new_uid.as_str()),
-    ));
-    edited.meta_mut().media_storage_sop_instance_uid = new_uid.clone();
+    let new_uid = new_instance(&mut edited);
     let edited_path = ss_path.with_file_name("a-rtstruct.dcm");
     edited.write_to_file(&edited_path).expect("write");
     files.insert(0, edited_path);

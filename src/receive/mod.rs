@@ -721,6 +721,17 @@ mod tests {
     use crate::send::{self, DicomFile};
     use dicom_dictionary_std::tags;
 
+    /// The defaults, with data under `dir` and an ephemeral port on the
+    /// loopback.
+    fn local_settings(dir: &std::path::Path) -> Settings {
+        let mut settings = Settings::load(None).expect("defaults");
+        settings.storage.data_dir = dir.join("var");
+        settings.storage.min_free_mb = 1;
+        settings.dicom.bind = "127.0.0.1".into();
+        settings.dicom.port = 0;
+        settings
+    }
+
     /// A node with retention on, serving on an ephemeral port, and one RT
     /// Dose file of a study to send it.
     struct GatedNode {
@@ -736,11 +747,7 @@ mod tests {
     impl GatedNode {
         async fn start() -> GatedNode {
             let dir = tempfile::tempdir().expect("tmp");
-            let mut settings = Settings::load(None).expect("defaults");
-            settings.storage.data_dir = dir.path().join("var");
-            settings.storage.min_free_mb = 1;
-            settings.dicom.bind = "127.0.0.1".into();
-            settings.dicom.port = 0;
+            let mut settings = local_settings(dir.path());
             settings.storage.retention_days = 30;
             let node = Node::start(settings).await.expect("node");
             let addr = node.local_addr().expect("addr").to_string();
@@ -915,11 +922,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_node_prunes_the_association_log() {
         let dir = tempfile::tempdir().expect("tmp");
-        let mut settings = Settings::load(None).expect("defaults");
-        settings.storage.data_dir = dir.path().join("var");
-        settings.storage.min_free_mb = 1;
-        settings.dicom.bind = "127.0.0.1".into();
-        settings.dicom.port = 0;
+        let mut settings = local_settings(dir.path());
         settings.storage.association_log_days = 30;
         let index = Index::open(&settings.database_path()).await.expect("index");
         let old = crate::index::at_offset(-31.0 * 86_400.0);

@@ -212,12 +212,14 @@ impl Command {
     /// fit the peer's maximum PDU length: one, unless the peer announced a
     /// maximum smaller than a command set (PS3.8 sets no lower bound).
     pub fn to_pdus(&self, pc_id: u8, peer_max_pdu: u32) -> Vec<dicom_ul::Pdu> {
+        let bytes = self.encode();
         pdata_pdus(
             pc_id,
             dicom_ul::pdu::PDataValueType::Command,
-            &self.encode(),
+            &bytes,
             peer_max_pdu,
         )
+        .collect()
     }
 
     /// A C-ECHO-RSP answering `rq`.
@@ -319,34 +321,26 @@ fn text(v: &[u8]) -> String {
 /// PDU within `peer_max_pdu` (the length of its variable field, as
 /// negotiated; dicom-ul reads an announced 0, "no limit", as its own
 /// maximum). The last fragment carries the "last" bit; empty data is one
-/// empty fragment.
+/// empty fragment. Made one at a time, so that a large data set is never
+/// held twice.
 pub fn pdata_pdus(
     pc_id: u8,
     value_type: dicom_ul::pdu::PDataValueType,
     data: &[u8],
     peer_max_pdu: u32,
-) -> Vec<dicom_ul::Pdu> {
+) -> impl Iterator<Item = dicom_ul::Pdu> + '_ {
     // A PDV item's header: 4 bytes of length, the context ID and the
     // message control header.
     let room = (peer_max_pdu as usize).saturating_sub(6).max(1);
-    let chunks: Vec<&[u8]> = if data.is_empty() {
-        vec![&[]]
-    } else {
-        data.chunks(room).collect()
-    };
-    let n = chunks.len();
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(i, chunk)| dicom_ul::Pdu::PData {
-            data: vec![dicom_ul::pdu::PDataValue {
-                presentation_context_id: pc_id,
-                value_type: value_type.clone(),
-                is_last: i + 1 == n,
-                data: chunk.to_vec(),
-            }],
-        })
-        .collect()
+    let n = data.len().div_ceil(room).max(1);
+    (0..n).map(move |i| dicom_ul::Pdu::PData {
+        data: vec![dicom_ul::pdu::PDataValue {
+            presentation_context_id: pc_id,
+            value_type: value_type.clone(),
+            is_last: i + 1 == n,
+            data: data[(i * room).min(data.len())..((i + 1) * room).min(data.len())].to_vec(),
+        }],
+    })
 }
 
 #[cfg(test)]
@@ -383,8 +377,7 @@ mod tests {
                 "max {max}"
             );
         }
-        let empty = pdata_pdus(1, PDataValueType::Data, &[], 64);
-        assert_eq!(empty.len(), 1);
+        assert_eq!(pdata_pdus(1, PDataValueType::Data, &[], 64).count(), 1);
     }
 
     use super::*;

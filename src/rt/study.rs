@@ -264,13 +264,12 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
     let dose = if candidates.iter().any(whole) {
         // Of several whole-plan doses (a dose recalculated and sent again),
         // the latest created; on a tie, the first.
-        let pos = (0..candidates.len())
-            .filter(|&i| whole(&candidates[i]))
-            .fold(None::<usize>, |best, i| match best {
-                Some(b) if candidates[b].info.created >= candidates[i].info.created => Some(b),
-                _ => Some(i),
-            })
-            .unwrap_or(0);
+        let pos = candidates
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| whole(d))
+            .min_by_key(|(i, d)| (std::cmp::Reverse(d.info.created.clone()), *i))
+            .map_or(0, |(i, _)| i);
         let plan_doses = candidates.iter().filter(|d| whole(d)).count();
         if plan_doses > 1 {
             problems.push(format!(

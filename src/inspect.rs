@@ -17,6 +17,8 @@ pub struct Report<'a> {
     pub objects: &'a [Object],
     pub links: &'a [String],
     pub problems: &'a [String],
+    /// Those of `problems` for which the study is not scored.
+    pub blocking: &'a [String],
     pub dose: &'a crate::rt::dose::DoseInfo,
     pub dose_max_gy: f32,
     pub plan: Option<&'a crate::rt::plan::RtPlan>,
@@ -42,6 +44,7 @@ pub fn report<'a>(study: &'a Study, analysis: &'a Analysis) -> Report<'a> {
         objects: &study.objects,
         links: &study.links,
         problems: &study.problems,
+        blocking: &study.blocking,
         dose: &study.dose.info,
         dose_max_gy: study.dose.max_gy(),
         plan: study.plan.as_ref(),
@@ -247,7 +250,11 @@ pub fn text(study: &Study, a: &Analysis) -> String {
     if !study.problems.is_empty() {
         let _ = writeln!(o, "\nProblems");
         for p in &study.problems {
-            let _ = writeln!(o, "  {p}");
+            if study.blocking.contains(p) {
+                let _ = writeln!(o, "  {p} (not scored for this)");
+            } else {
+                let _ = writeln!(o, "  {p}");
+            }
         }
     }
     o

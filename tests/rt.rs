@@ -477,6 +477,22 @@ fn missing_objects_and_frames_of_reference_are_reported() {
     assert!(all.contains("which is not among the input files"), "{all}");
     assert!(all.contains("no RT Plan"), "{all}");
     assert!(all.contains("another frame of reference"), "{all}");
+    // That one, and only that one, stops the study from being scored, and
+    // `inspect` says so.
+    assert_eq!(s.blocking.len(), 1, "{:?}", s.blocking);
+    assert!(s.blocking[0].contains("another frame of reference"));
+    let text = esorisk::inspect::text(&s, &analysis::analyse(&s, &Options::default()));
+    assert!(
+        text.lines()
+            .any(|l| l.contains("another frame of reference")
+                && l.ends_with("(not scored for this)")),
+        "{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("no RT Plan") && !l.contains("not scored")),
+        "{text}"
+    );
     let err = study::load(&[tmp.path().join("nothing-here")], &DoseOptions::default())
         .expect_err("no dose");
     assert!(err.to_string().contains("no RT Dose"), "{err}");

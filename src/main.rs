@@ -590,6 +590,21 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     s.bytes as f64 / 1e6,
                     s.last_received_at,
                 );
+                let checked = s
+                    .checked
+                    .as_deref()
+                    .unwrap_or("not looked at since its last instance");
+                let job = match &s.latest_job {
+                    None => String::new(),
+                    Some(j) => match (j.risk, &j.error) {
+                        (Some(r), _) => {
+                            format!("; job {} {} (risk {:.1}%)", j.id, j.state, r * 100.0)
+                        }
+                        (None, Some(e)) => format!("; job {} {}: {e}", j.id, j.state),
+                        (None, None) => format!("; job {} {}", j.id, j.state),
+                    },
+                };
+                println!("    scoring: {checked}{job}");
             }
             index.close().await;
         }

@@ -462,6 +462,23 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
         jobs.contains("succeeded") && jobs.contains("risk"),
         "{jobs}"
     );
+    // `esorisk studies` says where the study stands: looked at since its
+    // last instance (the echoes above), and its job.
+    let listing = on_node(&node, &["studies"]);
+    assert!(
+        listing.contains("scoring: unchanged: job 1 (succeeded)")
+            && listing.contains("; job 1 succeeded (risk "),
+        "{listing}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&on_node(&node, &["studies", "--json"])).expect("JSON");
+    assert_eq!(v[0]["latest_job"]["state"], "succeeded", "{v}");
+    assert!(
+        v[0]["checked"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("unchanged: job 1")),
+        "{v}"
+    );
     let v: serde_json::Value =
         serde_json::from_str(&on_node(&node, &["jobs", "--json"])).expect("JSON");
     assert_eq!(v["jobs"][0]["state"], "succeeded", "{v}");

@@ -203,6 +203,7 @@ fn echo_and_every_transfer_syntax_stored_byte_for_byte() {
     assert!(listing.contains(&u.study), "{listing}");
     assert!(listing.contains("CT,RTDOSE,RTPLAN,RTSTRUCT"), "{listing}");
     assert!(listing.contains("instances 4"), "{listing}");
+    assert!(listing.contains("    scoring: "), "{listing}");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
         .args(["studies", "--json"])
         .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
@@ -212,6 +213,7 @@ fn echo_and_every_transfer_syntax_stored_byte_for_byte() {
     assert_eq!(v[0]["study_instance_uid"], u.study.as_str(), "{v}");
     assert_eq!(v[0]["instances"], 4, "{v}");
     assert_eq!(v[0]["modalities"], "CT,RTDOSE,RTPLAN,RTSTRUCT", "{v}");
+    assert!(v[0]["latest_job"].is_null(), "no job yet: {v}");
 }
 
 #[test]

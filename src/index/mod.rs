@@ -463,8 +463,14 @@ impl Index {
                     (SELECT count(*) FROM series se WHERE se.study_instance_uid = s.study_instance_uid),
                     (SELECT count(*) FROM instances i WHERE i.study_instance_uid = s.study_instance_uid),
                     (SELECT coalesce(sum(size_bytes), 0) FROM instances i
-                     WHERE i.study_instance_uid = s.study_instance_uid)
+                     WHERE i.study_instance_uid = s.study_instance_uid),
+                    (SELECT c.outcome FROM study_checks c
+                     WHERE c.study_instance_uid = s.study_instance_uid
+                       AND c.last_received_at = s.last_received_at),
+                    j.id, j.state, j.risk, j.error
              FROM studies s JOIN patients p ON p.id = s.patient_pk
+             LEFT JOIN jobs j ON j.id =
+                 (SELECT max(id) FROM jobs WHERE study_instance_uid = s.study_instance_uid)
              ORDER BY s.last_received_at DESC",
         )
         .fetch_all(&self.pool)
@@ -483,6 +489,13 @@ impl Index {
                 series: r.get(7),
                 instances: r.get(8),
                 bytes: r.get(9),
+                checked: r.get(10),
+                latest_job: r.get::<Option<i64>, _>(11).map(|id| JobSummary {
+                    id,
+                    state: r.get(12),
+                    risk: r.get(13),
+                    error: r.get(14),
+                }),
             })
             .collect())
     }
@@ -506,6 +519,22 @@ pub struct StudySummary {
     pub series: i64,
     pub instances: i64,
     pub bytes: i64,
+    /// What the scoring pipeline concluded about the study as it is now
+    /// (`queued job N`, `incomplete: no RTSTRUCT`, …); `None` when it has
+    /// not looked at it since its last instance (not yet stable, or the
+    /// pipeline is off).
+    pub checked: Option<String>,
+    /// The study's most recent scoring job.
+    pub latest_job: Option<JobSummary>,
+}
+
+/// A job as `esorisk studies` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct JobSummary {
+    pub id: i64,
+    pub state: String,
+    pub risk: Option<f64>,
+    pub error: Option<String>,
 }
 
 /// Commit pending records in groups on the one writer connection. A group

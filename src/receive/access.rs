@@ -38,7 +38,12 @@ impl PeerAccess {
         if self.policy.require_called_ae_title && called_ae_title.trim() != this_ae_title.trim() {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
-        if !valid_ae_title(calling_ae_title) {
+        // The calling AE title names the sender in the index, the logs and
+        // the returned reports, so one that is not text (PS3.5: not all
+        // spaces, no control character, no backslash) is refused even when
+        // any caller is let in. Trailing NULs, which some older peers pad
+        // with, count as padding.
+        if !crate::config::valid_ae_title(calling_ae_title.trim_end_matches('\0')) {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         let callers = &self.policy.allowed_callers;
@@ -51,16 +56,6 @@ impl PeerAccess {
         }
         Ok(())
     }
-}
-
-/// An AE title as PS3.5 allows it: not all spaces, no control character and
-/// no backslash (trailing NULs, which some older peers pad with, are let
-/// through as padding). The calling AE title names the sender in the index,
-/// the logs and the returned reports, so one that is not text is refused
-/// even when any caller is let in.
-fn valid_ae_title(title: &str) -> bool {
-    let title = title.trim_end_matches(['\0', ' ']);
-    !title.trim().is_empty() && !title.chars().any(|c| c.is_control() || c == '\\')
 }
 
 impl AccessControl for PeerAccess {

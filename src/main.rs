@@ -349,15 +349,17 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             let pl = &pipeline_settings.pipeline;
             let tls = esorisk::pipeline::client_tls(&pl.tls, pl.uses_tls())?;
             let node = Node::start(settings).await?;
-            let pipeline = if pipeline_settings.pipeline.enabled {
-                let ctx = esorisk::pipeline::context(
-                    &pipeline_settings,
-                    node.index().pool().clone(),
-                    tls,
-                );
-                Some(esorisk::pipeline::Pipeline::start(ctx).await)
-            } else {
-                None
+            let pool = node.index().pool().clone();
+            let ctx = pipeline_settings
+                .pipeline
+                .enabled
+                .then(|| esorisk::pipeline::context(&pipeline_settings, pool.clone(), tls));
+            if let Err(e) = esorisk::pipeline::record_start(&pool, ctx.as_ref()).await {
+                tracing::error!("cannot record the node's start for esorisk status: {e}");
+            }
+            let pipeline = match ctx {
+                Some(ctx) => Some(esorisk::pipeline::Pipeline::start(ctx).await),
+                None => None,
             };
             // The pipeline stops between the receiver and the index, so
             // that what it finishes during shutdown is still recorded.
@@ -1113,12 +1115,66 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
             ));
         }
     }
+    // What the running node scores with, from the row it wrote at start.
+    let started = sqlx::query(
+        "SELECT pid, started_at, version, pipeline_enabled, model_version, model_error FROM node",
+    )
+    .fetch_optional(pool)
+    .await?
+    .filter(|r| Some(r.get::<i64, _>(0).to_string().as_str()) == doc["node_pid"].as_str());
+    if let Some(r) = started {
+        let enabled: bool = r.get(3);
+        let model: Option<String> = r.get(4);
+        let error: Option<String> = r.get(5);
+        doc["started_at"] = r.get::<String, _>(1).into();
+        doc["node_version"] = r.get::<String, _>(2).into();
+        doc["scoring"] = match (enabled, &model) {
+            (false, _) => "off",
+            (true, Some(_)) => "on",
+            (true, None) => "no model",
+        }
+        .into();
+        if enabled && model.is_none() {
+            let queued = jobs.get("queued").and_then(|n| n.as_i64()).unwrap_or(0);
+            problems.push(format!(
+                "the node scores nothing: no risk model ({}); {queued} job(s) wait queued. Install the model at model.path and restart the node",
+                error.as_deref().unwrap_or("not loaded")
+            ));
+        }
+        if model.is_some() {
+            // Jobs due for this long with a model loaded: the workers are
+            // stuck or far behind, which no other line would show.
+            let waiting = sqlx::query(
+                "SELECT count(*), min(COALESCE(not_before, created_at)) FROM jobs \
+                 WHERE state = 'queued' AND COALESCE(not_before, created_at) <= ?",
+            )
+            .bind(esorisk::index::at_offset(
+                -(STALE_QUEUE_MINUTES as f64) * 60.0,
+            ))
+            .fetch_one(pool)
+            .await?;
+            let n: i64 = waiting.get(0);
+            if n > 0 {
+                problems.push(format!(
+                    "{n} queued job(s) have been due for more than {STALE_QUEUE_MINUTES} minutes (the oldest since {}): the scoring workers are stuck or far behind; see the node's log",
+                    waiting.get::<Option<String>, _>(1).unwrap_or_default()
+                ));
+            }
+        }
+        doc["model"] = model.into();
+        doc["model_error"] = error.into();
+    }
     doc["jobs"] = jobs.into();
     doc["deliveries"] = deliveries.into();
     doc["problems"] = problems.into();
     index.close().await;
     Ok(doc)
 }
+
+/// `esorisk status` calls queued jobs a problem once they have been due
+/// this long: scoring takes seconds, so only stuck or swamped workers leave
+/// a job waiting for minutes.
+const STALE_QUEUE_MINUTES: u64 = 10;
 
 fn print_status(doc: &serde_json::Value) {
     let text = |k: &str| match &doc[k] {
@@ -1127,8 +1183,20 @@ fn print_status(doc: &serde_json::Value) {
         v => v.to_string(),
     };
     match doc["node_pid"].as_str() {
-        Some(pid) => println!("node: running (process {pid})"),
+        Some(pid) => println!(
+            "node: running (process {pid}{})",
+            match doc["started_at"].as_str() {
+                Some(t) => format!(", esorisk {}, since {t}", text("node_version")),
+                None => String::new(),
+            }
+        ),
         None => println!("node: not running"),
+    }
+    match doc["scoring"].as_str() {
+        Some("on") => println!("scoring: model {}", text("model")),
+        Some("off") => println!("scoring: off (pipeline.enabled = false)"),
+        Some(_) => println!("scoring: none, no risk model ({})", text("model_error")),
+        None => {}
     }
     println!(
         "data directory: {} ({} MB free; instances refused below {} MB)",

@@ -493,9 +493,10 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     // `esorisk status`: the running node, and the counts by state.
     let said = on_node(&node, &["status"]);
     assert!(
-        said.contains(&format!("node: running (process {})", node.pid())),
+        said.contains(&format!("node: running (process {}, esorisk ", node.pid())),
         "{said}"
     );
+    assert!(said.contains("scoring: model "), "{said}");
     assert!(
         said.contains("jobs: 0 queued, 0 running, 1 succeeded, 0 failed, 0 dead"),
         "{said}"
@@ -1075,6 +1076,98 @@ fn a_node_stopped_while_scoring_records_the_job() {
         2,
         "queued for the next start"
     );
+}
+
+/// A node started without its model (a wrong `model.path`) queues
+/// studies and scores none: `esorisk status` calls that a problem for as
+/// long as it lasts, and after a restart with the model the queued job is
+/// scored and names that model. Jobs left due for minutes by a hung node
+/// are a problem too.
+#[test]
+fn a_node_without_a_model_is_a_problem_until_it_has_one() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let mut env = node_env(model, rx.port);
+    let with_model = env.clone();
+    for (k, v) in env.iter_mut() {
+        if k == "ESORISK__MODEL__PATH" {
+            *v = tmp.path().join("no-model").display().to_string();
+        }
+    }
+    let mut node = start_node(&env);
+    push(&node, &patient(&tmp.path().join("in"), "37", false));
+    let db = node.db_path();
+    wait_until("the job to be queued", 60, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'queued'") == 1
+    });
+    let check = |node: &TestNode| {
+        Command::new(env!("CARGO_BIN_EXE_esorisk"))
+            .args(["status", "--check"])
+            .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+            .output()
+            .expect("esorisk status")
+    };
+    let said = check(&node);
+    assert!(!said.status.success(), "{}", text(&said));
+    assert!(
+        text(&said).contains("scoring: none, no risk model (")
+            && text(&said).contains("problem: the node scores nothing: no risk model (")
+            && text(&said).contains("no-model")
+            && text(&said).contains("1 job(s) wait queued"),
+        "{}",
+        text(&said)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&on_node(&node, &["status", "--json"])).expect("JSON");
+    assert_eq!(v["scoring"], "no model", "{v}");
+    assert!(v["model"].is_null(), "{v}");
+
+    // Restarted with the model: the job is scored, and says by which model.
+    let data_dir = node.data_dir.clone();
+    assert!(node.terminate());
+    let refs: Vec<(&str, &str)> = with_model
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let mut node = TestNode::start_in(&data_dir, &refs);
+    wait_until("the queued job to be scored", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == 1
+    });
+    let v: serde_json::Value =
+        serde_json::from_str(&on_node(&node, &["status", "--json"])).expect("JSON");
+    assert_eq!(v["scoring"], "on", "{v}");
+    let version = v["model"].as_str().unwrap_or_default().to_string();
+    assert!(!version.is_empty() && version != "none", "{v}");
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+    let scored_by = query(&db, "SELECT model_version FROM jobs")[0][0].clone();
+    assert_eq!(scored_by.as_deref(), Some(version.as_str()));
+
+    // A hung node: a job due for 20 minutes that no worker takes.
+    let stop = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &node.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    };
+    stop("-STOP");
+    execute(
+        &db,
+        "INSERT INTO jobs (study_instance_uid, input_key, input_uids, model_version, state, max_attempts, created_at) \
+         VALUES ('1.2.3', 'stuck', '[]', 'x', 'queued', 3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-20 minutes'))",
+    );
+    let said = check(&node);
+    stop("-CONT");
+    assert!(!said.status.success(), "{}", text(&said));
+    assert!(
+        text(&said).contains(
+            "problem: 1 queued job(s) have been due for more than 10 minutes (the oldest since "
+        ),
+        "{}",
+        text(&said)
+    );
+    assert!(node.terminate());
 }
 
 /// A study whose stored file is gone (removed by hand) is recorded as

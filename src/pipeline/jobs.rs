@@ -108,12 +108,20 @@ pub async fn with_input_key(
 }
 
 /// Claim the oldest due queued job for `worker`, atomically (one UPDATE
-/// with RETURNING: two workers never get the same job).
-pub async fn claim(pool: &SqlitePool, worker: &str, lease_secs: u64) -> sqlx::Result<Option<Job>> {
+/// with RETURNING: two workers never get the same job). The job records
+/// `model_version`, the model that scores it: a job queued by a node
+/// without a model, or before the model was replaced, names the one that
+/// scored it, as its SR does.
+pub async fn claim(
+    pool: &SqlitePool,
+    worker: &str,
+    lease_secs: u64,
+    model_version: &str,
+) -> sqlx::Result<Option<Job>> {
     let n = now();
     let row = sqlx::query(
         "UPDATE jobs SET state = 'running', worker = ?, attempts = attempts + 1, \
-         lease_expires_at = ?, heartbeat_at = ?, started_at = ? \
+         lease_expires_at = ?, heartbeat_at = ?, started_at = ?, model_version = ? \
          WHERE id = (SELECT id FROM jobs WHERE state = 'queued' \
                      AND (not_before IS NULL OR not_before <= ?) ORDER BY id LIMIT 1) \
          RETURNING *",
@@ -122,6 +130,7 @@ pub async fn claim(pool: &SqlitePool, worker: &str, lease_secs: u64) -> sqlx::Re
     .bind(at_offset(lease_secs as f64))
     .bind(&n)
     .bind(&n)
+    .bind(model_version)
     .bind(&n)
     .fetch_optional(pool)
     .await?;

@@ -41,6 +41,8 @@ pub struct Context {
     pub fsync: bool,
     pub model: Option<Arc<RiskModel>>,
     pub model_version: String,
+    /// Why no model was loaded (`model` is `None`).
+    pub model_error: Option<String>,
     /// For destinations over TLS (`pipeline.tls`); `None` when none is.
     pub tls: Option<Arc<rustls::ClientConfig>>,
 }
@@ -69,11 +71,11 @@ pub fn context(
 ) -> Context {
     let model = crate::model::train::device(&settings.model.device)
         .and_then(|dev| RiskModel::load(&settings.model.path, &dev));
-    let model = match model {
-        Ok(m) => Some(Arc::new(m)),
+    let (model, model_error) = match model {
+        Ok(m) => (Some(Arc::new(m)), None),
         Err(e) => {
             warn!("no risk model: {e}");
-            None
+            (None, Some(e))
         }
     };
     let model_version = model
@@ -88,8 +90,31 @@ pub fn context(
         fsync: settings.storage.fsync,
         model,
         model_version,
+        model_error,
         tls,
     }
+}
+
+/// Record what this node started with in the `node` row that `esorisk
+/// status` reads: its process, its version and the model it scores with,
+/// or why it scores nothing (`ctx` is `None` when the pipeline is off).
+/// A node without a model queues every study and scores none; its log
+/// says so once, at start, and the row lets a monitoring check say it for
+/// as long as it lasts.
+pub async fn record_start(pool: &SqlitePool, ctx: Option<&Context>) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT OR REPLACE INTO node (id, pid, started_at, version, pipeline_enabled, model_version, model_error) \
+         VALUES (1, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(std::process::id())
+    .bind(now())
+    .bind(env!("CARGO_PKG_VERSION"))
+    .bind(ctx.is_some())
+    .bind(ctx.and_then(|c| c.model.as_ref().map(|_| c.model_version.clone())))
+    .bind(ctx.and_then(|c| c.model_error.clone()))
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 /// The running pipeline; `stop` ends its tasks.
@@ -350,7 +375,12 @@ fn input_key(model_version: &str, inputs: &[Input]) -> std::io::Result<String> {
 /// A worker thread: claim, score with a heartbeat, record.
 fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, name: String) {
     while !stop.load(Ordering::Relaxed) {
-        let job = match rt.block_on(jobs::claim(&ctx.pool, &name, ctx.settings.lease_seconds)) {
+        let job = match rt.block_on(jobs::claim(
+            &ctx.pool,
+            &name,
+            ctx.settings.lease_seconds,
+            &ctx.model_version,
+        )) {
             Ok(Some(j)) => j,
             Ok(None) => {
                 std::thread::sleep(Duration::from_millis(

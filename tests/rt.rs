@@ -1252,4 +1252,49 @@ fn a_structure_set_the_plan_does_not_name_is_noted_not_used() {
         "{:?}",
         s.problems
     );
+
+    // A plan that names no structure set: of two, which one the dose was
+    // planned on is unknown, and the study is not scored…
+    use dicom_dictionary_std::tags;
+    let plan_path = files
+        .iter()
+        .find(|f| f.ends_with("rtplan.dcm"))
+        .expect("rtplan")
+        .clone();
+    let mut plan = dicom_object::open_file(&plan_path).expect("open");
+    assert!(plan.remove_element(tags::REFERENCED_STRUCTURE_SET_SEQUENCE));
+    plan.write_to_file(&plan_path).expect("write");
+    let s = study::load(&files, &DoseOptions::default()).expect("load");
+    assert!(s.structures.is_none());
+    let blocking = s.blocking_problem().unwrap_or_default();
+    assert!(
+        blocking.contains("2 RT Structure Sets (")
+            && blocking.contains("the RT Plan references none of them")
+            && blocking.contains(&new_uid)
+            && blocking.contains(&original),
+        "{blocking}"
+    );
+    // …unless the other one is esorisk's own output (a returned learned ROI
+    // among the files), which is no candidate.
+    for (tag, vr) in [
+        (tags::MANUFACTURER, dicom_core::VR::LO),
+        (tags::MANUFACTURER_MODEL_NAME, dicom_core::VR::LO),
+    ] {
+        put_text(&mut edited, tag, vr, "esorisk");
+    }
+    edited.write_to_file(&files[0]).expect("write");
+    let s = study::load(&files, &DoseOptions::default()).expect("load");
+    assert_eq!(s.blocking_problem(), None, "{:?}", s.problems);
+    assert_eq!(s.structures.expect("structures").sop_instance_uid, original);
+    assert!(
+        s.problems.iter().any(|p| p
+            .contains("written by esorisk (a returned learned ROI) are not inputs")
+            && p.contains(&new_uid)),
+        "{:?}",
+        s.problems
+    );
+    // Alone, it is what there is (`inspect` shows a returned ROI this way).
+    let alone: Vec<std::path::PathBuf> = files.into_iter().filter(|f| *f != ss_path).collect();
+    let s = study::load(&alone, &DoseOptions::default()).expect("load");
+    assert_eq!(s.structures.expect("structures").sop_instance_uid, new_uid);
 }

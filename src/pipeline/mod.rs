@@ -471,20 +471,10 @@ fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, na
 /// are read. A file that cannot be read is not taken for one; reading it
 /// for the job key says what is wrong with it.
 fn written_by_esorisk(path: &Path) -> bool {
-    use dicom_dictionary_std::tags;
     OpenFileOptions::new()
         .read_until(dicom_core::Tag(0x0008, 0x1091))
         .open_file(path)
-        .is_ok_and(|o| {
-            let text = |tag| {
-                o.element(tag)
-                    .ok()
-                    .and_then(|e| e.to_str().ok())
-                    .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-            };
-            text(tags::MANUFACTURER).as_deref() == Some("esorisk")
-                && text(tags::MANUFACTURER_MODEL_NAME).as_deref() == Some("esorisk")
-        })
+        .is_ok_and(|o| crate::rt::attr::written_by_esorisk(&o))
 }
 
 /// Open a file without its pixel data (enough for references).

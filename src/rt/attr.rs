@@ -88,3 +88,13 @@ pub fn date_time(obj: &InMemDicomObject, date: Tag, time: Tag) -> Option<String>
         .collect();
     Some(format!("{d}{t:0<6}"))
 }
+
+/// Whether esorisk wrote the object (its returned RT Structure Set, say):
+/// Manufacturer and Manufacturer's Model Name are both "esorisk", as the
+/// outputs set them. Such an object is never an input to scoring: a PACS
+/// that forwards whole studies sends the returned ROI back.
+pub fn written_by_esorisk(obj: &InMemDicomObject) -> bool {
+    use dicom_dictionary_std::tags;
+    string(obj, tags::MANUFACTURER).as_deref() == Some("esorisk")
+        && string(obj, tags::MANUFACTURER_MODEL_NAME).as_deref() == Some("esorisk")
+}

@@ -54,6 +54,9 @@ pub struct StructureSet {
     /// SOP Instance UIDs of the images the contours were drawn on.
     pub contour_image_uids: Vec<String>,
     pub rois: Vec<Roi>,
+    /// esorisk's own output (a returned learned ROI), not a planning
+    /// structure set.
+    pub written_by_esorisk: bool,
 }
 
 pub fn read(path: &Path) -> Result<StructureSet, RtError> {
@@ -184,6 +187,7 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> Result<StructureS
         frame_of_reference_uids,
         contour_image_uids,
         rois,
+        written_by_esorisk: attr::written_by_esorisk(obj),
     })
 }
 

@@ -366,21 +366,48 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             if let Some(u) = &wanted {
                 problems.push(format!("the RT Plan refers to RT Structure Set {u}, which is not among the input files"));
             }
+            // esorisk's own structure sets (a returned learned ROI among
+            // the files) are no candidates while a planning one is there.
+            let planning: Vec<usize> = (0..structure_sets.len())
+                .filter(|&i| !structure_sets[i].written_by_esorisk)
+                .collect();
+            let uids = |sets: &[StructureSet]| {
+                sets.iter()
+                    .map(|s| s.sop_instance_uid.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
             if structure_sets.len() == 1 {
                 links.push(format!(
                     "RT Structure Set {} is the only one present; used without a reference",
                     structure_sets[0].sop_instance_uid
                 ));
                 structure_sets.pop()
+            } else if let [i] = planning[..] {
+                let chosen = structure_sets.swap_remove(i);
+                links.push(format!(
+                    "RT Structure Set {} is the only one not written by esorisk; used without a reference",
+                    chosen.sop_instance_uid
+                ));
+                problems.push(format!(
+                    "RT Structure Set(s) written by esorisk (a returned learned ROI) are not inputs: {}",
+                    uids(&structure_sets)
+                ));
+                Some(chosen)
             } else {
-                problems.push(if structure_sets.is_empty() {
-                    "no RT Structure Set: no organ can be analysed".to_string()
-                } else {
-                    format!(
-                        "{} RT Structure Sets and none referenced by the plan",
-                        structure_sets.len()
-                    )
-                });
+                block(
+                    &mut problems,
+                    &mut blocking,
+                    if structure_sets.is_empty() {
+                        "no RT Structure Set: no organ can be analysed".to_string()
+                    } else {
+                        format!(
+                            "{} RT Structure Sets ({}) and the RT Plan references none of them, so which one the dose was planned on is unknown; send only that one",
+                            structure_sets.len(),
+                            uids(&structure_sets)
+                        )
+                    },
+                );
                 None
             }
         }

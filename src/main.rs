@@ -39,6 +39,15 @@ enum Command {
     },
     /// List the studies received, newest first.
     Studies {
+        /// Only this patient's studies (Patient ID, exactly).
+        #[arg(long)]
+        patient: Option<String>,
+        /// Only this study (Study Instance UID).
+        #[arg(long)]
+        study: Option<String>,
+        /// At most this many studies, the newest; 0: all.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
         /// One JSON document (for scripts and monitoring).
         #[arg(long)]
         json: bool,
@@ -561,16 +570,28 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 return Err(format!("{problems} problems (see esorisk status)").into());
             }
         }
-        Command::Studies { json } => {
+        Command::Studies {
+            patient,
+            study,
+            limit,
+            json,
+        } => {
             let index = Index::open(&settings.database_path()).await?;
-            let studies = index.studies().await?;
+            let filter = esorisk::index::StudyFilter {
+                patient_id: patient,
+                study_instance_uid: study,
+            };
+            let filtered = filter.patient_id.is_some() || filter.study_instance_uid.is_some();
+            let (studies, total) = index.studies(&filter, limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&studies)?);
                 index.close().await;
                 return Ok(());
             }
-            if studies.is_empty() {
-                println!("no studies received");
+            match (studies.is_empty(), filtered) {
+                (true, true) => println!("no study matches"),
+                (true, false) => println!("no studies received"),
+                _ => {}
             }
             for s in &studies {
                 println!(
@@ -607,6 +628,12 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     },
                 };
                 println!("    scoring: {checked}{job}");
+            }
+            if total > studies.len() as i64 {
+                println!(
+                    "… {} more (older); --limit 0 lists all",
+                    total - studies.len() as i64
+                );
             }
             index.close().await;
         }

@@ -283,6 +283,42 @@ fn ct_series_and_several_senders_at_once() {
         ) == 9
     });
     assert!(!node.log().contains("not indexed"), "{}", node.log());
+
+    // `esorisk studies` lists the newest, or those of one patient or study.
+    let studies_cmd = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
+            .arg("studies")
+            .args(args)
+            .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+            .output()
+            .expect("studies");
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    let listed = |listing: &str| listing.lines().filter(|l| l.contains("  patient ")).count();
+    let newest = studies_cmd(&["--limit", "3"]);
+    assert_eq!(listed(&newest), 3, "{newest}");
+    assert!(
+        newest.contains("… 6 more (older); --limit 0 lists all"),
+        "{newest}"
+    );
+    assert_eq!(listed(&studies_cmd(&[])), 9);
+    let one = common::uids(&studies[2][0]).study;
+    let patient = query(
+        &node.db_path(),
+        &format!(
+            "SELECT p.patient_id FROM studies s JOIN patients p ON p.id = s.patient_pk \
+             WHERE s.study_instance_uid = '{one}'"
+        ),
+    )[0][0]
+        .clone()
+        .unwrap_or_default();
+    for args in [["--study", one.as_str()], ["--patient", patient.as_str()]] {
+        let listing = studies_cmd(&args);
+        assert_eq!(listed(&listing), 1, "{args:?}: {listing}");
+        assert!(listing.contains(&one), "{listing}");
+    }
+    assert!(studies_cmd(&["--patient", "NOBODY"]).contains("no study matches"));
 }
 
 fn rt_dose_file(dir: &Path) -> PathBuf {

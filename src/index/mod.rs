@@ -452,9 +452,25 @@ impl Index {
         Ok(())
     }
 
-    /// Study overview for `esorisk studies`, newest first.
-    pub async fn studies(&self) -> Result<Vec<StudySummary>, IndexError> {
-        let rows = sqlx::query(
+    /// Study overview for `esorisk studies`: the studies that match
+    /// `filter`, newest first, at most `limit` of them (0: all), and how
+    /// many match.
+    pub async fn studies(
+        &self,
+        filter: &StudyFilter,
+        limit: i64,
+    ) -> Result<(Vec<StudySummary>, i64), IndexError> {
+        const MATCHES: &str =
+            "(?1 IS NULL OR p.patient_id = ?1) AND (?2 IS NULL OR s.study_instance_uid = ?2)";
+        let total: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM studies s JOIN patients p ON p.id = s.patient_pk WHERE {MATCHES}"
+        )))
+        .bind(&filter.patient_id)
+        .bind(&filter.study_instance_uid)
+        .fetch_one(&self.pool)
+        .await
+        .context(DbSnafu)?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT s.study_instance_uid, p.patient_id, p.patient_name, s.study_date,
                     s.description, s.last_received_at,
                     (SELECT group_concat(m, ',') FROM
@@ -471,12 +487,16 @@ impl Index {
              FROM studies s JOIN patients p ON p.id = s.patient_pk
              LEFT JOIN jobs j ON j.id =
                  (SELECT max(id) FROM jobs WHERE study_instance_uid = s.study_instance_uid)
-             ORDER BY s.last_received_at DESC",
-        )
+             WHERE {MATCHES}
+             ORDER BY s.last_received_at DESC LIMIT ?3",
+        )))
+        .bind(&filter.patient_id)
+        .bind(&filter.study_instance_uid)
+        .bind(if limit > 0 { limit } else { -1 })
         .fetch_all(&self.pool)
         .await
         .context(DbSnafu)?;
-        Ok(rows
+        let studies = rows
             .iter()
             .map(|r| StudySummary {
                 study_instance_uid: r.get(0),
@@ -497,13 +517,21 @@ impl Index {
                     error: r.get(14),
                 }),
             })
-            .collect())
+            .collect();
+        Ok((studies, total))
     }
 
     /// Flush and close every connection.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Which studies `esorisk studies` lists (`None`: any).
+#[derive(Debug, Clone, Default)]
+pub struct StudyFilter {
+    pub patient_id: Option<String>,
+    pub study_instance_uid: Option<String>,
 }
 
 /// One row of `esorisk studies`.

@@ -1293,6 +1293,20 @@ fn a_structure_set_the_plan_does_not_name_is_noted_not_used() {
         "{:?}",
         s.problems
     );
+    // A copy of the planning structure set (the same export twice) is the
+    // same instance, read once: still no choice to make.
+    let copy = ss_path.with_file_name("z-copy-of-rtstruct.dcm");
+    std::fs::copy(&ss_path, &copy).expect("copy");
+    let with_copy: Vec<std::path::PathBuf> = files.iter().cloned().chain([copy]).collect();
+    let s = study::load(&with_copy, &DoseOptions::default()).expect("load");
+    assert_eq!(s.blocking_problem(), None, "{:?}", s.problems);
+    assert!(
+        s.problems.iter().any(|p| p
+            .contains("1 file(s) hold an instance already read, and were skipped")
+            && p.contains("z-copy-of-rtstruct.dcm")),
+        "{:?}",
+        s.problems
+    );
     // Alone, it is what there is (`inspect` shows a returned ROI this way).
     let alone: Vec<std::path::PathBuf> = files.into_iter().filter(|f| *f != ss_path).collect();
     let s = study::load(&alone, &DoseOptions::default()).expect("load");

@@ -90,6 +90,8 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
     // Each Patient ID with the kinds of object that carry it.
     let mut patients: Vec<(String, Vec<&'static str>)> = Vec::new();
     let mut unreadable = Vec::new();
+    let mut copies = Vec::new();
+    let mut seen: std::collections::HashMap<String, PathBuf> = Default::default();
     for f in &files {
         let obj = match super::open(f) {
             Ok(o) => o,
@@ -102,6 +104,16 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         };
         let class = attr::string(&obj, tags::SOP_CLASS_UID).unwrap_or_default();
         let uid = attr::string(&obj, tags::SOP_INSTANCE_UID).unwrap_or_default();
+        // A copy of an instance (the same export twice in a folder) is read
+        // once; counted twice, it would look like two plans or structure
+        // sets to choose between.
+        if !uid.is_empty() {
+            if let Some(first) = seen.get(&uid) {
+                copies.push(format!("{} (as {})", f.display(), first.display()));
+                continue;
+            }
+            seen.insert(uid.clone(), f.clone());
+        }
         if let Some(s) = attr::string(&obj, tags::STUDY_INSTANCE_UID) {
             if !study_uids.contains(&s) {
                 study_uids.push(s);
@@ -167,6 +179,13 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             "{} file(s) could not be read as DICOM: {}",
             unreadable.len(),
             unreadable.join(", ")
+        ));
+    }
+    if !copies.is_empty() {
+        problems.push(format!(
+            "{} file(s) hold an instance already read, and were skipped: {}",
+            copies.len(),
+            copies.join(", ")
         ));
     }
     if study_uids.len() > 1 {

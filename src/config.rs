@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use snafu::{ResultExt, Snafu};
 
 /// The embedded default configuration (also the documentation of every key).
@@ -26,7 +26,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub dicom: DicomSettings,
@@ -39,7 +39,7 @@ pub struct Settings {
     pub train: crate::model::train::TrainConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DicomSettings {
     pub ae_title: String,
@@ -54,11 +54,11 @@ pub struct DicomSettings {
     pub allowed_callers: Vec<AllowedCaller>,
     pub tls: TlsSettings,
     /// Fault injection for tests: `panic-reading-data-set`, `panic-in-association`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fault: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowedCaller {
     pub ae_title: String,
@@ -66,7 +66,7 @@ pub struct AllowedCaller {
     pub host: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     pub enabled: bool,
@@ -78,7 +78,7 @@ pub struct TlsSettings {
 }
 
 /// TLS for the deliveries (`[pipeline.tls]`).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTlsSettings {
     pub ca_certificates: PathBuf,
@@ -86,7 +86,7 @@ pub struct ClientTlsSettings {
     pub private_key: PathBuf,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSettings {
     pub data_dir: PathBuf,
@@ -114,20 +114,24 @@ fn sixty() -> u64 {
     60
 }
 
-#[derive(Debug, Clone, Deserialize)]
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     pub shutdown_grace_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSettings {
     pub enabled: bool,
@@ -151,10 +155,10 @@ pub struct PipelineSettings {
     /// How long to wait for a destination's C-STORE response.
     #[serde(default = "sixty")]
     pub delivery_response_seconds: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub hold_claimed_seconds: u64,
     /// Fault injection for tests: `panic-in-scoring`, `panic-in-delivery`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub fault: String,
 }
 
@@ -207,7 +211,7 @@ fn destinations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Destinatio
 }
 
 /// A DICOM peer results are sent to.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Destination {
     pub ae_title: String,
@@ -254,14 +258,14 @@ impl Destination {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSettings {
     pub path: PathBuf,
     pub device: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DosiomicsSettings {
     pub bin_width_gy: f64,
@@ -280,7 +284,7 @@ impl DosiomicsSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoggingSettings {
     pub format: LogFormat,
@@ -311,6 +315,12 @@ impl Settings {
             .context(LoadSnafu)?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The settings as a TOML file that `--config` reads back to the same
+    /// settings (`esorisk settings`): what a site file can start from.
+    pub fn to_toml(&self) -> Result<String, String> {
+        toml::to_string(self).map_err(|e| e.to_string())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -594,6 +604,38 @@ mod tests {
             let err = Settings::load(Some(&path)).expect_err(key);
             assert!(err.to_string().contains(&format!("unknown field `{key}`")), "{err}");
         }
+    }
+
+    /// `esorisk settings` prints a settings file that reads back to the
+    /// same settings, lists and optional keys included.
+    #[test]
+    fn printed_settings_read_back_the_same() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let site = dir.path().join("site.toml");
+        std::fs::write(
+            &site,
+            "[dicom]\nport = 4242\nallowed_callers = [ { ae_title = \"TPS\", host = \"127.0.0.1\" }, { ae_title = \"PACS\" } ]\n\
+             [pipeline]\ndestinations = [ { ae_title = \"TPS\", host = \"tps\", port = 104, objects = [\"rtstruct\"] } ]\n\
+             [train.net]\nwidth = 8\n",
+        )
+        .expect("write");
+        let first = Settings::load(Some(&site)).expect("load");
+        let printed = first.to_toml().expect("toml");
+        assert!(
+            printed.contains("port = 4242") && printed.contains("width = 8"),
+            "{printed}"
+        );
+        assert!(
+            !printed.contains("fault"),
+            "test-only keys stay out: {printed}"
+        );
+        let again = dir.path().join("printed.toml");
+        std::fs::write(&again, &printed).expect("write");
+        let second = Settings::load(Some(&again)).expect("the printed settings load");
+        assert_eq!(second.to_toml().expect("toml"), printed);
+        assert_eq!(second.dicom.allowed_callers.len(), 2);
+        assert_eq!(second.dicom.allowed_callers[1].host, None);
+        assert_eq!(second.pipeline.destinations, first.pipeline.destinations);
     }
 
     #[test]

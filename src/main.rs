@@ -89,7 +89,7 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Print the effective settings (defaults, file and environment merged).
+    /// Print the effective settings (defaults, file and environment merged) as a TOML settings file.
     Settings,
     /// Generate a synthetic lung RT cohort ("phantom hospital") as DICOM,
     /// with labels.csv, cohort.json and the true risk regions.
@@ -638,7 +638,12 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             index.close().await;
         }
         Command::Settings => {
-            println!("{settings:#?}");
+            println!(
+                "# esorisk's effective settings: the embedded defaults, then --config, then\n\
+                 # ESORISK__* variables (config/default.toml documents every key). This is\n\
+                 # a settings file: `esorisk --config FILE` reads it back to the same settings.\n"
+            );
+            print!("{}", settings.to_toml()?);
         }
         Command::Synth {
             out,

@@ -57,6 +57,9 @@ enum Command {
         /// Only jobs in this state: queued, running, succeeded, failed, dead.
         #[arg(long)]
         state: Option<String>,
+        /// Only the jobs of this study (Study Instance UID).
+        #[arg(long)]
+        study: Option<String>,
         /// Then print the job events as they are appended, until Ctrl-C.
         #[arg(long, conflicts_with = "json")]
         follow: bool,
@@ -380,6 +383,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
         }
         Command::Jobs {
             state,
+            study,
             follow,
             limit,
             json,
@@ -387,7 +391,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             use esorisk::pipeline::jobs;
             let index = Index::open(&settings.database_path()).await?;
             let pool = index.pool();
-            let listed = jobs::list(pool, state.as_deref(), limit).await?;
+            let listed = jobs::list(pool, state.as_deref(), study.as_deref(), limit).await?;
             let deliveries = jobs::delivery_summary(pool).await?;
             if json {
                 let doc = serde_json::json!({ "jobs": listed, "deliveries": deliveries });
@@ -433,7 +437,9 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                         .fetch_one(pool)
                         .await?;
                 loop {
-                    for (id, job, at, ev, detail) in jobs::events_after(pool, last).await? {
+                    for (id, job, at, ev, detail) in
+                        jobs::events_after(pool, last, study.as_deref()).await?
+                    {
                         println!(
                             "{at}  job {job:>4}  {ev:<15} {}",
                             detail.unwrap_or_default()

@@ -462,6 +462,10 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
         jobs.contains("succeeded") && jobs.contains("risk"),
         "{jobs}"
     );
+    let of_study = on_node(&node, &["jobs", "--study", &study_uid]);
+    assert!(of_study.contains("job    1  succeeded"), "{of_study}");
+    let of_other = on_node(&node, &["jobs", "--study", "1.2.3"]);
+    assert!(!of_other.contains("job "), "{of_other}");
     // `esorisk studies` says where the study stands: looked at since its
     // last instance (the echoes above), and its job.
     let listing = on_node(&node, &["studies"]);

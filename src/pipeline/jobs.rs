@@ -396,27 +396,38 @@ pub async fn delivery_summary(pool: &SqlitePool) -> sqlx::Result<Vec<DeliverySum
         .collect())
 }
 
-/// Jobs, newest first, optionally of one state.
-pub async fn list(pool: &SqlitePool, state: Option<&str>, limit: i64) -> sqlx::Result<Vec<Job>> {
-    let rows =
-        sqlx::query("SELECT * FROM jobs WHERE (? IS NULL OR state = ?) ORDER BY id DESC LIMIT ?")
-            .bind(state)
-            .bind(state)
-            .bind(limit)
-            .fetch_all(pool)
-            .await?;
+/// Jobs, newest first, optionally of one state or one study.
+pub async fn list(
+    pool: &SqlitePool,
+    state: Option<&str>,
+    study: Option<&str>,
+    limit: i64,
+) -> sqlx::Result<Vec<Job>> {
+    let rows = sqlx::query(
+        "SELECT * FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR study_instance_uid = ?2) \
+         ORDER BY id DESC LIMIT ?3",
+    )
+    .bind(state)
+    .bind(study)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
     Ok(rows.iter().map(job).collect())
 }
 
-/// Events after `after_id`, oldest first: (id, job, at, event, detail).
+/// Events after `after_id`, oldest first, optionally of one study's jobs:
+/// (id, job, at, event, detail).
 pub async fn events_after(
     pool: &SqlitePool,
     after_id: i64,
+    study: Option<&str>,
 ) -> sqlx::Result<Vec<(i64, i64, String, String, Option<String>)>> {
     let rows = sqlx::query(
-        "SELECT id, job_id, at, event, detail FROM job_events WHERE id > ? ORDER BY id",
+        "SELECT e.id, e.job_id, e.at, e.event, e.detail FROM job_events e JOIN jobs j ON j.id = e.job_id \
+         WHERE e.id > ?1 AND (?2 IS NULL OR j.study_instance_uid = ?2) ORDER BY e.id",
     )
     .bind(after_id)
+    .bind(study)
     .fetch_all(pool)
     .await?;
     Ok(rows

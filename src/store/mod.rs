@@ -559,7 +559,20 @@ fn lock_data_dir(data_dir: &Path) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .open(&path)?;
-    match file.try_lock() {
+    // `esorisk status` probes the lock with a shared lock held for a
+    // moment: a node starting in that moment waits it out instead of
+    // taking the probe for another node.
+    let mut attempt = 0;
+    let locked = loop {
+        match file.try_lock() {
+            Err(fs::TryLockError::WouldBlock) if attempt < 20 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => break other,
+        }
+    };
+    match locked {
         Ok(()) => {}
         Err(fs::TryLockError::WouldBlock) => {
             let mut holder = String::new();
@@ -617,6 +630,25 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node starting while `esorisk status` probes the lock waits for
+    /// the probe; a node holding it keeps it.
+    #[test]
+    fn the_status_probe_does_not_keep_a_node_from_starting() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let probe = File::create(dir.path().join("esorisk.lock")).expect("create");
+        probe.lock_shared().expect("shared lock");
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(probe);
+        });
+        let lock = lock_data_dir(dir.path()).expect("locked once the probe is gone");
+        release.join().expect("thread");
+        assert_eq!(holder(dir.path()), Some(std::process::id().to_string()));
+        let err = lock_data_dir(dir.path()).expect_err("held");
+        assert!(err.to_string().contains("another esorisk process"), "{err}");
+        drop(lock);
+    }
 
     fn expected(sop: &str) -> Expected {
         Expected {

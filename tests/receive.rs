@@ -1851,6 +1851,64 @@ fn a_deleted_index_is_rebuilt_from_the_store() {
     assert_eq!(count(&node.db_path(), "SELECT count(*) FROM studies"), 1);
 }
 
+/// The backup of OPERATIONS.md, done while the node runs: the database
+/// with SQLite's online backup, then the files. Restored into an empty
+/// data directory, the node indexes what arrived between the two copies.
+#[test]
+fn a_backup_taken_while_running_restores_every_instance() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data_dir = tmp.path().join("var");
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    let first = push_study(&node, &tmp.path().join("a"), 2, 62);
+    let backup = tmp.path().join("backup");
+    std::fs::create_dir_all(&backup).expect("dir");
+    let out = std::process::Command::new("sqlite3")
+        .arg(node.db_path())
+        .arg(format!(".backup '{}'", backup.join("esorisk.db").display()))
+        .output()
+        .expect("sqlite3 (run scripts/test to install it)");
+    assert!(out.status.success(), "{}", text(&out));
+    let second = push_study(&node, &tmp.path().join("b"), 2, 63);
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(data_dir.join("store"))
+        .arg(&backup)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    assert!(node.terminate());
+
+    let restored = tmp.path().join("restored");
+    std::fs::rename(&backup, &restored).expect("restore");
+    let node = TestNode::start_in(&restored, &[]);
+    node.assert_logged(&["no record of a clean shutdown; reconciling"]);
+    let db = node.db_path();
+    assert_eq!(count(&db, "SELECT count(*) FROM studies"), 2);
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM instances"),
+        (first.len() + second.len()) as i64
+    );
+    for f in first.iter().chain(&second) {
+        let u = uids(f);
+        assert_eq!(
+            data_set(&node.store_path(&u.study, &u.series, &u.sop)),
+            data_set(f),
+            "{}",
+            f.display()
+        );
+    }
+    // What the database copy knew keeps its arrival record; the rest is
+    // indexed without the association's calling AE.
+    let first_ae = query(
+        &db,
+        &format!(
+            "SELECT calling_ae FROM instances WHERE sop_instance_uid = '{}'",
+            uids(&first[0]).sop
+        ),
+    );
+    assert_eq!(first_ae[0][0].as_deref(), Some("STORESCU"), "{first_ae:?}");
+}
+
 /// Damaged sessions: a recorded-style session (association request, C-ECHO,
 /// two C-STOREs, release) is mutated 400 times with a fixed seed — bits
 /// flipped, lengths and values overwritten, PDUs dropped, doubled, swapped

@@ -51,6 +51,8 @@ pub struct DicomSettings {
     pub read_timeout_secs: u64,
     pub write_timeout_secs: u64,
     pub accept_encapsulated: bool,
+    /// Tables, or in the environment `AE[@host][,…]`.
+    #[serde(deserialize_with = "tables_or_string")]
     pub allowed_callers: Vec<AllowedCaller>,
     pub tls: TlsSettings,
     /// Fault injection for tests: `panic-reading-data-set`, `panic-in-association`.
@@ -142,7 +144,8 @@ pub struct PipelineSettings {
     pub max_attempts: u32,
     pub retry_base_seconds: u64,
     pub not_scored_sr: bool,
-    #[serde(deserialize_with = "destinations")]
+    /// Tables, or in the environment `AE@host:port[+tls][,…]`.
+    #[serde(deserialize_with = "tables_or_string")]
     pub destinations: Vec<Destination>,
     pub send_back_port: u16,
     /// Send back over TLS (with `pipeline.tls`).
@@ -169,17 +172,25 @@ impl PipelineSettings {
     }
 }
 
-/// Destinations as TOML tables, or (handy in the environment) a string
-/// `AE@host:port[+tls][,AE@host:port[+tls]…]`.
-/// A visitor rather than an untagged enum, so that a misspelt key in a
-/// table is reported as such, not as "no variant matched".
-fn destinations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Destination>, D::Error> {
-    struct Form;
-    impl<'de> serde::de::Visitor<'de> for Form {
-        type Value = Vec<Destination>;
+/// An entry of a list setting that the environment can give as one
+/// string of comma-separated entries.
+trait Entry: Sized + serde::de::DeserializeOwned {
+    /// The string form, for the error message.
+    const FORM: &'static str;
+    fn from_entry(s: &str) -> Option<Self>;
+}
+
+/// A list setting as TOML tables, or (handy in the environment) one string
+/// `entry[,entry…]`. A visitor rather than an untagged enum, so that a
+/// misspelt key in a table is reported as such, not as "no variant
+/// matched".
+fn tables_or_string<'de, D: serde::Deserializer<'de>, T: Entry>(d: D) -> Result<Vec<T>, D::Error> {
+    struct Form<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Entry> serde::de::Visitor<'de> for Form<T> {
+        type Value = Vec<T>;
 
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a list of destination tables, or \"AE@host:port[+tls],…\"")
+            write!(f, "a list of tables, or \"{},…\"", T::FORM)
         }
 
         fn visit_str<E: serde::de::Error>(self, t: &str) -> Result<Self::Value, E> {
@@ -187,11 +198,8 @@ fn destinations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Destinatio
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(|s| {
-                    Destination::parse(s).ok_or_else(|| {
-                        E::custom(format!(
-                            "destination {s:?}: expected AE@host:port or AE@host:port+tls"
-                        ))
-                    })
+                    T::from_entry(s)
+                        .ok_or_else(|| E::custom(format!("{s:?}: expected {}", T::FORM)))
                 })
                 .collect()
         }
@@ -201,13 +209,34 @@ fn destinations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Destinatio
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
-            while let Some(d) = seq.next_element::<Destination>()? {
+            while let Some(d) = seq.next_element::<T>()? {
                 out.push(d);
             }
             Ok(out)
         }
     }
-    d.deserialize_any(Form)
+    d.deserialize_any(Form(std::marker::PhantomData))
+}
+
+impl Entry for Destination {
+    const FORM: &'static str = "AE@host:port or AE@host:port+tls";
+    fn from_entry(s: &str) -> Option<Self> {
+        Destination::parse(s)
+    }
+}
+
+impl Entry for AllowedCaller {
+    const FORM: &'static str = "AE or AE@host";
+    fn from_entry(s: &str) -> Option<Self> {
+        let (ae, host) = match s.rsplit_once('@') {
+            Some((ae, host)) => (ae, Some(host.to_string())),
+            None => (s, None),
+        };
+        Some(AllowedCaller {
+            ae_title: ae.to_string(),
+            host,
+        })
+    }
 }
 
 /// A DICOM peer results are sent to.
@@ -604,6 +633,34 @@ mod tests {
             let err = Settings::load(Some(&path)).expect_err(key);
             assert!(err.to_string().contains(&format!("unknown field `{key}`")), "{err}");
         }
+    }
+
+    /// Allowed callers and destinations as one string, the form the
+    /// environment gives (`ESORISK__DICOM__ALLOWED_CALLERS=TPS,PACS@host`).
+    #[test]
+    fn list_settings_read_from_one_string() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("site.toml");
+        std::fs::write(
+            &path,
+            "[dicom]\nallowed_callers = \"TPS, PACS@127.0.0.1\"\n[pipeline]\ndestinations = \"TPS@tps:104\"\n",
+        )
+        .expect("write");
+        let s = Settings::load(Some(&path)).expect("load");
+        let callers: Vec<(&str, Option<&str>)> = s
+            .dicom
+            .allowed_callers
+            .iter()
+            .map(|c| (c.ae_title.as_str(), c.host.as_deref()))
+            .collect();
+        assert_eq!(callers, [("TPS", None), ("PACS", Some("127.0.0.1"))]);
+        assert_eq!(s.pipeline.destinations[0].key(), "TPS@tps:104");
+        std::fs::write(&path, "[pipeline]\ndestinations = \"TPS\"\n").expect("write");
+        let err = Settings::load(Some(&path)).expect_err("no host");
+        assert!(
+            err.to_string().contains("\"TPS\": expected AE@host:port"),
+            "{err}"
+        );
     }
 
     /// `esorisk settings` prints a settings file that reads back to the

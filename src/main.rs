@@ -73,7 +73,12 @@ enum Command {
     },
     /// Queue a dead or failed job again (its dead deliveries too), or send
     /// a succeeded job's dead deliveries again.
-    Retry { job: i64 },
+    Retry {
+        job: i64,
+        /// Also send again what was sent (a destination that lost it).
+        #[arg(long)]
+        resend: bool,
+    },
     /// Check that destinations answer: associate as the node would (over
     /// TLS where marked) and send a C-ECHO. Without arguments, every
     /// configured destination (`pipeline.destinations`).
@@ -454,20 +459,26 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             }
             index.close().await;
         }
-        Command::Retry { job } => {
+        Command::Retry { job, resend } => {
             use esorisk::pipeline::jobs::{retry, Retried};
             let index = Index::open(&settings.database_path()).await?;
-            let done = retry(index.pool(), job).await;
+            let done = retry(index.pool(), job, resend).await;
             index.close().await;
             match done? {
                 Retried::Job => println!("job {job} queued again"),
-                Retried::Deliveries(n) => {
-                    println!("job {job}: {n} dead deliveries queued again")
-                }
+                Retried::Deliveries(n) => println!(
+                    "job {job}: {n} {}deliveries queued again",
+                    if resend { "" } else { "dead " }
+                ),
                 Retried::Nothing => {
                     return Err(format!(
-                    "job {job} is not dead or failed and has no dead delivery (see esorisk jobs)"
-                )
+                        "job {job} is not dead or failed and has no {} (see esorisk jobs)",
+                        if resend {
+                            "delivery"
+                        } else {
+                            "dead delivery; --resend sends what was sent again"
+                        }
+                    )
                     .into())
                 }
             }

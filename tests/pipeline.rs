@@ -516,6 +516,31 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     assert_eq!(v["studies"], 1, "{v}");
     assert_eq!(v["jobs"]["succeeded"], 1, "{v}");
     assert!(v["free_mb"].as_u64().is_some_and(|mb| mb > 0), "{v}");
+    // The planning system lost the import: `retry` has nothing dead to
+    // send and says so; `retry --resend` sends both results again.
+    let nothing = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["retry", "1"])
+        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+        .output()
+        .expect("esorisk retry");
+    assert!(!nothing.status.success());
+    assert!(
+        text(&nothing).contains("--resend sends what was sent again"),
+        "{}",
+        text(&nothing)
+    );
+    let said = on_node(&node, &["retry", "1", "--resend"]);
+    assert!(said.contains("job 1: 2 deliveries queued again"), "{said}");
+    wait_until("the results sent again", 60, || {
+        count(
+            &db,
+            "SELECT count(*) FROM job_events WHERE job_id = 1 AND event = 'sent'",
+        ) == 4
+    });
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM deliveries WHERE state = 'sent'"),
+        2
+    );
     // A replaced input (the planner re-sends the dose, rescaled) is scored
     // again, and the new SR names the first one as its predecessor.
     let first_sr = common::uids(&sr).sop;

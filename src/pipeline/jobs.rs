@@ -322,7 +322,8 @@ pub async fn void_leases(pool: &SqlitePool) -> sqlx::Result<()> {
 pub enum Retried {
     /// A dead or failed job queued again (its dead deliveries too).
     Job,
-    /// A succeeded job's dead deliveries given another round.
+    /// A succeeded job's dead (with `resend`: and sent) deliveries given
+    /// another round.
     Deliveries(u64),
     /// Nothing to retry.
     Nothing,
@@ -330,8 +331,9 @@ pub enum Retried {
 
 /// `esorisk retry`: requeue a dead or failed job, or send a succeeded
 /// job's dead deliveries again (a destination that was down for long, or
-/// that now accepts a SOP class it refused).
-pub async fn retry(pool: &SqlitePool, id: i64) -> sqlx::Result<Retried> {
+/// that now accepts a SOP class it refused); with `resend`, its sent
+/// deliveries too (a planning system that lost the import).
+pub async fn retry(pool: &SqlitePool, id: i64, resend: bool) -> sqlx::Result<Retried> {
     let r = sqlx::query(
         "UPDATE jobs SET state = 'queued', attempts = 0, not_before = NULL, error = NULL, worker = NULL \
          WHERE id = ? AND state IN ('dead', 'failed')",
@@ -341,11 +343,12 @@ pub async fn retry(pool: &SqlitePool, id: i64) -> sqlx::Result<Retried> {
     .await?;
     let requeued = r.rows_affected() == 1;
     let d = sqlx::query(
-        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ? \
-         WHERE job_id = ? AND state = 'dead'",
+        "UPDATE deliveries SET state = 'pending', attempts = 0, next_attempt_at = ?1 \
+         WHERE job_id = ?2 AND (state = 'dead' OR (?3 AND state = 'sent'))",
     )
     .bind(now())
     .bind(id)
+    .bind(resend)
     .execute(pool)
     .await?;
     if requeued {
@@ -357,7 +360,10 @@ pub async fn retry(pool: &SqlitePool, id: i64) -> sqlx::Result<Retried> {
             pool,
             id,
             "requeued",
-            &format!("{n} dead deliveries, by esorisk retry"),
+            &match resend {
+                true => format!("{n} deliveries, by esorisk retry --resend"),
+                false => format!("{n} dead deliveries, by esorisk retry"),
+            },
         )
         .await?;
         Ok(Retried::Deliveries(n))

@@ -71,6 +71,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Have the pipeline look at studies again (after installing a new
+    /// model): each is scored again if its inputs or the model differ from
+    /// its last job's.
+    Rescore {
+        /// Study Instance UIDs.
+        #[arg(required = true)]
+        studies: Vec<String>,
+    },
     /// Queue a dead or failed job again (its dead deliveries too), or send
     /// a succeeded job's dead deliveries again.
     Retry {
@@ -481,6 +489,20 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     )
                     .into())
                 }
+            }
+        }
+        Command::Rescore { studies } => {
+            let index = Index::open(&settings.database_path()).await?;
+            let result = esorisk::pipeline::rescore(index.pool(), &studies).await;
+            index.close().await;
+            let unknown = result?;
+            for s in studies.iter().filter(|s| !unknown.contains(s)) {
+                println!(
+                    "study {s}: looked at again at the pipeline's next poll; scored again if its inputs or the model changed since its last job"
+                );
+            }
+            if !unknown.is_empty() {
+                return Err(format!("no such study: {}", unknown.join(", ")).into());
             }
         }
         Command::Echo { destinations } => {

@@ -1199,6 +1199,97 @@ fn a_node_without_a_model_is_a_problem_until_it_has_one() {
     assert!(node.terminate());
 }
 
+/// A new model scores no stored study by itself (no study changed);
+/// `esorisk rescore` has the pipeline look at one again: with the same
+/// model nothing is scored twice, with a new one the study is scored again
+/// and the new SR names the first.
+#[test]
+fn rescore_scores_a_study_again_with_a_new_model() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    // The same network under another name: another model version.
+    let other = tmp.path().join("model-b");
+    std::fs::create_dir_all(&other).expect("dir");
+    for f in std::fs::read_dir(model).expect("model").flatten() {
+        if f.path().is_file() {
+            std::fs::copy(f.path(), other.join(f.file_name())).expect("copy");
+        }
+    }
+    let card = other.join("card.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&card).expect("card")).expect("JSON");
+    v["name"] = "model-b".into();
+    std::fs::write(&card, serde_json::to_vec(&v).expect("JSON")).expect("write");
+
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let env = node_env(model, rx.port);
+    let mut node = start_node(&env);
+    let study = patient(&tmp.path().join("in"), "38", false);
+    push(&node, &study);
+    let db = node.db_path();
+    let uid = common::uids(&study.join("rtdose.dcm")).study;
+    wait_until("job 1", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == 1
+    });
+    let checked = |db: &Path| {
+        query(db, "SELECT outcome FROM study_checks")
+            .first()
+            .and_then(|r| r[0].clone())
+            .unwrap_or_default()
+    };
+    let said = on_node(&node, &["rescore", &uid]);
+    assert!(said.contains("looked at again"), "{said}");
+    wait_until("the study looked at again", 30, || {
+        checked(&db).starts_with("unchanged: job 1")
+    });
+    assert_eq!(count(&db, "SELECT count(*) FROM jobs"), 1);
+
+    let data_dir = node.data_dir.clone();
+    assert!(node.terminate());
+    let env: Vec<(String, String)> = env
+        .into_iter()
+        .map(|(k, v)| match k.as_str() {
+            "ESORISK__MODEL__PATH" => (k, other.display().to_string()),
+            _ => (k, v),
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let mut node = TestNode::start_in(&data_dir, &refs);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count(&db, "SELECT count(*) FROM jobs"),
+        1,
+        "no study changed"
+    );
+    on_node(&node, &["rescore", &uid]);
+    wait_until("job 2", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == 2
+    });
+    let rows = query(
+        &db,
+        "SELECT model_version, predecessor_sr_uid, (SELECT sr_uid FROM jobs WHERE id = 1) FROM jobs WHERE id = 2",
+    );
+    assert!(
+        rows[0][0]
+            .as_deref()
+            .is_some_and(|m| m.starts_with("model-b ")),
+        "{rows:?}"
+    );
+    assert_eq!(rows[0][1], rows[0][2], "the new SR names the first");
+    let unknown = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["rescore", "1.2.3"])
+        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+        .output()
+        .expect("esorisk rescore");
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("no such study: 1.2.3"),
+        "{}",
+        text(&unknown)
+    );
+    assert!(node.terminate());
+}
+
 /// A study whose stored file is gone (removed by hand) is recorded as
 /// such, once: not queued, not looked at again at every poll.
 #[test]

@@ -307,6 +307,30 @@ pub async fn check_studies(ctx: &Context) -> Result<(), String> {
     Ok(())
 }
 
+/// `esorisk rescore`: forget what the watcher concluded about `studies`,
+/// so that it looks at them again (a study is otherwise looked at once
+/// per change, and installing a new model changes no study). Returns the
+/// UIDs that name no stored study.
+pub async fn rescore(pool: &SqlitePool, studies: &[String]) -> sqlx::Result<Vec<String>> {
+    let mut unknown = Vec::new();
+    for s in studies {
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM studies WHERE study_instance_uid = ?")
+                .bind(s)
+                .fetch_optional(pool)
+                .await?;
+        if known.is_none() {
+            unknown.push(s.clone());
+            continue;
+        }
+        sqlx::query("DELETE FROM study_checks WHERE study_instance_uid = ?")
+            .bind(s)
+            .execute(pool)
+            .await?;
+    }
+    Ok(unknown)
+}
+
 /// Queue a job for a complete study's RT inputs (`key` their hash) unless
 /// one has them already; the outcome for `study_checks`.
 async fn queue(ctx: &Context, study: &str, key: &str, rt: &[Input]) -> Result<String, String> {

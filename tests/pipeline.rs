@@ -223,6 +223,19 @@ fn on_node(node: &TestNode, args: &[&str]) -> String {
     )
 }
 
+/// An `esorisk` command on a running node's data directory that must
+/// fail (a monitoring check finding a problem, a refused request): its
+/// output, standard error included.
+fn on_node_fails(node: &TestNode, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(args)
+        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+        .output()
+        .expect("esorisk runs");
+    assert!(!out.status.success(), "esorisk {args:?}: {}", text(&out));
+    text(&out)
+}
+
 /// `esorisk synth` of `patients` hospital-1 patients.
 fn synth_cohort(dir: &Path, patients: u32, seed: u32) {
     let dir = dir.to_str().unwrap_or_default();
@@ -518,16 +531,10 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     assert!(v["free_mb"].as_u64().is_some_and(|mb| mb > 0), "{v}");
     // The planning system lost the import: `retry` has nothing dead to
     // send and says so; `retry --resend` sends both results again.
-    let nothing = Command::new(env!("CARGO_BIN_EXE_esorisk"))
-        .args(["retry", "1"])
-        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
-        .output()
-        .expect("esorisk retry");
-    assert!(!nothing.status.success());
+    let nothing = on_node_fails(&node, &["retry", "1"]);
     assert!(
-        text(&nothing).contains("--resend sends what was sent again"),
-        "{}",
-        text(&nothing)
+        nothing.contains("--resend sends what was sent again"),
+        "{nothing}"
     );
     let said = on_node(&node, &["retry", "1", "--resend"]);
     assert!(said.contains("job 1: 2 deliveries queued again"), "{said}");
@@ -600,17 +607,8 @@ fn a_destination_that_never_answers_ends_as_a_dead_delivery() {
     let jobs = on_node(&node, &["jobs"]);
     assert!(jobs.contains("dead"), "{jobs}");
     // A monitoring check sees them.
-    let check = Command::new(env!("CARGO_BIN_EXE_esorisk"))
-        .args(["status", "--check"])
-        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
-        .output()
-        .expect("esorisk status");
-    assert!(!check.status.success());
-    assert!(
-        text(&check).contains("problem: 2 dead deliveries"),
-        "{}",
-        text(&check)
-    );
+    let check = on_node_fails(&node, &["status", "--check"]);
+    assert!(check.contains("problem: 2 dead deliveries"), "{check}");
 }
 
 /// storescp as a TLS destination that requires a client certificate.
@@ -1130,22 +1128,13 @@ fn a_node_without_a_model_is_a_problem_until_it_has_one() {
     wait_until("the job to be queued", 60, || {
         count(&db, "SELECT count(*) FROM jobs WHERE state = 'queued'") == 1
     });
-    let check = |node: &TestNode| {
-        Command::new(env!("CARGO_BIN_EXE_esorisk"))
-            .args(["status", "--check"])
-            .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
-            .output()
-            .expect("esorisk status")
-    };
-    let said = check(&node);
-    assert!(!said.status.success(), "{}", text(&said));
+    let said = on_node_fails(&node, &["status", "--check"]);
     assert!(
-        text(&said).contains("scoring: none, no risk model (")
-            && text(&said).contains("problem: the node scores nothing: no risk model (")
-            && text(&said).contains("no-model")
-            && text(&said).contains("1 job(s) wait queued"),
-        "{}",
-        text(&said)
+        said.contains("scoring: none, no risk model (")
+            && said.contains("problem: the node scores nothing: no risk model (")
+            && said.contains("no-model")
+            && said.contains("1 job(s) wait queued"),
+        "{said}"
     );
     let v: serde_json::Value =
         serde_json::from_str(&on_node(&node, &["status", "--json"])).expect("JSON");
@@ -1186,15 +1175,13 @@ fn a_node_without_a_model_is_a_problem_until_it_has_one() {
         "INSERT INTO jobs (study_instance_uid, input_key, input_uids, model_version, state, max_attempts, created_at) \
          VALUES ('1.2.3', 'stuck', '[]', 'x', 'queued', 3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-20 minutes'))",
     );
-    let said = check(&node);
+    let said = on_node_fails(&node, &["status", "--check"]);
     stop("-CONT");
-    assert!(!said.status.success(), "{}", text(&said));
     assert!(
-        text(&said).contains(
+        said.contains(
             "problem: 1 queued job(s) have been due for more than 10 minutes (the oldest since "
         ),
-        "{}",
-        text(&said)
+        "{said}"
     );
     assert!(node.terminate());
 }
@@ -1276,17 +1263,8 @@ fn rescore_scores_a_study_again_with_a_new_model() {
         "{rows:?}"
     );
     assert_eq!(rows[0][1], rows[0][2], "the new SR names the first");
-    let unknown = Command::new(env!("CARGO_BIN_EXE_esorisk"))
-        .args(["rescore", "1.2.3"])
-        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
-        .output()
-        .expect("esorisk rescore");
-    assert!(!unknown.status.success());
-    assert!(
-        text(&unknown).contains("no such study: 1.2.3"),
-        "{}",
-        text(&unknown)
-    );
+    let unknown = on_node_fails(&node, &["rescore", "1.2.3"]);
+    assert!(unknown.contains("no such study: 1.2.3"), "{unknown}");
     assert!(node.terminate());
 }
 

@@ -472,6 +472,14 @@ fn missing_objects_and_frames_of_reference_are_reported() {
     write::rt_dose(&h, &grid, &vec![1.0; grid.len()], &enc)
         .write_to_file(dir.join("d.dcm"))
         .expect("dose");
+    // A mistyped path is named.
+    let err = study::load(&[tmp.path().join("no-such-dir")], &DoseOptions::default())
+        .expect_err("missing");
+    assert!(
+        err.to_string()
+            .contains("no-such-dir: no such file or directory"),
+        "{err}"
+    );
     let s = study::load(&[dir], &DoseOptions::default()).expect("load");
     let all = s.problems.join("\n");
     assert!(all.contains("which is not among the input files"), "{all}");
@@ -493,8 +501,9 @@ fn missing_objects_and_frames_of_reference_are_reported() {
             .any(|l| l.contains("no RT Plan") && !l.contains("not scored")),
         "{text}"
     );
-    let err = study::load(&[tmp.path().join("nothing-here")], &DoseOptions::default())
-        .expect_err("no dose");
+    let empty = tmp.path().join("nothing-here");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let err = study::load(&[empty], &DoseOptions::default()).expect_err("no dose");
     assert!(err.to_string().contains("no RT Dose"), "{err}");
 }
 

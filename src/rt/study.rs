@@ -79,6 +79,12 @@ fn walk(p: &Path, out: &mut Vec<PathBuf>) {
 
 /// Find, read and link the RT objects among `inputs`.
 pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError> {
+    // A mistyped path is named, not read as a folder without a dose.
+    if let Some(missing) = inputs.iter().find(|p| !p.exists()) {
+        return Err(RtError::Study {
+            what: format!("{}: no such file or directory", missing.display()),
+        });
+    }
     let files = collect_files(inputs);
     let mut objects = Vec::new();
     let mut doses = Vec::new();

@@ -196,8 +196,17 @@ pub fn text(study: &Study, a: &Analysis) -> String {
     );
     let _ = writeln!(
         o,
-        "  {:<22} {:>8} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8}",
-        "structure", "cm³", "Dmean Gy", "Dmax Gy", "D2cc Gy", "V20 %", "V35 %", "V50 %", "V60 %"
+        "  {:<22} {:>8} {:>14} {:>14} {:>14} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "structure",
+        "cm³",
+        "Dmean Gy",
+        "Dmax Gy",
+        "D2cc Gy",
+        "V20 %",
+        "V35 %",
+        "V50 %",
+        "V60 %",
+        "V70 %"
     );
     for s in &a.structures {
         let p = &s.physical;
@@ -208,7 +217,7 @@ pub fn text(study: &Study, a: &Analysis) -> String {
         };
         let _ = writeln!(
             o,
-            "  {:<22} {:>8.2} {:>14} {:>14} {:>14} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
+            "  {:<22} {:>8.2} {:>14} {:>14} {:>14} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1}",
             format!(
                 "{} ({})",
                 s.organ.map(|o| o.label()).unwrap_or("ROI"),
@@ -221,7 +230,8 @@ pub fn text(study: &Study, a: &Analysis) -> String {
             p.v20_pct,
             p.v35_pct,
             p.v50_pct,
-            p.v60_pct
+            p.v60_pct,
+            p.v70_pct
         );
         if p.outside_dose_grid_cc > 0.005 {
             let _ = writeln!(

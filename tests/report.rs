@@ -214,6 +214,7 @@ fn returned_objects_validate_and_read_back() {
         esophagus_v35_pct: Some(31.5),
         esophagus_v50_pct: Some(12.25),
         esophagus_v60_pct: Some(0.0),
+        esophagus_v70_pct: Some(0.0),
         roi_volume_cc: Some(4.321),
         roi_mean_gy: Some(41.75),
         features: vec![
@@ -241,6 +242,7 @@ fn returned_objects_validate_and_read_back() {
         "Esophagus",
         CODING_SCHEME,
         "23.45678",
+        "(ESR0016,99ESORISK,\"Esophagus V70Gy\")=\"0\"",
         "glcm_joint_entropy = 5.4321",
         "Research result from a model trained on synthetic data",
         "(ESR0001,99ESORISK,\"Probability of grade >= 2 radiation esophagitis\")=\"0.2345\"",

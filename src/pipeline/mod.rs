@@ -603,6 +603,7 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
         esophagus_v35_pct: eso.map(|s| s.physical.v35_pct),
         esophagus_v50_pct: eso.map(|s| s.physical.v50_pct),
         esophagus_v60_pct: eso.map(|s| s.physical.v60_pct),
+        esophagus_v70_pct: eso.map(|s| s.physical.v70_pct),
         roi_volume_cc: Some(score.roi_volume_cc),
         roi_mean_gy: score.roi_mean_gy,
         features: score

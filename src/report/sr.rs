@@ -86,10 +86,12 @@ pub const NOT_SCORED: Code = Code("ESR0003", CODING_SCHEME, "Reason the study wa
 pub const INPUT_NOTE: Code = Code("ESR0004", CODING_SCHEME, "Note on the inputs");
 /// Mean dose to the whole esophagus (Gy).
 pub const ESOPHAGUS_DMEAN: Code = Code("ESR0010", CODING_SCHEME, "Esophagus mean dose");
-/// Percent of the esophagus volume receiving at least 35, 50, 60 Gy.
+/// Percent of the esophagus volume receiving at least 35, 50, 60, 70 Gy
+/// (QUANTEC's V35, V50 and V70, and the meta-analysis' V60).
 pub const ESOPHAGUS_V35: Code = Code("ESR0011", CODING_SCHEME, "Esophagus V35Gy");
 pub const ESOPHAGUS_V50: Code = Code("ESR0012", CODING_SCHEME, "Esophagus V50Gy");
 pub const ESOPHAGUS_V60: Code = Code("ESR0013", CODING_SCHEME, "Esophagus V60Gy");
+pub const ESOPHAGUS_V70: Code = Code("ESR0016", CODING_SCHEME, "Esophagus V70Gy");
 /// Volume of the learned ROI (cm³).
 pub const ROI_VOLUME: Code = Code("ESR0014", CODING_SCHEME, "Learned ROI volume");
 /// Mean dose to the learned ROI (Gy).
@@ -140,6 +142,7 @@ pub struct RiskReport {
     pub esophagus_v35_pct: Option<f64>,
     pub esophagus_v50_pct: Option<f64>,
     pub esophagus_v60_pct: Option<f64>,
+    pub esophagus_v70_pct: Option<f64>,
     pub roi_volume_cc: Option<f64>,
     pub roi_mean_gy: Option<f64>,
     /// The model's most influential features, in order: (name, value).
@@ -174,6 +177,7 @@ pub fn risk_sr(
         (ESOPHAGUS_V35, result.esophagus_v35_pct, PERCENT),
         (ESOPHAGUS_V50, result.esophagus_v50_pct, PERCENT),
         (ESOPHAGUS_V60, result.esophagus_v60_pct, PERCENT),
+        (ESOPHAGUS_V70, result.esophagus_v70_pct, PERCENT),
         (ROI_VOLUME, result.roi_volume_cc, CUBIC_CM),
         (ROI_DMEAN, result.roi_mean_gy, GRAY),
     ];
@@ -495,6 +499,7 @@ mod tests {
             ESOPHAGUS_V35,
             ESOPHAGUS_V50,
             ESOPHAGUS_V60,
+            ESOPHAGUS_V70,
             ROI_VOLUME,
             ROI_DMEAN,
             ROI_IDENTIFIER,

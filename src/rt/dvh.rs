@@ -244,6 +244,7 @@ impl DoseVolume {
             v35_pct: self.v_gy_pct(35.0),
             v50_pct: self.v_gy_pct(50.0),
             v60_pct: self.v_gy_pct(60.0),
+            v70_pct: self.v_gy_pct(70.0),
             v35_cc: self.v_gy_cc(35.0),
             v50_cc: self.v_gy_cc(50.0),
             v60_cc: self.v_gy_cc(60.0),
@@ -269,6 +270,8 @@ pub struct Metrics {
     pub v35_pct: f64,
     pub v50_pct: f64,
     pub v60_pct: f64,
+    /// QUANTEC's V70 (< 20 % for the esophagus).
+    pub v70_pct: f64,
     pub v35_cc: f64,
     pub v50_cc: f64,
     pub v60_cc: f64,

@@ -864,8 +864,12 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             if let Some(s) = seed {
                 cfg.seed = s;
             }
-            let dosio =
-                esorisk::dosiomics::search::DosiomicsModelFile::load(&settings.dosiomics.model)?;
+            let dosio = esorisk::dosiomics::search::DosiomicsModelFile::load(
+                &settings.dosiomics.model,
+            )
+            .map_err(|e| {
+                format!("the dosiomics model (dosiomics.model, written by esorisk roi-search): {e}")
+            })?;
             let threads = esorisk::par::threads();
             let ds = Dataset::cached(&cohort, &cfg.input, &dosio, threads)?;
             println!(

@@ -405,7 +405,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             let index = Index::open(&settings.database_path()).await?;
             let pool = index.pool();
             let listed = jobs::list(pool, state.as_deref(), study.as_deref(), limit).await?;
-            let deliveries = jobs::delivery_summary(pool).await?;
+            let deliveries = jobs::delivery_summary(pool, study.as_deref()).await?;
             if json {
                 let doc = serde_json::json!({ "jobs": listed, "deliveries": deliveries });
                 println!("{}", serde_json::to_string_pretty(&doc)?);

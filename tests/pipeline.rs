@@ -476,9 +476,15 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
         "{jobs}"
     );
     let of_study = on_node(&node, &["jobs", "--study", &study_uid]);
-    assert!(of_study.contains("job    1  succeeded"), "{of_study}");
+    assert!(
+        of_study.contains("job    1  succeeded") && of_study.contains(": 2 sent"),
+        "{of_study}"
+    );
     let of_other = on_node(&node, &["jobs", "--study", "1.2.3"]);
-    assert!(!of_other.contains("job "), "{of_other}");
+    assert!(
+        !of_other.contains("job ") && !of_other.contains("deliveries to"),
+        "{of_other}"
+    );
     // `esorisk studies` says where the study stands: looked at since its
     // last instance (the echoes above), and its job.
     let listing = on_node(&node, &["studies"]);

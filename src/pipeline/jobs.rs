@@ -382,13 +382,20 @@ pub struct DeliverySummary {
     pub last_error: Option<String>,
 }
 
-pub async fn delivery_summary(pool: &SqlitePool) -> sqlx::Result<Vec<DeliverySummary>> {
-    let rows = sqlx::query(
+pub async fn delivery_summary(
+    pool: &SqlitePool,
+    study: Option<&str>,
+) -> sqlx::Result<Vec<DeliverySummary>> {
+    // Deliveries of the jobs of `study` (all when `None`).
+    const OF_STUDY: &str =
+        "(?1 IS NULL OR job_id IN (SELECT id FROM jobs WHERE study_instance_uid = ?1))";
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT destination, state, count(*), \
          (SELECT last_error FROM deliveries e WHERE e.destination = d.destination \
-          AND e.state = d.state AND e.last_error IS NOT NULL ORDER BY e.id DESC LIMIT 1) \
-         FROM deliveries d GROUP BY destination, state ORDER BY destination, state",
-    )
+          AND e.state = d.state AND e.last_error IS NOT NULL AND {OF_STUDY} ORDER BY e.id DESC LIMIT 1) \
+         FROM deliveries d WHERE {OF_STUDY} GROUP BY destination, state ORDER BY destination, state"
+    )))
+    .bind(study)
     .fetch_all(pool)
     .await?;
     Ok(rows

@@ -76,8 +76,12 @@ enum Command {
     /// its last job's.
     Rescore {
         /// Study Instance UIDs.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "received_within_days")]
         studies: Vec<String>,
+        /// Instead of UIDs: every study whose last instance arrived within
+        /// this many days.
+        #[arg(long, conflicts_with = "studies")]
+        received_within_days: Option<f64>,
     },
     /// Queue a dead or failed job again (its dead deliveries too), or send
     /// a succeeded job's dead deliveries again.
@@ -491,8 +495,26 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 }
             }
         }
-        Command::Rescore { studies } => {
+        Command::Rescore {
+            studies,
+            received_within_days,
+        } => {
             let index = Index::open(&settings.database_path()).await?;
+            let studies = match received_within_days {
+                Some(days) => {
+                    sqlx::query_scalar(
+                        "SELECT study_instance_uid FROM studies WHERE last_received_at >= ? \
+                         ORDER BY last_received_at",
+                    )
+                    .bind(esorisk::index::at_offset(-days * 86400.0))
+                    .fetch_all(index.pool())
+                    .await?
+                }
+                None => studies,
+            };
+            if studies.is_empty() {
+                println!("no study received in that time");
+            }
             let result = esorisk::pipeline::rescore(index.pool(), &studies).await;
             index.close().await;
             let unknown = result?;

@@ -1254,7 +1254,12 @@ fn rescore_scores_a_study_again_with_a_new_model() {
         1,
         "no study changed"
     );
-    on_node(&node, &["rescore", &uid]);
+    // By age instead of UID: every study received in the last day.
+    let said = on_node(&node, &["rescore", "--received-within-days", "1"]);
+    assert!(
+        said.contains(&format!("study {uid}: looked at again")),
+        "{said}"
+    );
     wait_until("job 2", 120, || {
         count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == 2
     });

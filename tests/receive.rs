@@ -1907,6 +1907,18 @@ fn a_backup_taken_while_running_restores_every_instance() {
         ),
     );
     assert_eq!(first_ae[0][0].as_deref(), Some("STORESCU"), "{first_ae:?}");
+    // A node that only stores says so (the pipeline is off in these tests).
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .arg("status")
+        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+        .output()
+        .expect("status");
+    assert!(
+        text(&status).contains("scoring: off (pipeline.enabled = false)")
+            && text(&status).contains("problems: none"),
+        "{}",
+        text(&status)
+    );
 }
 
 /// Damaged sessions: a recorded-style session (association request, C-ECHO,

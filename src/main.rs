@@ -1023,7 +1023,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             use esorisk::model::{infer::RiskModel, train};
             let dev = train::device(device.as_deref().unwrap_or(&settings.model.device))?;
             let dir = model.unwrap_or_else(|| settings.model.path.clone());
-            let m = RiskModel::load(&dir, &dev)?;
+            let m = RiskModel::load_or_builtin(&dir, &dev)?;
             let study = esorisk::rt::study::load(&paths, &Default::default())?;
             // What the node would refuse, `predict` refuses too.
             if let Some(p) = study.blocking_problem() {
@@ -1036,6 +1036,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     "study_instance_uid": study.study_instance_uid,
                     "patient_id": study.patient_id,
                     "model": m.card.name,
+                    "model_version": m.version,
                     "score": s,
                     "problems": study.problems,
                     "disclaimer": esorisk::model::infer::INTENDED_USE,

@@ -698,6 +698,45 @@ fn shipped_model() -> esorisk::model::infer::RiskModel {
     esorisk::model::infer::RiskModel::load(&dir, &candle_core::Device::Cpu).expect("shipped model")
 }
 
+/// The shipped model is built into the binary: the same version and the
+/// same risk as from `models/dgd-v1`, and `esorisk predict` run away from
+/// the repository (where the default, relative `model.path` is not) scores
+/// with it.
+#[test]
+fn the_shipped_model_is_built_in() {
+    use esorisk::model::infer::RiskModel;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = phantom::write(&small_thorax(), &tmp.path().join("s")).expect("write");
+    let study = study::load(&files, &DoseOptions::default()).expect("load");
+    let on_disk = shipped_model();
+    let built_in = RiskModel::builtin(&candle_core::Device::Cpu).expect("built-in model");
+    assert_eq!(built_in.version, on_disk.version);
+    let (a, b) = (
+        on_disk.score(&study).expect("score"),
+        built_in.score(&study).expect("score"),
+    );
+    assert_eq!(a.risk, b.risk);
+    assert_eq!(a.roi_voxels, b.roi_voxels);
+
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["predict", "--json", "--device", "cpu"])
+        .arg(tmp.path().join("s"))
+        .current_dir(&elsewhere)
+        .output()
+        .expect("esorisk predict");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("using the copy of it built into esorisk"),
+        "{said}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["model_version"], on_disk.version.as_str(), "{v}");
+    assert_eq!(v["score"]["risk"].as_f64(), Some(a.risk), "{v}");
+}
+
 /// Files damaged on disk — bytes overwritten in the header or the values,
 /// numbers turned into other text, files cut short — are read as errors or
 /// as problems of the study, never as a panic, all the way through the

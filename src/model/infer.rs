@@ -156,17 +156,61 @@ pub(crate) fn read_card(dir: &Path) -> Result<ModelCard, String> {
     let card_path = dir.join("card.json");
     let text =
         std::fs::read_to_string(&card_path).map_err(|e| format!("{}: {e}", card_path.display()))?;
-    let card: ModelCard =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", card_path.display()))?;
+    parse_card(&text, &card_path.display().to_string())
+}
+
+/// A card's text (`origin` names it in errors), checked for its format.
+fn parse_card(text: &str, origin: &str) -> Result<ModelCard, String> {
+    let card: ModelCard = serde_json::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
     if card.format != CARD_FORMAT || card.version != CARD_VERSION {
         return Err(format!(
-            "{}: format {} v{} (this esorisk reads {CARD_FORMAT} v{CARD_VERSION})",
-            card_path.display(),
-            card.format,
-            card.version
+            "{origin}: format {} v{} (this esorisk reads {CARD_FORMAT} v{CARD_VERSION})",
+            card.format, card.version
         ));
     }
     Ok(card)
+}
+
+/// The default `model.path`. It is relative to the working directory, so
+/// the shipped model it names is also built into the binary: a node or
+/// `predict` started elsewhere (an installed binary, a service without
+/// the repository) still scores, with the same version.
+pub const BUILTIN_PATH: &str = "models/dgd-v1";
+const BUILTIN_CARD: &str = include_str!("../../models/dgd-v1/card.json");
+const BUILTIN_WEIGHTS: &[u8] = include_bytes!("../../models/dgd-v1/model.safetensors");
+
+/// The weights of a safetensors file's bytes into `varmap`'s variables.
+fn load_weights(varmap: &candle_nn::VarMap, bytes: &[u8], device: &Device) -> Result<(), String> {
+    let tensors =
+        candle_core::safetensors::load_buffer(bytes, device).map_err(|e| e.to_string())?;
+    let vars = varmap
+        .data()
+        .lock()
+        .map_err(|_| "the model's variables are poisoned".to_string())?;
+    for (name, var) in vars.iter() {
+        let t = tensors
+            .get(name)
+            .ok_or_else(|| format!("no tensor {name} in the weights"))?;
+        var.set(t).map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// "name hash": the card's name and a hash of the weights (`h`, fed with
+/// them) and of what else changes the risks.
+fn version(card: &ModelCard, mut h: crate::hash::Fnv) -> String {
+    // A recalibration changes the risks: it is part of the version.
+    if let Some(c) = &card.calibration {
+        h.update(format!("{:e} {:e}", c.a, c.b).as_bytes());
+    }
+    if let Some(t) = card.roi_threshold {
+        h.update(format!("roi {t:e}").as_bytes());
+    }
+    // So does the voxel size the features are measured on.
+    if let Some(r) = card.dosiomics.resample_mm {
+        h.update(format!("resample {r:e}").as_bytes());
+    }
+    format!("{} {:012x}", card.name, h.finish() >> 16)
 }
 
 /// Why `member` cannot score beside `first` in one ensemble, if it cannot:
@@ -195,6 +239,38 @@ pub(crate) fn incompatible(first: &ModelCard, member: &ModelCard) -> Option<&'st
 }
 
 impl RiskModel {
+    /// The model in `dir`; for the default path when it is not there, the
+    /// copy built into the binary.
+    pub fn load_or_builtin(dir: &Path, device: &Device) -> Result<RiskModel, String> {
+        if dir == Path::new(BUILTIN_PATH) && !dir.exists() {
+            tracing::info!(
+                "{BUILTIN_PATH} is not in the working directory; using the copy of it built into esorisk"
+            );
+            return Self::builtin(device);
+        }
+        Self::load(dir, device)
+    }
+
+    /// The shipped model as built into the binary.
+    pub fn builtin(device: &Device) -> Result<RiskModel, String> {
+        let card = parse_card(BUILTIN_CARD, "the built-in model's card")?;
+        let (varmap, net) = train::build(&card.net, 0, device)?;
+        load_weights(&varmap, BUILTIN_WEIGHTS, device)
+            .map_err(|e| format!("the built-in model: {e}"))?;
+        let mut h = crate::hash::Fnv::default();
+        h.update(BUILTIN_WEIGHTS);
+        Ok(RiskModel {
+            version: version(&card, h),
+            card,
+            dir: PathBuf::from(BUILTIN_PATH),
+            members: vec![Member {
+                net,
+                roi_threshold: None,
+            }],
+            device: device.clone(),
+        })
+    }
+
     pub fn load(dir: &Path, device: &Device) -> Result<RiskModel, String> {
         let card = read_card(dir)?;
         // (weights, the member's own ROI threshold)
@@ -224,19 +300,8 @@ impl RiskModel {
                 .map_err(|e| format!("{}: {e}", w.display()))?;
             members.push(Member { net, roi_threshold });
         }
-        // A recalibration changes the risks: it is part of the version.
-        if let Some(c) = &card.calibration {
-            h.update(format!("{:e} {:e}", c.a, c.b).as_bytes());
-        }
-        if let Some(t) = card.roi_threshold {
-            h.update(format!("roi {t:e}").as_bytes());
-        }
-        // So does the voxel size the features are measured on.
-        if let Some(r) = card.dosiomics.resample_mm {
-            h.update(format!("resample {r:e}").as_bytes());
-        }
         Ok(RiskModel {
-            version: format!("{} {:012x}", card.name, h.finish() >> 16),
+            version: version(&card, h),
             card,
             dir: dir.to_path_buf(),
             members,

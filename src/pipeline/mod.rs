@@ -70,7 +70,7 @@ pub fn context(
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Context {
     let model = crate::model::train::device(&settings.model.device)
-        .and_then(|dev| RiskModel::load(&settings.model.path, &dev));
+        .and_then(|dev| RiskModel::load_or_builtin(&settings.model.path, &dev));
     let (model, model_error) = match model {
         Ok(m) => (Some(Arc::new(m)), None),
         Err(e) => {

@@ -1214,6 +1214,16 @@ fn of_several_plans_the_current_one_is_chosen_and_a_course_is_refused() {
         s.problems
     );
 
+    // Two plans of the same date: which is current is unknown, refused.
+    let (dir, _) = variant("SAME-DAY", "20250101", "APPROVED", None);
+    let s = load(&dir);
+    let blocked = s.blocking_problem().unwrap_or_default().to_string();
+    assert!(
+        blocked.contains("2 RT Plans with their own doses")
+            && blocked.contains("their dates do not tell which is current"),
+        "{blocked}"
+    );
+
     // A boost after the base plan: one course, refused.
     let (dir, _) = variant("BOOST", "20250301", "APPROVED", Some("PRIOR"));
     let s = load(&dir);

@@ -562,6 +562,16 @@ fn choose_plan<'a>(
         }
         with_dose.sort_by(|a, b| a.date_time.cmp(&b.date_time));
         let latest = with_dose.last()?;
+        // Dates that do not tell which is the latest leave nothing but
+        // file order to choose by: refused rather than guessed.
+        if !course && with_dose[with_dose.len() - 2].date_time == latest.date_time {
+            let what = format!(
+                "{} RT Plans with their own doses: {}; their dates do not tell which is current, so which to score is unknown; send only that plan (or plans with RT Plan Date and Time)",
+                named.len(),
+                named.join(", ")
+            );
+            block(problems, blocking, what);
+        }
         problems.push(format!(
             "{} RT Plans with their own doses: {}; the latest, {:?}, is scored",
             named.len(),

@@ -1214,14 +1214,27 @@ fn of_several_plans_the_current_one_is_chosen_and_a_course_is_refused() {
         s.problems
     );
 
-    // Two plans of the same date: which is current is unknown, refused.
-    let (dir, _) = variant("SAME-DAY", "20250101", "APPROVED", None);
+    // Two plans of the same date: which is current is unknown, refused…
+    let (dir, same_day) = variant("SAME-DAY", "20250101", "APPROVED", None);
     let s = load(&dir);
     let blocked = s.blocking_problem().unwrap_or_default().to_string();
     assert!(
         blocked.contains("2 RT Plans with their own doses")
             && blocked.contains("their dates do not tell which is current"),
         "{blocked}"
+    );
+    // …unless one was created later (a second export of the plan).
+    for (name, created) in [("rtplan.dcm", "20250102"), ("rtplan-2.dcm", "20250103")] {
+        let path = dir.join(name);
+        let mut plan = dicom_object::open_file(&path).expect("plan");
+        put_text(&mut plan, tags::INSTANCE_CREATION_DATE, VR::DA, created);
+        plan.write_to_file(&path).expect("write");
+    }
+    let s = load(&dir);
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    assert_eq!(
+        s.plan.as_ref().map(|p| p.sop_instance_uid.as_str()),
+        Some(same_day.as_str())
     );
 
     // A boost after the base plan: one course, refused.

@@ -27,6 +27,9 @@ pub struct RtPlan {
     /// RT Plan Date and Time (else Instance Creation), `YYYYMMDDHHMMSS…`,
     /// so that plans compare by it as text.
     pub date_time: Option<String>,
+    /// Instance Creation Date and Time, the same way: which of two exports
+    /// of one plan is the later.
+    pub created: Option<String>,
     /// Approval Status (300E,0002): APPROVED, UNAPPROVED, REJECTED.
     pub approval: Option<String>,
     /// Plans this one names in its Referenced RT Plan Sequence, with the
@@ -182,6 +185,11 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
                 tags::INSTANCE_CREATION_TIME,
             )
         }),
+        created: attr::date_time(
+            obj,
+            tags::INSTANCE_CREATION_DATE,
+            tags::INSTANCE_CREATION_TIME,
+        ),
         approval: attr::string(obj, tags::APPROVAL_STATUS).map(|s| s.to_ascii_uppercase()),
         related: attr::items(obj, tags::REFERENCED_RT_PLAN_SEQUENCE)
             .iter()

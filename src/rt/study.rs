@@ -560,11 +560,13 @@ fn choose_plan<'a>(
             );
             block(problems, blocking, what);
         }
-        with_dose.sort_by(|a, b| a.date_time.cmp(&b.date_time));
+        // By plan date, then (two exports of one plan) by creation.
+        let when = |p: &RtPlan| (p.date_time.clone(), p.created.clone());
+        with_dose.sort_by_key(|p| when(p));
         let latest = with_dose.last()?;
         // Dates that do not tell which is the latest leave nothing but
         // file order to choose by: refused rather than guessed.
-        if !course && with_dose[with_dose.len() - 2].date_time == latest.date_time {
+        if !course && when(with_dose[with_dose.len() - 2]) == when(latest) {
             let what = format!(
                 "{} RT Plans with their own doses: {}; their dates do not tell which is current, so which to score is unknown; send only that plan (or plans with RT Plan Date and Time)",
                 named.len(),

@@ -1291,6 +1291,25 @@ fn of_two_doses_of_one_plan_the_latest_is_used() {
     all.rotate_left(1);
     let s = study::load(&all, &DoseOptions::default()).expect("load");
     assert_eq!(s.dose.info.sop_instance_uid, new_uid);
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+
+    // Created on the same day with other values: which is current is
+    // unknown, and the study is refused…
+    let again_path = dose_path.with_file_name("a-rtdose.dcm");
+    put_text(&mut again, tags::INSTANCE_CREATION_DATE, VR::DA, "20250101");
+    again.write_to_file(&again_path).expect("write");
+    let s = study::load(&all, &DoseOptions::default()).expect("load");
+    let blocked = s.blocking_problem().unwrap_or_default().to_string();
+    assert!(
+        blocked.contains("differ and their creation dates (20250101") && blocked.contains(&new_uid),
+        "{blocked}"
+    );
+    // …while the same values under another UID (a second export) are not.
+    let mut copy = dicom_object::open_file(&dose_path).expect("dose");
+    new_instance(&mut copy);
+    copy.write_to_file(&again_path).expect("write");
+    let s = study::load(&all, &DoseOptions::default()).expect("load");
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
 }
 
 /// A structure set edited after planning (a new SOP Instance UID the plan

@@ -296,6 +296,27 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             .min_by_key(|(i, d)| (std::cmp::Reverse(d.info.created.clone()), *i))
             .map_or(0, |(i, _)| i);
         let plan_doses = candidates.iter().filter(|d| whole(d)).count();
+        // Another whole-plan dose created at the same time (or neither
+        // dated) with other values: which is current is unknown. The same
+        // values under another UID (a second export) are no question.
+        let rival = candidates.iter().enumerate().find(|(i, d)| {
+            *i != pos
+                && whole(d)
+                && d.info.created == candidates[pos].info.created
+                && (d.grid != candidates[pos].grid || d.gy != candidates[pos].gy)
+        });
+        if let Some((_, other)) = rival {
+            block(
+                &mut problems,
+                &mut blocking,
+                format!(
+                    "whole-plan doses {} and {} of this plan differ and their creation dates ({}) do not tell which is current; send only the current one",
+                    candidates[pos].info.sop_instance_uid,
+                    other.info.sop_instance_uid,
+                    candidates[pos].info.created.as_deref().unwrap_or("none")
+                ),
+            );
+        }
         if plan_doses > 1 {
             problems.push(format!(
                 "{plan_doses} whole-plan doses of this plan; the latest created ({}, {}) is used",

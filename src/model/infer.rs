@@ -254,6 +254,9 @@ impl RiskModel {
     /// The shipped model as built into the binary.
     pub fn builtin(device: &Device) -> Result<RiskModel, String> {
         let card = parse_card(BUILTIN_CARD, "the built-in model's card")?;
+        if !card.members.is_empty() {
+            return Err("the built-in model is an ensemble, whose members are not built in".into());
+        }
         let (varmap, net) = train::build(&card.net, 0, device)?;
         load_weights(&varmap, BUILTIN_WEIGHTS, device)
             .map_err(|e| format!("the built-in model: {e}"))?;
@@ -292,12 +295,11 @@ impl RiskModel {
         let mut h = crate::hash::Fnv::default();
         let mut members = Vec::new();
         for (w, roi_threshold) in weights {
-            let (mut varmap, net) = train::build(&card.net, 0, device)?;
-            varmap
-                .load(&w)
-                .map_err(|e| format!("{}: {e}", w.display()))?;
-            h.update_file(&w)
-                .map_err(|e| format!("{}: {e}", w.display()))?;
+            let (varmap, net) = train::build(&card.net, 0, device)?;
+            // Read once: loaded, and hashed for the version.
+            let bytes = std::fs::read(&w).map_err(|e| format!("{}: {e}", w.display()))?;
+            load_weights(&varmap, &bytes, device).map_err(|e| format!("{}: {e}", w.display()))?;
+            h.update(&bytes);
             members.push(Member { net, roi_threshold });
         }
         Ok(RiskModel {

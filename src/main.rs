@@ -1262,6 +1262,12 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
         doc["model"] = model.into();
         doc["model_error"] = error.into();
     }
+    doc["last_job_finished_at"] = sqlx::query_scalar::<_, Option<String>>(
+        "SELECT max(finished_at) FROM jobs WHERE state IN ('succeeded', 'failed')",
+    )
+    .fetch_one(pool)
+    .await?
+    .into();
     doc["jobs"] = jobs.into();
     doc["deliveries"] = deliveries.into();
     doc["problems"] = problems.into();
@@ -1331,11 +1337,15 @@ fn print_status(doc: &serde_json::Value) {
             .join(", ")
     };
     println!(
-        "jobs: {}",
+        "jobs: {}{}",
         counts(
             "jobs",
             &["queued", "running", "succeeded", "failed", "dead"]
-        )
+        ),
+        match doc["last_job_finished_at"].as_str() {
+            Some(t) => format!("; the last finished {t}"),
+            None => String::new(),
+        }
     );
     println!(
         "deliveries: {}",

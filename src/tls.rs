@@ -59,6 +59,92 @@ pub fn fingerprint(der: &[u8]) -> String {
         .join(":")
 }
 
+/// Who a caller's certificate names: the certificate's subject, as
+/// `CN=…, O=…` (the common attributes, in the certificate's order). Read
+/// with a small DER walk over the certificate the handshake has already
+/// verified; `None` if it does not have the expected shape. Values are cut
+/// to printable characters and 256 bytes, since they go into the log.
+pub fn subject(der: &[u8]) -> Option<String> {
+    /// One DER element: (tag, content, what follows).
+    fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, b) = b.split_first()?;
+        let (&first, mut b) = b.split_first()?;
+        let len = if first < 0x80 {
+            usize::from(first)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || b.len() < n {
+                return None;
+            }
+            let len = b[..n]
+                .iter()
+                .fold(0usize, |l, &x| (l << 8) | usize::from(x));
+            b = &b[n..];
+            len
+        };
+        (b.len() >= len).then(|| (tag, &b[..len], &b[len..]))
+    }
+    const SEQUENCE: u8 = 0x30;
+    let (SEQUENCE, cert, _) = tlv(der)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = tlv(cert)? else {
+        return None;
+    };
+    // [0] version (optional), serial number, signature algorithm, issuer,
+    // validity, then the subject.
+    let mut rest = tbs;
+    if let (0xa0, _, after) = tlv(rest)? {
+        rest = after;
+    }
+    for _ in 0..4 {
+        rest = tlv(rest)?.2;
+    }
+    let (SEQUENCE, mut name, _) = tlv(rest)? else {
+        return None;
+    };
+    let mut parts = Vec::new();
+    while !name.is_empty() {
+        let (0x31, mut rdn, after) = tlv(name)? else {
+            return None;
+        };
+        name = after;
+        while !rdn.is_empty() {
+            let (SEQUENCE, atv, after) = tlv(rdn)? else {
+                return None;
+            };
+            rdn = after;
+            let (0x06, oid, value) = tlv(atv)? else {
+                return None;
+            };
+            let key = match oid {
+                [0x55, 4, 3] => "CN",
+                [0x55, 4, 6] => "C",
+                [0x55, 4, 7] => "L",
+                [0x55, 4, 8] => "ST",
+                [0x55, 4, 10] => "O",
+                [0x55, 4, 11] => "OU",
+                _ => continue,
+            };
+            let (_, text, _) = tlv(value)?;
+            let text: String = String::from_utf8_lossy(text)
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            parts.push(format!("{key}={text}"));
+        }
+    }
+    let mut s = parts.join(", ");
+    if s.len() > 256 {
+        let mut cut = 256;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    (!s.is_empty()).then_some(s)
+}
+
 fn is_set(path: &Path) -> bool {
     !path.as_os_str().is_empty()
 }
@@ -138,5 +224,60 @@ mod tests {
         assert_eq!(err, format!("no certificate in {}", empty.display()));
         let err = server_config(&empty, &empty, Path::new("")).expect_err("no certificate");
         assert!(err.starts_with("no certificate in"), "{err}");
+    }
+
+    /// DER: tag, length (long form past 127 bytes), content.
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n @ 0..=127 => out.push(n as u8),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend(content);
+        out
+    }
+
+    /// A certificate's shape around a subject of `(oid tail, text)`.
+    fn certificate(subject: &[(u8, &str)]) -> Vec<u8> {
+        let name: Vec<u8> = subject
+            .iter()
+            .flat_map(|(attr, text)| {
+                let atv = [tlv(0x06, &[0x55, 4, *attr]), tlv(0x0c, text.as_bytes())].concat();
+                tlv(0x31, &tlv(0x30, &atv))
+            })
+            .collect();
+        let tbs = [
+            tlv(0xa0, &tlv(0x02, &[2])),
+            tlv(0x02, &[1]),
+            tlv(0x30, &[]),
+            tlv(0x30, &tlv(0x31, &[])),
+            tlv(0x30, &[]),
+            tlv(0x30, &name),
+            tlv(0x30, &[0u8; 200]),
+        ]
+        .concat();
+        tlv(
+            0x30,
+            &[tlv(0x30, &tbs), tlv(0x30, &[]), tlv(0x03, &[0])].concat(),
+        )
+    }
+
+    #[test]
+    fn the_subject_of_a_certificate_reads_and_damage_does_not_panic() {
+        let der = certificate(&[(6, "NL"), (10, "Hospital"), (3, "tps\u{7}1")]);
+        assert_eq!(subject(&der).as_deref(), Some("C=NL, O=Hospital, CN=tps?1"));
+        let long = "x".repeat(400);
+        let cut = subject(&certificate(&[(3, &long)])).expect("subject");
+        assert_eq!(cut.len(), 256);
+        for n in 0..der.len() {
+            let _ = subject(&der[..n]);
+        }
+        let mut flipped = der.clone();
+        for i in 0..flipped.len() {
+            flipped[i] ^= 0xff;
+            let _ = subject(&flipped);
+            flipped[i] ^= 0xff;
+        }
+        assert_eq!(subject(&[]), None);
     }
 }

@@ -1702,10 +1702,13 @@ fn mutual_tls_lets_in_only_callers_with_a_trusted_certificate() {
     });
     let rows = query(
         &db,
-        "SELECT tls_client FROM associations WHERE outcome = 'released'",
+        "SELECT tls_client, tls_subject FROM associations WHERE outcome = 'released'",
     );
-    assert_eq!(rows, [[Some(expected.to_string())]]);
-    node.assert_logged(&["association accepted", expected]);
+    assert_eq!(
+        rows,
+        [[Some(expected.to_string()), Some("CN=tps".to_string())]]
+    );
+    node.assert_logged(&["association accepted", expected, "tls_subject=\"CN=tps\""]);
 }
 
 #[test]

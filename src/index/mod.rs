@@ -380,18 +380,20 @@ impl Index {
         called_ae: Option<&str>,
         peer: &str,
         tls_client: Option<&str>,
+        tls_subject: Option<&str>,
         outcome: Option<&str>,
     ) -> Result<i64, IndexError> {
         let now = now();
         let ended = outcome.map(|_| now.clone());
         let row = sqlx::query(
-            "INSERT INTO associations (calling_ae, called_ae, peer_address, tls_client, started_at, ended_at, outcome)
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+            "INSERT INTO associations (calling_ae, called_ae, peer_address, tls_client, tls_subject, started_at, ended_at, outcome)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
         .bind(calling_ae)
         .bind(called_ae)
         .bind(peer)
         .bind(tls_client)
+        .bind(tls_subject)
         .bind(&now)
         .bind(ended)
         .bind(outcome)

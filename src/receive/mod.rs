@@ -365,7 +365,10 @@ async fn handle_connection(
                     .1
                     .peer_certificates()
                     .and_then(|chain| chain.first())
-                    .map(|cert| crate::tls::fingerprint(cert));
+                    .map(|cert| TlsClient {
+                        fingerprint: crate::tls::fingerprint(cert),
+                        subject: crate::tls::subject(cert),
+                    });
                 run_association(assoc, peer, ctx, stop, client).await
             }
             Err(e) => log_refused(&ctx, &peer_s, &e).await,
@@ -417,11 +420,19 @@ async fn record_refused(ctx: &Context, peer: &str, outcome: String) {
     info!(%peer, outcome, "association not established");
     if let Err(err) = ctx
         .index
-        .association_started(None, None, peer, None, Some(&outcome))
+        .association_started(None, None, peer, None, None, Some(&outcome))
         .await
     {
         warn!(error = %err, "cannot log association");
     }
+}
+
+/// The certificate a caller presented with mutual TLS.
+struct TlsClient {
+    /// SHA-256, as `openssl x509 -fingerprint -sha256` prints it.
+    fingerprint: String,
+    /// `CN=…, O=…`, when the certificate's subject reads.
+    subject: Option<String>,
 }
 
 async fn run_association<S>(
@@ -429,7 +440,7 @@ async fn run_association<S>(
     peer: SocketAddr,
     ctx: Arc<Context>,
     stop: watch::Receiver<bool>,
-    tls_client: Option<String>,
+    tls_client: Option<TlsClient>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -449,8 +460,17 @@ async fn run_association<S>(
             )
         })
         .collect();
-    let client = tls_client.as_deref();
-    info!(calling_ae, called_ae, %peer, tls_client = client.unwrap_or(""), accepted = ?contexts, "association accepted");
+    let client = tls_client.as_ref().map(|c| c.fingerprint.as_str());
+    let subject = tls_client.as_ref().and_then(|c| c.subject.as_deref());
+    info!(
+        calling_ae,
+        called_ae,
+        %peer,
+        tls_client = client.unwrap_or(""),
+        tls_subject = subject.unwrap_or(""),
+        accepted = ?contexts,
+        "association accepted"
+    );
     let row = ctx
         .index
         .association_started(
@@ -458,6 +478,7 @@ async fn run_association<S>(
             Some(&called_ae),
             &peer.to_string(),
             client,
+            subject,
             None,
         )
         .await
@@ -545,6 +566,7 @@ async fn reject_busy(
             calling.as_deref(),
             called.as_deref(),
             &peer.to_string(),
+            None,
             None,
             Some("rejected: local limit exceeded"),
         )

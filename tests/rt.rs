@@ -383,13 +383,7 @@ fn summation_types_units_and_geometry_are_checked() {
         .write_to_file(&twice)
         .expect("dose");
     let s = study::load(std::slice::from_ref(&dir), &DoseOptions::default()).expect("unnamed");
-    assert!(
-        s.problems
-            .iter()
-            .any(|p| p.contains("1 of 3 beam doses name no beam")),
-        "{:?}",
-        s.problems
-    );
+    assert_noted(&s.problems, &["1 of 3 beam doses name no beam"]);
     std::fs::remove_file(&twice).expect("rm");
 
     // A fraction dose is multiplied by the planned fractions.
@@ -680,6 +674,32 @@ fn lungs_in_halves_are_united() {
     let (v1, m1, x1) = eso(&a);
     let (v2, m2, x2) = eso(&only);
     assert!((v1 - v2).abs() < 1e-9 * v1 && (m1 - m2).abs() < 1e-9 && (x1 - x2).abs() < 1e-9);
+}
+
+/// The file of `files` whose name ends with `name`.
+fn file_named(files: &[std::path::PathBuf], name: &str) -> std::path::PathBuf {
+    files
+        .iter()
+        .find(|f| f.ends_with(name))
+        .unwrap_or_else(|| panic!("no {name}"))
+        .clone()
+}
+
+/// A text attribute of `o`, padding trimmed ('' when absent).
+fn text_of(o: &dicom_object::InMemDicomObject, tag: dicom_core::Tag) -> String {
+    o.element(tag)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches('\0').trim().to_string())
+        .unwrap_or_default()
+}
+
+/// One of `problems` holds every one of `parts`.
+fn assert_noted(problems: &[String], parts: &[&str]) {
+    assert!(
+        problems.iter().any(|p| parts.iter().all(|x| p.contains(x))),
+        "no problem holds {parts:?}: {problems:?}"
+    );
 }
 
 /// The thorax phantom on a coarse 5 mm grid: small enough to damage and
@@ -1102,28 +1122,16 @@ fn plan_reference(
 fn of_several_plans_the_current_one_is_chosen_and_a_course_is_refused() {
     use dicom_core::VR;
     use dicom_dictionary_std::tags;
-    use dicom_object::InMemDicomObject;
 
-    fn text(o: &InMemDicomObject, tag: dicom_core::Tag) -> String {
-        o.element(tag)
-            .ok()
-            .and_then(|e| e.to_str().ok())
-            .map(|s| s.trim_end_matches('\0').trim().to_string())
-            .unwrap_or_default()
-    }
     let tmp = tempfile::tempdir().expect("tmp");
     let p = small_thorax();
     let base = tmp.path().join("base");
     let files = phantom::write(&p, &base).expect("write");
-    let find = |name: &str| {
-        files
-            .iter()
-            .find(|f| f.ends_with(name))
-            .expect("file")
-            .clone()
-    };
-    let (plan_path, dose_path) = (find("rtplan.dcm"), find("rtdose.dcm"));
-    let old_plan = text(
+    let (plan_path, dose_path) = (
+        file_named(&files, "rtplan.dcm"),
+        file_named(&files, "rtdose.dcm"),
+    );
+    let old_plan = text_of(
         &dicom_object::open_file(&plan_path).expect("plan"),
         tags::SOP_INSTANCE_UID,
     );
@@ -1280,13 +1288,7 @@ fn of_two_doses_of_one_plan_the_latest_is_used() {
     let s = study::load(&all, &DoseOptions::default()).expect("load");
     assert_eq!(s.dose.info.sop_instance_uid, new_uid);
     assert!((s.dose.max_gy() / base_max - 1.1).abs() < 0.01);
-    assert!(
-        s.problems
-            .iter()
-            .any(|p| p.contains("2 whole-plan doses") && p.contains("20250301")),
-        "{:?}",
-        s.problems
-    );
+    assert_noted(&s.problems, &["2 whole-plan doses", "20250301"]);
     // The other way round: the older one first in the files, same answer.
     all.rotate_left(1);
     let s = study::load(&all, &DoseOptions::default()).expect("load");
@@ -1335,12 +1337,12 @@ fn a_structure_set_the_plan_does_not_name_is_noted_not_used() {
     files.insert(0, edited_path);
     let s = study::load(&files, &DoseOptions::default()).expect("load");
     assert_eq!(s.structures.expect("structures").sop_instance_uid, original);
-    assert!(
-        s.problems.iter().any(|p| p
-            .contains("1 other RT Structure Set(s) not referenced by the RT Plan ignored")
-            && p.contains(&new_uid)),
-        "{:?}",
-        s.problems
+    assert_noted(
+        &s.problems,
+        &[
+            "1 other RT Structure Set(s) not referenced by the RT Plan ignored",
+            &new_uid,
+        ],
     );
 
     // A plan that names no structure set: of two, which one the dose was
@@ -1376,12 +1378,12 @@ fn a_structure_set_the_plan_does_not_name_is_noted_not_used() {
     let s = study::load(&files, &DoseOptions::default()).expect("load");
     assert_eq!(s.blocking_problem(), None, "{:?}", s.problems);
     assert_eq!(s.structures.expect("structures").sop_instance_uid, original);
-    assert!(
-        s.problems.iter().any(|p| p
-            .contains("written by esorisk (a returned learned ROI) are not inputs")
-            && p.contains(&new_uid)),
-        "{:?}",
-        s.problems
+    assert_noted(
+        &s.problems,
+        &[
+            "written by esorisk (a returned learned ROI) are not inputs",
+            &new_uid,
+        ],
     );
     // A copy of the planning structure set (the same export twice) is the
     // same instance, read once: still no choice to make.
@@ -1390,12 +1392,12 @@ fn a_structure_set_the_plan_does_not_name_is_noted_not_used() {
     let with_copy: Vec<std::path::PathBuf> = files.iter().cloned().chain([copy]).collect();
     let s = study::load(&with_copy, &DoseOptions::default()).expect("load");
     assert_eq!(s.blocking_problem(), None, "{:?}", s.problems);
-    assert!(
-        s.problems.iter().any(|p| p
-            .contains("1 file(s) hold an instance already read, and were skipped")
-            && p.contains("z-copy-of-rtstruct.dcm")),
-        "{:?}",
-        s.problems
+    assert_noted(
+        &s.problems,
+        &[
+            "1 file(s) hold an instance already read, and were skipped",
+            "z-copy-of-rtstruct.dcm",
+        ],
     );
     // Alone, it is what there is (`inspect` shows a returned ROI this way).
     let alone: Vec<std::path::PathBuf> = files.into_iter().filter(|f| *f != ss_path).collect();
@@ -1416,21 +1418,9 @@ fn what_is_scored_does_not_depend_on_file_order() {
     use esorisk::synth::rng::Rng;
     let tmp = tempfile::tempdir().expect("tmp");
     let files = phantom::write(&small_thorax(), &tmp.path().join("base")).expect("write");
-    let find = |name: &str| {
-        files
-            .iter()
-            .find(|f| f.ends_with(name))
-            .expect("file")
-            .clone()
-    };
-    let open = |name: &str| dicom_object::open_file(find(name)).expect("open");
+    let open = |name: &str| dicom_object::open_file(file_named(&files, name)).expect("open");
     let base_plan = open("rtplan.dcm");
-    let base_plan_uid = base_plan
-        .element(tags::SOP_INSTANCE_UID)
-        .ok()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches('\0').to_string())
-        .expect("plan uid");
+    let base_plan_uid = text_of(&base_plan, tags::SOP_INSTANCE_UID);
     let pick =
         |rng: &mut Rng, options: &[&'static str]| options[rng.next_u64() as usize % options.len()];
 

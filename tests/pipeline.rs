@@ -1250,6 +1250,7 @@ fn rescore_scores_a_study_again_with_a_new_model() {
         .collect();
     let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     let mut node = TestNode::start_in(&data_dir, &refs);
+    node.assert_logged(&["the model changed since the last start", "esorisk rescore"]);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
         count(&db, "SELECT count(*) FROM jobs"),

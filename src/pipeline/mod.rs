@@ -102,6 +102,22 @@ pub fn context(
 /// says so once, at start, and the row lets a monitoring check say it for
 /// as long as it lasts.
 pub async fn record_start(pool: &SqlitePool, ctx: Option<&Context>) -> sqlx::Result<()> {
+    let model = ctx.and_then(|c| c.model.as_ref().map(|_| c.model_version.clone()));
+    // A new model re-scores nothing by itself (no study changed): say so
+    // where an admin who just installed one will look.
+    let before: Option<Option<String>> =
+        sqlx::query_scalar("SELECT model_version FROM node WHERE id = 1")
+            .fetch_optional(pool)
+            .await?;
+    if let (Some(Some(old)), Some(new)) = (&before, &model) {
+        if old != new {
+            info!(
+                previous = %old,
+                model = %new,
+                "the model changed since the last start; stored studies are not scored again by themselves (esorisk rescore)"
+            );
+        }
+    }
     sqlx::query(
         "INSERT OR REPLACE INTO node (id, pid, started_at, version, pipeline_enabled, model_version, model_error) \
          VALUES (1, ?, ?, ?, ?, ?, ?)",
@@ -110,7 +126,7 @@ pub async fn record_start(pool: &SqlitePool, ctx: Option<&Context>) -> sqlx::Res
     .bind(now())
     .bind(env!("CARGO_PKG_VERSION"))
     .bind(ctx.is_some())
-    .bind(ctx.and_then(|c| c.model.as_ref().map(|_| c.model_version.clone())))
+    .bind(model)
     .bind(ctx.and_then(|c| c.model_error.clone()))
     .execute(pool)
     .await

@@ -142,8 +142,16 @@ fn node_env(model: &Path, dest_port: u16) -> Vec<(String, String)> {
 }
 
 fn start_node(env: &[(String, String)]) -> TestNode {
-    let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    TestNode::start(&refs)
+    TestNode::start(&env_refs(env))
+}
+
+/// A node on an existing data directory (a restart).
+fn restart_node(data_dir: &Path, env: &[(String, String)]) -> TestNode {
+    TestNode::start_in(data_dir, &env_refs(env))
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect()
 }
 
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
@@ -679,7 +687,7 @@ fn each_destination_gets_the_objects_it_wants_and_a_refused_class_ends_at_once()
         .into_iter()
         .filter(|(k, _)| k != "ESORISK__PIPELINE__DESTINATIONS")
         .collect();
-    let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs = env_refs(&env);
     let node = TestNode::start_with_args(&["--config", config.to_str().expect("utf8")], &refs);
     // The log says where results go, and what each destination gets.
     wait_until("the pipeline started", 30, || {
@@ -1152,11 +1160,7 @@ fn a_node_without_a_model_is_a_problem_until_it_has_one() {
     // Restarted with the model: the job is scored, and says by which model.
     let data_dir = node.data_dir.clone();
     assert!(node.terminate());
-    let refs: Vec<(&str, &str)> = with_model
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let mut node = TestNode::start_in(&data_dir, &refs);
+    let mut node = restart_node(&data_dir, &with_model);
     wait_until("the queued job to be scored", 120, || {
         count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == 1
     });
@@ -1248,8 +1252,7 @@ fn rescore_scores_a_study_again_with_a_new_model() {
             _ => (k, v),
         })
         .collect();
-    let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let mut node = TestNode::start_in(&data_dir, &refs);
+    let mut node = restart_node(&data_dir, &env);
     node.assert_logged(&["the model changed since the last start", "esorisk rescore"]);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
@@ -1354,8 +1357,7 @@ fn a_node_killed_while_scoring_finishes_the_job_once() {
     assert_eq!(count(&db, "SELECT count(*) FROM outputs"), 0);
     assert!(rx.files().is_empty());
     let data = node.data_dir.clone();
-    let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let node2 = TestNode::start_in(&data, &refs);
+    let node2 = restart_node(&data, &env);
     wait_until("the SR and RTSTRUCT after the restart", 180, || {
         rx.files().len() >= 2
     });
@@ -1984,8 +1986,7 @@ fn a_job_that_keeps_failing_backs_off_dies_and_retry_brings_it_back() {
     execute(&db, "UPDATE jobs SET state = 'failed'");
     let said = run(&["retry", &id], &[data]);
     assert!(said.contains("queued again"), "{said}");
-    let refs: Vec<(&str, &str)> = env.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
-    let node = TestNode::start_in(&data_dir, &refs);
+    let node = restart_node(&data_dir, &env);
     wait_until("the requeued job to fail", 120, || {
         count(&db, "SELECT count(*) FROM jobs WHERE state = 'failed'") == 1
     });

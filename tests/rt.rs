@@ -213,6 +213,43 @@ fn every_orientation_bit_depth_and_encoding_reads_back() {
             }
         }
     }
+    // Absolute offsets written rounded (off the plane's z by 0.0014 mm):
+    // still z values, so a feet-first dose is not mirrored.
+    for orientation in ["FFS", "HFS"] {
+        let enc = DoseEncoding {
+            orientation,
+            absolute_offsets: true,
+            ..Default::default()
+        };
+        let mut o = write::rt_dose(&h, &grid, &gy, &enc);
+        let offsets: Vec<f64> = text_of(&o, dicom_dictionary_std::tags::GRID_FRAME_OFFSET_VECTOR)
+            .split('\\')
+            .map(|v| v.trim().parse::<f64>().expect("a number") + 0.0014)
+            .collect();
+        o.put(dicom_core::DataElement::new(
+            dicom_dictionary_std::tags::GRID_FRAME_OFFSET_VECTOR,
+            dicom_core::VR::DS,
+            dicom_core::PrimitiveValue::from(
+                offsets
+                    .iter()
+                    .map(|v| format!("{v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join("\\"),
+            ),
+        ));
+        let path = tmp.path().join(format!("rounded-{orientation}.dcm"));
+        o.write_to_file(&path).expect("write");
+        let d = dose::read(&path, &DoseOptions::default()).expect("rounded offsets");
+        assert!(d.grid.same_geometry(&grid), "{orientation}: {:?}", d.grid.z);
+        for (a, b) in d.gy.iter().zip(&gy) {
+            assert!((a - b).abs() < 1e-3, "{orientation}: {a} vs {b}");
+        }
+        assert!(
+            d.info.notes.iter().any(|n| n.contains("read as z values")),
+            "{:?}",
+            d.info.notes
+        );
+    }
 }
 
 #[test]
@@ -1531,4 +1568,265 @@ fn what_is_scored_does_not_depend_on_file_order() {
     }
     // Both kinds of outcome occur.
     assert!((5..55).contains(&blocked), "{blocked} of 60 refused");
+}
+
+/// A Referenced RT Plan Sequence naming every plan in `plans`.
+fn plan_references(plans: &[&str]) -> dicom_core::DataElement<dicom_object::InMemDicomObject> {
+    let mut items: Vec<dicom_object::InMemDicomObject> = Vec::new();
+    for p in plans {
+        let one = plan_reference(p, None);
+        items.extend(one.items().expect("items").iter().cloned());
+    }
+    dicom_core::DataElement::new(
+        dicom_dictionary_std::tags::REFERENCED_RT_PLAN_SEQUENCE,
+        dicom_core::VR::SQ,
+        dicom_core::value::DataSetSequence::from(items),
+    )
+}
+
+/// Give a plan one fraction group per entry of `fractions`, each a copy of
+/// its first with that Number of Fractions Planned.
+fn set_fraction_groups(plan: &mut dicom_object::DefaultDicomObject, fractions: &[u32]) {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let first = plan
+        .element(tags::FRACTION_GROUP_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items())
+        .and_then(|i| i.first().cloned())
+        .expect("a fraction group");
+    let groups: Vec<dicom_object::InMemDicomObject> = fractions
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let mut g = first.clone();
+            put_text(
+                &mut g,
+                tags::FRACTION_GROUP_NUMBER,
+                VR::IS,
+                &(i + 1).to_string(),
+            );
+            put_text(
+                &mut g,
+                tags::NUMBER_OF_FRACTIONS_PLANNED,
+                VR::IS,
+                &n.to_string(),
+            );
+            g
+        })
+        .collect();
+    plan.put(dicom_core::DataElement::new(
+        tags::FRACTION_GROUP_SEQUENCE,
+        VR::SQ,
+        dicom_core::value::DataSetSequence::from(groups),
+    ));
+}
+
+/// A course in parts: a MULTI_PLAN dose summing a plan and its boost is
+/// scored with their fractions and prescriptions added, whatever the order
+/// of its references and whatever the plans' own doses; without one of its
+/// plans it is refused. A plan in two fraction groups is one course of all
+/// their fractions; a one-fraction dose of such a plan is refused.
+#[test]
+fn a_course_in_parts_is_read_as_one() {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = phantom::write(&small_thorax(), &tmp.path().join("base")).expect("write");
+    let (plan_path, dose_path) = (
+        file_named(&files, "rtplan.dcm"),
+        file_named(&files, "rtdose.dcm"),
+    );
+    let load = |dir: &Path| study::load(&[dir.to_path_buf()], &DoseOptions::default());
+    let base = load(files[0].parent().expect("dir")).expect("base");
+    let base_plan = base.plan.clone().expect("plan");
+    let (n, rx) = (
+        base_plan.fractions.expect("fractions"),
+        base_plan.prescription_gy.expect("prescription"),
+    );
+
+    // The boost: 8 more fractions, PRIOR → the base plan, with its own
+    // dose; and the course's MULTI_PLAN sum.
+    let course = |name: &str, order_reversed: bool| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in &files {
+            std::fs::copy(f, dir.join(f.file_name().expect("name"))).expect("copy");
+        }
+        let mut boost = dicom_object::open_file(&plan_path).expect("plan");
+        let boost_uid = new_instance(&mut boost);
+        put_text(&mut boost, tags::RT_PLAN_LABEL, VR::SH, "BOOST");
+        put_text(&mut boost, tags::RT_PLAN_DATE, VR::DA, "20250301");
+        set_fraction_groups(&mut boost, &[8]);
+        boost.put(plan_reference(&base_plan.sop_instance_uid, Some("PRIOR")));
+        boost.write_to_file(dir.join("boost.dcm")).expect("write");
+        let mut boost_dose = dicom_object::open_file(&dose_path).expect("dose");
+        new_instance(&mut boost_dose);
+        scale_dose(&mut boost_dose, 0.25);
+        boost_dose.put(plan_reference(&boost_uid, None));
+        boost_dose
+            .write_to_file(dir.join("boost-dose.dcm"))
+            .expect("write");
+        let mut sum = dicom_object::open_file(&dose_path).expect("dose");
+        let sum_uid = new_instance(&mut sum);
+        scale_dose(&mut sum, 1.25);
+        put_text(&mut sum, tags::DOSE_SUMMATION_TYPE, VR::CS, "MULTI_PLAN");
+        let mut refs = vec![base_plan.sop_instance_uid.as_str(), boost_uid.as_str()];
+        if order_reversed {
+            refs.reverse();
+        }
+        sum.put(plan_references(&refs));
+        sum.write_to_file(dir.join("sum.dcm")).expect("write");
+        (dir, sum_uid)
+    };
+    for reversed in [false, true] {
+        let (dir, sum_uid) = course(&format!("course-{reversed}"), reversed);
+        let s = load(&dir).expect("course");
+        assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+        assert_eq!(s.dose.info.sop_instance_uid, sum_uid);
+        let p = s.plan.as_ref().expect("plan");
+        assert_eq!(p.fractions, Some(n + 8), "{reversed}");
+        assert!(
+            (p.prescription_gy.expect("rx") - 2.0 * rx).abs() < 1e-6,
+            "{p:?}"
+        );
+        assert!(
+            s.links.iter().any(|l| l.contains("2 RT Plans summed")),
+            "{:?}",
+            s.links
+        );
+        // 60 Gy in 30 and 60 Gy in 8: the sum is not in equal fractions.
+        assert_noted(&s.problems, &["Gy per fraction", "approximation"]);
+        if !reversed {
+            // Without the base plan the course's fractions are unknown.
+            std::fs::remove_file(dir.join("rtplan.dcm")).expect("rm");
+            let s = load(&dir).expect("course without its first plan");
+            let blocked = s.blocking_problem().unwrap_or_default().to_string();
+            assert!(
+                blocked.contains("sums 2 plans") && blocked.contains("not among the input files"),
+                "{blocked}"
+            );
+        }
+    }
+
+    // One plan in two fraction groups: one course of 30 + 8 fractions.
+    let dir = tmp.path().join("groups");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for f in &files {
+        std::fs::copy(f, dir.join(f.file_name().expect("name"))).expect("copy");
+    }
+    let mut plan = dicom_object::open_file(&plan_path).expect("plan");
+    set_fraction_groups(&mut plan, &[n, 8]);
+    plan.write_to_file(dir.join("rtplan.dcm")).expect("write");
+    let s = load(&dir).expect("groups");
+    assert_eq!(s.plan.as_ref().and_then(|p| p.fractions), Some(n + 8));
+    assert_noted(
+        &s.problems,
+        &["2 fraction groups", "course of 38 fractions"],
+    );
+    // A one-fraction dose of it: which fraction, and how many, is unknown.
+    let mut fraction = dicom_object::open_file(&dose_path).expect("dose");
+    put_text(&mut fraction, tags::DOSE_SUMMATION_TYPE, VR::CS, "FRACTION");
+    fraction
+        .write_to_file(dir.join("rtdose.dcm"))
+        .expect("write");
+    let err = load(&dir).expect_err("fraction dose of two groups");
+    assert!(err.to_string().contains("2 fraction groups"), "{err}");
+}
+
+/// A proton plan's RBE-weighted (EFFECTIVE) dose is scored, not the
+/// PHYSICAL dose exported beside it, even when that one was created later.
+#[test]
+fn the_rbe_weighted_dose_goes_before_the_physical_one() {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = phantom::write(&small_thorax(), &tmp.path().join("s")).expect("write");
+    let dose_path = file_named(&files, "rtdose.dcm");
+    let mut effective = dicom_object::open_file(&dose_path).expect("dose");
+    let effective_uid = new_instance(&mut effective);
+    put_text(&mut effective, tags::DOSE_TYPE, VR::CS, "EFFECTIVE");
+    put_text(
+        &mut effective,
+        tags::INSTANCE_CREATION_DATE,
+        VR::DA,
+        "20250101",
+    );
+    scale_dose(&mut effective, 1.1);
+    effective
+        .write_to_file(dose_path.with_file_name("z-effective.dcm"))
+        .expect("write");
+    let mut physical = dicom_object::open_file(&dose_path).expect("dose");
+    put_text(
+        &mut physical,
+        tags::INSTANCE_CREATION_DATE,
+        VR::DA,
+        "20250102",
+    );
+    physical.write_to_file(&dose_path).expect("write");
+    let s = study::load(
+        &[dose_path.parent().expect("dir").to_path_buf()],
+        &DoseOptions::default(),
+    )
+    .expect("load");
+    assert_eq!(s.dose.info.sop_instance_uid, effective_uid);
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    assert_noted(&s.problems, &["EFFECTIVE", "PHYSICAL", &effective_uid]);
+}
+
+/// A structure set that also lists a registered frame of reference (a
+/// PET's) is scored; an ROI drawn in that other frame is not used.
+#[test]
+fn a_registered_frame_of_reference_blocks_only_the_rois_drawn_in_it() {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = phantom::write(&small_thorax(), &tmp.path().join("s")).expect("write");
+    let ss_path = file_named(&files, "rtstruct.dcm");
+    let dir = ss_path.parent().expect("dir").to_path_buf();
+    let mut ss = dicom_object::open_file(&ss_path).expect("ss");
+    let pet = uid::generate();
+    let mut frames: Vec<dicom_object::InMemDicomObject> = ss
+        .element(tags::REFERENCED_FRAME_OF_REFERENCE_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items())
+        .expect("frames")
+        .to_vec();
+    let mut item = dicom_object::InMemDicomObject::new_empty();
+    put_text(&mut item, tags::FRAME_OF_REFERENCE_UID, VR::UI, &pet);
+    frames.push(item);
+    ss.put(dicom_core::DataElement::new(
+        tags::REFERENCED_FRAME_OF_REFERENCE_SEQUENCE,
+        VR::SQ,
+        dicom_core::value::DataSetSequence::from(frames),
+    ));
+    ss.write_to_file(&ss_path).expect("write");
+    let s = study::load(std::slice::from_ref(&dir), &DoseOptions::default()).expect("load");
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    let before = s.structures.as_ref().expect("ss").rois.len();
+
+    // The heart drawn on the PET: left out, with a note.
+    let mut rois: Vec<dicom_object::InMemDicomObject> = ss
+        .element(tags::STRUCTURE_SET_ROI_SEQUENCE)
+        .ok()
+        .and_then(|e| e.items())
+        .expect("rois")
+        .to_vec();
+    let heart = rois
+        .iter_mut()
+        .find(|r| text_of(r, tags::ROI_NAME) == "Heart")
+        .expect("heart");
+    put_text(heart, tags::REFERENCED_FRAME_OF_REFERENCE_UID, VR::UI, &pet);
+    ss.put(dicom_core::DataElement::new(
+        tags::STRUCTURE_SET_ROI_SEQUENCE,
+        VR::SQ,
+        dicom_core::value::DataSetSequence::from(rois),
+    ));
+    ss.write_to_file(&ss_path).expect("write");
+    let s = study::load(std::slice::from_ref(&dir), &DoseOptions::default()).expect("load");
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    let kept = &s.structures.as_ref().expect("ss").rois;
+    assert_eq!(kept.len(), before - 1);
+    assert!(kept.iter().all(|r| r.info.name != "Heart"));
+    assert_noted(&s.problems, &["another frame of reference", "\"Heart\""]);
 }

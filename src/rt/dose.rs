@@ -53,7 +53,9 @@ pub struct DoseInfo {
     pub summation: Summation,
     pub dose_type: String,
     pub units: String,
-    pub referenced_plan_uid: Option<String>,
+    /// The plans the dose belongs to: one, or for a MULTI_PLAN sum every
+    /// plan summed.
+    pub referenced_plan_uids: Vec<String>,
     pub referenced_beams: Vec<i64>,
     /// Instance Creation (else Content) Date and Time, sortable as text.
     pub created: Option<String>,
@@ -220,19 +222,40 @@ pub fn from_object(
         )));
     }
     // Type (a): relative, first offset 0. Type (b): absolute z, first
-    // offset equal to the z of Image Position (Patient).
-    let absolute = offsets[0] != 0.0 && (offsets[0] - ipp[2]).abs() < 1e-3;
+    // offset equal to the z of Image Position (Patient). Exports round the
+    // offsets (114.1 for a plane at 114.0986), so "equal" is nearer than
+    // half a plane: read as relative, absolute offsets of a feet-first
+    // dose would mirror it about its first plane.
+    let half_plane = offsets
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .fold(f64::INFINITY, f64::min)
+        / 2.0;
+    let tolerance = if half_plane.is_finite() {
+        half_plane.max(1e-3)
+    } else {
+        1e-3
+    };
+    let gap = (offsets[0] - ipp[2]).abs();
+    let absolute = offsets[0] != 0.0 && gap < tolerance;
     if offsets[0] != 0.0 && !absolute {
         notes.push(format!(
             "first grid frame offset {} is neither 0 nor the plane's z {}; read as relative",
             offsets[0], ipp[2]
         ));
+    } else if absolute && gap >= 1e-3 {
+        notes.push(format!(
+            "grid frame offsets read as z values: the first, {}, is {gap:.3} mm from the plane's z {}",
+            offsets[0], ipp[2]
+        ));
     }
+    // Planes are placed from Image Position (Patient): absolute offsets
+    // give the distances between planes, as relative ones do.
     let z: Vec<f64> = offsets
         .iter()
         .map(|o| {
             if absolute {
-                *o
+                ipp[2] + (o - offsets[0])
             } else {
                 ipp[2] + nz * (o - offsets[0])
             }
@@ -301,14 +324,22 @@ pub fn from_object(
     }
 
     let plan_items = attr::items(obj, tags::REFERENCED_RT_PLAN_SEQUENCE);
-    let referenced_plan_uid = attr::referenced_uid(obj, tags::REFERENCED_RT_PLAN_SEQUENCE);
+    let mut referenced_plan_uids: Vec<String> = Vec::new();
+    for uid in plan_items
+        .iter()
+        .filter_map(|p| attr::string(p, tags::REFERENCED_SOP_INSTANCE_UID))
+    {
+        if !referenced_plan_uids.contains(&uid) {
+            referenced_plan_uids.push(uid);
+        }
+    }
     let referenced_beams = plan_items
         .iter()
         .flat_map(|p| attr::items(p, tags::REFERENCED_FRACTION_GROUP_SEQUENCE))
         .flat_map(|fg| attr::items(fg, tags::REFERENCED_BEAM_SEQUENCE))
         .filter_map(|b| attr::int(b, tags::REFERENCED_BEAM_NUMBER))
         .collect();
-    if referenced_plan_uid.is_none() {
+    if referenced_plan_uids.is_empty() {
         notes.push("no Referenced RT Plan Sequence: the dose cannot be tied to a plan".into());
     }
     Ok(RtDose {
@@ -320,7 +351,7 @@ pub fn from_object(
             summation,
             dose_type,
             units,
-            referenced_plan_uid,
+            referenced_plan_uids,
             referenced_beams,
             created: attr::date_time(
                 obj,
@@ -571,7 +602,7 @@ mod tests {
                 summation: Summation::Plan,
                 dose_type: "PHYSICAL".into(),
                 units: "GY".into(),
-                referenced_plan_uid: None,
+                referenced_plan_uids: vec![],
                 created: None,
                 referenced_beams: vec![],
                 orientation: "HFS",

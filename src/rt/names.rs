@@ -1,8 +1,10 @@
 //! Which ROI is which organ: TG-263 names and the variants seen in practice.
 //!
 //! Names are compared after lower-casing and dropping everything but
-//! letters and digits. Planning helper structures (PRVs, rings, "opt" and
-//! "avoid" structures, expansions) are never taken for the organ itself.
+//! letters and digits (umlauts spelled out, an "OAR" prefix dropped).
+//! Planning helper structures (PRVs, rings, "opt" and "avoid" structures,
+//! expansions, an organ name with a margin such as "Esophagus_5mm") are
+//! never taken for the organ itself.
 
 use super::structure::{Roi, RoiInfo};
 
@@ -63,10 +65,53 @@ pub struct Match {
 }
 
 fn norm(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase()
+    let mut n = String::with_capacity(s.len());
+    for c in s.chars() {
+        // German umlauts as they are spelled without them (Ösophagus).
+        match c {
+            'ä' | 'Ä' => n.push_str("ae"),
+            'ö' | 'Ö' => n.push_str("oe"),
+            'ü' | 'Ü' => n.push_str("ue"),
+            'ß' => n.push_str("ss"),
+            c if c.is_ascii_alphanumeric() => n.push(c.to_ascii_lowercase()),
+            _ => {}
+        }
+    }
+    n
+}
+
+/// An organ's name with an "OAR" prefix dropped (OAR_Esophagus).
+fn organ_name(name: &str) -> String {
+    let n = norm(name);
+    match n.strip_prefix("oar") {
+        Some(rest) if !rest.is_empty() => rest.to_string(),
+        _ => n,
+    }
+}
+
+/// An organ's name with a margin in it ("Esophagus_5mm", "Eso_exp3",
+/// "Esophagus 0.5cm"): an expansion of the organ, not the organ. Targets
+/// are left alone: a PTV is a margin by definition.
+fn margin(name: &str) -> bool {
+    let raw = name.to_ascii_lowercase();
+    let tokens: Vec<&str> = raw
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '.')
+        .filter(|t| !t.is_empty())
+        .collect();
+    let with_unit = |t: &str| {
+        ["mm", "cm"].iter().any(|u| {
+            t.strip_suffix(u).is_some_and(|v| {
+                let v = v.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+                !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.')
+            })
+        })
+    };
+    tokens.iter().any(|t| {
+        with_unit(t)
+            || ["exp", "marg", "margin", "mrg"].contains(t)
+            || t.strip_prefix("exp")
+                .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit()))
+    })
 }
 
 /// Helper structures that carry an organ's name but are not the organ.
@@ -107,7 +152,11 @@ fn helper(name: &str) -> Option<&'static str> {
 
 /// How well `name` names `organ`: 3 exact TG-263, 2 common variant, 1 loose.
 fn score(organ: Organ, name: &str) -> u8 {
-    let n = norm(name);
+    let n = if organ.is_target() {
+        norm(name)
+    } else {
+        organ_name(name)
+    };
     let raw = name.to_ascii_lowercase();
     match organ {
         Organ::Esophagus => {
@@ -120,6 +169,7 @@ fn score(organ: Organ, name: &str) -> u8 {
                 "oesophag",
                 "esoph",
                 "oesoph",
+                "speiseroehre",
             ]
             .contains(&n.as_str())
             {
@@ -251,6 +301,13 @@ pub fn match_organ(organ: Organ, rois: &[Roi]) -> Option<Match> {
             passed.push(format!("{:?}: {why}", r.info.name));
             continue;
         }
+        if !organ.is_target() && margin(&r.info.name) {
+            passed.push(format!(
+                "{:?}: an expansion (a margin in its name)",
+                r.info.name
+            ));
+            continue;
+        }
         if r.planes.is_empty() {
             passed.push(format!("{:?}: no closed contours", r.info.name));
             continue;
@@ -354,6 +411,38 @@ mod tests {
             roi(2, "Esoph_opt", &[0.0]),
         ];
         assert!(match_organ(Organ::Esophagus, &rois).is_none());
+    }
+
+    #[test]
+    fn expansions_are_not_the_organ_and_prefixes_and_umlauts_are_read() {
+        for name in [
+            "Esophagus_5mm",
+            "Esophagus 0.5cm",
+            "Esoph_exp",
+            "Esophagus_exp3",
+            "Esophagus margin",
+            "OAR_Esophagus_3mm",
+        ] {
+            let rois = vec![roi(1, name, &[0.0])];
+            assert!(match_organ(Organ::Esophagus, &rois).is_none(), "{name}");
+        }
+        for name in [
+            "OAR_Esophagus",
+            "OAR Esoph",
+            "Ösophagus",
+            "Speiseröhre",
+            "Esophagus_Thoracic",
+            "Esophagus2",
+        ] {
+            let rois = vec![roi(1, "Esophagus_5mm", &[0.0]), roi(2, name, &[0.0])];
+            let m = match_organ(Organ::Esophagus, &rois).expect(name);
+            assert_eq!(m.roi_number, 2, "{name}");
+        }
+        // A target keeps its margin: "PTV_5mm" is the 5 mm PTV.
+        let rois = vec![roi(1, "PTV_5mm", &[0.0])];
+        assert_eq!(match_organ(Organ::Ptv, &rois).expect("ptv").roi_number, 1);
+        assert!(!margin("Cord"));
+        assert!(!margin("Esophagus_Thoracic"));
     }
 
     #[test]

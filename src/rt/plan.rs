@@ -16,7 +16,10 @@ pub struct RtPlan {
     /// Total prescribed dose (Gy) and where it came from.
     pub prescription_gy: Option<f64>,
     pub prescription_source: String,
+    /// Planned fractions, over all fraction groups.
     pub fractions: Option<u32>,
+    /// Fraction groups (300A,0070): more than one is a course in parts.
+    pub fraction_groups: usize,
     /// Fractions per day, from the fraction pattern, when stated.
     pub fractions_per_day: Option<u32>,
     /// IMRT, VMAT, 3D-CRT, or as much as the plan tells.
@@ -73,25 +76,42 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
         }
     }
     let groups = attr::items(obj, tags::FRACTION_GROUP_SEQUENCE);
+    // Several fraction groups are given one after another (a plan with
+    // its boost beams in a second group), so the plan's dose is given in
+    // all their fractions together.
+    // Above MAX_FRACTIONS is no external-beam course (twice-daily lung
+    // schedules stay under 70), and EQD2 from it would be meaningless.
+    let per_group: Vec<Option<u32>> = groups
+        .iter()
+        .map(|g| match attr::int(g, tags::NUMBER_OF_FRACTIONS_PLANNED) {
+            Some(n) if n > MAX_FRACTIONS => {
+                notes.push(format!(
+                    "a Number of Fractions Planned that is not a treatment course ({n}) was ignored"
+                ));
+                None
+            }
+            Some(n) if n > 0 => Some(n as u32),
+            _ => None,
+        })
+        .collect();
+    let fractions = per_group
+        .iter()
+        .copied()
+        .sum::<Option<u32>>()
+        .filter(|n| *n > 0 && i64::from(*n) <= MAX_FRACTIONS);
     if groups.len() > 1 {
         notes.push(format!(
-            "{} fraction groups; the first is used for fractionation",
-            groups.len()
+            "{} fraction groups ({} fractions): read as one course of {} fractions",
+            groups.len(),
+            per_group
+                .iter()
+                .map(|n| n.map_or_else(|| "?".to_string(), |n| n.to_string()))
+                .collect::<Vec<_>>()
+                .join(" + "),
+            fractions.map_or_else(|| "unknown".to_string(), |n| n.to_string())
         ));
     }
     let fg = groups.first();
-    // Above MAX_FRACTIONS is no external-beam course (twice-daily lung
-    // schedules stay under 70), and EQD2 from it would be meaningless.
-    let fractions = match fg.and_then(|g| attr::int(g, tags::NUMBER_OF_FRACTIONS_PLANNED)) {
-        Some(n) if n > MAX_FRACTIONS => {
-            notes.push(format!(
-                "a Number of Fractions Planned that is not a treatment course ({n}) was ignored"
-            ));
-            None
-        }
-        Some(n) if n > 0 => Some(n as u32),
-        _ => None,
-    };
     let fractions_per_day = fg.and_then(|g| {
         let digits = attr::int(g, tags::NUMBER_OF_FRACTION_PATTERN_DIGITS_PER_DAY)? as usize;
         let pattern = attr::string(g, tags::FRACTION_PATTERN)?;
@@ -117,33 +137,38 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
                 "Target Prescription Dose (300A,0026)".to_string(),
             )
         } else {
-            // The fraction group's dose: beam doses per fraction × fractions.
+            // The fraction groups' dose: beam doses per fraction × fractions.
             // One beam dose that is there but not a number would make the
             // sum short, so then there is no sum.
-            let beams = fg.map_or(&[][..], |g| attr::items(g, tags::REFERENCED_BEAM_SEQUENCE));
-            let stated: Vec<&InMemDicomObject> = beams
-                .iter()
-                .filter(|b| attr::string(b, tags::BEAM_DOSE).is_some())
-                .collect();
-            let doses: Vec<f64> = stated
-                .iter()
-                .filter_map(|b| attr::float(b, tags::BEAM_DOSE))
-                .filter(|gy| *gy >= 0.0)
-                .collect();
-            let per_fraction: f64 = if doses.len() == stated.len() {
-                doses.iter().sum()
-            } else {
-                notes.push(format!(
-                    "{} of {} Beam Doses are not doses; no prescription is summed from them",
-                    stated.len() - doses.len(),
-                    stated.len()
-                ));
-                0.0
-            };
-            match (per_fraction > 0.0, fractions) {
-                (true, Some(n)) => (
-                    Some(per_fraction * f64::from(n)),
-                    "sum of Beam Dose (300A,0084) in the fraction group × fractions".to_string(),
+            let mut total = Some(0.0);
+            for (g, n) in groups.iter().zip(&per_group) {
+                let beams = attr::items(g, tags::REFERENCED_BEAM_SEQUENCE);
+                let stated: Vec<&InMemDicomObject> = beams
+                    .iter()
+                    .filter(|b| attr::string(b, tags::BEAM_DOSE).is_some())
+                    .collect();
+                let doses: Vec<f64> = stated
+                    .iter()
+                    .filter_map(|b| attr::float(b, tags::BEAM_DOSE))
+                    .filter(|gy| *gy >= 0.0)
+                    .collect();
+                if doses.len() != stated.len() {
+                    notes.push(format!(
+                        "{} of {} Beam Doses are not doses; no prescription is summed from them",
+                        stated.len() - doses.len(),
+                        stated.len()
+                    ));
+                    total = None;
+                }
+                total = total
+                    .zip(*n)
+                    .map(|(t, n)| t + doses.iter().sum::<f64>() * f64::from(n));
+            }
+            let course_gy = total.unwrap_or(0.0);
+            match (course_gy > 0.0, fractions) {
+                (true, Some(_)) => (
+                    Some(course_gy),
+                    "sum of Beam Dose (300A,0084) × fractions in each fraction group".to_string(),
                 ),
                 _ => (None, "no prescription in the plan".to_string()),
             }
@@ -170,6 +195,7 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> RtPlan {
         prescription_gy,
         prescription_source,
         fractions,
+        fraction_groups: groups.len(),
         fractions_per_day,
         technique,
         radiation_type,

@@ -225,16 +225,39 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         });
     }
 
-    // The plan: referenced by a dose, else the only plan present.
-    let referenced: Vec<String> = read
-        .iter()
-        .filter_map(|d| d.info.referenced_plan_uid.clone())
-        .collect();
+    // A dose summed over several plans (MULTI_PLAN) is the dose of their
+    // course: when one is among the inputs it is what is scored, and its
+    // plans together are the plan. Otherwise the plan is the one referenced
+    // by a dose, else the only plan present.
+    let course = summed_course(&read, &mut problems, &mut blocking);
+    let referenced: Vec<String> = match &course {
+        Some(set) => set.clone(),
+        None => read
+            .iter()
+            .flat_map(|d| d.info.referenced_plan_uids.iter().cloned())
+            .collect(),
+    };
     let with_dose: Vec<&RtPlan> = plans
         .iter()
         .filter(|p| referenced.contains(&p.sop_instance_uid))
         .collect();
-    let plan = match choose_plan(with_dose, &mut problems, &mut blocking) {
+    let chosen = match &course {
+        Some(set) => {
+            let combined = combine_plans(set, &with_dose, &mut problems, &mut blocking);
+            if let Some(p) = &combined {
+                links.push(format!(
+                    "RT Dose → {} RT Plans summed (MULTI_PLAN): {}",
+                    set.len(),
+                    p.label.as_deref().unwrap_or_default()
+                ));
+            }
+            combined
+        }
+        None => choose_plan(with_dose, &mut problems, &mut blocking).cloned(),
+    };
+    let plan = match chosen {
+        Some(p) if course.is_some() => Some(p),
+        None if course.is_some() => None,
         Some(p) => {
             links.push(format!(
                 "RT Dose → RT Plan {} (by reference)",
@@ -243,7 +266,7 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             if p.approval.as_deref() == Some("REJECTED") {
                 problems.push("the RT Plan's Approval Status is REJECTED".into());
             }
-            Some(p.clone())
+            Some(p)
         }
         None => {
             if let Some(u) = referenced.first() {
@@ -271,6 +294,17 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         }
     };
 
+    if let Some(p) = plan
+        .as_ref()
+        .filter(|p| course.is_none() && p.fraction_groups > 1)
+    {
+        problems.push(format!(
+            "the RT Plan has {} fraction groups, read as one course of {} fractions: EQD2 takes its dose as given in equal fractions, which for groups of different doses per fraction is an approximation",
+            p.fraction_groups,
+            p.fractions.map_or_else(|| "unknown".to_string(), |n| n.to_string())
+        ));
+    }
+
     // Choose and combine doses.
     // When the plan was found by reference, only its doses count; a plan
     // taken for lack of anything better constrains nothing.
@@ -278,7 +312,10 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         .as_ref()
         .map(|p| p.sop_instance_uid.clone())
         .filter(|u| referenced.contains(u));
-    let of_plan = |d: &RtDose| plan_uid.is_none() || d.info.referenced_plan_uid == plan_uid;
+    let of_plan = |d: &RtDose| match &course {
+        Some(set) => sorted(&d.info.referenced_plan_uids) == *set,
+        None => plan_uid.is_none() || d.info.referenced_plan_uids.first() == plan_uid.as_ref(),
+    };
     let mut candidates: Vec<RtDose> = read.into_iter().filter(|d| of_plan(d)).collect();
     if candidates.is_empty() {
         return Err(RtError::Study {
@@ -288,20 +325,34 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
     let whole = |d: &RtDose| matches!(d.info.summation, Summation::Plan | Summation::MultiPlan);
     let dose = if candidates.iter().any(whole) {
         // Of several whole-plan doses (a dose recalculated and sent again),
-        // the latest created; on a tie, the first.
+        // the latest created; on a tie, the first. An RBE-weighted dose
+        // (EFFECTIVE, as for protons) is the one prescribed and reported,
+        // so it goes before a PHYSICAL dose of the same plan.
+        let effective = |d: &RtDose| d.info.dose_type == "EFFECTIVE";
         let pos = candidates
             .iter()
             .enumerate()
             .filter(|(_, d)| whole(d))
-            .min_by_key(|(i, d)| (std::cmp::Reverse(d.info.created.clone()), *i))
+            .min_by_key(|(i, d)| (!effective(d), std::cmp::Reverse(d.info.created.clone()), *i))
             .map_or(0, |(i, _)| i);
-        let plan_doses = candidates.iter().filter(|d| whole(d)).count();
-        // Another whole-plan dose created at the same time (or neither
-        // dated) with other values: which is current is unknown. The same
-        // values under another UID (a second export) are no question.
+        let plan_doses = candidates
+            .iter()
+            .filter(|d| whole(d) && d.info.dose_type == candidates[pos].info.dose_type)
+            .count();
+        if effective(&candidates[pos]) && candidates.iter().any(|d| whole(d) && !effective(d)) {
+            problems.push(format!(
+                "the plan has an RBE-weighted (EFFECTIVE) and a PHYSICAL dose; the EFFECTIVE one ({}) is used",
+                candidates[pos].info.sop_instance_uid
+            ));
+        }
+        // Another whole-plan dose of the same type created at the same time
+        // (or neither dated) with other values: which is current is
+        // unknown. The same values under another UID (a second export) are
+        // no question.
         let rival = candidates.iter().enumerate().find(|(i, d)| {
             *i != pos
                 && whole(d)
+                && d.info.dose_type == candidates[pos].info.dose_type
                 && d.info.created == candidates[pos].info.created
                 && (d.grid != candidates[pos].grid || d.gy != candidates[pos].gy)
         });
@@ -357,6 +408,14 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         .position(|d| d.info.summation == Summation::Fraction)
     {
         let mut d = candidates.swap_remove(pos);
+        if let Some(p) = plan.as_ref().filter(|p| p.fraction_groups > 1) {
+            return Err(RtError::Study {
+                what: format!(
+                    "the RT Dose is one fraction's dose and its plan has {} fraction groups of different fractions: which fraction it is, and how many like it were given, is unknown; send the plan's whole dose (PLAN)",
+                    p.fraction_groups
+                ),
+            });
+        }
         match plan.as_ref().and_then(|p| p.fractions) {
             Some(n) => {
                 d.scale(f64::from(n));
@@ -459,16 +518,24 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         }
     };
 
-    // One frame of reference for dose, plan and structures.
+    // One frame of reference for dose, plan and structures. Each ROI names
+    // its own (Type 1); the structure set's list may also hold others (a
+    // registered PET or MR), which matter only for ROIs drawn in them.
+    let mut structures = structures;
     let dose_for = dose.info.frame_of_reference_uid.clone();
-    if let (Some(d), Some(s)) = (&dose_for, &structures) {
-        let roi_fors: Vec<&String> = s
-            .rois
-            .iter()
-            .filter_map(|r| r.info.frame_of_reference_uid.as_ref())
-            .chain(s.frame_of_reference_uids.iter())
-            .collect();
-        if roi_fors.iter().any(|f| *f != d) {
+    if let (Some(d), Some(s)) = (&dose_for, &mut structures) {
+        let elsewhere = |r: &super::structure::Roi| {
+            r.info
+                .frame_of_reference_uid
+                .as_ref()
+                .is_some_and(|f| f != d)
+        };
+        let (other, same): (Vec<_>, Vec<_>) = s.rois.iter().partition(|r| elsewhere(r));
+        // ROIs without their own fall back on the structure set's list.
+        let unnamed_elsewhere = same.iter().any(|r| r.info.frame_of_reference_uid.is_none())
+            && !s.frame_of_reference_uids.is_empty()
+            && !s.frame_of_reference_uids.contains(d);
+        if (!other.is_empty() && same.is_empty()) || unnamed_elsewhere {
             block(
                 &mut problems,
                 &mut blocking,
@@ -476,8 +543,26 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
                     "the structures are drawn in another frame of reference than the dose ({d}); dose and structures may not line up"
                 ),
             );
-        } else if !roi_fors.is_empty() {
-            links.push(format!("dose and structures share frame of reference {d}"));
+        } else {
+            if !other.is_empty() {
+                problems.push(format!(
+                    "{} ROI(s) drawn in another frame of reference than the dose's are not used: {}",
+                    other.len(),
+                    other
+                        .iter()
+                        .map(|r| format!("{:?}", r.info.name))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                s.rois.retain(|r| !elsewhere(r));
+            }
+            if s.rois
+                .iter()
+                .any(|r| r.info.frame_of_reference_uid.is_some())
+                || s.frame_of_reference_uids.contains(d)
+            {
+                links.push(format!("dose and structures share frame of reference {d}"));
+            }
         }
     }
     if let (Some(d), Some(p)) = (
@@ -514,6 +599,142 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         links,
         problems,
         blocking,
+    })
+}
+
+fn sorted(uids: &[String]) -> Vec<String> {
+    let mut v = uids.to_vec();
+    v.sort();
+    v
+}
+
+/// The plans (sorted UIDs) of the dose summed over the most plans, when a
+/// dose among the inputs sums several (MULTI_PLAN). A course that grew
+/// (plans A + B, then A + B + C) is scored by its largest sum; sums over
+/// sets that do not contain one another are different courses, which is
+/// blocking.
+fn summed_course(
+    read: &[RtDose],
+    problems: &mut Vec<String>,
+    blocking: &mut Vec<String>,
+) -> Option<Vec<String>> {
+    let mut sets: Vec<Vec<String>> = read
+        .iter()
+        .filter(|d| d.info.referenced_plan_uids.len() > 1)
+        .map(|d| sorted(&d.info.referenced_plan_uids))
+        .collect();
+    sets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let largest = sets.first()?.clone();
+    if let Some(other) = sets.iter().find(|s| s.iter().any(|u| !largest.contains(u))) {
+        block(
+            problems,
+            blocking,
+            format!(
+                "two RT Doses sum different sets of plans ({} and {}), so which course to score is unknown; send only that course's summed dose",
+                largest.join(" + "),
+                other.join(" + ")
+            ),
+        );
+    }
+    Some(largest)
+}
+
+/// The plans a summed dose names, read as one course: the fractions and
+/// prescriptions add up. EQD2 from the summed dose then takes it as given
+/// in all the course's fractions alike, which is exact when the plans give
+/// the same dose per fraction (a sequential boost at 2 Gy), and otherwise
+/// an approximation that is noted. A plan that is not among the inputs
+/// leaves the course's fractions unknown: blocking.
+fn combine_plans(
+    set: &[String],
+    present: &[&RtPlan],
+    problems: &mut Vec<String>,
+    blocking: &mut Vec<String>,
+) -> Option<RtPlan> {
+    let mut members: Vec<&RtPlan> = present.to_vec();
+    members.sort_by_key(|p| (p.date_time.clone(), p.created.clone()));
+    if members.len() < set.len() {
+        let missing: Vec<&str> = set
+            .iter()
+            .filter(|u| !members.iter().any(|p| &p.sop_instance_uid == *u))
+            .map(String::as_str)
+            .collect();
+        block(
+            problems,
+            blocking,
+            format!(
+                "the RT Dose sums {} plans and {} of them ({}) are not among the input files, so the course's fractions are unknown; send every plan it sums",
+                set.len(),
+                missing.len(),
+                missing.join(", ")
+            ),
+        );
+    }
+    let latest = *members.last()?;
+    let all = |f: &dyn Fn(&RtPlan) -> Option<f64>| -> Option<f64> {
+        members.iter().map(|p| f(p)).sum::<Option<f64>>()
+    };
+    let per_fraction: Vec<f64> = members
+        .iter()
+        .filter_map(|p| p.dose_per_fraction())
+        .collect();
+    let (lo, hi) = per_fraction
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), v| {
+            (lo.min(*v), hi.max(*v))
+        });
+    if per_fraction.len() == members.len() && hi > lo * 1.05 {
+        problems.push(format!(
+            "the summed plans give {} Gy per fraction: EQD2 takes the summed dose as given in equal fractions, which for different doses per fraction is an approximation",
+            per_fraction
+                .iter()
+                .map(|v| format!("{v:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if members
+        .iter()
+        .any(|p| p.approval.as_deref() == Some("REJECTED"))
+    {
+        problems.push("an RT Plan of the summed course has Approval Status REJECTED".into());
+    }
+    let mut techniques: Vec<&str> = Vec::new();
+    for p in &members {
+        if !techniques.contains(&p.technique.as_str()) {
+            techniques.push(&p.technique);
+        }
+    }
+    let structure_sets: Vec<&String> = members
+        .iter()
+        .filter_map(|p| p.referenced_structure_set_uid.as_ref())
+        .collect();
+    if structure_sets.iter().any(|u| *u != structure_sets[0]) {
+        problems.push(format!(
+            "the summed plans were planned on different RT Structure Sets; the latest plan's ({}) is used",
+            latest.referenced_structure_set_uid.as_deref().unwrap_or("none")
+        ));
+    }
+    Some(RtPlan {
+        sop_instance_uid: latest.sop_instance_uid.clone(),
+        label: Some(
+            members
+                .iter()
+                .map(|p| p.label.as_deref().unwrap_or(&p.sop_instance_uid))
+                .collect::<Vec<_>>()
+                .join(" + "),
+        ),
+        prescription_gy: all(&|p| p.prescription_gy),
+        prescription_source: "the sum of the summed plans' prescriptions".into(),
+        fractions: all(&|p| p.fractions.map(f64::from)).map(|n| n as u32),
+        fraction_groups: members.iter().map(|p| p.fraction_groups).sum(),
+        technique: techniques.join(" + "),
+        beams: members.iter().map(|p| p.beams).sum(),
+        notes: members
+            .iter()
+            .flat_map(|p| p.notes.iter().cloned())
+            .collect(),
+        ..latest.clone()
     })
 }
 

@@ -212,7 +212,11 @@ pub struct DoseEncoding {
     pub summation: &'static str,
     pub units: &'static str,
     pub referenced_plan_uid: Option<String>,
+    /// Further plans a MULTI_PLAN dose sums, after `referenced_plan_uid`.
+    pub more_plan_uids: Vec<String>,
     pub referenced_beam: Option<i64>,
+    /// PHYSICAL or EFFECTIVE (RBE-weighted).
+    pub dose_type: &'static str,
 }
 
 impl Default for DoseEncoding {
@@ -225,7 +229,9 @@ impl Default for DoseEncoding {
             summation: "PLAN",
             units: "GY",
             referenced_plan_uid: None,
+            more_plan_uids: Vec::new(),
             referenced_beam: None,
+            dose_type: "PHYSICAL",
         }
     }
 }
@@ -292,7 +298,7 @@ pub fn rt_dose(
         PrimitiveValue::Tags(vec![tags::GRID_FRAME_OFFSET_VECTOR].into()),
     ));
     put_str(&mut obj, tags::DOSE_UNITS, VR::CS, enc.units);
-    put_str(&mut obj, tags::DOSE_TYPE, VR::CS, "PHYSICAL");
+    put_str(&mut obj, tags::DOSE_TYPE, VR::CS, enc.dose_type);
     put_str(&mut obj, tags::DOSE_SUMMATION_TYPE, VR::CS, enc.summation);
     put_str(
         &mut obj,
@@ -327,7 +333,14 @@ pub fn rt_dose(
             put_str(&mut fg, tags::REFERENCED_FRACTION_GROUP_NUMBER, VR::IS, "1");
             put_seq(&mut r, tags::REFERENCED_FRACTION_GROUP_SEQUENCE, vec![fg]);
         }
-        put_seq(&mut obj, tags::REFERENCED_RT_PLAN_SEQUENCE, vec![r]);
+        let mut items = vec![r];
+        for more in &enc.more_plan_uids {
+            let mut r = InMemDicomObject::new_empty();
+            put_str(&mut r, tags::REFERENCED_SOP_CLASS_UID, VR::UI, sop::RT_PLAN);
+            put_str(&mut r, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, more);
+            items.push(r);
+        }
+        put_seq(&mut obj, tags::REFERENCED_RT_PLAN_SEQUENCE, items);
     }
     // Stored order: frame by frame, row by row, in the file's directions.
     let mut frames: Vec<Vec<u32>> = Vec::with_capacity(nk);

@@ -2067,3 +2067,62 @@ fn damaged_sessions_leave_the_node_answering_and_consistent() {
         ) > 0
     );
 }
+
+/// A deflated data set whose stream does not inflate, ends early, or is
+/// followed by other bytes cannot be understood (C000): sending it again
+/// would not help, so it is not "out of resources" (A700).
+#[test]
+fn deflate_streams_that_do_not_inflate_cleanly_are_not_understood() {
+    use std::io::Write;
+    let node = TestNode::start(&[]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dose = DicomFile::read(&rt_dose_file(tmp.path())).expect("read");
+    let mut z = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(&dose.data_set).expect("deflate");
+    let z = z.finish().expect("deflate");
+    let mut trailing = z.clone();
+    trailing.extend_from_slice(b"trailing garbage");
+    let mut corrupt = z.clone();
+    for b in &mut corrupt[z.len() / 4..z.len() / 4 + 64] {
+        *b = !*b;
+    }
+    let rt = runtime();
+    rt.block_on(async {
+        let contexts = vec![(RT_DOSE, vec![ts::DEFLATED_EXPLICIT_VR_LE])];
+        let mut assoc = send::associate(&node.addr(), "RUSTSCU", AE, &contexts)
+            .await
+            .expect("associate");
+        let pc = send::context_id(&assoc, RT_DOSE, ts::DEFLATED_EXPLICIT_VR_LE).expect("pc");
+        let rq = Command::store_request(1, RT_DOSE, &dose.sop_instance_uid);
+        for (what, data) in [
+            ("cut in half", &z[..z.len() / 2]),
+            ("corrupt", &corrupt[..]),
+            ("trailing bytes", &trailing[..]),
+            ("not deflated", &dose.data_set[..]),
+        ] {
+            send::send_message(&mut assoc, pc, &rq, Some(data))
+                .await
+                .expect("send");
+            let rsp = send::receive_command(&mut assoc).await.expect("response");
+            assert_eq!(
+                rsp.status,
+                Some(status::CANNOT_UNDERSTAND),
+                "{what}: {rsp:?}"
+            );
+            assert!(
+                rsp.error_comment.as_deref().is_some_and(|c| !c.is_empty()),
+                "{what}: comment"
+            );
+        }
+        assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 0);
+        // The same stream, whole and alone, is stored.
+        send::send_message(&mut assoc, pc, &rq, Some(&z))
+            .await
+            .expect("send");
+        let rsp = send::receive_command(&mut assoc).await.expect("response");
+        assert_eq!(rsp.status, Some(status::SUCCESS), "{rsp:?}");
+        assoc.release().await.expect("release");
+    });
+    assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 1);
+    assert_eq!(node.tmp_files(), 0);
+}

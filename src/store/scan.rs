@@ -62,15 +62,26 @@ impl Encoding {
 /// Why a data set was refused.
 #[derive(Debug)]
 pub enum ScanError {
+    /// Reading the stored bytes failed (the disk, not the data).
     Io(io::Error),
-    Truncated { offset: u64, what: String },
-    Invalid { offset: u64, what: String },
+    /// A deflated data set whose deflate stream does not decode, ends
+    /// early, or is followed by more than its padding.
+    Deflate(String),
+    Truncated {
+        offset: u64,
+        what: String,
+    },
+    Invalid {
+        offset: u64,
+        what: String,
+    },
 }
 
 impl fmt::Display for ScanError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ScanError::Io(e) => write!(f, "read error: {e}"),
+            ScanError::Deflate(what) => write!(f, "deflated data set: {what}"),
             ScanError::Truncated { offset, what } => {
                 write!(f, "data set truncated at byte {offset}: {what}")
             }
@@ -172,6 +183,24 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
+/// A reader that notes whether reading from it failed, so that an error
+/// coming out of the inflater can be told apart: the file's (I/O) or the
+/// deflate stream's (the data).
+struct Watched<R> {
+    inner: R,
+    failed: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let r = self.inner.read(buf);
+        if matches!(&r, Err(e) if e.kind() != io::ErrorKind::Interrupted) {
+            self.failed.set(true);
+        }
+        r
+    }
+}
+
 /// Scan a data set stored in a file from `offset` to the end of the file.
 pub fn scan_file<R: Read + Seek>(
     mut file: R,
@@ -181,15 +210,50 @@ pub fn scan_file<R: Read + Seek>(
 ) -> Result<Header, ScanError> {
     let len = file.seek(io::SeekFrom::End(0))?;
     file.seek(io::SeekFrom::Start(offset))?;
-    let reader = BufReader::with_capacity(64 * 1024, file);
     if deflated {
+        let failed = std::rc::Rc::new(std::cell::Cell::new(false));
+        let reader = BufReader::with_capacity(
+            64 * 1024,
+            Watched {
+                inner: file,
+                failed: failed.clone(),
+            },
+        );
         let inflater = BufReader::new(flate2::bufread::DeflateDecoder::new(reader));
-        Walker::new(StreamSource {
+        let mut walker = Walker::new(StreamSource {
             inner: inflater,
             pos: 0,
-        })
-        .run(encoding)
+        });
+        // flate2 reports a corrupt or incomplete stream as an I/O error.
+        let deflate_or_io = |e: io::Error| {
+            if failed.get() {
+                ScanError::Io(e)
+            } else {
+                ScanError::Deflate(e.to_string())
+            }
+        };
+        match walker.data_set(encoding, 0, None, false) {
+            Ok(()) => {}
+            Err(ScanError::Io(e)) => return Err(deflate_or_io(e)),
+            Err(e) => return Err(e),
+        }
+        // The walk ended where the inflater did, at the end of the deflate
+        // stream. What follows it is not part of the data set: at most the
+        // one NUL that pads a stream of odd length to an even one.
+        let decoder = walker.src.inner.into_inner();
+        let consumed = decoder.total_in();
+        let mut rest = decoder.into_inner();
+        let mut tail = [0u8; 2];
+        let n = read_full(&mut rest, &mut tail).map_err(deflate_or_io)?;
+        if n > 1 || (n == 1 && tail[0] != 0) {
+            let extra = len.saturating_sub(offset).saturating_sub(consumed);
+            return Err(ScanError::Deflate(format!(
+                "{extra} bytes after the end of the deflate stream"
+            )));
+        }
+        Ok(walker.header)
     } else {
+        let reader = BufReader::with_capacity(64 * 1024, file);
         Walker::new(FileSource {
             inner: reader,
             pos: 0,
@@ -734,6 +798,92 @@ mod tests {
             }
         }
         assert!(refused > d.len(), "{refused} refused");
+    }
+
+    fn deflate(b: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(b).expect("deflate");
+        enc.finish().expect("deflate")
+    }
+
+    fn scan_deflated(b: &[u8]) -> Result<Header, ScanError> {
+        // Behind a preamble, as in the temporary file.
+        let mut file = vec![0xAA; 10];
+        file.extend_from_slice(b);
+        scan_file(io::Cursor::new(file), 10, Encoding::EXPLICIT_LE, true)
+    }
+
+    /// A deflate stream that does not decode, ends early or is followed by
+    /// other bytes is the data's fault (C000), not an I/O error (A700);
+    /// a pad byte after a stream of odd length is allowed.
+    #[test]
+    fn deflated_data_sets_are_checked_to_the_end_of_the_stream() {
+        let z = deflate(&sample());
+        let h = scan_deflated(&z).expect("valid stream");
+        assert_eq!(h.sop_instance_uid.as_deref(), Some("1.2.3.4"));
+        let mut padded = z.clone();
+        padded.push(0);
+        scan_deflated(&padded).expect("one pad byte");
+
+        let mut trailing = z.clone();
+        trailing.extend_from_slice(b"trailing garbage");
+        let mut two_nuls = z.clone();
+        two_nuls.extend_from_slice(&[0, 0]);
+        let mut corrupt = z.clone();
+        corrupt[z.len() / 3] ^= 0xFF;
+        corrupt[z.len() / 3 + 1] ^= 0x5A;
+        for (what, bytes) in [
+            ("trailing bytes", trailing),
+            ("two NULs", two_nuls),
+            ("cut in half", z[..z.len() / 2].to_vec()),
+            ("not deflated", sample()),
+            ("corrupt", corrupt),
+        ] {
+            match scan_deflated(&bytes) {
+                Err(
+                    ScanError::Deflate(_) | ScanError::Invalid { .. } | ScanError::Truncated { .. },
+                ) => {}
+                other => panic!("{what}: {other:?}"),
+            }
+        }
+        let mut trailing = z.clone();
+        trailing.extend_from_slice(b"trailing garbage");
+        let e = scan_deflated(&trailing).expect_err("trailing");
+        assert_eq!(
+            e.to_string(),
+            "deflated data set: 16 bytes after the end of the deflate stream"
+        );
+        assert!(matches!(
+            scan_deflated(&z[..z.len() / 2]),
+            Err(ScanError::Deflate(_))
+        ));
+    }
+
+    /// A read error of the file under the inflater stays an I/O error.
+    #[test]
+    fn a_read_error_under_the_inflater_is_io() {
+        struct Failing(io::Cursor<Vec<u8>>);
+        impl Read for Failing {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.position() > 40 {
+                    return Err(io::Error::other("disk on fire"));
+                }
+                let n = buf.len().min(16);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        impl Seek for Failing {
+            fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+                self.0.seek(pos)
+            }
+        }
+        let z = deflate(&sample());
+        match scan_file(Failing(io::Cursor::new(z)), 0, Encoding::EXPLICIT_LE, true) {
+            Err(ScanError::Io(e)) => assert_eq!(e.to_string(), "disk on fire"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

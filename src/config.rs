@@ -509,7 +509,7 @@ pub struct ResolvedCaller {
 
 impl ResolvedCaller {
     pub fn admits(&self, calling_ae: &str, peer: IpAddr) -> bool {
-        if self.ae_title != calling_ae.trim() {
+        if self.ae_title != wire_ae_title(calling_ae) {
             return false;
         }
         match &self.hosts {
@@ -522,6 +522,14 @@ impl ResolvedCaller {
 /// Compare addresses treating IPv4-mapped IPv6 addresses as their IPv4 form.
 fn same_ip(a: IpAddr, b: IpAddr) -> bool {
     a.to_canonical() == b.to_canonical()
+}
+
+/// An AE title as it came from the network (an A-ASSOCIATE-RQ, or a row
+/// that recorded one), without what PS3.5 makes insignificant: spaces at
+/// either end, and the NUL padding some older peers send instead. Every
+/// AE title from the wire is compared, stored and reused in this form.
+pub fn wire_ae_title(raw: &str) -> &str {
+    raw.trim_matches([' ', '\0'])
 }
 
 /// An AE title is 1-16 characters of the default repertoire, no backslash or

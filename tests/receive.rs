@@ -1487,28 +1487,71 @@ fn echo_and_dose_request(calling: &str, max_pdu: u32) -> dicom_ul::pdu::Pdu {
     })
 }
 
+/// The next PDU from the node, and the length of its variable field.
+fn next_pdu(socket: &mut std::net::TcpStream) -> (dicom_ul::pdu::Pdu, usize) {
+    use std::io::Read;
+    let mut header = [0u8; 6];
+    socket.read_exact(&mut header).expect("PDU header");
+    let len = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
+    let mut whole = header.to_vec();
+    whole.resize(6 + len, 0);
+    socket.read_exact(&mut whole[6..]).expect("PDU body");
+    let pdu = dicom_ul::pdu::read_pdu(&whole[..], 1 << 20, false)
+        .expect("PDU")
+        .expect("a whole PDU");
+    (pdu, len)
+}
+
+/// Write PDUs to the node, encoded as they are.
+fn send(socket: &mut std::net::TcpStream, pdus: Vec<dicom_ul::pdu::Pdu>) {
+    use std::io::Write;
+    let mut out = Vec::new();
+    for pdu in &pdus {
+        dicom_ul::pdu::write_pdu(&mut out, pdu).expect("encode");
+    }
+    socket.write_all(&out).expect("send");
+}
+
+/// A connection to the node with an association established by the
+/// request of [`echo_and_dose_request`] (Verification on context 1, RT
+/// Dose in Explicit VR Little Endian on context 3).
+fn raw_association(node: &TestNode, calling: &str) -> std::net::TcpStream {
+    let mut socket = std::net::TcpStream::connect(node.addr()).expect("connect");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    send(&mut socket, vec![echo_and_dose_request(calling, 16_384)]);
+    let (ac, _) = next_pdu(&mut socket);
+    assert!(matches!(ac, dicom_ul::pdu::Pdu::AssociationAC(_)), "{ac:?}");
+    socket
+}
+
+/// The command set of the node's next response, its fragments joined.
+fn raw_response(socket: &mut std::net::TcpStream) -> Command {
+    let mut bytes = Vec::new();
+    loop {
+        let (pdu, _) = next_pdu(socket);
+        let dicom_ul::pdu::Pdu::PData { data } = pdu else {
+            panic!("expected P-DATA, got {pdu:?}")
+        };
+        for pdv in data {
+            bytes.extend_from_slice(&pdv.data);
+            if pdv.is_last {
+                return Command::decode(&bytes).expect("command");
+            }
+        }
+    }
+}
+
 /// A caller may announce a maximum PDU length smaller than a response
 /// command set (PS3.8 sets no lower bound); the responses then come in
 /// fragments that fit it. dicom-ul's client cannot be held to 64 bytes, so
 /// this caller writes its PDUs itself.
 #[test]
 fn a_caller_with_a_tiny_maximum_pdu_gets_its_responses_in_fragments() {
-    use dicom_ul::pdu::{read_pdu, write_pdu, PDataValueType, Pdu};
-    use std::io::{Read, Write};
+    use dicom_ul::pdu::{PDataValueType, Pdu};
     const MAX: u32 = 64;
 
-    fn next_pdu(socket: &mut std::net::TcpStream) -> (Pdu, usize) {
-        let mut header = [0u8; 6];
-        socket.read_exact(&mut header).expect("PDU header");
-        let len = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
-        let mut whole = header.to_vec();
-        whole.resize(6 + len, 0);
-        socket.read_exact(&mut whole[6..]).expect("PDU body");
-        let pdu = read_pdu(&whole[..], 1 << 20, false)
-            .expect("PDU")
-            .expect("a whole PDU");
-        (pdu, len)
-    }
     /// The response to a request: its command set's fragments, joined.
     fn response(socket: &mut std::net::TcpStream) -> (Command, usize) {
         let mut bytes = Vec::new();
@@ -1529,14 +1572,6 @@ fn a_caller_with_a_tiny_maximum_pdu_gets_its_responses_in_fragments() {
             }
         }
     }
-    fn send(socket: &mut std::net::TcpStream, pdus: Vec<Pdu>) {
-        let mut out = Vec::new();
-        for pdu in &pdus {
-            write_pdu(&mut out, pdu).expect("encode");
-        }
-        socket.write_all(&out).expect("send");
-    }
-
     let node = TestNode::start(&[]);
     let tmp = tempfile::tempdir().expect("tmp");
     let dose_path = rt_dose_file(tmp.path());
@@ -2125,4 +2160,58 @@ fn deflate_streams_that_do_not_inflate_cleanly_are_not_understood() {
     });
     assert_eq!(count(&node.db_path(), "SELECT count(*) FROM instances"), 1);
     assert_eq!(node.tmp_files(), 0);
+}
+
+/// A calling AE title padded with NULs (as some older peers send it) is let
+/// in by an allow-list that names it, and is recorded without the padding:
+/// in the index, the association log and the stored file's Sending AE.
+#[test]
+fn a_nul_padded_calling_ae_title_is_admitted_and_recorded_without_padding() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cfg = tmp.path().join("site.toml");
+    std::fs::write(
+        &cfg,
+        "[dicom]\nallowed_callers = [ { ae_title = \"NULTPS\" } ]\n",
+    )
+    .expect("cfg");
+    let node = TestNode::start_with_args(&["--config", &cfg.display().to_string()], &[]);
+    let dose_path = rt_dose_file(tmp.path());
+    let dose = DicomFile::read(&dose_path).expect("read");
+    let mut socket = raw_association(&node, "NULTPS\0\0\0\0\0\0\0\0\0\0");
+    let rq = Command::store_request(1, RT_DOSE, &dose.sop_instance_uid);
+    let mut pdus = rq.to_pdus(3, 16_384);
+    pdus.extend(esorisk::dimse::pdata_pdus(
+        3,
+        dicom_ul::pdu::PDataValueType::Data,
+        &dose.data_set,
+        16_384,
+    ));
+    send(&mut socket, pdus);
+    let rsp = raw_response(&mut socket);
+    assert_eq!(rsp.status, Some(status::SUCCESS), "{rsp:?}");
+    send(&mut socket, vec![dicom_ul::pdu::Pdu::ReleaseRQ]);
+    assert_eq!(next_pdu(&mut socket).0, dicom_ul::pdu::Pdu::ReleaseRP);
+
+    let db = node.db_path();
+    wait_for(|| {
+        count(
+            &db,
+            "SELECT count(*) FROM associations WHERE outcome = 'released'",
+        ) == 1
+    });
+    assert_eq!(
+        query(&db, "SELECT calling_ae FROM associations"),
+        vec![vec![Some("NULTPS".to_string())]]
+    );
+    assert_eq!(
+        query(&db, "SELECT calling_ae FROM instances"),
+        vec![vec![Some("NULTPS".to_string())]]
+    );
+    let u = uids(&dose_path);
+    let stored =
+        dicom_object::open_file(node.store_path(&u.study, &u.series, &u.sop)).expect("stored file");
+    assert_eq!(
+        stored.meta().sending_application_entity_title(),
+        Some("NULTPS")
+    );
 }

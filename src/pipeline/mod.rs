@@ -799,7 +799,7 @@ fn destinations(
             });
             if let Some(host) = host {
                 let d = Destination {
-                    ae_title: ae.trim().to_string(),
+                    ae_title: crate::config::wire_ae_title(&ae).to_string(),
                     host,
                     port: ctx.settings.send_back_port,
                     tls: ctx.settings.send_back_tls,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use dicom_ul::association::server::AccessControl;
 use dicom_ul::pdu::{AssociationRJServiceUserReason, UserIdentity};
 
-use crate::config::ResolvedCaller;
+use crate::config::{wire_ae_title, ResolvedCaller};
 
 /// The node-wide rules.
 #[derive(Debug, Clone)]
@@ -35,15 +35,17 @@ impl PeerAccess {
         calling_ae_title: &str,
         called_ae_title: &str,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        if self.policy.require_called_ae_title && called_ae_title.trim() != this_ae_title.trim() {
+        if self.policy.require_called_ae_title
+            && wire_ae_title(called_ae_title) != this_ae_title.trim()
+        {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
         // The calling AE title names the sender in the index, the logs and
         // the returned reports, so one that is not text (PS3.5: not all
         // spaces, no control character, no backslash) is refused even when
-        // any caller is let in. Trailing NULs, which some older peers pad
-        // with, count as padding.
-        if !crate::config::valid_ae_title(calling_ae_title.trim_end_matches('\0')) {
+        // any caller is let in. NULs, which some older peers pad with,
+        // count as padding.
+        if !crate::config::valid_ae_title(wire_ae_title(calling_ae_title)) {
             return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
         let callers = &self.policy.allowed_callers;
@@ -69,8 +71,8 @@ impl AccessControl for PeerAccess {
         let verdict = self.decide(this_ae_title, calling_ae_title, called_ae_title);
         if let Err(reason) = &verdict {
             tracing::warn!(
-                calling_ae = calling_ae_title.trim(),
-                called_ae = called_ae_title.trim(),
+                calling_ae = wire_ae_title(calling_ae_title),
+                called_ae = wire_ae_title(called_ae_title),
                 peer = %self.peer,
                 reason = %reason,
                 "association rejected"
@@ -116,6 +118,7 @@ mod tests {
         }
         assert_eq!(a.decide("ESORISK", "TPS 1 ", "ESORISK"), Ok(()));
         assert_eq!(a.decide("ESORISK", "OLDTPS\0\0", "ESORISK"), Ok(()));
+        assert_eq!(a.decide("ESORISK", " OLDTPS \0\0", "ESORISK\0\0"), Ok(()));
     }
 
     #[test]
@@ -131,6 +134,9 @@ mod tests {
             },
         ]);
         assert_eq!(a.decide("ESORISK", "TPS", "ESORISK"), Ok(()));
+        // Padding is not part of the title: NULs as much as spaces.
+        assert_eq!(a.decide("ESORISK", "TPS\0\0\0", "ESORISK"), Ok(()));
+        assert_eq!(a.decide("ESORISK", " TPS \0", "ESORISK"), Ok(()));
         assert_eq!(
             a.decide("ESORISK", "PACS", "ESORISK"),
             Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)

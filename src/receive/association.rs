@@ -21,6 +21,7 @@ use tracing::{debug, error, info, warn};
 
 use super::sop;
 use super::wire::{self, Event, WireError};
+use crate::config::wire_ae_title;
 use crate::dimse::{self, status, Command};
 use crate::index::{self, Index, Indexed, InstanceRecord};
 use crate::store::{Checked, Expected, Incoming, Spare, Store, StoreError, Stored};
@@ -94,10 +95,9 @@ pub async fn serve<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
-    let calling_ae = dicom_ul::association::Association::peer_ae_title(&*assoc)
-        .trim()
-        .to_string();
-    let called_ae = assoc.called_ae_title().trim().to_string();
+    let calling_ae =
+        wire_ae_title(dicom_ul::association::Association::peer_ae_title(&*assoc)).to_string();
+    let called_ae = wire_ae_title(assoc.called_ae_title()).to_string();
     let contexts: HashMap<u8, (String, String)> = assoc
         .presentation_contexts()
         .iter()

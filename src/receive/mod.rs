@@ -444,10 +444,10 @@ async fn run_association<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let calling_ae = dicom_ul::association::Association::peer_ae_title(&assoc)
-        .trim()
-        .to_string();
-    let called_ae = assoc.called_ae_title().trim().to_string();
+    let calling_ae =
+        crate::config::wire_ae_title(dicom_ul::association::Association::peer_ae_title(&assoc))
+            .to_string();
+    let called_ae = crate::config::wire_ae_title(assoc.called_ae_title()).to_string();
     let contexts: Vec<String> = assoc
         .presentation_contexts()
         .iter()
@@ -595,8 +595,8 @@ async fn send_busy_reject<S: AsyncRead + AsyncWrite + Unpin>(
             .map_err(|e| e.to_string())?;
         match dicom_ul::read_pdu(&buf[..], 64 * 1024 + 6, false) {
             Ok(Some(Pdu::AssociationRQ(rq))) => Ok((
-                Some(rq.calling_ae_title.trim().to_string()),
-                Some(rq.called_ae_title.trim().to_string()),
+                Some(crate::config::wire_ae_title(&rq.calling_ae_title).to_string()),
+                Some(crate::config::wire_ae_title(&rq.called_ae_title).to_string()),
             )),
             _ => Ok((None, None)),
         }

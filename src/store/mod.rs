@@ -346,9 +346,9 @@ impl Incoming {
             .transfer_syntax(e.transfer_syntax_uid.as_str())
             .implementation_class_uid(uid::IMPLEMENTATION_CLASS_UID)
             .implementation_version_name(uid::IMPLEMENTATION_VERSION_NAME)
-            .source_application_entity_title(e.called_ae.trim())
-            .sending_application_entity_title(e.calling_ae.trim())
-            .receiving_application_entity_title(e.called_ae.trim())
+            .source_application_entity_title(crate::config::wire_ae_title(&e.called_ae))
+            .sending_application_entity_title(crate::config::wire_ae_title(&e.calling_ae))
+            .receiving_application_entity_title(crate::config::wire_ae_title(&e.called_ae))
             .build()
             .map_err(|err| StoreError::Io {
                 source: io::Error::other(format!("file meta information: {err}")),

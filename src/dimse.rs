@@ -1,4 +1,5 @@
-//! DIMSE command sets for C-ECHO and C-STORE (PS3.7).
+//! DIMSE command sets for C-ECHO and C-STORE (PS3.7), and the failure
+//! response to any other request.
 //!
 //! dicom-ul carries PDUs but has no DIMSE layer. A command set is a short,
 //! flat list of group 0000 elements, always in implicit VR little endian, so
@@ -23,6 +24,7 @@ pub const VERIFICATION_SOP_CLASS: &str = "1.2.840.10008.1.1";
 mod tag {
     pub const GROUP_LENGTH: u32 = 0x0000_0000;
     pub const AFFECTED_SOP_CLASS_UID: u32 = 0x0000_0002;
+    pub const REQUESTED_SOP_CLASS_UID: u32 = 0x0000_0003;
     pub const COMMAND_FIELD: u32 = 0x0000_0100;
     pub const MESSAGE_ID: u32 = 0x0000_0110;
     pub const MESSAGE_ID_BEING_RESPONDED_TO: u32 = 0x0000_0120;
@@ -33,6 +35,7 @@ mod tag {
     pub const OFFENDING_ELEMENT: u32 = 0x0000_0901;
     pub const ERROR_COMMENT: u32 = 0x0000_0902;
     pub const AFFECTED_SOP_INSTANCE_UID: u32 = 0x0000_1000;
+    pub const REQUESTED_SOP_INSTANCE_UID: u32 = 0x0000_1001;
 }
 
 /// DIMSE status codes used by this node (PS3.4 Annex B, PS3.7 Annex C).
@@ -64,6 +67,10 @@ pub struct Command {
     pub message_id_being_responded_to: Option<u16>,
     pub affected_sop_class_uid: Option<String>,
     pub affected_sop_instance_uid: Option<String>,
+    /// N-GET, N-SET, N-ACTION and N-DELETE requests name their instance
+    /// with these instead of the affected ones.
+    pub requested_sop_class_uid: Option<String>,
+    pub requested_sop_instance_uid: Option<String>,
     pub priority: Option<u16>,
     pub data_set_type: u16,
     pub status: Option<u16>,
@@ -88,7 +95,15 @@ impl Command {
         self.data_set_type != NO_DATA_SET
     }
 
-    /// Decode an implicit VR little endian command set.
+    /// A request: bit 15 of the Command Field is clear (responses set it).
+    pub fn is_request(&self) -> bool {
+        self.command_field & 0x8000 == 0
+    }
+
+    /// Decode an implicit VR little endian command set. A command set
+    /// without a Command Field, or a request (other than C-CANCEL, which
+    /// names the message it cancels instead) without a Message ID, is
+    /// malformed: there is nothing a response could be matched with.
     pub fn decode(bytes: &[u8]) -> Result<Command, CommandError> {
         let mut cmd = Command {
             data_set_type: NO_DATA_SET,
@@ -136,6 +151,10 @@ impl Command {
                 tag::STATUS => cmd.status = Some(us()?),
                 tag::AFFECTED_SOP_CLASS_UID => cmd.affected_sop_class_uid = Some(text(value)),
                 tag::AFFECTED_SOP_INSTANCE_UID => cmd.affected_sop_instance_uid = Some(text(value)),
+                tag::REQUESTED_SOP_CLASS_UID => cmd.requested_sop_class_uid = Some(text(value)),
+                tag::REQUESTED_SOP_INSTANCE_UID => {
+                    cmd.requested_sop_instance_uid = Some(text(value))
+                }
                 tag::ERROR_COMMENT => cmd.error_comment = Some(text(value)),
                 tag::MOVE_ORIGINATOR_AE => cmd.move_originator_ae = Some(text(value)),
                 tag::OFFENDING_ELEMENT if value.len() >= 4 => {
@@ -149,6 +168,12 @@ impl Command {
         if !seen_field {
             return Err(CommandError("no CommandField (0000,0100)".into()));
         }
+        if cmd.is_request() && cmd.command_field != C_CANCEL_RQ && cmd.message_id.is_none() {
+            return Err(CommandError(format!(
+                "request {:#06x} without MessageID (0000,0110)",
+                cmd.command_field
+            )));
+        }
         Ok(cmd)
     }
 
@@ -157,6 +182,9 @@ impl Command {
         let mut body = Vec::with_capacity(160);
         if let Some(uid) = &self.affected_sop_class_uid {
             put_text(&mut body, tag::AFFECTED_SOP_CLASS_UID, uid, 0);
+        }
+        if let Some(uid) = &self.requested_sop_class_uid {
+            put_text(&mut body, tag::REQUESTED_SOP_CLASS_UID, uid, 0);
         }
         put_us(&mut body, tag::COMMAND_FIELD, self.command_field);
         if let Some(id) = self.message_id {
@@ -196,6 +224,9 @@ impl Command {
         }
         if let Some(uid) = &self.affected_sop_instance_uid {
             put_text(&mut body, tag::AFFECTED_SOP_INSTANCE_UID, uid, 0);
+        }
+        if let Some(uid) = &self.requested_sop_instance_uid {
+            put_text(&mut body, tag::REQUESTED_SOP_INSTANCE_UID, uid, 0);
         }
         if let Some(ae) = &self.move_originator_ae {
             put_text(&mut body, tag::MOVE_ORIGINATOR_AE, ae, b' ');
@@ -248,6 +279,36 @@ impl Command {
             data_set_type: NO_DATA_SET,
             status: Some(status),
             error_comment: comment,
+            ..Default::default()
+        }
+    }
+
+    /// The failure response to a request this node does not support
+    /// (C-FIND, C-GET, C-MOVE, the N- services): the request's Command
+    /// Field with bit 15 set, status 0211 "unrecognized operation" and
+    /// `comment`. PS3.7 has every N- response name its instance with the
+    /// Affected SOP Class and Instance UID, which N-GET, N-SET, N-ACTION and
+    /// N-DELETE requests carry as the Requested ones; a C- response other
+    /// than C-STORE's has no SOP Instance UID.
+    pub fn unsupported_response(rq: &Command, comment: String) -> Command {
+        let n_service = (0x0100..0x0200).contains(&rq.command_field);
+        Command {
+            command_field: rq.command_field | 0x8000,
+            message_id_being_responded_to: rq.message_id,
+            affected_sop_class_uid: rq
+                .affected_sop_class_uid
+                .clone()
+                .or_else(|| rq.requested_sop_class_uid.clone()),
+            affected_sop_instance_uid: if n_service {
+                rq.affected_sop_instance_uid
+                    .clone()
+                    .or_else(|| rq.requested_sop_instance_uid.clone())
+            } else {
+                None
+            },
+            data_set_type: NO_DATA_SET,
+            status: Some(status::UNRECOGNIZED_OPERATION),
+            error_comment: Some(comment),
             ..Default::default()
         }
     }
@@ -417,6 +478,78 @@ mod tests {
         foreign.extend_from_slice(&[0x08, 0x00, 0x16, 0x00, 0, 0, 0, 0]);
         assert!(Command::decode(&foreign).is_err());
         assert!(Command::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn a_request_without_message_id_is_malformed() {
+        let mut rq = Command::store_request(7, "1.2.840.10008.5.1.4.1.1.2", "1.2.3");
+        rq.message_id = None;
+        let e = Command::decode(&rq.encode()).expect_err("no message ID");
+        assert!(e.0.contains("MessageID"), "{e}");
+        let mut echo = Command::echo_request(1);
+        echo.message_id = None;
+        assert!(Command::decode(&echo.encode()).is_err());
+        // A response has none, and C-CANCEL names the request it cancels.
+        let rsp = Command::store_response(
+            &Command::store_request(7, "1.2.840.10008.5.1.4.1.1.2", "1.2.3"),
+            status::SUCCESS,
+            None,
+        );
+        assert!(Command::decode(&rsp.encode()).is_ok());
+        let cancel = Command {
+            command_field: C_CANCEL_RQ,
+            message_id_being_responded_to: Some(3),
+            ..Default::default()
+        };
+        assert!(Command::decode(&cancel.encode()).is_ok());
+    }
+
+    #[test]
+    fn unsupported_requests_get_their_own_response() {
+        const CT: &str = "1.2.840.10008.5.1.4.1.1.2";
+        // C-FIND-RQ: C-FIND-RSP, affected SOP class, no instance.
+        let find = Command {
+            command_field: 0x0020,
+            message_id: Some(4),
+            affected_sop_class_uid: Some(CT.into()),
+            priority: Some(0),
+            data_set_type: DATA_SET_PRESENT,
+            ..Default::default()
+        };
+        let back = Command::decode(&find.encode()).expect("decode");
+        assert_eq!(back, find);
+        let rsp =
+            Command::decode(&Command::unsupported_response(&back, "not supported".into()).encode())
+                .expect("decode");
+        assert_eq!(rsp.command_field, 0x8020);
+        assert_eq!(rsp.message_id_being_responded_to, Some(4));
+        assert_eq!(rsp.status, Some(status::UNRECOGNIZED_OPERATION));
+        assert_eq!(rsp.error_comment.as_deref(), Some("not supported"));
+        assert_eq!(rsp.affected_sop_class_uid.as_deref(), Some(CT));
+        assert_eq!(rsp.affected_sop_instance_uid, None);
+        assert!(!rsp.has_data_set());
+
+        // N-SET-RQ names its instance with the Requested UIDs; the
+        // N-SET-RSP with the Affected ones.
+        let set = Command {
+            command_field: 0x0120,
+            message_id: Some(5),
+            requested_sop_class_uid: Some(CT.into()),
+            requested_sop_instance_uid: Some("1.2.3.4".into()),
+            data_set_type: DATA_SET_PRESENT,
+            ..Default::default()
+        };
+        let back = Command::decode(&set.encode()).expect("decode");
+        assert_eq!(back, set);
+        let rsp =
+            Command::decode(&Command::unsupported_response(&back, "not supported".into()).encode())
+                .expect("decode");
+        assert_eq!(rsp.command_field, 0x8120);
+        assert_eq!(rsp.message_id_being_responded_to, Some(5));
+        assert_eq!(rsp.affected_sop_class_uid.as_deref(), Some(CT));
+        assert_eq!(rsp.affected_sop_instance_uid.as_deref(), Some("1.2.3.4"));
+        assert_eq!(rsp.requested_sop_class_uid, None);
+        assert_eq!(rsp.requested_sop_instance_uid, None);
     }
 
     /// Every cut and every single-byte change of a C-STORE request decodes

@@ -2215,3 +2215,151 @@ fn a_nul_padded_calling_ae_title_is_admitted_and_recorded_without_padding() {
         Some("NULTPS")
     );
 }
+
+/// Requests other than C-STORE and C-ECHO are answered with their own
+/// response (the request's Command Field with bit 15 set), status 0211 and
+/// an Error Comment, with or without a data set; the N- responses name the
+/// instance with the Affected UIDs. None of them counts as an instance.
+#[test]
+fn unsupported_operations_get_their_own_failure_response() {
+    use esorisk::dimse::DATA_SET_PRESENT;
+    let node = TestNode::start(&[]);
+    // A C-FIND identifier (and an N-SET modification list): one element.
+    let mut data = vec![0x08, 0x00, 0x52, 0x00, b'C', b'S', 6, 0];
+    data.extend_from_slice(b"STUDY ");
+    let find = Command {
+        command_field: 0x0020,
+        message_id: Some(2),
+        affected_sop_class_uid: Some(CT.into()),
+        priority: Some(0),
+        data_set_type: DATA_SET_PRESENT,
+        ..Default::default()
+    };
+    let set = Command {
+        command_field: 0x0120,
+        message_id: Some(3),
+        requested_sop_class_uid: Some(CT.into()),
+        requested_sop_instance_uid: Some("1.2.3.4".into()),
+        data_set_type: DATA_SET_PRESENT,
+        ..Default::default()
+    };
+    let action = Command {
+        command_field: 0x0130,
+        message_id: Some(4),
+        requested_sop_class_uid: Some(CT.into()),
+        requested_sop_instance_uid: Some("1.2.3.5".into()),
+        data_set_type: esorisk::dimse::NO_DATA_SET,
+        ..Default::default()
+    };
+    let rt = runtime();
+    rt.block_on(async {
+        let contexts = vec![(CT, vec![ts::EXPLICIT_VR_LE])];
+        let mut assoc = send::associate(&node.addr(), "RUSTSCU", AE, &contexts)
+            .await
+            .expect("associate");
+        let pc = send::context_id(&assoc, CT, ts::EXPLICIT_VR_LE).expect("pc");
+        for (rq, with_data, field, instance) in [
+            (&find, true, 0x8020, None),
+            (&set, true, 0x8120, Some("1.2.3.4")),
+            (&action, false, 0x8130, Some("1.2.3.5")),
+        ] {
+            let data = with_data.then_some(&data[..]);
+            send::send_message(&mut assoc, pc, rq, data)
+                .await
+                .expect("send");
+            let rsp = send::receive_command(&mut assoc).await.expect("response");
+            let what = format!("{:#06x}", rq.command_field);
+            assert_eq!(rsp.command_field, field, "{what}: {rsp:?}");
+            assert_eq!(rsp.status, Some(status::UNRECOGNIZED_OPERATION), "{what}");
+            assert_eq!(rsp.message_id_being_responded_to, rq.message_id, "{what}");
+            assert!(
+                rsp.error_comment.as_deref().is_some_and(|c| !c.is_empty()),
+                "{what}: comment"
+            );
+            assert_eq!(rsp.affected_sop_class_uid.as_deref(), Some(CT), "{what}");
+            assert_eq!(rsp.affected_sop_instance_uid.as_deref(), instance, "{what}");
+            assert!(!rsp.has_data_set(), "{what}");
+        }
+        assoc.release().await.expect("release");
+    });
+    let db = node.db_path();
+    wait_for(|| {
+        count(
+            &db,
+            "SELECT count(*) FROM associations WHERE outcome = 'released'",
+        ) == 1
+    });
+    let rows = query(
+        &db,
+        "SELECT instances_stored, instances_failed FROM associations",
+    );
+    assert_eq!(rows, vec![vec![Some("0".into()), Some("0".into())]]);
+    assert!(!node.log().contains("instance refused"), "{}", node.log());
+    assert_eq!(node.tmp_files(), 0);
+}
+
+/// A request without a Message ID cannot be answered (the response must
+/// name it): like any other malformed command set, it ends the association
+/// with an A-ABORT, and nothing is stored. A-ABORTs for a PDU out of place
+/// say so: unexpected PDU (2), or unrecognized PDU (1) for an unknown type.
+#[test]
+fn malformed_requests_and_stray_pdus_are_aborted_with_a_reason() {
+    use dicom_ul::pdu::{AbortRQServiceProviderReason as Reason, AbortRQSource, Pdu};
+    let node = TestNode::start(&[]);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dose = DicomFile::read(&rt_dose_file(tmp.path())).expect("read");
+
+    let mut socket = raw_association(&node, "NOMSGID");
+    let mut rq = Command::store_request(1, RT_DOSE, &dose.sop_instance_uid);
+    rq.message_id = None;
+    let mut pdus = rq.to_pdus(3, 16_384);
+    pdus.extend(esorisk::dimse::pdata_pdus(
+        3,
+        dicom_ul::pdu::PDataValueType::Data,
+        &dose.data_set,
+        16_384,
+    ));
+    send(&mut socket, pdus);
+    let (pdu, _) = next_pdu(&mut socket);
+    assert!(
+        matches!(
+            pdu,
+            Pdu::AbortRQ {
+                source: AbortRQSource::ServiceProvider(_)
+            }
+        ),
+        "{pdu:?}"
+    );
+    let db = node.db_path();
+    wait_for(|| {
+        count(
+            &db,
+            "SELECT count(*) FROM associations WHERE calling_ae = 'NOMSGID' AND outcome LIKE 'aborted:%MessageID%'",
+        ) == 1
+    });
+    assert_eq!(count(&db, "SELECT count(*) FROM instances"), 0);
+
+    // An A-ASSOCIATE-RQ within an association: unexpected.
+    let mut socket = raw_association(&node, "STRAY");
+    send(&mut socket, vec![echo_and_dose_request("STRAY", 16_384)]);
+    assert_eq!(
+        next_pdu(&mut socket).0,
+        Pdu::AbortRQ {
+            source: AbortRQSource::ServiceProvider(Reason::UnexpectedPdu)
+        }
+    );
+    // A PDU of a type PS3.8 does not define: unrecognized.
+    let mut socket = raw_association(&node, "STRAY");
+    {
+        use std::io::Write;
+        socket
+            .write_all(&[0x0A, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+            .expect("send");
+    }
+    assert_eq!(
+        next_pdu(&mut socket).0,
+        Pdu::AbortRQ {
+            source: AbortRQSource::ServiceProvider(Reason::UnrecognizedPdu)
+        }
+    );
+}

@@ -60,6 +60,9 @@ enum Sink {
     },
     /// Refused before any byte was written; the data set is read and dropped.
     Discard { status: u16, comment: String },
+    /// The data set of a request other than C-STORE: read and dropped, then
+    /// answered with this response.
+    Unsupported(Box<Command>),
 }
 
 struct InFlight {
@@ -124,6 +127,8 @@ pub async fn serve<S>(
     let mut reader =
         wire::PduReader::new(assoc.acceptor_max_pdu_length() as usize, ctx.read_timeout);
 
+    // The reason of the A-ABORT sent when the node ends the association.
+    let mut abort_reason = AbortRQServiceProviderReason::ReasonNotSpecified;
     let outcome = 'assoc: loop {
         // Between instances a shutdown ends the association; during one, the
         // instance is finished first.
@@ -229,13 +234,25 @@ pub async fn serve<S>(
                         let Some(inflight) = current.take() else {
                             continue;
                         };
-                        let rsp =
-                            finish_instance(&ctx, inflight, &calling_ae, &called_ae, peer, summary)
-                                .await;
+                        let (rsp, instance) = match inflight.sink {
+                            Sink::Unsupported(rsp) => (*rsp, false),
+                            _ => (
+                                finish_instance(
+                                    &ctx,
+                                    inflight,
+                                    &calling_ae,
+                                    &called_ae,
+                                    peer,
+                                    summary,
+                                )
+                                .await,
+                                true,
+                            ),
+                        };
                         if let Err(e) = respond(assoc, &rsp, pc_id).await {
                             break 'assoc format!("failed: sending response: {e}");
                         }
-                        if spare.is_none() {
+                        if instance && spare.is_none() {
                             spare = ctx.store.spare().ok();
                         }
                     }
@@ -254,6 +271,10 @@ pub async fn serve<S>(
                 }
                 Pdu::AbortRQ { source } => break 'assoc format!("aborted by peer: {source:?}"),
                 other => {
+                    abort_reason = match other {
+                        Pdu::Unknown { .. } => AbortRQServiceProviderReason::UnrecognizedPdu,
+                        _ => AbortRQServiceProviderReason::UnexpectedPdu,
+                    };
                     break 'assoc format!("aborted: unexpected PDU {}", pdu_name(&other));
                 }
             },
@@ -262,7 +283,10 @@ pub async fn serve<S>(
 
     // An instance cut short is dropped; dropping its `Incoming` deletes the
     // temporary file.
-    if let Some(inflight) = current.take() {
+    if let Some(inflight) = current
+        .take()
+        .filter(|i| !matches!(i.sink, Sink::Unsupported(_)))
+    {
         summary.failed += 1;
         warn!(
             calling_ae,
@@ -274,9 +298,7 @@ pub async fn serve<S>(
     if outcome.starts_with("aborted:") && !outcome.starts_with("aborted by peer") {
         let _ = assoc
             .send(&Pdu::AbortRQ {
-                source: AbortRQSource::ServiceProvider(
-                    AbortRQServiceProviderReason::ReasonNotSpecified,
-                ),
+                source: AbortRQSource::ServiceProvider(abort_reason),
             })
             .await;
     }
@@ -357,29 +379,24 @@ fn handle_command(
             })
         }
         dimse::C_CANCEL_RQ => Action::Nothing,
-        field if field & 0x8000 == 0 => {
+        field if cmd.is_request() => {
             warn!(
                 calling_ae,
                 command_field = format!("{field:#06x}"),
                 "unsupported DIMSE operation"
             );
-            let rsp = Command {
-                command_field: field | 0x8000,
-                message_id_being_responded_to: cmd.message_id,
-                affected_sop_class_uid: cmd.affected_sop_class_uid.clone(),
-                data_set_type: dimse::NO_DATA_SET,
-                status: Some(status::UNRECOGNIZED_OPERATION),
-                ..Default::default()
-            };
+            let rsp = Command::unsupported_response(
+                &cmd,
+                format!("DIMSE operation {field:#06x} not supported: C-STORE and C-ECHO only"),
+            );
             if cmd.has_data_set() {
+                // Its data set is read and dropped, then answered; it is
+                // not an instance.
                 Action::ReceiveDataSet(InFlight {
                     rq: cmd,
                     pc_id,
                     started: std::time::Instant::now(),
-                    sink: Sink::Discard {
-                        status: status::UNRECOGNIZED_OPERATION,
-                        comment: "operation not supported".into(),
-                    },
+                    sink: Sink::Unsupported(Box::new(rsp)),
                 })
             } else {
                 Action::Respond(rsp)
@@ -436,6 +453,8 @@ async fn finish_instance(
     };
     let checked = match sink {
         Sink::Discard { status, comment } => return refuse(summary, status, comment),
+        // Answered by the caller; never reaches here.
+        Sink::Unsupported(rsp) => return *rsp,
         Sink::Writer {
             failed: Some(e), ..
         } => return refuse(summary, store_error_status(&e), e.to_string()),

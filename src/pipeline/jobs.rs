@@ -7,6 +7,37 @@ use sqlx::{Row, SqlitePool};
 
 use crate::index::{at_offset, now};
 
+/// The claim a worker's updates of its job are guarded by (a macro, so
+/// that the statements stay literal).
+macro_rules! ours {
+    () => {
+        " WHERE id = ? AND worker = ? AND attempts = ? AND state = 'running'"
+    };
+}
+
+async fn set_end(
+    tx: &mut sqlx::SqliteConnection,
+    j: &Job,
+    worker: &str,
+    state: &str,
+    error: &str,
+    n: &str,
+) -> sqlx::Result<u64> {
+    let r = sqlx::query(concat!(
+        "UPDATE jobs SET state = ?, finished_at = ?, error = ?, lease_expires_at = NULL",
+        ours!()
+    ))
+    .bind(state)
+    .bind(n)
+    .bind(error)
+    .bind(j.id)
+    .bind(worker)
+    .bind(j.attempts)
+    .execute(&mut *tx)
+    .await?;
+    Ok(r.rows_affected())
+}
+
 /// A job as `esorisk jobs` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Job {
@@ -48,13 +79,16 @@ fn job(r: &sqlx::sqlite::SqliteRow) -> Job {
 }
 
 /// Append to the event log.
-pub async fn event(pool: &SqlitePool, job_id: i64, ev: &str, detail: &str) -> sqlx::Result<()> {
+pub async fn event<'e, E>(ex: E, job_id: i64, ev: &str, detail: &str) -> sqlx::Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
     sqlx::query("INSERT INTO job_events (job_id, at, event, detail) VALUES (?, ?, ?, ?)")
         .bind(job_id)
         .bind(now())
         .bind(ev)
         .bind(detail)
-        .execute(pool)
+        .execute(ex)
         .await?;
     Ok(())
 }
@@ -119,6 +153,7 @@ pub async fn claim(
     model_version: &str,
 ) -> sqlx::Result<Option<Job>> {
     let n = now();
+    let mut tx = pool.begin().await?;
     let row = sqlx::query(
         "UPDATE jobs SET state = 'running', worker = ?, attempts = attempts + 1, \
          lease_expires_at = ?, heartbeat_at = ?, started_at = ?, model_version = ? \
@@ -132,17 +167,18 @@ pub async fn claim(
     .bind(&n)
     .bind(model_version)
     .bind(&n)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let j = job(&row);
     event(
-        pool,
+        &mut *tx,
         j.id,
         "claimed",
         &format!("{worker}, attempt {}", j.attempts),
     )
     .await?;
+    tx.commit().await?;
     Ok(Some(j))
 }
 
@@ -180,90 +216,97 @@ pub enum Outcome {
     Transient(String),
 }
 
-/// Record the end of a claimed job (only if still ours).
+/// Record the end of a claimed job, in a transaction of its own.
 pub async fn finish(
     pool: &SqlitePool,
     j: &Job,
     worker: &str,
-    outcome: Outcome,
+    outcome: &Outcome,
     retry_base_secs: u64,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let ours = finish_in(&mut tx, j, worker, outcome, retry_base_secs).await?;
+    tx.commit().await?;
+    Ok(ours)
+}
+
+/// Record the end of a claimed job inside the caller's transaction (the
+/// one that stores the job's outputs, so that outputs and the job's end
+/// are committed together or not at all), only while the job is still
+/// this worker's attempt: a lease that lapsed (a stalled disk, a paused
+/// process) may have given it to another worker, whose end is the one
+/// that counts. False, and nothing written, when it is no longer ours.
+pub async fn finish_in(
+    tx: &mut sqlx::SqliteConnection,
+    j: &Job,
+    worker: &str,
+    outcome: &Outcome,
+    retry_base_secs: u64,
+) -> sqlx::Result<bool> {
     let n = now();
-    let (state, ev, detail) = match outcome {
+    let (updated, ev, detail) = match outcome {
         Outcome::Succeeded {
             risk,
             sr_uid,
             rtstruct_uid,
             predecessor,
         } => {
-            sqlx::query(
+            let r = sqlx::query(concat!(
                 "UPDATE jobs SET state = 'succeeded', finished_at = ?, risk = ?, sr_uid = ?, \
-                 rtstruct_uid = ?, predecessor_sr_uid = ?, error = NULL, lease_expires_at = NULL \
-                 WHERE id = ? AND worker = ? AND state = 'running'",
-            )
+                 rtstruct_uid = ?, predecessor_sr_uid = ?, error = NULL, lease_expires_at = NULL",
+                ours!()
+            ))
             .bind(&n)
             .bind(risk)
-            .bind(&sr_uid)
-            .bind(&rtstruct_uid)
-            .bind(&predecessor)
+            .bind(sr_uid)
+            .bind(rtstruct_uid)
+            .bind(predecessor)
             .bind(j.id)
             .bind(worker)
-            .execute(pool)
+            .bind(j.attempts)
+            .execute(&mut *tx)
             .await?;
             (
-                "succeeded",
+                r.rows_affected(),
                 "succeeded",
                 format!("risk {risk:.3}; SR {sr_uid}"),
             )
         }
         Outcome::Failed(reason) => {
-            set_end(pool, j.id, worker, "failed", &reason, &n).await?;
-            ("failed", "failed", reason)
+            let r = set_end(tx, j, worker, "failed", reason, &n).await?;
+            (r, "failed", reason.clone())
         }
         Outcome::Transient(reason) if j.attempts >= j.max_attempts => {
             let why = format!("gave up after {} attempts: {reason}", j.attempts);
-            set_end(pool, j.id, worker, "dead", &why, &n).await?;
-            ("dead", "dead", why)
+            let r = set_end(tx, j, worker, "dead", &why, &n).await?;
+            (r, "dead", why)
         }
         Outcome::Transient(reason) => {
             let delay = retry_base_secs as f64 * 2f64.powi((j.attempts.max(1) - 1) as i32);
-            sqlx::query(
+            let r = sqlx::query(concat!(
                 "UPDATE jobs SET state = 'queued', error = ?, not_before = ?, worker = NULL, \
-                 lease_expires_at = NULL WHERE id = ? AND worker = ? AND state = 'running'",
-            )
-            .bind(&reason)
+                 lease_expires_at = NULL",
+                ours!()
+            ))
+            .bind(reason)
             .bind(at_offset(delay))
             .bind(j.id)
             .bind(worker)
-            .execute(pool)
+            .bind(j.attempts)
+            .execute(&mut *tx)
             .await?;
-            ("queued", "retry", format!("in {delay:.0} s: {reason}"))
+            (
+                r.rows_affected(),
+                "retry",
+                format!("in {delay:.0} s: {reason}"),
+            )
         }
     };
-    let _ = state;
-    event(pool, j.id, ev, &detail).await
-}
-
-async fn set_end(
-    pool: &SqlitePool,
-    id: i64,
-    worker: &str,
-    state: &str,
-    error: &str,
-    n: &str,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        "UPDATE jobs SET state = ?, finished_at = ?, error = ?, lease_expires_at = NULL \
-         WHERE id = ? AND worker = ? AND state = 'running'",
-    )
-    .bind(state)
-    .bind(n)
-    .bind(error)
-    .bind(id)
-    .bind(worker)
-    .execute(pool)
-    .await?;
-    Ok(())
+    if updated == 0 {
+        return Ok(false);
+    }
+    event(&mut *tx, j.id, ev, &detail).await?;
+    Ok(true)
 }
 
 /// Take back running jobs whose lease expired (their worker crashed or the
@@ -276,35 +319,48 @@ pub async fn expire_leases(pool: &SqlitePool) -> sqlx::Result<usize> {
     .bind(&n)
     .fetch_all(pool)
     .await?;
+    let mut taken = 0;
     for r in &rows {
         let (id, attempts, max): (i64, i64, i64) =
             (r.get("id"), r.get("attempts"), r.get("max_attempts"));
         let worker: Option<String> = r.get("worker");
         let worker = worker.unwrap_or_default();
-        if attempts >= max {
+        // The lease is checked again in the update: the worker may have
+        // renewed it, or ended the job, since it was read.
+        let mut tx = pool.begin().await?;
+        let (updated, ev, why) = if attempts >= max {
             let why = format!("worker {worker} stopped during attempt {attempts} of {max}");
-            sqlx::query("UPDATE jobs SET state = 'dead', finished_at = ?, error = ?, lease_expires_at = NULL WHERE id = ? AND state = 'running'")
+            let r = sqlx::query("UPDATE jobs SET state = 'dead', finished_at = ?, error = ?, lease_expires_at = NULL \
+                 WHERE id = ? AND attempts = ? AND state = 'running' AND lease_expires_at < ?")
                 .bind(&n)
                 .bind(&why)
                 .bind(id)
-                .execute(pool)
+                .bind(attempts)
+                .bind(&n)
+                .execute(&mut *tx)
                 .await?;
-            event(pool, id, "dead", &why).await?;
+            (r.rows_affected(), "dead", why)
         } else {
-            sqlx::query("UPDATE jobs SET state = 'queued', worker = NULL, lease_expires_at = NULL, not_before = NULL WHERE id = ? AND state = 'running'")
+            let r = sqlx::query("UPDATE jobs SET state = 'queued', worker = NULL, lease_expires_at = NULL, not_before = NULL \
+                 WHERE id = ? AND attempts = ? AND state = 'running' AND lease_expires_at < ?")
                 .bind(id)
-                .execute(pool)
+                .bind(attempts)
+                .bind(&n)
+                .execute(&mut *tx)
                 .await?;
-            event(
-                pool,
-                id,
+            (
+                r.rows_affected(),
                 "heartbeat-lost",
-                &format!("worker {worker} stopped; requeued"),
+                format!("worker {worker} stopped; requeued"),
             )
-            .await?;
+        };
+        if updated == 1 {
+            event(&mut *tx, id, ev, &why).await?;
+            taken += 1;
         }
+        tx.commit().await?;
     }
-    Ok(rows.len())
+    Ok(taken)
 }
 
 /// At start-up every running job belongs to a worker of a previous run:
@@ -467,4 +523,94 @@ pub async fn latest_sr(pool: &SqlitePool, study: &str) -> sqlx::Result<Option<(S
     .fetch_optional(pool)
     .await?;
     Ok(row.map(|r| (r.get(1), r.get(0))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn all_events(pool: &SqlitePool, id: i64) -> Vec<String> {
+        sqlx::query("SELECT event FROM job_events WHERE job_id = ? ORDER BY id")
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .expect("events")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    /// A worker whose lease lapsed while it still scored (a stalled disk,
+    /// a paused process) cannot end the job another worker now holds: its
+    /// end writes nothing, the holder's end counts, and the log shows one
+    /// success. Taking back a lease that was renewed meanwhile does nothing.
+    #[tokio::test]
+    async fn a_lapsed_attempt_cannot_end_the_job_another_worker_holds() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let index = crate::index::Index::open(&tmp.path().join("index.sqlite"))
+            .await
+            .expect("index");
+        let pool = index.pool();
+        let id = enqueue(pool, "1.2.3", "key", &["1.2.3.4".into()], "m", 3)
+            .await
+            .expect("enqueue")
+            .expect("new job");
+        let first = claim(pool, "worker-0", 60, "m")
+            .await
+            .expect("claim")
+            .expect("job");
+        // Its lease lapses; the job is taken back and claimed again.
+        sqlx::query("UPDATE jobs SET lease_expires_at = ? WHERE id = ?")
+            .bind(at_offset(-1.0))
+            .bind(id)
+            .execute(pool)
+            .await
+            .expect("lapse");
+        assert_eq!(expire_leases(pool).await.expect("expire"), 1);
+        let second = claim(pool, "worker-1", 60, "m")
+            .await
+            .expect("claim")
+            .expect("job");
+        assert_eq!(second.attempts, 2);
+        // A lease renewed since it was read is not taken back.
+        assert_eq!(expire_leases(pool).await.expect("expire"), 0);
+
+        let done = |sr: &str| Outcome::Succeeded {
+            risk: 0.5,
+            sr_uid: sr.into(),
+            rtstruct_uid: "1.2.3.9".into(),
+            predecessor: None,
+        };
+        let late = finish(pool, &first, "worker-0", &done("1.2.3.5"), 1)
+            .await
+            .expect("finish");
+        assert!(!late, "the lapsed attempt ended the job");
+        // The same worker name in a later attempt is not the lapsed one.
+        let mut renamed = first.clone();
+        renamed.attempts = 1;
+        assert!(!finish(pool, &renamed, "worker-1", &done("1.2.3.5"), 1)
+            .await
+            .expect("finish"));
+        assert!(finish(pool, &second, "worker-1", &done("1.2.3.6"), 1)
+            .await
+            .expect("finish"));
+        let (state, sr): (String, String) =
+            sqlx::query_as("SELECT state, sr_uid FROM jobs WHERE id = ?")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .expect("job");
+        assert_eq!((state.as_str(), sr.as_str()), ("succeeded", "1.2.3.6"));
+        let events = all_events(pool, id).await;
+        assert_eq!(
+            events.iter().filter(|e| *e == "succeeded").count(),
+            1,
+            "{events:?}"
+        );
+        assert_eq!(
+            events.iter().filter(|e| *e == "heartbeat-lost").count(),
+            1,
+            "{events:?}"
+        );
+    }
 }

@@ -467,11 +467,12 @@ fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, na
         // A panic is a defect in esorisk, not a property of the study: it
         // fails this job with the message instead of killing the worker,
         // whose heartbeat would otherwise hold the job's lease for ever.
+        let mut recorded = false;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             if ctx.settings.fault == "panic-in-scoring" {
                 panic!("fault injected by pipeline.fault");
             }
-            score_job(&ctx, &rt, &job)
+            score_job(&ctx, &rt, &job, &mut recorded)
         }))
         .unwrap_or_else(|payload| {
             let what = crate::panic_message(payload.as_ref());
@@ -493,14 +494,23 @@ fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, na
                 warn!(job = job.id, study = %job.study_instance_uid, "attempt failed: {e}")
             }
         }
-        if let Err(e) = rt.block_on(jobs::finish(
+        if recorded {
+            continue;
+        }
+        match rt.block_on(jobs::finish(
             &ctx.pool,
             &job,
             &name,
-            outcome,
+            &outcome,
             ctx.settings.retry_base_seconds,
         )) {
-            error!(job = job.id, "cannot record the job's end: {e}");
+            Ok(true) => {}
+            Ok(false) => warn!(
+                job = job.id,
+                study = %job.study_instance_uid,
+                "the job is no longer this attempt's (its lease lapsed and another worker took it); this attempt's end is not recorded"
+            ),
+            Err(e) => error!(job = job.id, "cannot record the job's end: {e}"),
         }
     }
 }
@@ -527,7 +537,15 @@ fn open_header(path: &Path) -> Result<FileDicomObject<InMemDicomObject>, String>
 
 /// Score one job: an error a physicist can act on fails it; an I/O or
 /// database error is transient.
-fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
+/// Score a claimed job. Its outputs are stored in the same transaction
+/// that records its end; `recorded` says when that happened, so that the
+/// end is not recorded twice.
+fn score_job(
+    ctx: &Context,
+    rt: &tokio::runtime::Handle,
+    job: &Job,
+    recorded: &mut bool,
+) -> Outcome {
     let Some(model) = &ctx.model else {
         return Outcome::Transient("no risk model loaded".into());
     };
@@ -559,17 +577,35 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
         .collect();
     let study = match crate::rt::study::load(&rt_paths, &Default::default()) {
         Ok(s) => s,
-        Err(e) => return fail_with_optional_sr(ctx, rt, job, &rt_paths, &ct_paths, &e.to_string()),
+        Err(e) => {
+            return fail_with_optional_sr(
+                ctx,
+                rt,
+                job,
+                recorded,
+                &rt_paths,
+                &ct_paths,
+                &e.to_string(),
+            )
+        }
     };
     if let Some(p) = study.blocking_problem() {
         let reason = format!("{p}; not scored");
-        return fail_with_optional_sr(ctx, rt, job, &rt_paths, &ct_paths, &reason);
+        return fail_with_optional_sr(ctx, rt, job, recorded, &rt_paths, &ct_paths, &reason);
     }
     let t_load = t0.elapsed();
     let score = match model.score(&study) {
         Ok(s) => s,
         Err(e) => {
-            return fail_with_optional_sr(ctx, rt, job, &rt_paths, &ct_paths, &e.to_string());
+            return fail_with_optional_sr(
+                ctx,
+                rt,
+                job,
+                recorded,
+                &rt_paths,
+                &ct_paths,
+                &e.to_string(),
+            );
         }
     };
     let t_model = t0.elapsed();
@@ -639,9 +675,16 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
     let sr_uid = attr(&sr, dicom_dictionary_std::tags::SOP_INSTANCE_UID);
     let t_report = t0.elapsed();
     let outputs = [(sr, "sr"), (rtstruct, "rtstruct")];
-    if let Err(e) = store_outputs(ctx, rt, job, &outputs, &objects) {
+    let outcome = Outcome::Succeeded {
+        risk: score.risk,
+        sr_uid,
+        rtstruct_uid: rs_uid,
+        predecessor: predecessor.map(|p| p.1),
+    };
+    if let Err(e) = store_outputs(ctx, rt, job, &outputs, &objects, &outcome) {
         return Outcome::Transient(e);
     }
+    *recorded = true;
     let ms = |d: Duration| d.as_millis() as u64;
     info!(
         job = job.id,
@@ -653,12 +696,7 @@ fn score_job(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
         store_ms = ms(t0.elapsed() - t_report),
         "job timings"
     );
-    Outcome::Succeeded {
-        risk: score.risk,
-        sr_uid,
-        rtstruct_uid: rs_uid,
-        predecessor: predecessor.map(|p| p.1),
-    }
+    outcome
 }
 
 /// A failed scoring; with `pipeline.not_scored_sr` an SR saying why is
@@ -667,6 +705,7 @@ fn fail_with_optional_sr(
     ctx: &Context,
     rt: &tokio::runtime::Handle,
     job: &Job,
+    recorded: &mut bool,
     rt_paths: &[PathBuf],
     ct_paths: &[PathBuf],
     reason: &str,
@@ -679,9 +718,12 @@ fn fail_with_optional_sr(
             .collect();
         if let Ok(inputs) = ReportInputs::from_objects(&objects) {
             let sr = report::sr::not_scored_sr(&inputs, reason);
-            if let Err(e) = store_outputs(ctx, rt, job, &[(sr, "sr-not-scored")], &objects) {
-                warn!(job = job.id, "cannot store the not-scored SR: {e}");
+            let outcome = Outcome::Failed(reason.to_string());
+            match store_outputs(ctx, rt, job, &[(sr, "sr-not-scored")], &objects, &outcome) {
+                Ok(()) => *recorded = true,
+                Err(e) => warn!(job = job.id, "cannot store the not-scored SR: {e}"),
             }
+            return outcome;
         }
     }
     Outcome::Failed(reason.to_string())
@@ -699,6 +741,7 @@ fn store_outputs(
     job: &Job,
     outputs: &[(FileDicomObject<InMemDicomObject>, &str)],
     inputs: &[FileDicomObject<InMemDicomObject>],
+    end: &Outcome,
 ) -> Result<(), String> {
     crate::uid::validate(&job.study_instance_uid).map_err(|e| e.to_string())?;
     let rel_dir = Path::new("out").join(&job.study_instance_uid);
@@ -735,7 +778,7 @@ fn store_outputs(
             .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     let destinations = destinations(ctx, rt, &job.study_instance_uid, inputs);
-    rt.block_on(async {
+    let ours = rt.block_on(async {
         let mut tx = ctx.pool.begin().await?;
         let n = now();
         for (sop, series, class, kind, path) in &rows {
@@ -766,9 +809,30 @@ fn store_outputs(
                 .await?;
             }
         }
-        tx.commit().await
-    })
-    .map_err(|e| e.to_string())
+        // The job's end goes in with its outputs: a crash between the two
+        // would otherwise score the job again and send a second SR. And
+        // only while the job is still this attempt's: after a lapsed
+        // lease another worker may hold it, and its outputs are the ones.
+        let worker = job.worker.as_deref().unwrap_or_default();
+        let ours =
+            jobs::finish_in(&mut tx, job, worker, end, ctx.settings.retry_base_seconds).await?;
+        if ours {
+            tx.commit().await?;
+        }
+        Ok::<bool, sqlx::Error>(ours)
+    });
+    match ours {
+        Ok(true) => Ok(()),
+        Ok(false) | Err(_) => {
+            for (_, _, _, _, path) in &rows {
+                let _ = std::fs::remove_file(ctx.data_dir.join(path));
+            }
+            Err(match ours {
+                Err(e) => e.to_string(),
+                _ => "the job is no longer this attempt's (its lease lapsed and another worker took it); its outputs were discarded".into(),
+            })
+        }
+    }
 }
 
 /// The configured destinations, plus the sender when `send_back_port` is set.

@@ -6,6 +6,7 @@
 //! The modules follow the data: [`receive`] (DICOM associations) →
 //! [`store`] (durable files) → [`index`] (SQLite).
 
+pub mod charset;
 pub mod config;
 pub mod dimse;
 pub mod dosiomics;

@@ -323,3 +323,179 @@ fn returned_objects_validate_and_read_back() {
     let dump = dsrdump(&ns_path);
     assert!(dump.contains(reason), "{dump}");
 }
+
+/// An RT Dose header (no pixel data) with Specific Character Set `charset`
+/// and Patient Name the bytes `name` as they would be received, plus
+/// `extra` text attributes; written to `dir` and read back as the
+/// pipeline reads its inputs.
+fn received_dose(
+    dir: &Path,
+    charset: &str,
+    name: &[u8],
+    extra: &[(dicom_core::Tag, dicom_core::VR, &str)],
+) -> FileDicomObject<InMemDicomObject> {
+    use dicom_core::VR;
+    use esorisk::rt::write::{put_str, with_meta};
+    let mut padded = name.to_vec();
+    if padded.len() % 2 == 1 {
+        padded.push(b' ');
+    }
+    // Written as a placeholder, then replaced by the bytes themselves:
+    // dicom-rs would encode a Rust string in a character set of its own.
+    let placeholder = "Q".repeat(padded.len());
+    let mut o = InMemDicomObject::new_empty();
+    put_str(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, charset);
+    put_str(&mut o, tags::SOP_CLASS_UID, VR::UI, sop::RT_DOSE);
+    put_str(&mut o, tags::SOP_INSTANCE_UID, VR::UI, "2.25.7001");
+    put_str(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, "2.25.7002");
+    put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, "2.25.7003");
+    put_str(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, "2.25.7004");
+    put_str(&mut o, tags::MODALITY, VR::CS, "RTDOSE");
+    put_str(&mut o, tags::PATIENT_ID, VR::LO, "CS-1");
+    put_str(&mut o, tags::PATIENT_NAME, VR::PN, &placeholder);
+    for (tag, vr, v) in extra {
+        put_str(&mut o, *tag, *vr, v);
+    }
+    let file = with_meta(
+        o,
+        sop::RT_DOSE,
+        "2.25.7001",
+        esorisk::store::ts::EXPLICIT_VR_LE,
+    );
+    let path = dir.join("received_dose.dcm");
+    file.write_to_file(&path).expect("write input");
+    let mut bytes = std::fs::read(&path).expect("read input");
+    let at: Vec<usize> = bytes
+        .windows(padded.len())
+        .enumerate()
+        .filter(|(_, w)| *w == placeholder.as_bytes())
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(at.len(), 1, "the placeholder is written once");
+    bytes[at[0]..at[0] + padded.len()].copy_from_slice(&padded);
+    std::fs::write(&path, bytes).expect("patch input");
+    dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(&path)
+        .expect("read back input")
+}
+
+/// The returned SR and RT Structure Set for one received object, each
+/// written and read back.
+fn returned(dir: &Path, input: FileDicomObject<InMemDicomObject>) -> Vec<(String, Vec<u8>)> {
+    use esorisk::rt::grid::Grid;
+    let inputs = ReportInputs::from_objects(&[input]).expect("inputs");
+    let grid = Grid::uniform([0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [4, 4, 2]);
+    let mut mask = vec![false; grid.len()];
+    mask[grid.index(1, 1, 0)] = true;
+    let outputs = [
+        ("sr", not_scored_sr(&inputs, "test")),
+        (
+            "rtstruct",
+            learned_roi_rtstruct(&inputs, &grid, &mask, DEFAULT_ROI_NAME).expect("rtstruct"),
+        ),
+    ];
+    outputs
+        .iter()
+        .map(|(kind, o)| {
+            let path = dir.join(format!("{kind}.dcm"));
+            o.write_to_file(&path).expect("write output");
+            (kind.to_string(), std::fs::read(&path).expect("read output"))
+        })
+        .collect()
+}
+
+fn read_output(dir: &Path, kind: &str, bytes: &[u8]) -> FileDicomObject<InMemDicomObject> {
+    let path = dir.join(format!("{kind}-back.dcm"));
+    std::fs::write(&path, bytes).expect("write");
+    dicom_object::open_file(&path).expect("read output back")
+}
+
+#[test]
+fn copied_names_are_decoded_in_the_inputs_character_set() {
+    const ESC: u8 = 0x1B;
+    let jis = |s: &[u8]| [&[ESC, b'$', b'B'][..], s, &[ESC, b'(', b'B']].concat();
+    // PS3.5 H.3.1.
+    let yamada = [
+        &b"Yamada^Tarou="[..],
+        &jis(b";3ED"),
+        b"^",
+        &jis(b"B@O:"),
+        b"=",
+        &jis(b"$d$^$@"),
+        b"^",
+        &jis(b"$?$m$&"),
+    ]
+    .concat();
+    // PS3.5 I.2.
+    let ks = |s: &[u8]| [&[ESC, b'$', b')', b'C'][..], s].concat();
+    let hong = [
+        &b"Hong^Gildong="[..],
+        &ks(&[0xFB, 0xF3]),
+        b"^",
+        &ks(&[0xD1, 0xCE, 0xD4, 0xD7]),
+        b"=",
+        &ks(&[0xC8, 0xAB]),
+        b"^",
+        &ks(&[0xB1, 0xE6, 0xB5, 0xBF]),
+    ]
+    .concat();
+    // JIS X 0213 is not a DICOM character set: the alphabetic group stays.
+    let x0213 = [&b"Yamada^Tarou="[..], &[ESC, b'$', b'(', b'Q'], b";3ED"].concat();
+    // PS3.5 H.3.2: half-width katakana in G1, JIS X 0201 Romaji in G0.
+    let jis_romaji = |s: &[u8]| [&[ESC, b'$', b'B'][..], s, &[ESC, b'(', b'J']].concat();
+    let yamada_kana = [
+        &[0xD4, 0xCF, 0xC0, 0xDE][..],
+        b"^",
+        &[0xC0, 0xDB, 0xB3],
+        b"=",
+        &jis_romaji(b";3ED"),
+        b"^",
+        &jis_romaji(b"B@O:"),
+    ]
+    .concat();
+    let cases: [(&str, &[u8], &str); 8] = [
+        (
+            "ISO 2022 IR 13\\ISO 2022 IR 87",
+            &yamada_kana,
+            "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎",
+        ),
+        (
+            "\\ISO 2022 IR 87",
+            &yamada,
+            "Yamada^Tarou=山田^太郎=やまだ^たろう",
+        ),
+        (
+            "ISO 2022 IR 6\\ISO 2022 IR 87",
+            &yamada,
+            "Yamada^Tarou=山田^太郎=やまだ^たろう",
+        ),
+        ("\\ISO 2022 IR 149", &hong, "Hong^Gildong=洪^吉洞=홍^길동"),
+        ("ISO_IR 148", b"\xD6zt\xFCrk^\xDEule", "Öztürk^Şule"),
+        ("ISO_IR 100", b"M\xFCller^J\xFCrgen", "Müller^Jürgen"),
+        ("ISO_IR 192", "Ελληνικό^Όνομα".as_bytes(), "Ελληνικό^Όνομα"),
+        ("\\ISO 2022 IR 87", &x0213, "Yamada^Tarou"),
+    ];
+    for (charset, name, want) in cases {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let input = received_dose(tmp.path(), charset, name, &[]);
+        for (kind, bytes) in returned(tmp.path(), input) {
+            let back = read_output(tmp.path(), &kind, &bytes);
+            assert_eq!(
+                attr::string(&back, tags::SPECIFIC_CHARACTER_SET).as_deref(),
+                Some("ISO_IR 192")
+            );
+            assert_eq!(
+                attr::string(&back, tags::PATIENT_NAME).as_deref(),
+                Some(want),
+                "{kind} for {charset:?}"
+            );
+            // The file holds the name in UTF-8, no escape sequence.
+            assert!(
+                bytes.windows(want.len()).any(|w| w == want.as_bytes()),
+                "{kind} for {charset:?}: UTF-8 name"
+            );
+            assert!(!bytes.contains(&ESC), "{kind} for {charset:?}: escape");
+        }
+    }
+}

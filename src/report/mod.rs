@@ -18,6 +18,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 use snafu::Snafu;
 
+use crate::charset::Received;
 use crate::receive::sop;
 use crate::rt::attr;
 use crate::rt::write::{put_seq, put_str};
@@ -62,8 +63,9 @@ pub struct CtSliceRef {
 pub struct ReportInputs {
     /// Patient, Patient Study and General Study attributes of the source
     /// object (RT Dose first, then RT Structure Set, RT Plan, CT), copied
-    /// element by element; type 2 attributes the source lacks are present
-    /// and empty.
+    /// element by element with their text decoded as the source's Specific
+    /// Character Set says ([`Received::element`]); type 2 attributes the
+    /// source lacks are present and empty.
     pub patient_study: InMemDicomObject,
     pub study_instance_uid: String,
     /// The frame of reference of the dose (the grid the ROI is learned on);
@@ -153,11 +155,12 @@ impl ReportInputs {
                 },
             })?;
         let study_instance_uid = attr::string(source, tags::STUDY_INSTANCE_UID).unwrap_or_default();
+        let text = Received::of(source);
         let mut patient_study = InMemDicomObject::new_empty();
         for (tag, type2) in COPIED {
             match source.element(*tag) {
                 Ok(el) => {
-                    patient_study.put(el.clone());
+                    patient_study.put(text.element(el));
                 }
                 Err(_) => {
                     if let Some(vr) = type2 {
@@ -290,8 +293,8 @@ struct SeriesHeader<'a> {
 /// SOP Common, Patient, General Study, the series module's common part
 /// and General Equipment, shared by the SR and the RT Structure Set.
 fn put_header(obj: &mut InMemDicomObject, input: &ReportInputs, h: &SeriesHeader<'_>) {
-    // UTF-8: copied names may come from any character set, and dicom-rs
-    // holds them decoded.
+    // UTF-8: copied names may come from any character set, and are held
+    // decoded (crate::charset).
     put_str(obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
     put_str(obj, tags::SOP_CLASS_UID, VR::UI, h.sop_class_uid);
     put_str(obj, tags::SOP_INSTANCE_UID, VR::UI, h.sop_instance_uid);

@@ -11,7 +11,7 @@
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Seek};
 
-use dicom_encoding::text::{SpecificCharacterSet, TextCodec};
+use crate::charset::{self, CharacterSets};
 
 /// Attributes read from the top level of a data set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -271,7 +271,7 @@ pub fn scan_bytes(bytes: &[u8], encoding: Encoding) -> Result<Header, ScanError>
 struct Walker<S> {
     src: S,
     header: Header,
-    charset: Option<SpecificCharacterSet>,
+    charset: CharacterSets,
 }
 
 struct ElementHeader {
@@ -285,7 +285,7 @@ impl<S: Source> Walker<S> {
         Walker {
             src,
             header: Header::default(),
-            charset: None,
+            charset: CharacterSets::new::<&str>(&[]),
         }
     }
 
@@ -609,21 +609,19 @@ impl<S: Source> Walker<S> {
         let _ = enc; // all kept attributes are text; byte order does not apply
         if tag == (0x0008, 0x0005) {
             let text = clean(&String::from_utf8_lossy(raw));
-            self.charset = text
-                .split('\\')
-                .map(str::trim)
-                .find(|t| !t.is_empty())
-                .and_then(SpecificCharacterSet::from_code);
+            self.charset = CharacterSets::new(&text.split('\\').collect::<Vec<_>>());
             self.header.specific_character_set = Some(text);
             return;
         }
-        let decoded = match &self.charset {
-            Some(cs) => cs
-                .decode(raw)
-                .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned()),
-            None => String::from_utf8_lossy(raw).into_owned(),
+        let value = match tag {
+            (0x0010, 0x0010) => clean(&charset::decode_raw(&self.charset, raw, true)),
+            (0x0008, 0x0050)
+            | (0x0008, 0x1030)
+            | (0x0008, 0x103E)
+            | (0x0010, 0x0020)
+            | (0x0020, 0x0010) => clean(&charset::decode_raw(&self.charset, raw, false)),
+            _ => clean(&String::from_utf8_lossy(raw)),
         };
-        let value = clean(&decoded);
         let h = &mut self.header;
         let slot = match tag {
             (0x0008, 0x0016) => &mut h.sop_class_uid,
@@ -756,6 +754,55 @@ mod tests {
         assert_eq!(h.series_instance_uid.as_deref(), Some("1.2.6"));
         assert_eq!(h.patient_name.as_deref(), Some("Doe^Jane"));
         assert_eq!(h.modality.as_deref(), Some("RTDOSE"));
+    }
+
+    #[test]
+    fn patient_name_in_iso_2022_is_decoded() {
+        // PS3.5 I.2 (Korean, KS X 1001 in G1) and H.3.1 (Japanese, JIS X
+        // 0208 in G0), and ISO 8859-9 which dicom-rs does not know.
+        let ks = [0x1B, b'$', b')', b'C'];
+        let hong = [
+            &b"Hong^Gildong="[..],
+            &ks,
+            &[0xFB, 0xF3],
+            b"^",
+            &ks,
+            &[0xD1, 0xCE, 0xD4, 0xD7],
+            b"=",
+            &ks,
+            &[0xC8, 0xAB],
+            b"^",
+            &ks,
+            &[0xB1, 0xE6, 0xB5, 0xBF],
+        ]
+        .concat();
+        let yamada = [
+            &b"Yamada^Tarou="[..],
+            &[0x1B, b'$', b'B'],
+            b";3ED",
+            &[0x1B, b'(', b'B'],
+            b" ",
+        ]
+        .concat();
+        for (charset, name, want) in [
+            (
+                &b"\\ISO 2022 IR 149"[..],
+                &hong[..],
+                "Hong^Gildong=洪^吉洞=홍^길동",
+            ),
+            (
+                b"ISO 2022 IR 6\\ISO 2022 IR 87",
+                &yamada,
+                "Yamada^Tarou=山田",
+            ),
+            (b"ISO_IR 148", b"\xD6zt\xFCrk^\xDEule ", "Öztürk^Şule"),
+        ] {
+            let mut d = Vec::new();
+            el_explicit(&mut d, 0x0008, 0x0005, b"CS", charset);
+            el_explicit(&mut d, 0x0010, 0x0010, b"PN", name);
+            let h = scan_bytes(&d, Encoding::EXPLICIT_LE).expect("scan");
+            assert_eq!(h.patient_name.as_deref(), Some(want));
+        }
     }
 
     #[test]

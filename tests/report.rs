@@ -499,3 +499,61 @@ fn copied_names_are_decoded_in_the_inputs_character_set() {
         }
     }
 }
+
+#[test]
+fn dates_and_times_keep_the_inputs_time_zone() {
+    use dicom_core::VR;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = [
+        (tags::STUDY_DATE, VR::DA, "20250102"),
+        (tags::STUDY_TIME, VR::TM, "120000"),
+    ];
+    let with_offset = [
+        study[0],
+        study[1],
+        (tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0900"),
+    ];
+    let nine = time::UtcOffset::from_hms(9, 0, 0).expect("offset");
+    for (extra, offset) in [(&with_offset[..], Some("+0900")), (&study[..], None)] {
+        let before = time::OffsetDateTime::now_utc();
+        let input = received_dose(tmp.path(), "ISO_IR 100", b"Doe^Jane", extra);
+        for (kind, bytes) in returned(tmp.path(), input) {
+            let back = read_output(tmp.path(), &kind, &bytes);
+            assert_eq!(
+                attr::string(&back, tags::TIMEZONE_OFFSET_FROM_UTC).as_deref(),
+                offset,
+                "{kind}"
+            );
+            assert_eq!(
+                attr::string(&back, tags::STUDY_DATE).as_deref(),
+                Some("20250102")
+            );
+            assert_eq!(
+                attr::string(&back, tags::STUDY_TIME).as_deref(),
+                Some("120000")
+            );
+            if offset.is_some() {
+                // esorisk's own times are written in the input's offset.
+                let date = attr::string(&back, tags::INSTANCE_CREATION_DATE).expect("date");
+                let time = attr::string(&back, tags::INSTANCE_CREATION_TIME).expect("time");
+                let t = before.to_offset(nine);
+                let now = (
+                    format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day()),
+                    format!("{:02}{:02}", t.hour(), t.minute()),
+                );
+                let later = before.to_offset(nine) + time::Duration::minutes(1);
+                let next = (
+                    format!(
+                        "{:04}{:02}{:02}",
+                        later.year(),
+                        u8::from(later.month()),
+                        later.day()
+                    ),
+                    format!("{:02}{:02}", later.hour(), later.minute()),
+                );
+                let got = (date, time[..4].to_string());
+                assert!(got == now || got == next, "{kind}: {got:?}, not {now:?}");
+            }
+        }
+    }
+}

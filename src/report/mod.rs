@@ -67,6 +67,10 @@ pub struct ReportInputs {
     /// Character Set says ([`Received::element`]); type 2 attributes the
     /// source lacks are present and empty.
     pub patient_study: InMemDicomObject,
+    /// The source's Timezone Offset From UTC (0008,0201), which applies to
+    /// the copied dates and times; None when it has none (they are then in
+    /// the local time of whoever wrote them) or one that is not `±HHMM`.
+    pub timezone_offset: Option<time::UtcOffset>,
     pub study_instance_uid: String,
     /// The frame of reference of the dose (the grid the ROI is learned on);
     /// None when no input states one.
@@ -223,8 +227,11 @@ impl ReportInputs {
             });
         }
         ct_slices.sort_by(|a, b| a.z.total_cmp(&b.z));
+        let timezone_offset =
+            attr::string(source, tags::TIMEZONE_OFFSET_FROM_UTC).and_then(|v| parse_offset(&v));
         Ok(ReportInputs {
             patient_study,
+            timezone_offset,
             study_instance_uid,
             frame_of_reference_uid,
             position_reference_indicator,
@@ -269,13 +276,60 @@ fn axial_z(o: &InMemDicomObject) -> Option<f64> {
     (nz.abs() > 0.999).then_some(ipp[2])
 }
 
-/// The current date and time (UTC) as DA and TM values.
-fn now() -> (String, String) {
-    let t = time::OffsetDateTime::now_utc();
+impl ReportInputs {
+    /// The current date and time as DA and TM values, for the dates and
+    /// times esorisk itself writes: in the input's Timezone Offset From UTC
+    /// when it has one (the offset is copied and applies to every date and
+    /// time of the object), else in the node's local time, without an
+    /// offset, like the copied study date and time; in UTC, still without
+    /// an offset, when the local offset cannot be determined.
+    pub fn now(&self) -> (String, String) {
+        let utc = time::OffsetDateTime::now_utc();
+        let t = match self.timezone_offset {
+            Some(offset) => utc.to_offset(offset),
+            None => time::OffsetDateTime::now_local().unwrap_or(utc),
+        };
+        da_tm(t)
+    }
+}
+
+/// A date and time as DA and TM values (in their own offset).
+fn da_tm(t: time::OffsetDateTime) -> (String, String) {
     (
         format!("{:04}{:02}{:02}", t.year(), u8::from(t.month()), t.day()),
         format!("{:02}{:02}{:02}", t.hour(), t.minute(), t.second()),
     )
+}
+
+/// A Timezone Offset From UTC value (`+HHMM` or `-HHMM`, -1200 to +1400).
+fn parse_offset(v: &str) -> Option<time::UtcOffset> {
+    let v = v.trim();
+    let (sign, digits) = match v.as_bytes().first()? {
+        b'+' => (1i8, &v[1..]),
+        b'-' => (-1i8, &v[1..]),
+        _ => return None,
+    };
+    if digits.len() != 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let hours: i8 = digits[..2].parse().ok()?;
+    let minutes: i8 = digits[2..].parse().ok()?;
+    let in_range = if sign < 0 {
+        (hours, minutes) <= (12, 0)
+    } else {
+        (hours, minutes) <= (14, 0)
+    };
+    if minutes > 59 || !in_range {
+        return None;
+    }
+    time::UtcOffset::from_hms(sign * hours, sign * minutes, 0).ok()
+}
+
+/// An offset as a Timezone Offset From UTC value.
+fn format_offset(o: time::UtcOffset) -> String {
+    let (h, m, _) = o.as_hms();
+    let sign = if o.is_negative() { '-' } else { '+' };
+    format!("{sign}{:02}{:02}", h.unsigned_abs(), m.unsigned_abs())
 }
 
 /// What a returned object says about its series and creation.
@@ -300,7 +354,14 @@ fn put_header(obj: &mut InMemDicomObject, input: &ReportInputs, h: &SeriesHeader
     put_str(obj, tags::SOP_INSTANCE_UID, VR::UI, h.sop_instance_uid);
     put_str(obj, tags::INSTANCE_CREATION_DATE, VR::DA, h.date);
     put_str(obj, tags::INSTANCE_CREATION_TIME, VR::TM, h.time);
-    put_str(obj, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000");
+    if let Some(offset) = input.timezone_offset {
+        put_str(
+            obj,
+            tags::TIMEZONE_OFFSET_FROM_UTC,
+            VR::SH,
+            &format_offset(offset),
+        );
+    }
     for el in input.patient_study.iter() {
         obj.put(el.clone());
     }
@@ -413,6 +474,23 @@ mod tests {
     }
 
     #[test]
+    fn timezone_offsets() {
+        let hm = |h, m| time::UtcOffset::from_hms(h, m, 0).ok();
+        assert_eq!(parse_offset("+0900"), hm(9, 0));
+        assert_eq!(parse_offset("-0330 "), hm(-3, -30));
+        assert_eq!(parse_offset("+1400"), hm(14, 0));
+        assert_eq!(parse_offset("-1200"), hm(-12, 0));
+        for bad in [
+            "", "0900", "+900", "+09:00", "+1401", "-1230", "+0960", "UTC",
+        ] {
+            assert_eq!(parse_offset(bad), None, "{bad:?}");
+        }
+        for v in ["+0900", "-0330", "+0000", "+0545"] {
+            assert_eq!(parse_offset(v).map(format_offset).as_deref(), Some(v));
+        }
+    }
+
+    #[test]
     fn ct_slice_within_half_thickness() {
         let slice = |z: f64| CtSliceRef {
             series_instance_uid: "1".into(),
@@ -423,6 +501,7 @@ mod tests {
         };
         let input = ReportInputs {
             patient_study: InMemDicomObject::new_empty(),
+            timezone_offset: None,
             study_instance_uid: "1".into(),
             frame_of_reference_uid: None,
             position_reference_indicator: String::new(),

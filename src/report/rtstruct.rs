@@ -19,7 +19,7 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use super::contour;
-use super::{now, put_header, sop_ref, ReportError, ReportInputs, SeriesHeader, RESEARCH_NOTICE};
+use super::{put_header, sop_ref, ReportError, ReportInputs, SeriesHeader, RESEARCH_NOTICE};
 use crate::receive::sop;
 use crate::rt::grid::Grid;
 use crate::rt::write::{ds_list, put_seq, put_str, with_meta};
@@ -69,7 +69,7 @@ pub fn learned_roi_rtstruct(
             .ok_or_else(|| ReportError::Mask {
                 what: "no input object states a Frame of Reference UID".into(),
             })?;
-    let (date, time) = now();
+    let (date, time) = input.now();
     let sop_instance_uid = uid::generate();
     let series_instance_uid = uid::generate();
     let description = format!("esorisk learned ROI — {RESEARCH_NOTICE}");
@@ -322,6 +322,7 @@ mod tests {
         put_str(&mut patient_study, tags::PATIENT_ID, VR::LO, "P1");
         ReportInputs {
             patient_study,
+            timezone_offset: None,
             study_instance_uid: "2.25.1".into(),
             frame_of_reference_uid: frame_of_reference_uid.map(String::from),
             position_reference_indicator: String::new(),

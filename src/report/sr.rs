@@ -46,7 +46,7 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use super::rtstruct::LEARNED_ROI_NUMBER;
 use super::{
-    hierarchical, now, put_header, sop_ref, EvidenceRef, ReportError, ReportInputs, SeriesHeader,
+    hierarchical, put_header, sop_ref, EvidenceRef, ReportError, ReportInputs, SeriesHeader,
     RESEARCH_NOTICE,
 };
 use crate::receive::sop;
@@ -300,7 +300,7 @@ fn document(
     rtstruct: Option<&EvidenceRef>,
     predecessor: Option<&EvidenceRef>,
 ) -> FileDicomObject<InMemDicomObject> {
-    let (date, time) = now();
+    let (date, time) = input.now();
     let sop_instance_uid = uid::generate();
     let series_instance_uid = uid::generate();
     let mut obj = InMemDicomObject::new_empty();

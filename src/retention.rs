@@ -168,9 +168,22 @@ pub async fn remove_old(
 /// otherwise index those files again).
 pub async fn finish_interrupted(index: &Index, data_dir: &Path) -> Result<usize, IndexError> {
     let pending = index.pending_removals().await?;
+    // The study may have been sent again since its removal was logged (a
+    // removal whose end was never recorded leaves the study open to new
+    // instances, at the same paths): a file an instance row holds now is
+    // an acknowledged instance, not a leftover.
+    let held = if pending.is_empty() {
+        Default::default()
+    } else {
+        index.indexed_paths().await?
+    };
     for (study, files) in &pending {
         let removed = RemovedStudy {
-            instance_files: files.clone(),
+            instance_files: files
+                .iter()
+                .filter(|f| !held.contains(*f))
+                .cloned()
+                .collect(),
             ..Default::default()
         };
         let (dir, uid) = (data_dir.to_path_buf(), study.clone());
@@ -222,7 +235,7 @@ fn delete_files(data_dir: &Path, study: &str, removed: &RemovedStudy) {
 /// The paths in the index were made from validated UIDs, but the database
 /// can be edited by hand: only a relative path that stays below the data
 /// directory names a file to delete.
-fn inside_data_dir(rel: &str) -> bool {
+pub(crate) fn inside_data_dir(rel: &str) -> bool {
     let mut parts = Path::new(rel).components().peekable();
     parts.peek().is_some() && parts.all(|c| matches!(c, std::path::Component::Normal(_)))
 }

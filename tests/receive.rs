@@ -454,7 +454,8 @@ fn rust_client_and_bad_data_sets() {
             &format!("SELECT series_instance_uid, receive_count FROM instances WHERE sop_instance_uid = '{}'", u.sop),
         );
         assert_eq!(rows, vec![vec![Some(moved_series.to_string()), Some("2".to_string())]]);
-        assert_eq!(count(&node.db_path(), "SELECT count(*) FROM superseded_files"), 0);
+        // Listed until a start has removed it for good.
+        assert_eq!(count(&node.db_path(), "SELECT count(*) FROM superseded_files"), 1);
 
         // Re-sent into a third series whose directory cannot be made: refused,
         // and the row describes the file still in the store.
@@ -2362,4 +2363,130 @@ fn malformed_requests_and_stray_pdus_are_aborted_with_a_reason() {
             source: AbortRQSource::ServiceProvider(Reason::UnrecognizedPdu)
         }
     );
+}
+
+/// Where the last acknowledgement put an instance is where it stays:
+/// an instance re-sent into another study keeps its new place through a
+/// crash that brought its old file back (an unlink is not durable until
+/// its directory is synced), and the series it left goes; a removal whose
+/// end was never recorded does not delete an instance stored since at the
+/// same path; and rows of files lost by hand go with their series.
+#[test]
+fn instances_stay_where_the_last_acknowledgement_put_them() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data_dir = tmp.path().join("var");
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    let files = push_study(&node, &tmp.path().join("s"), 2, 53);
+    let db = node.db_path();
+    let plan = files
+        .iter()
+        .find(|f| f.ends_with("rtplan.dcm"))
+        .expect("plan")
+        .clone();
+    let old = uids(&plan);
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM instances WHERE series_instance_uid = '{}'",
+                old.series
+            ),
+        ),
+        1,
+        "the plan is alone in its series"
+    );
+    // The plan sent again into another study and series.
+    let mut obj = dicom_object::open_file(&plan).expect("open");
+    for (tag, uid) in [
+        (dicom_dictionary_std::tags::STUDY_INSTANCE_UID, "1.2.3.999"),
+        (
+            dicom_dictionary_std::tags::SERIES_INSTANCE_UID,
+            "1.2.3.999.1",
+        ),
+    ] {
+        obj.put(DataElement::new(
+            tag,
+            VR::UI,
+            dicom_core::PrimitiveValue::from(uid),
+        ));
+    }
+    let moved = tmp.path().join("moved.dcm");
+    obj.write_to_file(&moved).expect("write");
+    let out = storescu(&node, &[], &[moved.as_path()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let old_path = node.store_path(&old.study, &old.series, &old.sop);
+    assert!(!old_path.exists(), "the old file is removed at once");
+    let where_ = || {
+        query(
+            &db,
+            &format!(
+                "SELECT study_instance_uid FROM instances WHERE sop_instance_uid = '{}'",
+                old.sop
+            ),
+        )
+    };
+    assert_eq!(where_(), vec![vec![Some("1.2.3.999".to_string())]]);
+    let series_rows = |uid: &str| {
+        count(
+            &db,
+            &format!("SELECT count(*) FROM series WHERE series_instance_uid = '{uid}'"),
+        )
+    };
+    assert_eq!(
+        series_rows(&old.series),
+        0,
+        "the series it left went with it"
+    );
+
+    // A crash that brings the old file back.
+    std::fs::copy(&plan, &old_path).expect("old file back");
+    node.kill();
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    node.assert_logged(&["removed the old files of re-sent instances"]);
+    assert_eq!(where_(), vec![vec![Some("1.2.3.999".to_string())]]);
+    assert!(!old_path.exists());
+    assert_eq!(count(&db, "SELECT count(*) FROM superseded_files"), 0);
+
+    // A removal of the study whose end was never recorded, listing a file
+    // that an instance stored since holds.
+    assert!(node.terminate());
+    let ct = files
+        .iter()
+        .find(|f| uids(f).sop_class == "1.2.840.10008.5.1.4.1.1.2")
+        .expect("ct");
+    let c = uids(ct);
+    let ct_rel: String = query(
+        &db,
+        &format!(
+            "SELECT file_path FROM instances WHERE sop_instance_uid = '{}'",
+            c.sop
+        ),
+    )[0][0]
+        .clone()
+        .expect("path");
+    execute(
+        &db,
+        &format!(
+            "INSERT INTO removals (study_instance_uid, started_at, files) \
+             VALUES ('{}', '2026-01-01T00:00:00.000Z', '[\"{ct_rel}\"]')",
+            c.study
+        ),
+    );
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    assert!(
+        data_dir.join(&ct_rel).is_file(),
+        "an acknowledged file deleted"
+    );
+    assert_eq!(count(&db, "SELECT count(*) FROM removals"), 0);
+
+    // The CT series' files lost by hand while the node was down.
+    node.kill();
+    std::fs::remove_dir_all(data_dir.join(&ct_rel).parent().expect("series dir")).expect("rm");
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    assert_eq!(
+        series_rows(&c.series),
+        0,
+        "a series without instances listed"
+    );
+    assert!(node.terminate());
 }

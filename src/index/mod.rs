@@ -347,7 +347,62 @@ impl Index {
         Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
     }
 
-    /// Drop instance rows whose file no longer exists; returns how many.
+    /// The old files of instances that moved to another study or series,
+    /// which a start has not yet seen removed: never indexed again.
+    pub async fn superseded_paths(&self) -> Result<Vec<String>, IndexError> {
+        let rows = sqlx::query("SELECT file_path FROM superseded_files")
+            .fetch_all(&self.pool)
+            .await
+            .context(DbSnafu)?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+    }
+
+    /// At start: remove, durably, the old files of instances that moved
+    /// (the receiver removed most already, but an unlink is not durable
+    /// without its directory's fsync, and a crash may have come first),
+    /// then forget them. A path that an instance row holds again (the
+    /// instance was sent back where it was) is only forgotten. A file that
+    /// cannot be removed stays listed, and is not indexed again. Returns
+    /// how many files were removed here.
+    pub async fn finish_superseded(&self, data_dir: &Path) -> Result<usize, IndexError> {
+        let rows = sqlx::query(
+            "SELECT rowid, file_path, EXISTS (SELECT 1 FROM instances i WHERE i.file_path = s.file_path) \
+             FROM superseded_files s",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context(DbSnafu)?;
+        let mut removed = 0;
+        for r in rows {
+            let (rowid, rel, held): (i64, String, bool) = (r.get(0), r.get(1), r.get(2));
+            let path = data_dir.join(&rel);
+            if !held && crate::retention::inside_data_dir(&rel) {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        removed += 1;
+                        if let Some(dir) = path.parent() {
+                            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove the file a re-sent instance moved away from; it stays listed and is not indexed");
+                        continue;
+                    }
+                }
+            }
+            sqlx::query("DELETE FROM superseded_files WHERE rowid = ?")
+                .bind(rowid)
+                .execute(&self.pool)
+                .await
+                .context(DbSnafu)?;
+        }
+        Ok(removed)
+    }
+
+    /// Drop instance rows whose file no longer exists, and the series,
+    /// study and patient rows left without instances; returns how many
+    /// instances.
     pub async fn forget_missing(&self, data_dir: &Path) -> Result<u64, IndexError> {
         let rows = sqlx::query("SELECT sop_instance_uid, file_path FROM instances")
             .fetch_all(&self.pool)
@@ -362,11 +417,8 @@ impl Index {
                     path,
                     "indexed file missing (an instance cut off by a crash before it was acknowledged, or a file removed by hand); row dropped"
                 );
-                sqlx::query("DELETE FROM instances WHERE sop_instance_uid = ?")
-                    .bind(&sop)
-                    .execute(&self.pool)
-                    .await
-                    .context(DbSnafu)?;
+                let mut conn = self.pool.acquire().await.context(DbSnafu)?;
+                forget_row(&mut conn, &sop, &path).await.context(DbSnafu)?;
                 gone += 1;
             }
         }
@@ -750,27 +802,36 @@ async fn forget_row(
     .await?;
     if let Some(row) = row {
         let (series, study): (String, String) = (row.get(0), row.get(1));
-        sqlx::query(
-            "DELETE FROM series WHERE series_instance_uid = ?1
-             AND NOT EXISTS (SELECT 1 FROM instances WHERE series_instance_uid = ?1)",
-        )
-        .bind(&series)
-        .execute(&mut *tx)
-        .await?;
-        let patient: Option<i64> = sqlx::query(
-            "DELETE FROM studies WHERE study_instance_uid = ?1
-             AND NOT EXISTS (SELECT 1 FROM series WHERE study_instance_uid = ?1)
-             AND NOT EXISTS (SELECT 1 FROM instances WHERE study_instance_uid = ?1)
-             RETURNING patient_pk",
-        )
-        .bind(&study)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| r.get(0));
-        forget_patient_without_studies(&mut tx, patient).await?;
+        forget_empty_parents(&mut tx, &series, &study).await?;
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// Delete a series, study and patient row that no instance is left in.
+async fn forget_empty_parents(
+    conn: &mut SqliteConnection,
+    series: &str,
+    study: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM series WHERE series_instance_uid = ?1
+         AND NOT EXISTS (SELECT 1 FROM instances WHERE series_instance_uid = ?1)",
+    )
+    .bind(series)
+    .execute(&mut *conn)
+    .await?;
+    let patient: Option<i64> = sqlx::query(
+        "DELETE FROM studies WHERE study_instance_uid = ?1
+         AND NOT EXISTS (SELECT 1 FROM series WHERE study_instance_uid = ?1)
+         AND NOT EXISTS (SELECT 1 FROM instances WHERE study_instance_uid = ?1)
+         RETURNING patient_pk",
+    )
+    .bind(study)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| r.get(0));
+    forget_patient_without_studies(conn, patient).await
 }
 
 /// Patient, study and series rows already written with the same values, so
@@ -906,15 +967,32 @@ async fn upsert(
         .sop_instance_uid
         .as_deref()
         .unwrap_or_default();
-    let stale: Option<String> =
-        sqlx::query("DELETE FROM superseded_files WHERE sop_instance_uid = ? RETURNING file_path")
-            .bind(sop)
-            .fetch_optional(&mut *conn)
-            .await?
-            .map(|row| row.get(0));
+    // The row stays until a start has removed the file for good (see
+    // `Index::finish_superseded`): the receiver's unlink is not durable,
+    // and a file that came back after a crash would be indexed again and
+    // move the instance back.
+    let moved = sqlx::query(
+        "SELECT file_path, series_instance_uid, study_instance_uid FROM superseded_files \
+         WHERE sop_instance_uid = ? AND file_path <> ? ORDER BY rowid DESC LIMIT 1",
+    )
+    .bind(sop)
+    .bind(&r.stored.relative_path)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(moved) = moved else {
+        return Ok(Indexed {
+            replaced: true,
+            stale_path: None,
+        });
+    };
+    let (path, series, study): (String, Option<String>, Option<String>) =
+        (moved.get(0), moved.get(1), moved.get(2));
+    if let (Some(series), Some(study)) = (series, study) {
+        forget_empty_parents(conn, &series, &study).await?;
+    }
     Ok(Indexed {
         replaced: true,
-        stale_path: stale.filter(|p| *p != r.stored.relative_path),
+        stale_path: Some(path),
     })
 }
 

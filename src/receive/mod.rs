@@ -97,6 +97,15 @@ impl Node {
         if let Err(e) = crate::retention::finish_interrupted(&index, &data_dir).await {
             error!(error = %e, "cannot finish the removals a crash interrupted");
         }
+        // And the old files of instances re-sent to another study or series.
+        match index.finish_superseded(&data_dir).await {
+            Ok(0) => {}
+            Ok(n) => info!(
+                files = n,
+                "removed the old files of re-sent instances that moved to another study or series"
+            ),
+            Err(e) => error!(error = %e, "cannot remove the old files of moved instances"),
+        }
         let store_empty = std::fs::read_dir(store.store_dir())
             .map(|mut d| d.next().is_none())
             .unwrap_or(true);
@@ -636,9 +645,14 @@ async fn reconcile(store: &Store, index: &Index) {
         ),
         Err(e) => error!(error = %e, "cannot check index rows against the store"),
     }
-    let known = match index.indexed_paths().await {
-        Ok(k) => k,
-        Err(e) => {
+    // Files the index holds, and old files of moved instances not removed
+    // yet: neither is an instance to index again.
+    let known = match (index.indexed_paths().await, index.superseded_paths().await) {
+        (Ok(mut k), Ok(old)) => {
+            k.extend(old);
+            k
+        }
+        (Err(e), _) | (_, Err(e)) => {
             error!(error = %e, "cannot read the index for recovery");
             return;
         }

@@ -390,12 +390,14 @@ pub enum Retried {
 /// that now accepts a SOP class it refused); with `resend`, its sent
 /// deliveries too (a planning system that lost the import).
 pub async fn retry(pool: &SqlitePool, id: i64, resend: bool) -> sqlx::Result<Retried> {
+    // One transaction: the job, its deliveries and the event together.
+    let mut tx = pool.begin().await?;
     let r = sqlx::query(
         "UPDATE jobs SET state = 'queued', attempts = 0, not_before = NULL, error = NULL, worker = NULL \
          WHERE id = ? AND state IN ('dead', 'failed')",
     )
     .bind(id)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
     let requeued = r.rows_affected() == 1;
     let d = sqlx::query(
@@ -405,15 +407,16 @@ pub async fn retry(pool: &SqlitePool, id: i64, resend: bool) -> sqlx::Result<Ret
     .bind(now())
     .bind(id)
     .bind(resend)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
     if requeued {
-        event(pool, id, "requeued", "by esorisk retry").await?;
+        event(&mut *tx, id, "requeued", "by esorisk retry").await?;
+        tx.commit().await?;
         Ok(Retried::Job)
     } else if d.rows_affected() > 0 {
         let n = d.rows_affected();
         event(
-            pool,
+            &mut *tx,
             id,
             "requeued",
             &match resend {
@@ -422,6 +425,7 @@ pub async fn retry(pool: &SqlitePool, id: i64, resend: bool) -> sqlx::Result<Ret
             },
         )
         .await?;
+        tx.commit().await?;
         Ok(Retried::Deliveries(n))
     } else {
         Ok(Retried::Nothing)

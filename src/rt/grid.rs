@@ -61,6 +61,29 @@ impl Grid {
         self.y0 + j as f64 * self.dy
     }
 
+    /// Where plane k's slab starts and ends: halfway to each neighbour
+    /// (as far as the nearest neighbour's half distance at the ends). On
+    /// unevenly spaced planes the slab is not centred on its plane.
+    pub fn z_bounds(&self, k: usize) -> (f64, f64) {
+        let n = self.z.len();
+        if n < 2 {
+            let half = self.dz(k) / 2.0;
+            let z = self.z.get(k).copied().unwrap_or(0.0);
+            return (z - half, z + half);
+        }
+        let lo = if k == 0 {
+            self.z[1] - self.z[0]
+        } else {
+            self.z[k] - self.z[k - 1]
+        };
+        let hi = if k + 1 == n {
+            self.z[n - 1] - self.z[n - 2]
+        } else {
+            self.z[k + 1] - self.z[k]
+        };
+        (self.z[k] - lo / 2.0, self.z[k] + hi / 2.0)
+    }
+
     /// Thickness of plane k: half the distance to each neighbour (the
     /// nearest neighbour's distance at the ends).
     pub fn dz(&self, k: usize) -> f64 {

@@ -297,15 +297,15 @@ impl Roi {
         let zmin = self.planes[0].z - half;
         let zmax = self.planes[self.planes.len() - 1].z + half;
         for (k, zc) in grid.z.iter().enumerate() {
-            let dz = grid.dz(k);
-            if zc + dz / 2.0 < zmin - 1e-6 || zc - dz / 2.0 > zmax + 1e-6 {
+            let (z_lo, z_hi) = grid.z_bounds(k);
+            if z_hi < zmin - 1e-6 || z_lo > zmax + 1e-6 {
                 continue;
             }
             let centre_plane = self.plane_at(*zc, half);
             let mut counts = vec![0u32; bw * bh];
             let mut any = false;
             for m in 0..n {
-                let z = zc + ((m as f64 + 0.5) / n as f64 - 0.5) * dz;
+                let z = z_lo + (m as f64 + 0.5) / n as f64 * (z_hi - z_lo);
                 let Some(p) = self.plane_at(z, half) else {
                     continue;
                 };
@@ -380,10 +380,10 @@ impl Roi {
         };
         let half = self.half_slab(grid);
         let mut xs = Vec::new();
-        for (k, zc) in grid.z.iter().enumerate() {
-            let dz = grid.dz(k);
+        for k in 0..grid.z.len() {
+            let (z_lo, z_hi) = grid.z_bounds(k);
             for m in 0..n {
-                let z = zc + ((m as f64 + 0.5) / n as f64 - 0.5) * dz;
+                let z = z_lo + (m as f64 + 0.5) / n as f64 * (z_hi - z_lo);
                 let Some(p) = self.plane_at(z, half) else {
                     continue;
                 };
@@ -527,6 +527,36 @@ mod tests {
                 "a contour with fewer than 3 points was skipped",
             ]
         );
+    }
+
+    /// On unevenly spaced dose planes each plane's slab reaches halfway to
+    /// each neighbour: a plane between 1 mm and 8 mm gaps covers 0.5 mm
+    /// below it and 4 mm above, not 2.25 mm each way.
+    #[test]
+    fn slabs_of_uneven_planes_reach_halfway_to_each_neighbour() {
+        let grid = Grid {
+            x0: -9.5,
+            y0: -9.5,
+            dx: 1.0,
+            dy: 1.0,
+            nx: 20,
+            ny: 20,
+            z: vec![0.0, 1.0, 2.0, 10.0],
+        };
+        assert_eq!(grid.z_bounds(2), (1.5, 6.0));
+        assert_eq!(grid.z_bounds(0), (-0.5, 0.5));
+        assert_eq!(grid.z_bounds(3), (6.0, 14.0));
+        // A 10 × 10 mm square contoured every 0.5 mm from z = −0.5 to 5.5
+        // (so from −0.75 to 5.75): planes 0 and 1 whole, 4.25 of plane 2's
+        // 4.5 mm, nothing of plane 3 — 625 mm³.
+        let planes = (0..13)
+            .map(|k| ContourPlane {
+                z: -0.5 + 0.5 * f64::from(k),
+                polygons: vec![square(0.0, 0.0, 5.0)],
+            })
+            .collect();
+        let v = roi(planes).rasterize(&grid, 20).volume_cc(&grid);
+        assert!((v - 0.625).abs() < 0.005, "{v} cc");
     }
 
     #[test]

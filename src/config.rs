@@ -335,7 +335,9 @@ impl Settings {
             config::Environment::with_prefix("ESORISK")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                // Values stay text until a setting's type reads them: an AE
+                // title "00042" is not the number 42.
+                .try_parsing(false),
         );
         let settings: Settings = builder
             .build()
@@ -457,6 +459,38 @@ impl Settings {
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(invalid("storage.data_dir", "must not be empty"));
         }
+        if d.max_associations > 10_000 {
+            return Err(invalid("dicom.max_associations", "at most 10000"));
+        }
+        for (key, days) in [
+            ("storage.retention_days", self.storage.retention_days),
+            (
+                "storage.association_log_days",
+                self.storage.association_log_days,
+            ),
+        ] {
+            if days > 36_500 {
+                return Err(invalid(
+                    key,
+                    "a number of days up to 36500 (0: keep for ever)",
+                ));
+            }
+        }
+        if !valid_log_filter(&self.logging.level) {
+            return Err(invalid(
+                "logging.level",
+                "trace, debug, info, warn, error or off, or directives such as \"info,esorisk=debug\"",
+            ));
+        }
+        let dev = self.model.device.as_str();
+        if !(dev == "auto"
+            || dev == "cpu"
+            || dev
+                .strip_prefix("cuda:")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+        {
+            return Err(invalid("model.device", "auto, cpu or cuda:N"));
+        }
         Ok(())
     }
 
@@ -530,6 +564,19 @@ fn same_ip(a: IpAddr, b: IpAddr) -> bool {
 /// AE title from the wire is compared, stored and reused in this form.
 pub fn wire_ae_title(raw: &str) -> &str {
     raw.trim_matches([' ', '\0'])
+}
+
+/// A log level, or comma-separated directives (`target=level`) with at
+/// most one bare level: a word that is no level would otherwise be read as
+/// a target name, and logging would silently stop.
+fn valid_log_filter(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let level = |l: &str| LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    !filter.trim().is_empty()
+        && filter.split(',').all(|d| match d.split_once('=') {
+            Some((target, l)) => !target.trim().is_empty() && level(l),
+            None => level(d),
+        })
 }
 
 /// An AE title is 1-16 characters of the default repertoire, no backslash or
@@ -616,6 +663,37 @@ mod tests {
         std::fs::write(&path, "[dicom]\nfault = \"panic-in-scoring\"\n").expect("write");
         let err = Settings::load(Some(&path)).expect_err("must fail");
         assert!(err.to_string().contains("dicom.fault"), "{err}");
+        // A level that is no level would be read as a target and silence
+        // every line; a device that is none would leave the node unscoring.
+        for (toml, key) in [
+            ("[logging]\nlevel = \"warning\"\n", "logging.level"),
+            (
+                "[logging]\nlevel = \"info,esorisk=loud\"\n",
+                "logging.level",
+            ),
+            ("[model]\ndevice = \"gpu\"\n", "model.device"),
+            ("[model]\ndevice = \"cuda:\"\n", "model.device"),
+            (
+                "[storage]\nretention_days = 200000000\n",
+                "storage.retention_days",
+            ),
+            (
+                "[dicom]\nmax_associations = 4611686018427387904\n",
+                "dicom.max_associations",
+            ),
+        ] {
+            std::fs::write(&path, toml).expect("write");
+            let err = Settings::load(Some(&path)).expect_err(toml);
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
+        for toml in [
+            "[logging]\nlevel = \"WARN\"\n",
+            "[logging]\nlevel = \"info,esorisk=debug\"\n",
+            "[model]\ndevice = \"cuda:1\"\n",
+        ] {
+            std::fs::write(&path, toml).expect("write");
+            Settings::load(Some(&path)).expect(toml);
+        }
     }
 
     /// A misspelt key is an error naming it, in every section and in a

@@ -406,7 +406,10 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             json,
         } => {
             use esorisk::pipeline::jobs;
-            let index = Index::open(&settings.database_path()).await?;
+            if let Some(s) = state.as_deref().filter(|s| !jobs::STATES.contains(s)) {
+                return Err(format!("--state {s:?}: one of {}", jobs::STATES.join(", ")).into());
+            }
+            let index = Index::open_existing(&settings.database_path()).await?;
             let pool = index.pool();
             let listed = jobs::list(pool, state.as_deref(), study.as_deref(), limit).await?;
             let deliveries = jobs::delivery_summary(pool, study.as_deref()).await?;
@@ -473,7 +476,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
         }
         Command::Retry { job, resend } => {
             use esorisk::pipeline::jobs::{retry, Retried};
-            let index = Index::open(&settings.database_path()).await?;
+            let index = Index::open_existing(&settings.database_path()).await?;
             let done = retry(index.pool(), job, resend).await;
             index.close().await;
             match done? {
@@ -482,6 +485,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     "job {job}: {n} {}deliveries queued again",
                     if resend { "" } else { "dead " }
                 ),
+                Retried::NoSuchJob => return Err(format!("no job {job} (see esorisk jobs)").into()),
                 Retried::Nothing => {
                     return Err(format!(
                         "job {job} is not dead or failed and has no {} (see esorisk jobs)",
@@ -499,8 +503,11 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             studies,
             received_within_days,
         } => {
-            let index = Index::open(&settings.database_path()).await?;
+            let index = Index::open_existing(&settings.database_path()).await?;
             let studies = match received_within_days {
+                Some(days) if !(days.is_finite() && days >= 0.0) => {
+                    return Err("--received-within-days takes a number of days, 0 or more".into())
+                }
                 Some(days) => {
                     sqlx::query_scalar(
                         "SELECT study_instance_uid FROM studies WHERE last_received_at >= ? \
@@ -575,6 +582,14 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             if !(older_than.is_finite() && older_than >= 0.0) {
                 return Err("--older-than takes a number of days, 0 or more".into());
             }
+            // Before the data directory is locked (which would create it).
+            let db = settings.database_path();
+            if !db.is_file() {
+                return Err(esorisk::index::IndexError::Missing {
+                    path: db.display().to_string(),
+                }
+                .into());
+            }
             // The node's receiver and this removal must not meet on a study;
             // holding the data directory keeps the node away.
             let store = if dry_run {
@@ -587,7 +602,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     })?,
                 )
             };
-            let index = Index::open(&settings.database_path()).await?;
+            let index = Index::open_existing(&settings.database_path()).await?;
             let rule =
                 esorisk::index::RemovalRule::older_than(older_than, settings.pipeline.enabled);
             let removable = index.removable_studies(&rule).await?;
@@ -637,7 +652,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             limit,
             json,
         } => {
-            let index = Index::open(&settings.database_path()).await?;
+            let index = Index::open_existing(&settings.database_path()).await?;
             let filter = esorisk::index::StudyFilter {
                 patient_id: patient,
                 study_instance_uid: study,
@@ -1175,11 +1190,18 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
             settings.storage.min_free_mb
         ));
     }
-    doc["problems"] = problems.clone().into();
     let db = settings.database_path();
     if !db.exists() {
+        problems.push(
+            esorisk::index::IndexError::Missing {
+                path: db.display().to_string(),
+            }
+            .to_string(),
+        );
+        doc["problems"] = problems.into();
         return Ok(doc);
     }
+    doc["problems"] = problems.clone().into();
     let index = Index::open(&db).await?;
     let pool = index.pool();
     let studies = sqlx::query(

@@ -2490,3 +2490,74 @@ fn instances_stay_where_the_last_acknowledgement_put_them() {
     );
     assert!(node.terminate());
 }
+
+/// The admin commands pointed at a data directory without a database say
+/// so, create nothing there, and exit non-zero; bad arguments are errors,
+/// not panics; settings from the environment stay as typed.
+#[test]
+fn admin_commands_refuse_a_data_directory_without_a_database() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = |dir: &Path, args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
+            .args(args)
+            .env("ESORISK__STORAGE__DATA_DIR", dir)
+            .envs(env.iter().copied())
+            .output()
+            .expect("esorisk");
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let nowhere = tmp.path().join("mistyped");
+    for args in [
+        &["studies"][..],
+        &["jobs"],
+        &["retry", "1"],
+        &["rescore", "--received-within-days", "1"],
+        &["purge", "--older-than", "30"],
+    ] {
+        let (code, out) = run(&nowhere, args, &[]);
+        assert_eq!(code, Some(1), "{args:?}: {out}");
+        assert!(out.contains("no esorisk database at"), "{args:?}: {out}");
+        assert!(!nowhere.exists(), "{args:?} created the directory");
+    }
+    let (code, out) = run(&nowhere, &["status", "--check"], &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("problem: no esorisk database at"), "{out}");
+
+    // A node's data directory: arguments out of range are errors.
+    let data_dir = tmp.path().join("var");
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    assert!(node.terminate());
+    for (args, says) in [
+        (&["retry", "999"][..], "no job 999"),
+        (&["jobs", "--state", "daed"], "one of queued"),
+        (
+            &["rescore", "--received-within-days", "nan"],
+            "number of days",
+        ),
+    ] {
+        let (code, out) = run(&data_dir, args, &[]);
+        assert_eq!(code, Some(1), "{args:?}: {out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+    let (code, out) = run(
+        &data_dir,
+        &["purge", "--older-than", "1e15", "--dry-run"],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    // An AE title of digits stays what was typed.
+    let (code, out) = run(
+        &data_dir,
+        &["settings"],
+        &[("ESORISK__DICOM__AE_TITLE", "00042")],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("ae_title = \"00042\""), "{out}");
+}

@@ -36,6 +36,10 @@ pub enum IndexError {
     Db { source: sqlx::Error },
     #[snafu(display("the index writer has stopped"))]
     WriterGone,
+    #[snafu(display(
+        "no esorisk database at {path}: is storage.data_dir (ESORISK__STORAGE__DATA_DIR, or --config) the node's data directory?"
+    ))]
+    Missing { path: String },
 }
 
 /// One instance to index, with where it came from.
@@ -175,6 +179,14 @@ pub fn now() -> String {
 /// UTC time `seconds` from now (negative: in the past), formatted as
 /// [`now`] formats it, so the two compare as text.
 pub fn at_offset(seconds: f64) -> String {
+    // Within ±100 years: a time that far is "never" or "ever" alike, and
+    // beyond a few thousand years the date cannot be written.
+    const CENTURY: f64 = 100.0 * 365.25 * 86_400.0;
+    let seconds = if seconds.is_nan() {
+        0.0
+    } else {
+        seconds.clamp(-CENTURY, CENTURY)
+    };
     let t = time::OffsetDateTime::now_utc() + time::Duration::seconds_f64(seconds);
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
@@ -184,6 +196,18 @@ pub fn at_offset(seconds: f64) -> String {
 }
 
 impl Index {
+    /// Open the database of an existing data directory (the admin
+    /// commands): a path that holds none is a mistyped or missing setting,
+    /// not an empty node, and no database is created there.
+    pub async fn open_existing(path: &Path) -> Result<Index, IndexError> {
+        if !path.is_file() {
+            return Err(IndexError::Missing {
+                path: path.display().to_string(),
+            });
+        }
+        Index::open(path).await
+    }
+
     /// Open (creating if needed) the database and apply migrations.
     pub async fn open(path: &Path) -> Result<Index, IndexError> {
         if let Some(dir) = path.parent() {

@@ -202,6 +202,9 @@ pub async fn heartbeat(
     Ok(r.rows_affected() == 1)
 }
 
+/// The states a job can be in.
+pub const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "dead"];
+
 /// How a job ended.
 pub enum Outcome {
     Succeeded {
@@ -383,6 +386,8 @@ pub enum Retried {
     Deliveries(u64),
     /// Nothing to retry.
     Nothing,
+    /// No job has that number.
+    NoSuchJob,
 }
 
 /// `esorisk retry`: requeue a dead or failed job, or send a succeeded
@@ -428,7 +433,14 @@ pub async fn retry(pool: &SqlitePool, id: i64, resend: bool) -> sqlx::Result<Ret
         tx.commit().await?;
         Ok(Retried::Deliveries(n))
     } else {
-        Ok(Retried::Nothing)
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        Ok(match exists {
+            Some(_) => Retried::Nothing,
+            None => Retried::NoSuchJob,
+        })
     }
 }
 

@@ -445,9 +445,28 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     d.destination,
                     d.count,
                     d.state,
-                    match (d.state.as_str(), d.last_error) {
-                        ("sent", _) | (_, None) => String::new(),
-                        (_, Some(e)) => format!(" (last error: {e})"),
+                    {
+                        let jobs = match d.jobs.as_slice() {
+                            [] => String::new(),
+                            [one] => format!("job {one}"),
+                            many => format!(
+                                "jobs {}",
+                                many.iter()
+                                    .map(i64::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        };
+                        let last = match (d.state.as_str(), d.last_error) {
+                            (_, None) => String::new(),
+                            ("sent", Some(w)) => format!("last warning: {w}"),
+                            (_, Some(e)) => format!("last error: {e}"),
+                        };
+                        match (jobs.is_empty(), last.is_empty()) {
+                            (true, true) => String::new(),
+                            (false, false) => format!(" ({jobs}; {last})"),
+                            _ => format!(" ({jobs}{last})"),
+                        }
                     }
                 );
             }
@@ -1230,9 +1249,12 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
     doc["last_received_at"] = studies.get::<Option<String>, _>(3).into();
     for (what, counts) in [("jobs", &jobs), ("deliveries", &deliveries)] {
         if let Some(n) = counts.get("dead").and_then(|n| n.as_i64()) {
-            problems.push(format!(
-                "{n} dead {what} (esorisk jobs --state dead; esorisk retry)"
-            ));
+            problems.push(match what {
+                "jobs" => format!("{n} dead jobs (esorisk jobs --state dead; esorisk retry JOB)"),
+                _ => format!(
+                    "{n} dead deliveries (esorisk jobs names their jobs; esorisk retry JOB)"
+                ),
+            });
         }
     }
     // What the running node scores with, from the row it wrote at start.

@@ -967,6 +967,150 @@ fn hung_peer() -> u16 {
     port
 }
 
+/// A destination that answers every C-STORE with `status` (and an Error
+/// Comment), and every release.
+fn peer_answering(status: u16) -> u16 {
+    use dicom_ul::pdu::{PDataValueType, Pdu};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for socket in listener.incoming().flatten() {
+            let options = dicom_ul::ServerAssociationOptions::new()
+                .accept_any()
+                .promiscuous(true)
+                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.88.33")
+                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.481.3");
+            let Ok(mut assoc) = options.establish(socket) else {
+                continue;
+            };
+            let mut command = Vec::new();
+            let mut rq: Option<(u8, esorisk::dimse::Command)> = None;
+            loop {
+                match assoc.receive() {
+                    Ok(Pdu::PData { data }) => {
+                        for pdv in data {
+                            if pdv.value_type == PDataValueType::Command {
+                                command.extend_from_slice(&pdv.data);
+                                if pdv.is_last {
+                                    let c =
+                                        esorisk::dimse::Command::decode(&command).expect("command");
+                                    command.clear();
+                                    rq = Some((pdv.presentation_context_id, c));
+                                }
+                            } else if pdv.is_last {
+                                if let Some((pc, c)) = rq.take() {
+                                    let rsp = esorisk::dimse::Command::store_response(
+                                        &c,
+                                        status,
+                                        Some("as configured".into()),
+                                    );
+                                    for pdu in rsp.to_pdus(pc, 16384) {
+                                        assoc.send(&pdu).expect("send");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Ok(Pdu::ReleaseRQ) => {
+                        let _ = assoc.send(&Pdu::ReleaseRP);
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    });
+    port
+}
+
+/// A destination that stores the results with a warning status (here
+/// 0107, attribute list error; B000 and the like alike) has them: the
+/// deliveries are sent, not retried, and the warning is kept. One that
+/// refuses them (A700) is retried and its dead deliveries name their job.
+#[test]
+fn warning_statuses_are_deliveries_and_dead_ones_name_their_job() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let (warns, refuses) = (peer_answering(0x0107), peer_answering(0xA700));
+    let env: Vec<(String, String)> = node_env(model, 0)
+        .into_iter()
+        .filter(|(k, _)| k != "ESORISK__PIPELINE__DESTINATIONS")
+        .chain([
+            (
+                "ESORISK__PIPELINE__DESTINATIONS".to_string(),
+                format!("WARNS@127.0.0.1:{warns},FULL@127.0.0.1:{refuses}"),
+            ),
+            (
+                "ESORISK__PIPELINE__DELIVERY_MAX_ATTEMPTS".into(),
+                "2".into(),
+            ),
+            (
+                "ESORISK__PIPELINE__DELIVERY_RETRY_BASE_SECONDS".into(),
+                "1".into(),
+            ),
+        ])
+        .collect();
+    let node = start_node(&env);
+    push(&node, &patient(&tmp.path().join("in"), "35", false));
+    let db = node.db_path();
+    wait_until("the deliveries ended", 120, || {
+        count(
+            &db,
+            "SELECT count(*) FROM deliveries WHERE state IN ('sent', 'dead')",
+        ) == 4
+    });
+    let rows = query(
+        &db,
+        "SELECT destination, state, attempts, last_error FROM deliveries ORDER BY destination",
+    );
+    for r in &rows {
+        let (dest, state, attempts, error) = (
+            r[0].clone().unwrap_or_default(),
+            r[1].clone().unwrap_or_default(),
+            r[2].clone().unwrap_or_default(),
+            r[3].clone().unwrap_or_default(),
+        );
+        if dest.starts_with("WARNS") {
+            assert_eq!(
+                (state.as_str(), attempts.as_str()),
+                ("sent", "1"),
+                "{rows:?}"
+            );
+            assert!(error.contains("warning status 0107"), "{rows:?}");
+        } else {
+            assert_eq!(state, "dead", "{rows:?}");
+            assert!(error.contains("status A700"), "{rows:?}");
+        }
+    }
+    let jobs = on_node(&node, &["jobs"]);
+    assert!(
+        jobs.lines()
+            .any(|l| l.contains("FULL@") && l.contains("2 dead (job 1; last error")),
+        "{jobs}"
+    );
+    assert!(
+        jobs.lines()
+            .any(|l| l.contains("WARNS@") && l.contains("last warning")),
+        "{jobs}"
+    );
+    let status = on_node(&node, &["status"]);
+    assert!(
+        status.contains("2 dead deliveries (esorisk jobs names their jobs"),
+        "{status}"
+    );
+    // The outputs gone (their study removed): another round ends at once,
+    // saying why, without an association.
+    std::fs::remove_dir_all(node.data_dir.join("out")).expect("rm out");
+    on_node(&node, &["retry", "1"]);
+    wait_until("the retried deliveries ended", 60, || {
+        count(
+            &db,
+            "SELECT count(*) FROM deliveries WHERE state = 'dead' AND attempts = 1 \
+             AND last_error LIKE '%cannot be read%was its study removed%'",
+        ) == 2
+    });
+}
+
 /// A destination that hangs after the handshake holds up only its own
 /// deliveries: the results of the next study reach the other destination
 /// while the hung one still waits for its first C-STORE response.

@@ -31,7 +31,7 @@ struct Due {
 /// carries.
 struct Sending {
     due: Vec<Due>,
-    task: tokio::task::JoinHandle<Vec<Result<(), Failure>>>,
+    task: tokio::task::JoinHandle<Vec<Result<Option<String>, Failure>>>,
 }
 
 /// Deliver until stopped. Each destination has at most one association in
@@ -176,7 +176,7 @@ async fn send_all(
     tls: Option<Arc<rustls::ClientConfig>>,
     wait: Duration,
     due: &[Due],
-) -> Vec<Result<(), Failure>> {
+) -> Vec<Result<Option<String>, Failure>> {
     let all = |e: String| due.iter().map(|_| Err(Failure::retry(e.clone()))).collect();
     let Some(d) = Destination::parse(dest) else {
         return all(format!("bad destination {dest:?}"));
@@ -185,6 +185,19 @@ async fn send_all(
         .iter()
         .map(|x| DicomFile::read(&x.path).map_err(|e| e.to_string()))
         .collect();
+    // An output that cannot be read (removed with its study by retention,
+    // or damaged) will not come back by trying again.
+    let unreadable = |e: &str| {
+        Failure::permanent(format!(
+            "the output file cannot be read ({e}); was its study removed (storage.retention_days, esorisk purge)?"
+        ))
+    };
+    if files.iter().all(Result::is_err) {
+        return files
+            .iter()
+            .map(|f| Err(unreadable(f.as_ref().err().map_or("", String::as_str))))
+            .collect();
+    }
     // Each SOP class in the files' transfer syntax, and in Implicit VR
     // Little Endian, which every SCP must accept: `send::store` re-encodes
     // when the peer takes only that.
@@ -236,7 +249,10 @@ async fn send_all(
             continue;
         }
         let r = match f {
-            Err(e) => Err(e.clone()),
+            Err(e) => {
+                out.push(Err(unreadable(e)));
+                continue;
+            }
             Ok(f) if !assoc.accepts(&f.sop_class_uid) => {
                 out.push(Err(Failure::permanent(format!(
                     "{} does not accept {} (it refused the SOP class in the association \
@@ -249,7 +265,17 @@ async fn send_all(
             }
             Ok(f) => match tokio::time::timeout(wait, assoc.store(i as u16 + 1, f)).await {
                 Ok(Ok(rsp)) => match rsp.status {
-                    Some(0) | Some(0xB000) | Some(0xB007) | Some(0xB006) => Ok(()),
+                    Some(0) => Ok(None),
+                    // Warnings (PS3.7 C.4.2.1.4, annex C): stored, with a
+                    // remark worth keeping (B006: elements were discarded).
+                    Some(s @ (0x0001 | 0x0107 | 0x0116 | 0xB000..=0xBFFF)) => Ok(Some(format!(
+                        "{} stored it with warning status {s:04X}{}",
+                        d.ae_title,
+                        rsp.error_comment
+                            .as_deref()
+                            .map(|c| format!(" ({c})"))
+                            .unwrap_or_default()
+                    ))),
                     Some(s) => Err(format!(
                         "{} refused {} with status {s:04X}{}",
                         d.ae_title,
@@ -262,7 +288,7 @@ async fn send_all(
                     None => Err("the C-STORE response has no status".into()),
                 },
                 Ok(Err(e)) => {
-                    broken = Some(format!("the association with {addr} failed"));
+                    broken = Some(format!("the association with {addr} failed: {e}"));
                     Err(e.to_string())
                 }
                 Err(_) => {
@@ -318,7 +344,7 @@ async fn record(
     pool: &sqlx::SqlitePool,
     d: &Due,
     dest: &str,
-    r: Result<(), Failure>,
+    r: Result<Option<String>, Failure>,
     max: i64,
     base: u64,
 ) -> sqlx::Result<()> {
@@ -326,15 +352,26 @@ async fn record(
     // (message, whether the delivery ends dead now)
     let r = r.map_err(|f| (f.message, f.permanent || attempts >= max));
     match r {
-        Ok(()) => {
-            sqlx::query("UPDATE deliveries SET state = 'sent', attempts = ?, sent_at = ?, last_error = NULL WHERE id = ?")
+        Ok(warning) => {
+            // A warning stays in last_error of the sent delivery.
+            sqlx::query("UPDATE deliveries SET state = 'sent', attempts = ?, sent_at = ?, last_error = ? WHERE id = ?")
                 .bind(attempts)
                 .bind(now())
+                .bind(&warning)
                 .bind(d.id)
                 .execute(pool)
                 .await?;
-            info!(job = d.job_id, sop = %d.sop, destination = dest, "delivered");
-            jobs::event(pool, d.job_id, "sent", &format!("{} to {dest}", d.sop)).await
+            let detail = match &warning {
+                Some(w) => {
+                    warn!(job = d.job_id, sop = %d.sop, destination = dest, "delivered with a warning: {w}");
+                    format!("{} to {dest}; {w}", d.sop)
+                }
+                None => {
+                    info!(job = d.job_id, sop = %d.sop, destination = dest, "delivered");
+                    format!("{} to {dest}", d.sop)
+                }
+            };
+            jobs::event(pool, d.job_id, "sent", &detail).await
         }
         Err((e, true)) => {
             let why = if attempts >= max {

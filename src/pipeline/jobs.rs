@@ -451,7 +451,11 @@ pub struct DeliverySummary {
     pub destination: String,
     pub state: String,
     pub count: i64,
+    /// The last error; for sent deliveries, the last warning.
     pub last_error: Option<String>,
+    /// The jobs whose deliveries these are (not listed for sent ones): what
+    /// `esorisk retry` takes.
+    pub jobs: Vec<i64>,
 }
 
 pub async fn delivery_summary(
@@ -464,7 +468,8 @@ pub async fn delivery_summary(
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT destination, state, count(*), \
          (SELECT last_error FROM deliveries e WHERE e.destination = d.destination \
-          AND e.state = d.state AND e.last_error IS NOT NULL AND {OF_STUDY} ORDER BY e.id DESC LIMIT 1) \
+          AND e.state = d.state AND e.last_error IS NOT NULL AND {OF_STUDY} ORDER BY e.id DESC LIMIT 1), \
+         CASE WHEN state = 'sent' THEN '' ELSE group_concat(DISTINCT job_id) END \
          FROM deliveries d WHERE {OF_STUDY} GROUP BY destination, state ORDER BY destination, state"
     )))
     .bind(study)
@@ -477,6 +482,16 @@ pub async fn delivery_summary(
             state: r.get(1),
             count: r.get(2),
             last_error: r.get(3),
+            jobs: {
+                let ids: Option<String> = r.get(4);
+                let mut ids: Vec<i64> = ids
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter_map(|i| i.trim().parse().ok())
+                    .collect();
+                ids.sort_unstable();
+                ids
+            },
         })
         .collect())
 }

@@ -873,8 +873,37 @@ fn refuses_with_out_of_resources_below_the_free_space_floor() {
         "{t}"
     );
     node.assert_logged(&["not enough free disk space"]);
+    // Said at start, before any sender meets it.
+    node.assert_logged(&["free space is under storage.min_free_mb"]);
     assert_eq!(node.stored_files().len(), 0);
     assert_eq!(node.tmp_files(), 0);
+}
+
+/// A start that fails on a setting (here its port, in use) stops before the
+/// data directory is touched: the next start still finds the clean
+/// shutdown recorded and reconciles nothing.
+#[test]
+fn a_start_that_fails_on_its_port_keeps_the_clean_shutdown_mark() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let data_dir = tmp.path().join("var");
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    assert!(node.terminate());
+    assert!(data_dir.join("clean-shutdown").exists());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .arg("serve")
+        .env("ESORISK__DICOM__PORT", &port)
+        .env("ESORISK__DICOM__BIND", "127.0.0.1")
+        .env("ESORISK__STORAGE__DATA_DIR", &data_dir)
+        .env("ESORISK__PIPELINE__ENABLED", "false")
+        .output()
+        .expect("esorisk");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(data_dir.join("clean-shutdown").exists(), "{}", text(&out));
+    let mut node = TestNode::start_in(&data_dir, &[]);
+    node.assert_logged(&["last shutdown was clean"]);
+    assert!(node.terminate());
 }
 
 /// A disk that fills up in the middle of an instance: that instance is

@@ -67,6 +67,23 @@ pub struct Node {
 impl Node {
     /// Open the store and index, recover from any crash, and bind the port.
     pub async fn start(settings: Settings) -> Result<Node, NodeError> {
+        // What can fail for a setting (an allowed caller's host, a TLS
+        // file, a port in use) fails first, before the data directory is
+        // touched: a start that stops there must not cost the next one its
+        // clean-shutdown mark (and a reconciliation of the whole store).
+        let policy = Arc::new(Policy {
+            require_called_ae_title: settings.dicom.require_called_ae_title,
+            allowed_callers: settings.resolve_allowed_callers().context(ConfigSnafu)?,
+        });
+        let tls = if settings.dicom.tls.enabled {
+            Some(tls_config(&settings)?)
+        } else {
+            None
+        };
+        let addr = format!("{}:{}", settings.dicom.bind, settings.dicom.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .context(BindSnafu { addr: addr.clone() })?;
         let data_dir = settings.storage.data_dir.clone();
         let store = Store::open(
             &data_dir,
@@ -79,6 +96,15 @@ impl Node {
         let removed = store.clean_tmp().context(DataDirSnafu {
             path: data_dir.display().to_string(),
         })?;
+        let free_mb = store.free_bytes().map(|b| b / (1024 * 1024));
+        if let Some(mb) = free_mb.filter(|mb| *mb < settings.storage.min_free_mb) {
+            warn!(
+                free_mb = mb,
+                min_free_mb = settings.storage.min_free_mb,
+                data_dir = %data_dir.display(),
+                "free space is under storage.min_free_mb: every instance will be refused (A700) until space is freed"
+            );
+        }
         if removed > 0 {
             info!(
                 removed,
@@ -121,19 +147,6 @@ impl Node {
             reconcile(&store, &index).await;
         }
 
-        let policy = Arc::new(Policy {
-            require_called_ae_title: settings.dicom.require_called_ae_title,
-            allowed_callers: settings.resolve_allowed_callers().context(ConfigSnafu)?,
-        });
-        let tls = if settings.dicom.tls.enabled {
-            Some(tls_config(&settings)?)
-        } else {
-            None
-        };
-        let addr = format!("{}:{}", settings.dicom.bind, settings.dicom.port);
-        let listener = TcpListener::bind(&addr)
-            .await
-            .context(BindSnafu { addr: addr.clone() })?;
         let ctx = Arc::new(Context {
             store,
             index,

@@ -277,10 +277,12 @@ impl Destination {
         };
         let (ae, addr) = key.rsplit_once('@')?;
         let (host, port) = addr.rsplit_once(':')?;
-        Some(Destination {
+        let port: u16 = port.parse().ok()?;
+        // As the settings check them: a usable AE title, a host, a port.
+        (valid_ae_title(ae) && !host.is_empty() && port != 0).then(|| Destination {
             ae_title: ae.to_string(),
             host: host.to_string(),
-            port: port.parse().ok()?,
+            port,
             tls,
             objects: Vec::new(),
         })
@@ -643,6 +645,22 @@ mod tests {
             n += 1;
         }
         assert!(n >= 4, "{n} experiment files");
+    }
+
+    #[test]
+    fn destination_strings_are_checked_like_settings() {
+        assert!(Destination::parse("TPS@host:104").is_some());
+        assert!(Destination::parse("TPS@host:104+tls").is_some_and(|d| d.tls));
+        for bad in [
+            "@localhost:104",
+            "T\\PS@localhost:104",
+            "A_TITLE_FAR_TOO_LONG@localhost:104",
+            "TPS@:104",
+            "TPS@host:0",
+            "TPS@host",
+        ] {
+            assert!(Destination::parse(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]

@@ -49,6 +49,24 @@ pub enum SendError {
 
 impl SendError {
     /// The peer accepted none of the presentation contexts proposed.
+    /// The peer rejected the association permanently (A-ASSOCIATE-RJ
+    /// "rejected-permanent": an unknown called AE title, a calling AE it
+    /// does not admit), with its reason: trying again will not help until
+    /// one side's settings change.
+    pub fn rejected_permanently(&self) -> Option<String> {
+        match self {
+            SendError::Associate { source, .. } => match &**source {
+                dicom_ul::association::Error::Rejected { association_rj, .. }
+                    if association_rj.result == dicom_ul::pdu::AssociationRJResult::Permanent =>
+                {
+                    Some(format!("{}", association_rj.source))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     pub fn refused_every_context(&self) -> bool {
         matches!(self, SendError::Associate { source, .. }
             if matches!(**source, dicom_ul::association::Error::NoAcceptedPresentationContexts { .. }))

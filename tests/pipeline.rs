@@ -1023,6 +1023,24 @@ fn peer_answering(status: u16) -> u16 {
     port
 }
 
+/// A destination whose AE title is not the one esorisk calls: it rejects
+/// every association (A-ASSOCIATE-RJ, rejected-permanent).
+fn peer_named_otherwise() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for socket in listener.incoming().flatten() {
+            let _ = dicom_ul::ServerAssociationOptions::new()
+                .accept_called_ae_title()
+                .ae_title("OTHER")
+                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.88.33")
+                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.481.3")
+                .establish(socket);
+        }
+    });
+    port
+}
+
 /// A destination that stores the results with a warning status (here
 /// 0107, attribute list error; B000 and the like alike) has them: the
 /// deliveries are sent, not retried, and the warning is kept. One that
@@ -1032,13 +1050,17 @@ fn warning_statuses_are_deliveries_and_dead_ones_name_their_job() {
     let model = tiny_model();
     let tmp = tempfile::tempdir().expect("tmp");
     let (warns, refuses) = (peer_answering(0x0107), peer_answering(0xA700));
+    let (not_understood, renamed) = (peer_answering(0xC000), peer_named_otherwise());
     let env: Vec<(String, String)> = node_env(model, 0)
         .into_iter()
         .filter(|(k, _)| k != "ESORISK__PIPELINE__DESTINATIONS")
         .chain([
             (
                 "ESORISK__PIPELINE__DESTINATIONS".to_string(),
-                format!("WARNS@127.0.0.1:{warns},FULL@127.0.0.1:{refuses}"),
+                format!(
+                    "WARNS@127.0.0.1:{warns},FULL@127.0.0.1:{refuses},\
+                     PICKY@127.0.0.1:{not_understood},RENAMED@127.0.0.1:{renamed}"
+                ),
             ),
             (
                 "ESORISK__PIPELINE__DELIVERY_MAX_ATTEMPTS".into(),
@@ -1057,11 +1079,32 @@ fn warning_statuses_are_deliveries_and_dead_ones_name_their_job() {
         count(
             &db,
             "SELECT count(*) FROM deliveries WHERE state IN ('sent', 'dead')",
-        ) == 4
+        ) == 8
     });
     let rows = query(
         &db,
         "SELECT destination, state, attempts, last_error FROM deliveries ORDER BY destination",
+    );
+    // Refused for what the object is, or by a permanent rejection: dead
+    // after one attempt, saying why.
+    let once = |dest: &str, says: &str| {
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM deliveries WHERE destination LIKE '{dest}@%' \
+                 AND state = 'dead' AND attempts = 1 AND last_error LIKE '%{says}%'"
+            ),
+        )
+    };
+    assert_eq!(
+        once("PICKY", "status C000%object itself is refused"),
+        2,
+        "{rows:?}"
+    );
+    assert_eq!(
+        once("RENAMED", "rejected the association permanently"),
+        2,
+        "{rows:?}"
     );
     for r in &rows {
         let (dest, state, attempts, error) = (
@@ -1077,7 +1120,7 @@ fn warning_statuses_are_deliveries_and_dead_ones_name_their_job() {
                 "{rows:?}"
             );
             assert!(error.contains("warning status 0107"), "{rows:?}");
-        } else {
+        } else if dest.starts_with("FULL") {
             assert_eq!(state, "dead", "{rows:?}");
             assert!(error.contains("status A700"), "{rows:?}");
         }
@@ -1095,7 +1138,7 @@ fn warning_statuses_are_deliveries_and_dead_ones_name_their_job() {
     );
     let status = on_node(&node, &["status"]);
     assert!(
-        status.contains("2 dead deliveries (esorisk jobs names their jobs"),
+        status.contains("6 dead deliveries (esorisk jobs names their jobs"),
         "{status}"
     );
     // The outputs gone (their study removed): another round ends at once,
@@ -1107,7 +1150,7 @@ fn warning_statuses_are_deliveries_and_dead_ones_name_their_job() {
             &db,
             "SELECT count(*) FROM deliveries WHERE state = 'dead' AND attempts = 1 \
              AND last_error LIKE '%cannot be read%was its study removed%'",
-        ) == 2
+        ) == 6
     });
 }
 

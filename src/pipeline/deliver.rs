@@ -236,7 +236,20 @@ async fn send_all(
                 .map(|_| Err(Failure::permanent(why.clone())))
                 .collect();
         }
-        Ok(Err(e)) => return all(e.to_string()),
+        Ok(Err(e)) => {
+            if let Some(why) = e.rejected_permanently() {
+                let why = format!(
+                    "{} rejected the association permanently ({why}): check this destination's AE title, \
+                     and that it admits esorisk's ({calling_ae}), then esorisk retry",
+                    d.ae_title
+                );
+                return due
+                    .iter()
+                    .map(|_| Err(Failure::permanent(why.clone())))
+                    .collect();
+            }
+            return all(e.to_string());
+        }
         Err(_) => return all(format!("no answer from {addr} within 30 s")),
     };
     let mut out = Vec::new();
@@ -276,15 +289,28 @@ async fn send_all(
                             .map(|c| format!(" ({c})"))
                             .unwrap_or_default()
                     ))),
-                    Some(s) => Err(format!(
-                        "{} refused {} with status {s:04X}{}",
-                        d.ae_title,
-                        f.sop_instance_uid,
-                        rsp.error_comment
-                            .as_deref()
-                            .map(|c| format!(" ({c})"))
-                            .unwrap_or_default()
-                    )),
+                    Some(s) => {
+                        let why = format!(
+                            "{} refused {} with status {s:04X}{}",
+                            d.ae_title,
+                            f.sop_instance_uid,
+                            rsp.error_comment
+                                .as_deref()
+                                .map(|c| format!(" ({c})"))
+                                .unwrap_or_default()
+                        );
+                        // Out of resources (A7xx) and the like may pass;
+                        // an object refused for what it is (A9xx: does not
+                        // match its class, Cxxx: cannot understand, 0122:
+                        // class not supported) is refused again as it is.
+                        if matches!(s, 0xA900..=0xA9FF | 0xC000..=0xCFFF | 0x0122) {
+                            out.push(Err(Failure::permanent(format!(
+                                "{why}: the object itself is refused, so it is not sent again; esorisk retry once the destination takes it"
+                            ))));
+                            continue;
+                        }
+                        Err(why)
+                    }
                     None => Err("the C-STORE response has no status".into()),
                 },
                 Ok(Err(e)) => {

@@ -496,7 +496,20 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
         Command::Retry { job, resend } => {
             use esorisk::pipeline::jobs::{retry, Retried};
             let index = Index::open_existing(&settings.database_path()).await?;
-            let done = retry(index.pool(), job, resend).await;
+            // What the destinations take now: a dead delivery that its
+            // destination no longer wants is dropped, not sent again.
+            let pl = &settings.pipeline;
+            let wanted =
+                |dest: &str, kind: &str| match pl.destinations.iter().find(|d| d.key() == dest) {
+                    Some(d) => d.wants(kind),
+                    // The sender, when results go back to it.
+                    None => {
+                        pl.send_back_port != 0
+                            && esorisk::config::Destination::parse(dest)
+                                .is_some_and(|d| d.port == pl.send_back_port)
+                    }
+                };
+            let done = retry(index.pool(), job, resend, &wanted).await;
             index.close().await;
             match done? {
                 Retried::Job => println!("job {job} queued again"),
@@ -505,6 +518,9 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     if resend { "" } else { "dead " }
                 ),
                 Retried::NoSuchJob => return Err(format!("no job {job} (see esorisk jobs)").into()),
+                Retried::Dropped(n) => println!(
+                    "job {job}: {n} dead deliveries dropped: their destinations no longer take them (pipeline.destinations)"
+                ),
                 Retried::Nothing => {
                     return Err(format!(
                         "job {job} is not dead or failed and has no {} (see esorisk jobs)",

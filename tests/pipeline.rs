@@ -1141,16 +1141,37 @@ fn warning_statuses_are_deliveries_and_dead_ones_name_their_job() {
         status.contains("6 dead deliveries (esorisk jobs names their jobs"),
         "{status}"
     );
-    // The outputs gone (their study removed): another round ends at once,
-    // saying why, without an association.
+    // PICKY and RENAMED taken out of the destinations: their dead
+    // deliveries are dropped by retry, not sent again. FULL's outputs are
+    // gone (their study removed): its round ends at once, saying why,
+    // without an association.
     std::fs::remove_dir_all(node.data_dir.join("out")).expect("rm out");
-    on_node(&node, &["retry", "1"]);
+    let data_dir = node.data_dir.to_str().unwrap_or_default().to_string();
+    let said = run(
+        &["retry", "1"],
+        &[
+            ("ESORISK__STORAGE__DATA_DIR", &data_dir),
+            (
+                "ESORISK__PIPELINE__DESTINATIONS",
+                &format!("WARNS@127.0.0.1:{warns},FULL@127.0.0.1:{refuses}"),
+            ),
+        ],
+    );
+    assert!(said.contains("2 dead deliveries queued again"), "{said}");
+    assert_eq!(
+        count(
+            &db,
+            "SELECT count(*) FROM deliveries WHERE state = 'dropped' \
+             AND (destination LIKE 'PICKY@%' OR destination LIKE 'RENAMED@%')"
+        ),
+        4
+    );
     wait_until("the retried deliveries ended", 60, || {
         count(
             &db,
             "SELECT count(*) FROM deliveries WHERE state = 'dead' AND attempts = 1 \
              AND last_error LIKE '%cannot be read%was its study removed%'",
-        ) == 6
+        ) == 2
     });
 }
 

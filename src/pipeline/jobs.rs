@@ -388,15 +388,59 @@ pub enum Retried {
     Nothing,
     /// No job has that number.
     NoSuchJob,
+    /// Only dead deliveries no longer wanted, dropped.
+    Dropped(u64),
 }
 
 /// `esorisk retry`: requeue a dead or failed job, or send a succeeded
 /// job's dead deliveries again (a destination that was down for long, or
 /// that now accepts a SOP class it refused); with `resend`, its sent
 /// deliveries too (a planning system that lost the import).
-pub async fn retry(pool: &SqlitePool, id: i64, resend: bool) -> sqlx::Result<Retried> {
+pub async fn retry(
+    pool: &SqlitePool,
+    id: i64,
+    resend: bool,
+    wanted: &dyn Fn(&str, &str) -> bool,
+) -> sqlx::Result<Retried> {
     // One transaction: the job, its deliveries and the event together.
     let mut tx = pool.begin().await?;
+    // Dead deliveries the destination no longer wants (`wanted(destination,
+    // output kind)` is false: it left pipeline.destinations, or its objects
+    // changed) are dropped, not sent again.
+    let unwanted: Vec<i64> = sqlx::query(
+        "SELECT d.id, d.destination, o.kind FROM deliveries d \
+         JOIN outputs o ON o.sop_instance_uid = d.sop_instance_uid \
+         WHERE d.job_id = ? AND d.state = 'dead'",
+    )
+    .bind(id)
+    .fetch_all(&mut *tx)
+    .await?
+    .iter()
+    .filter(|r| !wanted(&r.get::<String, _>(1), &r.get::<String, _>(2)))
+    .map(|r| r.get(0))
+    .collect();
+    for d in &unwanted {
+        sqlx::query(
+            "UPDATE deliveries SET state = 'dropped', last_error = \
+             'dropped by esorisk retry: the destination no longer takes this object (pipeline.destinations)' \
+             WHERE id = ?",
+        )
+        .bind(d)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !unwanted.is_empty() {
+        event(
+            &mut *tx,
+            id,
+            "dropped",
+            &format!(
+                "{} dead deliveries no longer wanted by their destination, by esorisk retry",
+                unwanted.len()
+            ),
+        )
+        .await?;
+    }
     let r = sqlx::query(
         "UPDATE jobs SET state = 'queued', attempts = 0, not_before = NULL, error = NULL, worker = NULL \
          WHERE id = ? AND state IN ('dead', 'failed')",
@@ -432,6 +476,9 @@ pub async fn retry(pool: &SqlitePool, id: i64, resend: bool) -> sqlx::Result<Ret
         .await?;
         tx.commit().await?;
         Ok(Retried::Deliveries(n))
+    } else if !unwanted.is_empty() {
+        tx.commit().await?;
+        Ok(Retried::Dropped(unwanted.len() as u64))
     } else {
         let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM jobs WHERE id = ?")
             .bind(id)

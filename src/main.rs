@@ -499,8 +499,12 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             // What the destinations take now: a dead delivery that its
             // destination no longer wants is dropped, not sent again.
             let pl = &settings.pipeline;
+            // Settings without any destination (a shell without the
+            // node's settings, most likely) drop nothing.
+            let none = pl.destinations.is_empty() && pl.send_back_port == 0;
             let wanted =
                 |dest: &str, kind: &str| match pl.destinations.iter().find(|d| d.key() == dest) {
+                    _ if none => true,
                     Some(d) => d.wants(kind),
                     // The sender, when results go back to it.
                     None => {

@@ -221,9 +221,13 @@ async fn send_all(
     let mut assoc = match assoc {
         Ok(Ok(a)) => a,
         Ok(Err(e)) if e.refused_every_context() => {
+            // dicom-ul keeps no reason for a refused context: the SOP class
+            // or the transfer syntaxes, the message names both.
             let why = format!(
-                "{} accepts none of the SOP classes sent ({}): {e}; set this destination's \
-                 objects, or have it accept them, then esorisk retry",
+                "{} accepted none of the objects offered ({}, each in its own transfer syntax \
+                 and in Implicit VR Little Endian): it does not take those SOP classes, or not in \
+                 those transfer syntaxes: {e}; set this destination's objects, or have it accept \
+                 them, then esorisk retry",
                 d.ae_title,
                 contexts
                     .iter()

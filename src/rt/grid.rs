@@ -92,17 +92,8 @@ impl Grid {
             0 => 0.0,
             1 => self.dx.min(self.dy),
             _ => {
-                let lo = if k == 0 {
-                    self.z[1] - self.z[0]
-                } else {
-                    self.z[k] - self.z[k - 1]
-                };
-                let hi = if k + 1 == n {
-                    self.z[n - 1] - self.z[n - 2]
-                } else {
-                    self.z[k + 1] - self.z[k]
-                };
-                (lo + hi) / 2.0
+                let (lo, hi) = self.z_bounds(k);
+                hi - lo
             }
         }
     }

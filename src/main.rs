@@ -63,7 +63,7 @@ enum Command {
         /// Then print the job events as they are appended, until Ctrl-C.
         #[arg(long, conflicts_with = "json")]
         follow: bool,
-        /// At most this many jobs, the newest.
+        /// At most this many jobs, the newest; 0: all.
         #[arg(long, default_value_t = 50)]
         limit: i64,
         /// One JSON document, `{"jobs": [...], "deliveries": [...]}` (for

@@ -556,7 +556,8 @@ pub async fn list(
     )
     .bind(state)
     .bind(study)
-    .bind(limit)
+    // 0 (or less): all of them, as `studies --limit 0` lists all.
+    .bind(if limit > 0 { limit } else { -1 })
     .fetch_all(pool)
     .await?;
     Ok(rows.iter().map(job).collect())
@@ -679,6 +680,7 @@ mod tests {
                 .await
                 .expect("job");
         assert_eq!((state.as_str(), sr.as_str()), ("succeeded", "1.2.3.6"));
+        assert_eq!(list(pool, None, None, 0).await.expect("list").len(), 1);
         let events = all_events(pool, id).await;
         assert_eq!(
             events.iter().filter(|e| *e == "succeeded").count(),

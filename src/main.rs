@@ -1413,6 +1413,6 @@ fn print_status(doc: &serde_json::Value) {
     );
     println!(
         "deliveries: {}",
-        counts("deliveries", &["pending", "sent", "dead"])
+        counts("deliveries", &["pending", "sent", "dead", "dropped"])
     );
 }

@@ -948,97 +948,98 @@ fn a_tls_destination_needs_the_ca_certificates() {
 
 /// A peer that accepts associations (any storage class) and then never
 /// answers: a planning system hung after the handshake.
-fn hung_peer() -> u16 {
+/// A destination on a free port whose connections `serve` handles, one
+/// after another, on a thread of its own.
+fn fake_destination(mut serve: impl FnMut(std::net::TcpStream) + Send + 'static) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
-        let mut held = Vec::new();
         for socket in listener.incoming().flatten() {
-            let options = dicom_ul::ServerAssociationOptions::new()
-                .accept_any()
-                .promiscuous(true)
-                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.88.33")
-                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.481.3");
-            if let Ok(assoc) = options.establish(socket) {
-                held.push(assoc);
-            }
+            serve(socket);
         }
     });
     port
+}
+
+/// Accept an association as a destination taking the SR and RT Structure
+/// Set would.
+fn take_results(
+    socket: std::net::TcpStream,
+) -> Option<dicom_ul::ServerAssociation<std::net::TcpStream>> {
+    dicom_ul::ServerAssociationOptions::new()
+        .accept_any()
+        .promiscuous(true)
+        .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.88.33")
+        .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.481.3")
+        .establish(socket)
+        .ok()
+}
+
+fn hung_peer() -> u16 {
+    let mut held = Vec::new();
+    fake_destination(move |socket| {
+        if let Some(assoc) = take_results(socket) {
+            held.push(assoc);
+        }
+    })
 }
 
 /// A destination that answers every C-STORE with `status` (and an Error
 /// Comment), and every release.
 fn peer_answering(status: u16) -> u16 {
     use dicom_ul::pdu::{PDataValueType, Pdu};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for socket in listener.incoming().flatten() {
-            let options = dicom_ul::ServerAssociationOptions::new()
-                .accept_any()
-                .promiscuous(true)
-                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.88.33")
-                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.481.3");
-            let Ok(mut assoc) = options.establish(socket) else {
-                continue;
-            };
-            let mut command = Vec::new();
-            let mut rq: Option<(u8, esorisk::dimse::Command)> = None;
-            loop {
-                match assoc.receive() {
-                    Ok(Pdu::PData { data }) => {
-                        for pdv in data {
-                            if pdv.value_type == PDataValueType::Command {
-                                command.extend_from_slice(&pdv.data);
-                                if pdv.is_last {
-                                    let c =
-                                        esorisk::dimse::Command::decode(&command).expect("command");
-                                    command.clear();
-                                    rq = Some((pdv.presentation_context_id, c));
-                                }
-                            } else if pdv.is_last {
-                                if let Some((pc, c)) = rq.take() {
-                                    let rsp = esorisk::dimse::Command::store_response(
-                                        &c,
-                                        status,
-                                        Some("as configured".into()),
-                                    );
-                                    for pdu in rsp.to_pdus(pc, 16384) {
-                                        assoc.send(&pdu).expect("send");
-                                    }
+    fake_destination(move |socket| {
+        let Some(mut assoc) = take_results(socket) else {
+            return;
+        };
+        let mut command = Vec::new();
+        let mut rq: Option<(u8, esorisk::dimse::Command)> = None;
+        loop {
+            match assoc.receive() {
+                Ok(Pdu::PData { data }) => {
+                    for pdv in data {
+                        if pdv.value_type == PDataValueType::Command {
+                            command.extend_from_slice(&pdv.data);
+                            if pdv.is_last {
+                                let c = esorisk::dimse::Command::decode(&command).expect("command");
+                                command.clear();
+                                rq = Some((pdv.presentation_context_id, c));
+                            }
+                        } else if pdv.is_last {
+                            if let Some((pc, c)) = rq.take() {
+                                let rsp = esorisk::dimse::Command::store_response(
+                                    &c,
+                                    status,
+                                    Some("as configured".into()),
+                                );
+                                for pdu in rsp.to_pdus(pc, 16384) {
+                                    assoc.send(&pdu).expect("send");
                                 }
                             }
                         }
                     }
-                    Ok(Pdu::ReleaseRQ) => {
-                        let _ = assoc.send(&Pdu::ReleaseRP);
-                        break;
-                    }
-                    _ => break,
                 }
+                Ok(Pdu::ReleaseRQ) => {
+                    let _ = assoc.send(&Pdu::ReleaseRP);
+                    break;
+                }
+                _ => break,
             }
         }
-    });
-    port
+    })
 }
 
 /// A destination whose AE title is not the one esorisk calls: it rejects
 /// every association (A-ASSOCIATE-RJ, rejected-permanent).
 fn peer_named_otherwise() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for socket in listener.incoming().flatten() {
-            let _ = dicom_ul::ServerAssociationOptions::new()
-                .accept_called_ae_title()
-                .ae_title("OTHER")
-                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.88.33")
-                .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.481.3")
-                .establish(socket);
-        }
-    });
-    port
+    fake_destination(|socket| {
+        let _ = dicom_ul::ServerAssociationOptions::new()
+            .accept_called_ae_title()
+            .ae_title("OTHER")
+            .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.88.33")
+            .with_abstract_syntax("1.2.840.10008.5.1.4.1.1.481.3")
+            .establish(socket);
+    })
 }
 
 /// A destination that stores the results with a warning status (here

@@ -575,38 +575,22 @@ fn score_job(
         .filter(|i| i.modality == "CT")
         .map(|i| i.path.clone())
         .collect();
+    // A study that cannot be scored ends the job (with an SR saying why,
+    // when set).
+    let mut fail = |reason: String| {
+        fail_with_optional_sr(ctx, rt, job, recorded, &rt_paths, &ct_paths, &reason)
+    };
     let study = match crate::rt::study::load(&rt_paths, &Default::default()) {
         Ok(s) => s,
-        Err(e) => {
-            return fail_with_optional_sr(
-                ctx,
-                rt,
-                job,
-                recorded,
-                &rt_paths,
-                &ct_paths,
-                &e.to_string(),
-            )
-        }
+        Err(e) => return fail(e.to_string()),
     };
     if let Some(p) = study.blocking_problem() {
-        let reason = format!("{p}; not scored");
-        return fail_with_optional_sr(ctx, rt, job, recorded, &rt_paths, &ct_paths, &reason);
+        return fail(format!("{p}; not scored"));
     }
     let t_load = t0.elapsed();
     let score = match model.score(&study) {
         Ok(s) => s,
-        Err(e) => {
-            return fail_with_optional_sr(
-                ctx,
-                rt,
-                job,
-                recorded,
-                &rt_paths,
-                &ct_paths,
-                &e.to_string(),
-            );
-        }
+        Err(e) => return fail(e.to_string()),
     };
     let t_model = t0.elapsed();
     let a = analysis::analyse(

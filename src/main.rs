@@ -1225,7 +1225,7 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
     }
     if free_mb.is_some_and(|mb| mb < settings.storage.min_free_mb) {
         problems.push(format!(
-            "free space is under storage.min_free_mb ({} MB): instances are refused",
+            "free space is under storage.min_free_mb ({} MiB): instances are refused",
             settings.storage.min_free_mb
         ));
     }
@@ -1367,7 +1367,7 @@ fn print_status(doc: &serde_json::Value) {
         None => {}
     }
     println!(
-        "data directory: {} ({} MB free; instances refused below {} MB)",
+        "data directory: {} ({} MiB free; instances refused below {} MiB)",
         text("data_dir"),
         text("free_mb"),
         text("min_free_mb")
@@ -1387,7 +1387,7 @@ fn print_status(doc: &serde_json::Value) {
         return;
     }
     println!(
-        "studies: {} ({} instances, {} MB); last instance received {}",
+        "studies: {} ({} instances, {} MiB); last instance received {}",
         text("studies"),
         text("instances"),
         text("stored_mb"),

@@ -4,7 +4,7 @@
 //! Every feature is given twice: "3D, averaged" (computed per direction, then
 //! averaged) and "3D, merged" (computed once on the sum of the 13 matrices).
 
-use super::volume::{Discretised, Feature};
+use super::volume::{Discretised, Feature, PaddedLevels};
 
 /// The 13 unique 3D neighbour offsets `[dz, dy, dx]` at Chebyshev distance 1;
 /// the other 13 are their negatives, covered by making the matrices symmetric.
@@ -198,71 +198,27 @@ pub const IBSI_NAMES: &[(&str, &str)] = &[
 /// voxels lie in the ROI.
 pub fn glcm(d: &Discretised) -> Vec<Feature> {
     let (averaged, merged) = compute(d);
-    IBSI_NAMES
-        .iter()
-        .zip(averaged.iter().chain(merged.iter()))
-        .map(|(&(name, _), &v)| match v {
-            Some(v) => Feature::new(name, v),
-            None => Feature {
-                name: name.to_string(),
-                value: None,
-            },
-        })
-        .collect()
+    Feature::named(IBSI_NAMES, averaged.into_iter().chain(merged))
 }
 
 type Values = [Option<f64>; N_FEATURES];
 
 fn compute(d: &Discretised) -> (Values, Values) {
     let none = [None; N_FEATURES];
-    let [nz, ny, nx] = d.dims;
-    let n = nz.checked_mul(ny).and_then(|v| v.checked_mul(nx));
-    if n != Some(d.levels.len()) || d.levels.is_empty() {
+    let Some(padded) = PaddedLevels::new(d) else {
         return (none, none);
-    }
-    // Only the levels present in the ROI get a matrix row: the matrix stays
-    // small even when the bin grid is fine, while the features still use the
-    // true level values (`lv`) and the full Ng for Idn/Idmn.
-    let lmax = d.levels.iter().copied().max().unwrap_or(0) as usize;
-    if lmax == 0 {
-        return (none, none);
-    }
-    let mut compact = vec![u32::MAX; lmax + 1];
-    for &l in &d.levels {
-        if l > 0 {
-            compact[l as usize] = 0;
-        }
-    }
-    let mut lv = Vec::new();
-    for (l, c) in compact.iter_mut().enumerate() {
-        if *c == 0 {
-            *c = lv.len() as u32;
-            lv.push(l as f64);
-        }
-    }
+    };
+    let PaddedLevels {
+        dims: pdims,
+        grid,
+        roi,
+        levels: lv,
+        lmax,
+    } = padded;
     let nc = lv.len();
     // IBSI normalises Idn/Idmn by Ng, the number of bins of the
     // discretisation, including bins that no ROI voxel falls in.
     let ng = d.n_levels.max(lmax) as f64;
-
-    // Zero-padded grid of compact level + 1 (0 outside the ROI), so a
-    // neighbour lookup needs no bounds check; `roi` lists the ROI voxels.
-    let pdims = [nz + 2, ny + 2, nx + 2];
-    let mut grid = vec![0u32; pdims[0] * pdims[1] * pdims[2]];
-    let mut roi = Vec::new();
-    for z in 0..nz {
-        for y in 0..ny {
-            let src = (z * ny + y) * nx;
-            let dst = ((z + 1) * pdims[1] + y + 1) * pdims[2] + 1;
-            for x in 0..nx {
-                let l = d.levels[src + x];
-                if l > 0 {
-                    grid[dst + x] = compact[l as usize] + 1;
-                    roi.push(dst + x);
-                }
-            }
-        }
-    }
 
     let mut counts = vec![0u32; nc * nc];
     let mut m = vec![0.0f64; nc * nc];
@@ -313,7 +269,7 @@ fn compute(d: &Discretised) -> (Values, Values) {
 
 /// Counts the ordered pairs (voxel, its neighbour along `dir`) with both
 /// in the ROI into `counts` (`nc`×`nc`, cleared first; not yet symmetric);
-/// returns the number of pairs. `grid`, `pdims` and `roi` as in [`compute`].
+/// returns the number of pairs. `grid`, `pdims` and `roi` as in [`PaddedLevels`].
 fn count_pairs(
     grid: &[u32],
     pdims: [usize; 3],

@@ -84,14 +84,7 @@ pub fn gldzm(d: &Discretised) -> Vec<Feature> {
         entries.push(pack(level, zone_distance as usize));
     });
     let values = pair_features(&mut entries, grid.n_voxels);
-    IBSI_NAMES
-        .iter()
-        .zip(values)
-        .map(|(&(name, _), value)| Feature {
-            name: name.to_string(),
-            value,
-        })
-        .collect()
+    Feature::named(IBSI_NAMES, values)
 }
 
 /// City-block (6-connected) distance of every ROI voxel to the nearest voxel

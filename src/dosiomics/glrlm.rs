@@ -4,7 +4,7 @@
 //! (computed per direction, then averaged) and "3D, merged" (computed once on
 //! the sum of the 13 matrices).
 
-use super::volume::{Discretised, Feature};
+use super::volume::{Discretised, Feature, PaddedLevels};
 
 /// The 13 unique 3D directions `[dz, dy, dx]`; a run read backwards is the
 /// same run, so the opposite 13 add nothing.
@@ -161,69 +161,28 @@ pub const IBSI_NAMES: &[(&str, &str)] = &[
 /// values, named as in [`IBSI_NAMES`]. All `None` for an empty ROI.
 pub fn glrlm(d: &Discretised) -> Vec<Feature> {
     let (averaged, merged) = compute(d);
-    IBSI_NAMES
-        .iter()
-        .zip(averaged.iter().chain(merged.iter()))
-        .map(|(&(name, _), &v)| match v {
-            Some(v) => Feature::new(name, v),
-            None => Feature {
-                name: name.to_string(),
-                value: None,
-            },
-        })
-        .collect()
+    Feature::named(IBSI_NAMES, averaged.into_iter().chain(merged))
 }
 
 type Values = [Option<f64>; N_FEATURES];
 
 fn compute(d: &Discretised) -> (Values, Values) {
     let none = [None; N_FEATURES];
+    let Some(padded) = PaddedLevels::new(d) else {
+        return (none, none);
+    };
     let [nz, ny, nx] = d.dims;
-    let n = nz.checked_mul(ny).and_then(|v| v.checked_mul(nx));
-    if n != Some(d.levels.len()) || d.levels.is_empty() {
-        return (none, none);
-    }
-    // Rows only for the levels present in the ROI (features use the true
-    // level values `lv`); columns for run lengths 1..=longest possible run.
-    let lmax = d.levels.iter().copied().max().unwrap_or(0) as usize;
-    if lmax == 0 {
-        return (none, none);
-    }
-    let mut compact = vec![u32::MAX; lmax + 1];
-    let mut nv = 0usize;
-    for &l in &d.levels {
-        if l > 0 {
-            compact[l as usize] = 0;
-            nv += 1;
-        }
-    }
-    let mut lv = Vec::new();
-    for (l, c) in compact.iter_mut().enumerate() {
-        if *c == 0 {
-            *c = lv.len() as u32;
-            lv.push(l as f64);
-        }
-    }
+    let PaddedLevels {
+        dims: pdims,
+        grid,
+        roi,
+        levels: lv,
+        ..
+    } = padded;
     let nc = lv.len();
+    let nv = roi.len();
     // A run cannot be longer than the largest grid dimension.
     let nr = nz.max(ny).max(nx);
-
-    let pdims = [nz + 2, ny + 2, nx + 2];
-    let mut grid = vec![0u32; pdims[0] * pdims[1] * pdims[2]];
-    let mut roi = Vec::with_capacity(nv);
-    for z in 0..nz {
-        for y in 0..ny {
-            let src = (z * ny + y) * nx;
-            let dst = ((z + 1) * pdims[1] + y + 1) * pdims[2] + 1;
-            for x in 0..nx {
-                let l = d.levels[src + x];
-                if l > 0 {
-                    grid[dst + x] = compact[l as usize] + 1;
-                    roi.push(dst + x);
-                }
-            }
-        }
-    }
 
     let mut m = vec![0.0f64; nc * nr];
     let mut merged = vec![0.0f64; nc * nr];

@@ -76,14 +76,7 @@ pub fn glszm(d: &Discretised) -> Vec<Feature> {
         entries.push(pack(level, members.len()))
     });
     let values = pair_features(&mut entries, grid.n_voxels);
-    IBSI_NAMES
-        .iter()
-        .zip(values)
-        .map(|(&(name, _), value)| Feature {
-            name: name.to_string(),
-            value,
-        })
-        .collect()
+    Feature::named(IBSI_NAMES, values)
 }
 
 /// The grey levels with a one-voxel border of level 0 (outside) around the

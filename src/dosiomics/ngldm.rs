@@ -88,14 +88,7 @@ pub fn ngldm(d: &Discretised) -> Vec<Feature> {
     let mut entries = dependences(d);
     let n_voxels = entries.len();
     let values = pair_features(&mut entries, n_voxels);
-    IBSI_NAMES
-        .iter()
-        .zip(values)
-        .map(|(&(name, _), value)| Feature {
-            name: name.to_string(),
-            value,
-        })
-        .collect()
+    Feature::named(IBSI_NAMES, values)
 }
 
 /// One packed (grey level, dependence) entry per ROI voxel; empty for an

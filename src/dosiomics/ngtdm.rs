@@ -24,14 +24,7 @@ pub fn ngtdm(d: &Discretised) -> Vec<Feature> {
         Some((n, s)) => features(&n, &s),
         None => [None; 5],
     };
-    IBSI_NAMES
-        .iter()
-        .zip(values)
-        .map(|(&(name, _), value)| Feature {
-            name: name.to_string(),
-            value,
-        })
-        .collect()
+    Feature::named(IBSI_NAMES, values)
 }
 
 /// `(n_i, s_i)` indexed by grey level; `None` for an inconsistent grid.

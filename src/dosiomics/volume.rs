@@ -121,6 +121,76 @@ impl Discretised {
     }
 }
 
+/// The ROI of a [`Discretised`] volume as the matrix families (GLCM, GLRLM)
+/// walk it: a grid zero-padded by one voxel on every side, holding each ROI
+/// voxel's *compact* level + 1 (0 outside), so that a neighbour lookup needs
+/// no bounds check. Only the levels present in the ROI get a compact level
+/// (a matrix row), which keeps the matrices small when the bins are fine,
+/// while `levels` keeps their true values for the features.
+pub(crate) struct PaddedLevels {
+    pub dims: [usize; 3],
+    pub grid: Vec<u32>,
+    /// Indices into `grid` of the ROI voxels, in z, y, x order.
+    pub roi: Vec<usize>,
+    /// True grey level of each compact level.
+    pub levels: Vec<f64>,
+    /// Highest grey level present.
+    pub lmax: usize,
+}
+
+impl PaddedLevels {
+    /// `None` when the levels do not fill the grid or no voxel is in the ROI.
+    pub(crate) fn new(d: &Discretised) -> Option<PaddedLevels> {
+        let [nz, ny, nx] = d.dims;
+        let n = nz.checked_mul(ny).and_then(|v| v.checked_mul(nx));
+        if n != Some(d.levels.len()) || d.levels.is_empty() {
+            return None;
+        }
+        let lmax = d.levels.iter().copied().max().unwrap_or(0) as usize;
+        if lmax == 0 {
+            return None;
+        }
+        let mut compact = vec![u32::MAX; lmax + 1];
+        let mut n_roi = 0usize;
+        for &l in &d.levels {
+            if l > 0 {
+                compact[l as usize] = 0;
+                n_roi += 1;
+            }
+        }
+        let mut levels = Vec::new();
+        for (l, c) in compact.iter_mut().enumerate() {
+            if *c == 0 {
+                *c = levels.len() as u32;
+                levels.push(l as f64);
+            }
+        }
+        let dims = [nz + 2, ny + 2, nx + 2];
+        let mut grid = vec![0u32; dims[0] * dims[1] * dims[2]];
+        let mut roi = Vec::with_capacity(n_roi);
+        for z in 0..nz {
+            for y in 0..ny {
+                let src = (z * ny + y) * nx;
+                let dst = ((z + 1) * dims[1] + y + 1) * dims[2] + 1;
+                for x in 0..nx {
+                    let l = d.levels[src + x];
+                    if l > 0 {
+                        grid[dst + x] = compact[l as usize] + 1;
+                        roi.push(dst + x);
+                    }
+                }
+            }
+        }
+        Some(PaddedLevels {
+            dims,
+            grid,
+            roi,
+            levels,
+            lmax,
+        })
+    }
+}
+
 /// One named feature value. `None` = not defined for this ROI (empty ROI,
 /// zero variance, ...): written as missing, never as NaN.
 #[derive(Debug, Clone, PartialEq)]
@@ -137,5 +207,24 @@ impl Feature {
             name: name.into(),
             value: value.is_finite().then_some(value),
         }
+    }
+
+    /// The features of one IBSI family: the names of its table, in order,
+    /// each with its computed value (kept only when finite, like
+    /// [`Feature::new`], so no family can let a NaN through).
+    pub fn named(
+        table: &[(&str, &str)],
+        values: impl IntoIterator<Item = Option<f64>>,
+    ) -> Vec<Feature> {
+        let features: Vec<Feature> = table
+            .iter()
+            .zip(values)
+            .map(|(&(name, _), value)| Feature {
+                name: name.to_string(),
+                value: value.filter(|v| v.is_finite()),
+            })
+            .collect();
+        debug_assert_eq!(features.len(), table.len(), "a value for every name");
+        features
     }
 }

@@ -228,3 +228,21 @@ impl Feature {
         features
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_never_emits_a_value_that_is_not_finite() {
+        let table = [("a", "A"), ("b", "B"), ("c", "C"), ("d", "D")];
+        let f = Feature::named(
+            &table,
+            [Some(f64::NAN), Some(f64::INFINITY), Some(1.5), None],
+        );
+        let values: Vec<Option<f64>> = f.iter().map(|x| x.value).collect();
+        assert_eq!(values, [None, None, Some(1.5), None]);
+        let names: Vec<&str> = f.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c", "d"]);
+    }
+}

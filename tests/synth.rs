@@ -102,6 +102,7 @@ fn every_hospital_writes_valid_dicom_that_reads_back() {
         &std::fs::read(out.path().join("cohort.json")).expect("cohort.json"),
     )
     .expect("json");
+    let mut conformal = 0;
     for row in labels(out.path()) {
         let id = &row["patient_id"];
         let dir = out.path().join(id);
@@ -144,6 +145,12 @@ fn every_hospital_writes_valid_dicom_that_reads_back() {
             Some(row["fractions"].clone())
         );
         assert_eq!(plan.technique, row["technique"], "{id}");
+        if plan.technique == "3D-CRT" {
+            // One static field per gantry angle the dose was shaped with:
+            // AP/PA, or AP/PA and an oblique pair.
+            assert!(matches!(plan.beams, 2 | 4), "{id}: {} beams", plan.beams);
+            conformal += 1;
+        }
         let ss = s.structures.as_ref().expect("structures");
         let eso = names::match_organ(Organ::Esophagus, &ss.rois)
             .unwrap_or_else(|| panic!("{id}: esophagus"));
@@ -164,6 +171,7 @@ fn every_hospital_writes_valid_dicom_that_reads_back() {
         let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
         assert_eq!((npy.len() - 10 - header_len) as u64, n, "{id}");
     }
+    assert!(conformal > 0, "the draw holds a 3D-CRT plan");
 }
 
 /// `scripts/ceiling-terms --cohort COHORT ARGS…`: its standard output.

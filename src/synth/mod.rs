@@ -278,10 +278,12 @@ fn generate(h: &Hospital, seed: u64, index: usize, with_ct: bool) -> Patient {
         (Vec::new(), None)
     };
     let per_fraction = rx / f64::from(fractions);
-    let n_beams = if technique == Technique::Vmat {
-        2
-    } else {
-        shape.angles.len().max(5)
+    // VMAT: two arcs; 3D-CRT: one static field per gantry angle the dose was
+    // shaped with; IMRT: five or more static beams, evenly spaced.
+    let n_beams = match technique {
+        Technique::Vmat => 2,
+        Technique::Conformal3d => shape.angles.len().max(1),
+        _ => shape.angles.len().max(5),
     };
     let beams: Vec<(f64, f64)> = (0..n_beams)
         .map(|b| {

@@ -226,6 +226,7 @@ impl Index {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            .after_release(|conn, _| Box::pin(async move { Ok(out_of_transaction(conn).await) }))
             .connect_with(options.clone())
             .await
             .context(OpenSnafu {
@@ -239,7 +240,7 @@ impl Index {
             .await
             .context(OpenSnafu { path: display })?;
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(writer_task(writer, rx));
+        tokio::spawn(writer_task(writer, options, rx));
         Ok(Index { pool, writer: tx })
     }
 
@@ -643,14 +644,65 @@ pub struct JobSummary {
     pub error: Option<String>,
 }
 
+/// Whether a connection is back in autocommit mode, with no transaction
+/// open, so that it can be used again. A transaction whose COMMIT failed
+/// (SQLITE_FULL on a full disk) may have been rolled back by SQLite itself,
+/// and the ROLLBACK sent after it then fails: sqlx still counts the
+/// transaction open and turns the next BEGIN into a SAVEPOINT, whose
+/// rollback leaves a real transaction open. A connection left so would hold
+/// the write lock (every other writer gets "database is locked") and show
+/// its uncommitted rows to whoever used it next, so it is closed instead
+/// (closing rolls back). `BEGIN` fails inside a transaction: that is the
+/// probe SQLite offers to SQL.
+async fn out_of_transaction(conn: &mut SqliteConnection) -> bool {
+    if conn.is_in_transaction() {
+        tracing::warn!("an index connection was left in a transaction: closing it");
+        return false;
+    }
+    match conn.execute("BEGIN").await {
+        Ok(_) => conn.execute("ROLLBACK").await.is_ok(),
+        Err(e) => {
+            tracing::warn!(error = %e, "an index connection was left in a transaction: closing it");
+            false
+        }
+    }
+}
+
+/// Replace the writer connection when it was left inside a transaction.
+async fn ensure_clean(
+    conn: &mut SqliteConnection,
+    options: &SqliteConnectOptions,
+    known: &mut KnownSeries,
+) {
+    if out_of_transaction(conn).await {
+        return;
+    }
+    match SqliteConnection::connect_with(options).await {
+        Ok(fresh) => {
+            let old = std::mem::replace(conn, fresh);
+            let _ = old.close().await;
+            // Rows the old connection wrote were rolled back with it.
+            known.clear();
+        }
+        Err(e) => tracing::error!(error = %e, "cannot reopen the index's writer connection"),
+    }
+}
+
 /// Commit pending records in groups on the one writer connection. A group
 /// that fails is retried one record at a time so that one bad row cannot
-/// fail its neighbours.
-async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
+/// fail its neighbours. A writer connection left inside a transaction by a
+/// failed commit (see [`out_of_transaction`]) is replaced by a new one.
+async fn writer_task(
+    mut conn: SqliteConnection,
+    options: SqliteConnectOptions,
+    mut rx: mpsc::Receiver<Job>,
+) {
     const MAX_GROUP: usize = 256;
     let mut known = KnownSeries::default();
     // A job taken from the queue that does not belong to the current group.
     let mut next: Option<Job> = None;
+    // An operation failed since the connection was last known clean.
+    let mut suspect = false;
     loop {
         let first = match next.take() {
             Some(job) => job,
@@ -659,6 +711,12 @@ async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
                 None => break,
             },
         };
+        // Probed only after an error: the probe costs two statements, and
+        // this loop is on every instance's way to its response.
+        if suspect || conn.is_in_transaction() {
+            ensure_clean(&mut conn, &options, &mut known).await;
+            suspect = false;
+        }
         let first = match first {
             Job::Record(record, reply) => (*record, reply),
             Job::Forget {
@@ -667,6 +725,7 @@ async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
                 reply,
             } => {
                 let res = forget_row(&mut conn, &sop_instance_uid, &file_path).await;
+                suspect |= res.is_err();
                 // Parent rows may be gone: write them again next time.
                 known.clear();
                 let _ = reply.send(res.map_err(|e| e.to_string()));
@@ -678,6 +737,7 @@ async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
                 reply,
             } => {
                 let res = remove_study_rows(&mut conn, &study_instance_uid, &rule).await;
+                suspect |= res.is_err();
                 known.clear();
                 let _ = reply.send(res.map_err(|e| e.to_string()));
                 continue;
@@ -704,7 +764,9 @@ async fn writer_task(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
             Err(group_err) => {
                 tracing::warn!(error = %group_err, size = group.len(), "group commit failed, retrying one by one");
                 known.clear();
+                suspect = true;
                 for (record, reply) in group {
+                    ensure_clean(&mut conn, &options, &mut known).await;
                     let res = commit_group(&mut conn, &mut known, &[&record])
                         .await
                         .map(|mut v| v.pop().unwrap_or_default())
@@ -1144,4 +1206,51 @@ async fn instance_upsert(
     .fetch_one(&mut *conn)
     .await?;
     Ok(row.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed COMMIT (SQLITE_FULL) can leave a connection inside a
+    /// transaction that sqlx no longer tracks. Back in the pool it would keep
+    /// the write lock and show its uncommitted rows to the next user.
+    #[tokio::test]
+    async fn a_connection_left_in_a_transaction_is_not_used_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("index.sqlite");
+        let index = Index::open(&path).await.expect("open");
+        {
+            let mut c = index.pool().acquire().await.expect("acquire");
+            c.execute("BEGIN IMMEDIATE").await.expect("begin");
+            c.execute(
+                "INSERT INTO node (id, pid, started_at, version, pipeline_enabled) \
+                 VALUES (1, 1, 'then', 'x', 0)",
+            )
+            .await
+            .expect("insert");
+        }
+        // Another writer gets the lock (within its busy timeout)...
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .expect("options")
+            .filename(&path)
+            .busy_timeout(Duration::from_secs(5));
+        let mut other = SqliteConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        other
+            .execute("BEGIN IMMEDIATE")
+            .await
+            .expect("the write lock was released");
+        other.execute("ROLLBACK").await.expect("rollback");
+        // ...and no pooled connection sees the row that was never committed.
+        for _ in 0..4 {
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM node")
+                .fetch_one(index.pool())
+                .await
+                .expect("count");
+            assert_eq!(n, 0);
+        }
+        index.close().await;
+    }
 }

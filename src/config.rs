@@ -16,8 +16,18 @@ pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 pub enum ConfigError {
     #[snafu(display("cannot read settings: {source}"))]
     Load { source: config::ConfigError },
-    #[snafu(display("invalid setting {key}: {reason}"))]
-    Invalid { key: String, reason: String },
+    /// A setting with a value it does not take: `key = value: reason`, or
+    /// `key: reason` where the reason names the value (an entry of a list)
+    /// or says that it is missing.
+    #[snafu(display(
+        "invalid setting {key}{}: {reason}",
+        value.as_deref().map(|v| format!(" = {v}")).unwrap_or_default()
+    ))]
+    Invalid {
+        key: String,
+        value: Option<String>,
+        reason: String,
+    },
     #[snafu(display("cannot resolve host {host:?} of allowed caller {ae_title:?}: {source}"))]
     Resolve {
         host: String,
@@ -356,113 +366,197 @@ impl Settings {
         toml::to_string(self).map_err(|e| e.to_string())
     }
 
+    /// Check the values that deserialising lets through. Each error names
+    /// the setting, the value it has (so that a value set in the
+    /// environment, out of sight, can be found) and what it takes.
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, reason: &str| ConfigError::Invalid {
+        // `key = value: reason`, with the value as TOML would write it.
+        let invalid = |key: &str, value: &dyn std::fmt::Debug, reason: &str| ConfigError::Invalid {
             key: key.to_string(),
+            value: Some(format!("{value:?}")),
             reason: reason.to_string(),
         };
         let d = &self.dicom;
-        if !valid_ae_title(&d.ae_title) {
+        if let Some(why) = ae_title_problem(&d.ae_title) {
             return Err(invalid(
                 "dicom.ae_title",
-                "1 to 16 printable characters, no backslash, not only spaces",
+                &d.ae_title,
+                &format!("it {why}; an AE title is {AE_TITLE_RULE}"),
             ));
         }
-        if !["", "panic-reading-data-set", "panic-in-association"]
-            .contains(&self.dicom.fault.as_str())
-        {
+        if !["", "panic-reading-data-set", "panic-in-association"].contains(&d.fault.as_str()) {
             return Err(invalid(
                 "dicom.fault",
-                "empty (tests only: panic-reading-data-set or panic-in-association)",
+                &d.fault,
+                "leave it empty (tests only: panic-reading-data-set or panic-in-association)",
             ));
         }
         let pl = &self.pipeline;
-        if pl.workers == 0 || pl.max_attempts == 0 || pl.delivery_max_attempts == 0 {
-            return Err(invalid(
-                "pipeline.workers / max_attempts / delivery_max_attempts",
-                "at least 1",
-            ));
+        for (key, n) in [
+            ("pipeline.workers", pl.workers as u64),
+            ("pipeline.max_attempts", u64::from(pl.max_attempts)),
+            (
+                "pipeline.delivery_max_attempts",
+                u64::from(pl.delivery_max_attempts),
+            ),
+        ] {
+            if n == 0 {
+                return Err(invalid(key, &n, "at least 1"));
+            }
         }
         if !["", "panic-in-scoring", "panic-in-delivery"].contains(&pl.fault.as_str()) {
             return Err(invalid(
                 "pipeline.fault",
-                "empty (tests only: panic-in-scoring or panic-in-delivery)",
+                &pl.fault,
+                "leave it empty (tests only: panic-in-scoring or panic-in-delivery)",
             ));
         }
-        for d in &pl.destinations {
-            if !valid_ae_title(&d.ae_title) || d.host.is_empty() || d.port == 0 {
-                return Err(invalid(
-                    "pipeline.destinations",
-                    "each needs ae_title (1-16 characters), host and port",
-                ));
+        for dest in &pl.destinations {
+            let problem = match ae_title_problem(&dest.ae_title) {
+                Some(why) => Some(format!(
+                    "its AE title {why}; an AE title is {AE_TITLE_RULE}"
+                )),
+                None if dest.host.is_empty() => Some("it has no host".to_string()),
+                None if dest.port == 0 => Some("its port is 0".to_string()),
+                None => None,
+            };
+            if let Some(why) = problem {
+                return Err(ConfigError::Invalid {
+                    key: "pipeline.destinations".into(),
+                    value: None,
+                    reason: format!(
+                        "destination {:?}: {why} (each needs ae_title, host and port)",
+                        dest.key()
+                    ),
+                });
             }
-            if let Some(o) = d
+            if let Some(o) = dest
                 .objects
                 .iter()
                 .find(|o| !["sr", "rtstruct"].contains(&o.as_str()))
             {
-                return Err(invalid(
-                    "pipeline.destinations",
-                    &format!("objects: {o:?} is not \"sr\" or \"rtstruct\""),
-                ));
+                return Err(ConfigError::Invalid {
+                    key: "pipeline.destinations".into(),
+                    value: None,
+                    reason: format!(
+                        "destination {:?}: objects: {o:?} is not \"sr\" or \"rtstruct\"",
+                        dest.key()
+                    ),
+                });
             }
         }
         if pl.uses_tls() && pl.tls.ca_certificates.as_os_str().is_empty() {
-            return Err(invalid(
-                "pipeline.tls.ca_certificates",
-                "a PEM file of the CA certificates the TLS destinations' certificates chain to",
-            ));
+            let marked: Vec<String> = pl
+                .destinations
+                .iter()
+                .filter(|d| d.tls)
+                .map(Destination::key)
+                .collect();
+            let why = match (marked.as_slice(), pl.send_back_tls) {
+                ([], _) => "pipeline.send_back_tls is on".to_string(),
+                ([one], false) => format!("destination {one} is marked +tls"),
+                (many, false) => format!("destinations {} are marked +tls", many.join(", ")),
+                (many, true) => format!(
+                    "pipeline.send_back_tls is on and {} marked +tls",
+                    many.join(", ")
+                ),
+            };
+            return Err(ConfigError::Invalid {
+                key: "pipeline.tls.ca_certificates".into(),
+                value: None,
+                reason: format!(
+                    "not set, but {why}: give a PEM file of the CA certificates that \
+                     the TLS destinations' certificates chain to"
+                ),
+            });
         }
-        if pl.tls.certificate.as_os_str().is_empty() != pl.tls.private_key.as_os_str().is_empty() {
+        let (cert, key) = (&pl.tls.certificate, &pl.tls.private_key);
+        if cert.as_os_str().is_empty() != key.as_os_str().is_empty() {
+            let (set, unset) = if key.as_os_str().is_empty() {
+                (
+                    ("pipeline.tls.certificate", cert),
+                    "pipeline.tls.private_key",
+                )
+            } else {
+                (
+                    ("pipeline.tls.private_key", key),
+                    "pipeline.tls.certificate",
+                )
+            };
             return Err(invalid(
-                "pipeline.tls",
-                "certificate and private_key go together (both or neither)",
+                set.0,
+                set.1,
+                &format!(
+                    "{unset} is not set; certificate and private_key go together (both or neither)"
+                ),
             ));
         }
         let ds = &self.dosiomics;
         if !(ds.bin_width_gy.is_finite() && ds.bin_width_gy > 0.0) {
-            return Err(invalid("dosiomics.bin_width_gy", "a positive number of Gy"));
+            return Err(invalid(
+                "dosiomics.bin_width_gy",
+                &ds.bin_width_gy,
+                "a positive number of Gy",
+            ));
         }
         if !(ds.resample_mm.is_finite() && (ds.resample_mm == 0.0 || ds.resample_mm >= 0.5)) {
             return Err(invalid(
                 "dosiomics.resample_mm",
+                &ds.resample_mm,
                 "0 (the dose grid) or a voxel size of at least 0.5 mm",
             ));
         }
         if !(ds.alpha_beta_gy.is_finite() && ds.alpha_beta_gy > 0.0) {
             return Err(invalid(
                 "dosiomics.alpha_beta_gy",
+                &ds.alpha_beta_gy,
                 "a positive number of Gy",
             ));
         }
-        if d.max_associations == 0 {
-            return Err(invalid("dicom.max_associations", "must be at least 1"));
-        }
-        if !(4096..=4_194_304).contains(&d.max_pdu) {
-            return Err(invalid("dicom.max_pdu", "must be within 4096..4194304"));
-        }
-        for caller in &d.allowed_callers {
-            if !valid_ae_title(&caller.ae_title) {
-                return Err(invalid(
-                    "dicom.allowed_callers",
-                    &format!("{:?} is not a valid AE title", caller.ae_title),
-                ));
-            }
-        }
-        if d.tls.enabled
-            && (d.tls.certificate.as_os_str().is_empty()
-                || d.tls.private_key.as_os_str().is_empty())
-        {
+        if !(1..=10_000).contains(&d.max_associations) {
             return Err(invalid(
-                "dicom.tls",
-                "enabled needs both certificate and private_key",
+                "dicom.max_associations",
+                &d.max_associations,
+                "1 to 10000",
             ));
         }
-        if self.storage.data_dir.as_os_str().is_empty() {
-            return Err(invalid("storage.data_dir", "must not be empty"));
+        if !(4096..=4_194_304).contains(&d.max_pdu) {
+            return Err(invalid("dicom.max_pdu", &d.max_pdu, "4096 to 4194304"));
         }
-        if d.max_associations > 10_000 {
-            return Err(invalid("dicom.max_associations", "at most 10000"));
+        for caller in &d.allowed_callers {
+            if let Some(why) = ae_title_problem(&caller.ae_title) {
+                return Err(ConfigError::Invalid {
+                    key: "dicom.allowed_callers".into(),
+                    value: None,
+                    reason: format!(
+                        "{:?} is not an AE title: it {why}; an AE title is {AE_TITLE_RULE}",
+                        caller.ae_title
+                    ),
+                });
+            }
+        }
+        if d.tls.enabled {
+            for (key, path) in [
+                ("dicom.tls.certificate", &d.tls.certificate),
+                ("dicom.tls.private_key", &d.tls.private_key),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::Invalid {
+                        key: key.into(),
+                        value: None,
+                        reason: "not set, but dicom.tls.enabled is true: TLS needs both \
+                                 certificate and private_key (PEM files)"
+                            .into(),
+                    });
+                }
+            }
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "storage.data_dir",
+                &self.storage.data_dir,
+                "must not be empty",
+            ));
         }
         for (key, days) in [
             ("storage.retention_days", self.storage.retention_days),
@@ -474,6 +568,7 @@ impl Settings {
             if days > 36_500 {
                 return Err(invalid(
                     key,
+                    &days,
                     "a number of days up to 36500 (0: keep for ever)",
                 ));
             }
@@ -481,6 +576,7 @@ impl Settings {
         if !valid_log_filter(&self.logging.level) {
             return Err(invalid(
                 "logging.level",
+                &self.logging.level,
                 "trace, debug, info, warn, error or off, or directives such as \"info,esorisk=debug\"",
             ));
         }
@@ -491,7 +587,7 @@ impl Settings {
                 .strip_prefix("cuda:")
                 .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
         {
-            return Err(invalid("model.device", "auto, cpu or cuda:N"));
+            return Err(invalid("model.device", &dev, "auto, cpu or cuda:N"));
         }
         Ok(())
     }
@@ -584,9 +680,33 @@ fn valid_log_filter(filter: &str) -> bool {
 /// An AE title is 1-16 characters of the default repertoire, no backslash or
 /// control characters, and not only spaces.
 pub fn valid_ae_title(ae: &str) -> bool {
-    !ae.trim().is_empty()
-        && ae.len() <= 16
-        && ae.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\')
+    ae_title_problem(ae).is_none()
+}
+
+/// What an AE title is, for the messages that refuse one.
+const AE_TITLE_RULE: &str = "1 to 16 printable ASCII characters, no backslash, not only spaces";
+
+/// Why `ae` is not an AE title, to follow "it" ("is 20 characters
+/// long"), or None.
+fn ae_title_problem(ae: &str) -> Option<String> {
+    if ae.trim().is_empty() {
+        Some(
+            if ae.is_empty() {
+                "is empty"
+            } else {
+                "is only spaces"
+            }
+            .to_string(),
+        )
+    } else if ae.contains('\\') {
+        Some("holds a backslash".into())
+    } else if !ae.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        Some("holds a character that is not printable ASCII".into())
+    } else if ae.len() > 16 {
+        Some(format!("is {} characters long", ae.len()))
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -711,6 +831,124 @@ mod tests {
         ] {
             std::fs::write(&path, toml).expect("write");
             Settings::load(Some(&path)).expect(toml);
+        }
+    }
+
+    /// Every refused value is named in the message, beside the setting and
+    /// what it takes: a value set in the environment is out of sight, and
+    /// "invalid setting logging.level" alone leaves the admin guessing.
+    #[test]
+    fn refused_values_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        for (toml, says) in [
+            (
+                "[logging]\nlevel = \"verbose\"\n",
+                "invalid setting logging.level = \"verbose\": trace, debug, info",
+            ),
+            (
+                "[dicom]\nae_title = \"ABCDEFGHIJKLMNOPQRST\"\n",
+                "invalid setting dicom.ae_title = \"ABCDEFGHIJKLMNOPQRST\": it is 20 characters long; \
+                 an AE title is 1 to 16",
+            ),
+            (
+                "[dicom]\nae_title = \"  \"\n",
+                "dicom.ae_title = \"  \": it is only spaces",
+            ),
+            (
+                "[dicom]\nfault = \"panic\"\n",
+                "dicom.fault = \"panic\": leave it empty",
+            ),
+            (
+                "[pipeline]\nfault = \"panic_in_scoring\"\n",
+                "pipeline.fault = \"panic_in_scoring\": leave it empty",
+            ),
+            ("[pipeline]\nworkers = 0\n", "pipeline.workers = 0: at least 1"),
+            (
+                "[pipeline]\nmax_attempts = 0\n",
+                "pipeline.max_attempts = 0: at least 1",
+            ),
+            (
+                "[pipeline]\ndelivery_max_attempts = 0\n",
+                "pipeline.delivery_max_attempts = 0: at least 1",
+            ),
+            (
+                "[pipeline]\ndestinations = [ { ae_title = \"TPS\", host = \"tps\", port = 0 } ]\n",
+                "pipeline.destinations: destination \"TPS@tps:0\": its port is 0",
+            ),
+            (
+                "[pipeline]\ndestinations = [ { ae_title = \"TPS\", host = \"\", port = 104 } ]\n",
+                "destination \"TPS@:104\": it has no host",
+            ),
+            (
+                "[pipeline]\ndestinations = [ { ae_title = \"A_TITLE_TOO_LONG_\", host = \"tps\", port = 104 } ]\n",
+                "destination \"A_TITLE_TOO_LONG_@tps:104\": its AE title is 17 characters long",
+            ),
+            (
+                "[pipeline]\ndestinations = [ { ae_title = \"TPS\", host = \"tps\", port = 104, objects = [\"dose\"] } ]\n",
+                "destination \"TPS@tps:104\": objects: \"dose\" is not \"sr\" or \"rtstruct\"",
+            ),
+            // The example of config/default.toml, without the CAs.
+            (
+                "[pipeline]\ndestinations = \"TPS@10.0.0.5:104,PACS@pacs.example.org:2762+tls\"\n",
+                "invalid setting pipeline.tls.ca_certificates: not set, but destination \
+                 PACS@pacs.example.org:2762+tls is marked +tls",
+            ),
+            (
+                "[pipeline]\nsend_back_port = 11112\nsend_back_tls = true\n",
+                "pipeline.tls.ca_certificates: not set, but pipeline.send_back_tls is on",
+            ),
+            (
+                "[pipeline.tls]\ncertificate = \"node.pem\"\n",
+                "pipeline.tls.certificate = \"node.pem\": pipeline.tls.private_key is not set",
+            ),
+            (
+                "[pipeline.tls]\nprivate_key = \"node.key\"\n",
+                "pipeline.tls.private_key = \"node.key\": pipeline.tls.certificate is not set",
+            ),
+            (
+                "[dosiomics]\nbin_width_gy = -1.0\n",
+                "dosiomics.bin_width_gy = -1.0: a positive number of Gy",
+            ),
+            (
+                "[dosiomics]\nresample_mm = 0.1\n",
+                "dosiomics.resample_mm = 0.1: 0 (the dose grid) or",
+            ),
+            (
+                "[dosiomics]\nalpha_beta_gy = 0.0\n",
+                "dosiomics.alpha_beta_gy = 0.0: a positive number of Gy",
+            ),
+            (
+                "[dicom]\nmax_associations = 0\n",
+                "dicom.max_associations = 0: 1 to 10000",
+            ),
+            (
+                "[dicom]\nmax_associations = 20000\n",
+                "dicom.max_associations = 20000: 1 to 10000",
+            ),
+            ("[dicom]\nmax_pdu = 100\n", "dicom.max_pdu = 100: 4096 to 4194304"),
+            (
+                "[dicom]\nallowed_callers = [ { ae_title = \"A\\\\B\" } ]\n",
+                "dicom.allowed_callers: \"A\\\\B\" is not an AE title: it holds a backslash",
+            ),
+            (
+                "[dicom.tls]\nenabled = true\ncertificate = \"node.pem\"\n",
+                "dicom.tls.private_key: not set, but dicom.tls.enabled is true",
+            ),
+            ("[storage]\ndata_dir = \"\"\n", "storage.data_dir = \"\": must not be empty"),
+            (
+                "[storage]\nretention_days = 200000000\n",
+                "storage.retention_days = 200000000: a number of days up to 36500",
+            ),
+            (
+                "[storage]\nassociation_log_days = 40000\n",
+                "storage.association_log_days = 40000: a number of days up to 36500",
+            ),
+            ("[model]\ndevice = \"gpu\"\n", "model.device = \"gpu\": auto, cpu or cuda:N"),
+        ] {
+            std::fs::write(&path, toml).expect("write");
+            let err = Settings::load(Some(&path)).expect_err(toml);
+            assert!(err.to_string().contains(says), "{toml}: {err}");
         }
     }
 

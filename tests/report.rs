@@ -557,3 +557,97 @@ fn dates_and_times_keep_the_inputs_time_zone() {
         }
     }
 }
+
+/// Every value of `obj` and its items as text, with its tag, leaving out
+/// the top-level attributes in `copied`.
+fn values(obj: &InMemDicomObject, copied: &[dicom_core::Tag]) -> Vec<(dicom_core::Tag, String)> {
+    use dicom_core::header::Header;
+    use dicom_core::value::Value;
+    let mut out = Vec::new();
+    for el in obj.iter().filter(|el| !copied.contains(&el.tag())) {
+        match el.value() {
+            Value::Sequence(seq) => {
+                for item in seq.items() {
+                    out.extend(values(item, &[]));
+                }
+            }
+            Value::Primitive(p) => out.push((el.tag(), p.to_str().to_string())),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The returned objects declare UTF-8 for the names copied from the
+/// inputs, but what esorisk words itself (descriptions, reasons, notes,
+/// the ROI name) is plain ASCII, which planning systems that read text as
+/// ASCII or Latin-1 show as written; a copied name keeps its characters.
+#[test]
+fn esorisk_s_own_text_in_the_returned_objects_is_ascii() {
+    use esorisk::rt::grid::Grid;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let input = received_dose(tmp.path(), "ISO_IR 100", b"M\xFCller^J\xFCrgen", &[]);
+    let inputs = ReportInputs::from_objects(&[input]).expect("inputs");
+    let copied: Vec<dicom_core::Tag> = {
+        use dicom_core::header::Header;
+        inputs.patient_study.iter().map(|e| e.tag()).collect()
+    };
+    let grid = Grid::uniform([0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [4, 4, 2]);
+    let mut mask = vec![false; grid.len()];
+    mask[grid.index(1, 1, 0)] = true;
+    let rs = learned_roi_rtstruct(&inputs, &grid, &mask, DEFAULT_ROI_NAME).expect("rtstruct");
+    let result = RiskReport {
+        risk: 0.25,
+        model_name: "DGD (dosiomics in the predicted ROI)".into(),
+        model_version: "dgd-v1".into(),
+        features: vec![("glcm_joint_entropy".into(), 5.25)],
+        // Notes and reasons come worded from the rest of esorisk, with
+        // its typographic characters.
+        notes: vec![
+            "RT Dose \u{2192} RT Plan \"A\"; fraction dose \u{d7} 30 planned fractions".into(),
+        ],
+        ..Default::default()
+    };
+    let sr = risk_sr(&inputs, &result).expect("sr");
+    let not_scored = not_scored_sr(
+        &inputs,
+        "internal error in esorisk while scoring (boom); not scored \u{2014} please report it",
+    );
+    for (kind, o) in [
+        ("RT Structure Set", &rs),
+        ("SR", &sr),
+        ("not-scored SR", &not_scored),
+    ] {
+        let description = attr::string(o, tags::SERIES_DESCRIPTION).unwrap_or_default();
+        assert!(
+            description.is_ascii()
+                && description.ends_with("research use only, not for clinical use"),
+            "{kind}: {description}"
+        );
+        let found: Vec<_> = values(o, &copied)
+            .into_iter()
+            .filter(|(_, v)| !v.is_ascii())
+            .collect();
+        assert!(found.is_empty(), "{kind}: {found:?}");
+        assert_eq!(
+            attr::string(o, tags::PATIENT_NAME).as_deref(),
+            Some("M\u{fc}ller^J\u{fc}rgen"),
+            "{kind}: the copied name keeps its characters"
+        );
+    }
+    let structure_set = attr::string(&rs, tags::STRUCTURE_SET_DESCRIPTION).unwrap_or_default();
+    assert!(structure_set.is_ascii(), "{structure_set}");
+    let has_text = |o: &InMemDicomObject, want: &str| {
+        values(o, &[])
+            .iter()
+            .any(|(t, v)| *t == tags::TEXT_VALUE && v.trim_end() == want)
+    };
+    assert!(has_text(
+        &not_scored,
+        "internal error in esorisk while scoring (boom); not scored - please report it"
+    ));
+    assert!(has_text(
+        &sr,
+        "RT Dose -> RT Plan \"A\"; fraction dose x 30 planned fractions"
+    ));
+}

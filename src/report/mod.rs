@@ -37,6 +37,42 @@ pub enum ReportError {
 /// Text that goes wherever a person might read an object's description.
 pub const RESEARCH_NOTICE: &str = "research use only, not for clinical use";
 
+/// Text esorisk words itself (descriptions, reasons, notes), made plain
+/// ASCII for the objects it writes: they declare ISO_IR 192 for the names
+/// copied from the inputs, but older planning systems read every value as
+/// ASCII or Latin-1 and would garble a dash or a multiplication sign. The
+/// typographic characters of esorisk's wording become their ASCII
+/// spelling; any other character (a name quoted from the inputs, such as
+/// an ROI's) is kept, since it is the input's own.
+pub fn plain_ascii(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\u{2010}'..='\u{2015}' | '\u{2212}' => out.push('-'),
+            '\u{2026}' => out.push_str("..."),
+            '\u{d7}' => out.push('x'),
+            '\u{2192}' => out.push_str("->"),
+            '\u{2190}' => out.push_str("<-"),
+            '\u{2265}' => out.push_str(">="),
+            '\u{2264}' => out.push_str("<="),
+            '\u{b1}' => out.push_str("+/-"),
+            '\u{2248}' => out.push('~'),
+            '\u{b0}' => out.push_str(" deg"),
+            '\u{b2}' => out.push('2'),
+            '\u{b3}' => out.push('3'),
+            '\u{3b1}' => out.push_str("alpha"),
+            '\u{3b2}' => out.push_str("beta"),
+            '\u{b5}' | '\u{3bc}' => out.push('u'),
+            '\u{2018}' | '\u{2019}' => out.push('\''),
+            '\u{201c}' | '\u{201d}' => out.push('"'),
+            '\u{a0}' => out.push(' '),
+            '\u{b7}' => out.push('.'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// One received instance, as the SR's evidence lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvidenceRef {
@@ -470,6 +506,21 @@ mod tests {
         assert_eq!(
             attr::items(&series[0], tags::REFERENCED_SOP_SEQUENCE).len(),
             2
+        );
+    }
+
+    #[test]
+    fn esorisk_wording_becomes_plain_ascii() {
+        assert_eq!(
+            plain_ascii(
+                "not scored \u{2014} 3 \u{d7} 4 \u{d7} 5 voxels, RT Dose \u{2192} RT Plan, \u{2265} 2, \u{3b1}/\u{3b2} \u{2026}"
+            ),
+            "not scored - 3 x 4 x 5 voxels, RT Dose -> RT Plan, >= 2, alpha/beta ..."
+        );
+        // A name quoted from the inputs keeps its own characters.
+        assert_eq!(
+            plain_ascii("ROI \"Speiser\u{f6}hre\" \u{2014} ignored"),
+            "ROI \"Speiser\u{f6}hre\" - ignored"
         );
     }
 

@@ -19,7 +19,9 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use super::contour;
-use super::{put_header, sop_ref, ReportError, ReportInputs, SeriesHeader, RESEARCH_NOTICE};
+use super::{
+    plain_ascii, put_header, sop_ref, ReportError, ReportInputs, SeriesHeader, RESEARCH_NOTICE,
+};
 use crate::receive::sop;
 use crate::rt::grid::Grid;
 use crate::rt::write::{ds_list, put_seq, put_str, with_meta};
@@ -54,7 +56,7 @@ pub fn learned_roi_rtstruct(
     if mask.len() != grid.len() {
         return Err(ReportError::Mask {
             what: format!(
-                "{} mask values for a grid of {} × {} × {} voxels",
+                "{} mask values for a grid of {} x {} x {} voxels",
                 mask.len(),
                 grid.nx,
                 grid.ny,
@@ -72,7 +74,7 @@ pub fn learned_roi_rtstruct(
     let (date, time) = input.now();
     let sop_instance_uid = uid::generate();
     let series_instance_uid = uid::generate();
-    let description = format!("esorisk learned ROI — {RESEARCH_NOTICE}");
+    let description = format!("esorisk learned ROI - {RESEARCH_NOTICE}");
     let mut obj = InMemDicomObject::new_empty();
     put_header(
         &mut obj,
@@ -143,7 +145,7 @@ pub fn learned_roi_rtstruct(
         VR::UI,
         frame_of_reference_uid,
     );
-    put_str(&mut roi, tags::ROI_NAME, VR::LO, roi_name);
+    put_str(&mut roi, tags::ROI_NAME, VR::LO, &plain_ascii(roi_name));
     put_str(
         &mut roi,
         tags::ROI_DESCRIPTION,

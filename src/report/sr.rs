@@ -46,8 +46,8 @@ use dicom_object::{FileDicomObject, InMemDicomObject};
 
 use super::rtstruct::LEARNED_ROI_NUMBER;
 use super::{
-    hierarchical, put_header, sop_ref, EvidenceRef, ReportError, ReportInputs, SeriesHeader,
-    RESEARCH_NOTICE,
+    hierarchical, plain_ascii, put_header, sop_ref, EvidenceRef, ReportError, ReportInputs,
+    SeriesHeader, RESEARCH_NOTICE,
 };
 use crate::receive::sop;
 use crate::rt::write::{ds, put_seq, put_str, with_meta};
@@ -313,7 +313,7 @@ fn document(
             series_instance_uid: &series_instance_uid,
             modality: "SR",
             series_number: SERIES_NUMBER,
-            series_description: &format!("esorisk risk report — {RESEARCH_NOTICE}"),
+            series_description: &format!("esorisk risk report - {RESEARCH_NOTICE}"),
             date: &date,
             time: &time,
         },
@@ -442,9 +442,11 @@ fn item(relationship: &str, value_type: &str, concept: Code) -> InMemDicomObject
     i
 }
 
+/// A TEXT item. Its value is esorisk's wording (a reason, a note, a
+/// feature or model name), written in plain ASCII ([`plain_ascii`]).
 fn text(relationship: &str, concept: Code, value: &str) -> InMemDicomObject {
     let mut i = item(relationship, "TEXT", concept);
-    put_str(&mut i, tags::TEXT_VALUE, VR::UT, value);
+    put_str(&mut i, tags::TEXT_VALUE, VR::UT, &plain_ascii(value));
     i
 }
 

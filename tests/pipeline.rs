@@ -2590,3 +2590,119 @@ fn beam_doses_are_scored_as_their_sum_and_an_incomplete_set_fails() {
         "{reason}"
     );
 }
+
+/// An SR and an RT Structure Set of study `study`, written under the data
+/// directory's `out/` as the pipeline writes its outputs: (SOP Instance
+/// UID, path relative to the data directory) of each.
+fn write_outputs(data_dir: &Path, study: &str) -> [(String, String); 2] {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    use esorisk::rt::write::{put_str, with_meta};
+    let mut o = dicom_object::InMemDicomObject::new_empty();
+    put_str(
+        &mut o,
+        tags::SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.481.2",
+    );
+    put_str(&mut o, tags::SOP_INSTANCE_UID, VR::UI, "2.25.8001");
+    put_str(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, study);
+    put_str(&mut o, tags::SERIES_INSTANCE_UID, VR::UI, "2.25.8002");
+    put_str(&mut o, tags::FRAME_OF_REFERENCE_UID, VR::UI, "2.25.8003");
+    put_str(&mut o, tags::PATIENT_ID, VR::LO, "LOG-1");
+    let dose = with_meta(
+        o,
+        "1.2.840.10008.5.1.4.1.1.481.2",
+        "2.25.8001",
+        esorisk::store::ts::EXPLICIT_VR_LE,
+    );
+    let inputs = esorisk::report::ReportInputs::from_objects(&[dose]).expect("inputs");
+    let grid = esorisk::rt::grid::Grid::uniform([0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [4, 4, 2]);
+    let mut mask = vec![false; grid.len()];
+    mask[grid.index(1, 1, 0)] = true;
+    let objects = [
+        esorisk::report::sr::not_scored_sr(&inputs, "test"),
+        esorisk::report::rtstruct::learned_roi_rtstruct(&inputs, &grid, &mask, "ESORISK_ROI")
+            .expect("rtstruct"),
+    ];
+    std::fs::create_dir_all(data_dir.join("out").join(study)).expect("out dir");
+    objects.map(|o| {
+        let sop = esorisk::rt::attr::string(&o, tags::SOP_INSTANCE_UID).unwrap_or_default();
+        let rel = format!("out/{study}/{sop}.dcm");
+        o.write_to_file(data_dir.join(&rel)).expect("write output");
+        (sop, rel)
+    })
+}
+
+/// Each delivery's log line names the study and the kind of object beside
+/// the job, SOP Instance UID and destination: delivered, failed with a
+/// retry, and dead.
+#[test]
+fn delivery_log_lines_name_the_study_and_the_object() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let down = free_port();
+    let destinations = format!("TPS@127.0.0.1:{},DOWN@127.0.0.1:{down}", rx.port);
+    let no_model = tmp.path().join("no-model").display().to_string();
+    let node = TestNode::start(&[
+        ("ESORISK__PIPELINE__ENABLED", "true"),
+        ("ESORISK__PIPELINE__POLL_SECONDS", "1"),
+        ("ESORISK__PIPELINE__DELIVERY_RETRY_BASE_SECONDS", "1"),
+        ("ESORISK__PIPELINE__DELIVERY_MAX_ATTEMPTS", "2"),
+        ("ESORISK__PIPELINE__DESTINATIONS", &destinations),
+        ("ESORISK__MODEL__PATH", &no_model),
+        ("ESORISK__MODEL__DEVICE", "cpu"),
+    ]);
+    let study = "1.2.826.0.1.7";
+    let [(sr, sr_path), (rs, rs_path)] = write_outputs(&node.data_dir, study);
+    let now = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
+    let mut sql = format!(
+        "INSERT INTO jobs (id, study_instance_uid, input_key, input_uids, model_version, state, \
+         attempts, max_attempts, created_at) VALUES (1, '{study}', 'k', '[]', 'm', 'succeeded', 1, 3, {now}); \
+         INSERT INTO outputs (sop_instance_uid, job_id, study_instance_uid, series_instance_uid, \
+         sop_class_uid, kind, file_path, created_at) VALUES \
+         ('{sr}', 1, '{study}', '2.25.1', '1.2.840.10008.5.1.4.1.1.88.33', 'sr', '{sr_path}', {now}), \
+         ('{rs}', 1, '{study}', '2.25.2', '1.2.840.10008.5.1.4.1.1.481.3', 'rtstruct', '{rs_path}', {now});"
+    );
+    for dest in destinations.split(',') {
+        for sop in [&sr, &rs] {
+            sql.push_str(&format!(
+                "INSERT INTO deliveries (job_id, sop_instance_uid, destination, state, attempts, \
+                 next_attempt_at) VALUES (1, '{sop}', '{dest}', 'pending', 0, {now});"
+            ));
+        }
+    }
+    execute(&node.db_path(), &sql);
+    let study_field = format!("study={study}");
+    node.assert_logged(&[
+        " delivered ",
+        &study_field,
+        "object=\"RT Structure Set\"",
+        &format!("sop={rs}"),
+        "destination=\"TPS@",
+    ]);
+    node.assert_logged(&[
+        " delivered ",
+        &study_field,
+        "object=\"SR\"",
+        "destination=\"TPS@",
+    ]);
+    node.assert_logged(&[
+        "delivery failed, retry in 1 s",
+        &study_field,
+        "object=\"SR\"",
+        "destination=\"DOWN@",
+    ]);
+    wait_until("the deliveries to DOWN dead", 60, || {
+        count(
+            &node.db_path(),
+            "SELECT count(*) FROM deliveries WHERE state = 'dead'",
+        ) == 2
+    });
+    node.assert_logged(&[
+        "delivery dead",
+        &study_field,
+        "object=\"RT Structure Set\"",
+        "destination=\"DOWN@",
+    ]);
+}

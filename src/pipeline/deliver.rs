@@ -23,8 +23,24 @@ struct Due {
     id: i64,
     job_id: i64,
     sop: String,
+    /// The study the output belongs to, and what it is (`outputs.kind`),
+    /// for the log lines: an admin looks for a study, or a kind of object
+    /// a destination refuses.
+    study: String,
+    kind: String,
     path: PathBuf,
     attempts: i64,
+}
+
+impl Due {
+    /// The kind of object, as the log names it.
+    fn object(&self) -> &'static str {
+        match self.kind.as_str() {
+            "rtstruct" => "RT Structure Set",
+            "sr-not-scored" => "SR (not scored)",
+            _ => "SR",
+        }
+    }
 }
 
 /// An association in flight to one destination, with the deliveries it
@@ -59,7 +75,8 @@ pub async fn run(ctx: Arc<Context>, stop: Arc<AtomicBool>) {
 /// none in flight.
 async fn start_due(ctx: &Context, busy: &mut HashMap<String, Sending>) -> Result<(), String> {
     let rows = sqlx::query(
-        "SELECT d.id, d.job_id, d.sop_instance_uid, d.destination, d.attempts, o.file_path FROM deliveries d \
+        "SELECT d.id, d.job_id, d.sop_instance_uid, d.destination, d.attempts, o.file_path, \
+         o.study_instance_uid, o.kind FROM deliveries d \
          JOIN outputs o ON o.sop_instance_uid = d.sop_instance_uid \
          WHERE d.state = 'pending' AND d.next_attempt_at <= ? ORDER BY d.id",
     )
@@ -79,6 +96,8 @@ async fn start_due(ctx: &Context, busy: &mut HashMap<String, Sending>) -> Result
             sop: r.get(2),
             attempts: r.get(4),
             path: ctx.data_dir.join(r.get::<String, _>(5)),
+            study: r.get(6),
+            kind: r.get(7),
         });
     }
     let fault = ctx.settings.fault == "panic-in-delivery";
@@ -393,11 +412,11 @@ async fn record(
                 .await?;
             let detail = match &warning {
                 Some(w) => {
-                    warn!(job = d.job_id, sop = %d.sop, destination = dest, "delivered with a warning: {w}");
+                    warn!(job = d.job_id, study = %d.study, object = d.object(), sop = %d.sop, destination = dest, "delivered with a warning: {w}");
                     format!("{} to {dest}; {w}", d.sop)
                 }
                 None => {
-                    info!(job = d.job_id, sop = %d.sop, destination = dest, "delivered");
+                    info!(job = d.job_id, study = %d.study, object = d.object(), sop = %d.sop, destination = dest, "delivered");
                     format!("{} to {dest}", d.sop)
                 }
             };
@@ -417,7 +436,7 @@ async fn record(
             .bind(d.id)
             .execute(pool)
             .await?;
-            warn!(job = d.job_id, sop = %d.sop, destination = dest, "delivery dead: {why}");
+            warn!(job = d.job_id, study = %d.study, object = d.object(), sop = %d.sop, destination = dest, "delivery dead: {why}");
             jobs::event(
                 pool,
                 d.job_id,
@@ -435,7 +454,7 @@ async fn record(
                 .bind(d.id)
                 .execute(pool)
                 .await?;
-            warn!(job = d.job_id, sop = %d.sop, destination = dest, "delivery failed, retry in {delay:.0} s: {e}");
+            warn!(job = d.job_id, study = %d.study, object = d.object(), sop = %d.sop, destination = dest, "delivery failed, retry in {delay:.0} s: {e}");
             jobs::event(
                 pool,
                 d.job_id,

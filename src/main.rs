@@ -360,12 +360,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `serve` says why it stopped in its log (a service's journal, JSON
+    // lines for a log collector) unless its log is off; any other command
+    // to the person who ran it. Each error once.
+    let serving = matches!(cli.command, Command::Serve);
     let result = runtime.block_on(run(cli.command, settings));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
-            eprintln!("esorisk: {e}");
+            if serving && tracing::enabled!(tracing::Level::ERROR) {
+                tracing::error!("{e}");
+            } else {
+                eprintln!("esorisk: {e}");
+            }
             ExitCode::FAILURE
         }
     }

@@ -2706,3 +2706,46 @@ fn delivery_log_lines_name_the_study_and_the_object() {
         "destination=\"DOWN@",
     ]);
 }
+
+/// An admin command's error is printed once, as `esorisk: …` on standard
+/// error (not also as a log line), with exit status 1; `serve` says why it
+/// stopped once, in its log, where a service's journal keeps it.
+#[test]
+fn errors_are_printed_once() {
+    let node = TestNode::start(&[]);
+    for (args, says) in [
+        (
+            &["jobs", "--state", "bogus"][..],
+            "--state \"bogus\": one of queued",
+        ),
+        (&["retry", "99"], "no job 99 (see esorisk jobs)"),
+        (&["echo"], "no destination: name one"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+            .args(args)
+            .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+            .output()
+            .expect("esorisk runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", text(&out));
+        assert_eq!(err.matches(says).count(), 1, "{args:?}: {err}");
+        assert!(err.contains(&format!("esorisk: {says}")), "{args:?}: {err}");
+        assert!(!err.contains("ERROR"), "{args:?}: {err}");
+    }
+    let second = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .arg("serve")
+        .env("ESORISK__DICOM__PORT", "0")
+        .env("ESORISK__DICOM__BIND", "127.0.0.1")
+        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+        .env("ESORISK__PIPELINE__ENABLED", "false")
+        .output()
+        .expect("esorisk runs");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("another esorisk process"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("ERROR"), "a log line: {err}");
+}

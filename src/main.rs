@@ -52,22 +52,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the scoring jobs and deliveries; --follow tails the job events.
+    /// Show the scoring jobs and their deliveries; --follow tails the job
+    /// events.
     Jobs {
-        /// Only jobs in this state: queued, running, succeeded, failed, dead.
+        /// Only jobs in this state: queued, running, succeeded, failed,
+        /// dead (and only their deliveries).
         #[arg(long)]
         state: Option<String>,
-        /// Only the jobs of this study (Study Instance UID).
+        /// Only the jobs of this study (Study Instance UID), and their
+        /// deliveries.
         #[arg(long)]
         study: Option<String>,
         /// Then print the job events as they are appended, until Ctrl-C.
         #[arg(long, conflicts_with = "json")]
         follow: bool,
-        /// At most this many jobs, the newest; 0: all.
+        /// At most this many jobs, the newest; 0: all. The deliveries
+        /// listed are those of every job --state and --study select.
         #[arg(long, default_value_t = 50)]
         limit: i64,
         /// One JSON document, `{"jobs": [...], "deliveries": [...]}` (for
-        /// scripts and monitoring).
+        /// scripts and monitoring; docs/OPERATIONS.md describes it).
         #[arg(long)]
         json: bool,
     },
@@ -419,9 +423,12 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             let index = Index::open_existing(&settings.database_path()).await?;
             let pool = index.pool();
             let listed = jobs::list(pool, state.as_deref(), study.as_deref(), limit).await?;
-            let deliveries = jobs::delivery_summary(pool, study.as_deref()).await?;
+            let deliveries =
+                esorisk::pipeline::deliver::summary(pool, state.as_deref(), study.as_deref())
+                    .await?;
             if json {
-                let doc = serde_json::json!({ "jobs": listed, "deliveries": deliveries });
+                let doc =
+                    serde_json::json!({ "jobs": jobs_json(&listed)?, "deliveries": deliveries });
                 println!("{}", serde_json::to_string_pretty(&doc)?);
                 index.close().await;
                 return Ok(());
@@ -689,7 +696,11 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             }
             let problems = doc["problems"].as_array().map_or(0, Vec::len);
             if check && problems > 0 {
-                return Err(format!("{problems} problems (see esorisk status)").into());
+                return Err(format!(
+                    "{} (see esorisk status)",
+                    counted(problems as u64, "problem", "problems")
+                )
+                .into());
             }
         }
         Command::Studies {
@@ -1178,6 +1189,26 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
     Ok(())
 }
 
+/// `n` and the noun in its number: "1 study", "2 studies".
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// The jobs as `jobs --json` prints them: each job's row, with its input
+/// UIDs as a JSON array (the database keeps them as JSON text).
+fn jobs_json(
+    listed: &[esorisk::pipeline::jobs::Job],
+) -> Result<serde_json::Value, serde_json::Error> {
+    let mut out = Vec::with_capacity(listed.len());
+    for job in listed {
+        let mut v = serde_json::to_value(job)?;
+        let uids: Vec<String> = serde_json::from_str(&job.input_uids).unwrap_or_default();
+        v["input_uids"] = uids.into();
+        out.push(v);
+    }
+    Ok(out.into())
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -1217,17 +1248,20 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
     use sqlx::Row;
     let data_dir = &settings.storage.data_dir;
     let node = esorisk::store::holder(data_dir);
+    // A number for monitoring; null when no node runs (or, in a lock file
+    // damaged by hand, when it holds no process id).
+    let node_pid: Option<i64> = node.as_deref().and_then(|p| p.parse().ok());
     let free_mb = esorisk::store::free_bytes(data_dir).map(|b| b / (1024 * 1024));
     let mut doc = serde_json::json!({
         "data_dir": data_dir.display().to_string(),
         "node_running": node.is_some(),
-        "node_pid": node,
+        "node_pid": node_pid,
         "free_mb": free_mb,
         "min_free_mb": settings.storage.min_free_mb,
         "retention_days": settings.storage.retention_days,
     });
     let mut problems = Vec::new();
-    if doc["node_pid"].is_null() {
+    if node.is_none() {
         problems.push("no node is running on this data directory".to_string());
     }
     if free_mb.is_some_and(|mb| mb < settings.storage.min_free_mb) {
@@ -1256,7 +1290,12 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
     )
     .fetch_one(pool)
     .await?;
+    // Every state, 0 included: a monitoring check reads `deliveries.dead`
+    // as a number whether or not any delivery ever died.
     let mut jobs = serde_json::Map::new();
+    for s in esorisk::pipeline::jobs::STATES {
+        jobs.insert(s.into(), 0.into());
+    }
     for r in sqlx::query("SELECT state, count(*) FROM jobs GROUP BY state")
         .fetch_all(pool)
         .await?
@@ -1264,6 +1303,9 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
         jobs.insert(r.get(0), r.get::<i64, _>(1).into());
     }
     let mut deliveries = serde_json::Map::new();
+    for s in DELIVERY_STATES {
+        deliveries.insert(s.into(), 0.into());
+    }
     for r in sqlx::query("SELECT state, count(*) FROM deliveries GROUP BY state")
         .fetch_all(pool)
         .await?
@@ -1275,11 +1317,20 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
     doc["stored_mb"] = (studies.get::<i64, _>(2) / (1024 * 1024)).into();
     doc["last_received_at"] = studies.get::<Option<String>, _>(3).into();
     for (what, counts) in [("jobs", &jobs), ("deliveries", &deliveries)] {
-        if let Some(n) = counts.get("dead").and_then(|n| n.as_i64()) {
+        if let Some(n) = counts
+            .get("dead")
+            .and_then(|n| n.as_i64())
+            .filter(|n| *n > 0)
+        {
             problems.push(match what {
-                "jobs" => format!("{n} dead jobs (esorisk jobs --state dead; esorisk retry JOB)"),
+                "jobs" => format!(
+                    "{} (esorisk jobs --state dead; esorisk retry JOB)",
+                    counted(n as u64, "dead job", "dead jobs")
+                ),
                 _ => format!(
-                    "{n} dead deliveries (esorisk jobs names their jobs; esorisk retry JOB)"
+                    "{} (esorisk jobs names {}; esorisk retry JOB)",
+                    counted(n as u64, "dead delivery", "dead deliveries"),
+                    if n == 1 { "its job" } else { "their jobs" }
                 ),
             });
         }
@@ -1290,7 +1341,7 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
     )
     .fetch_optional(pool)
     .await?
-    .filter(|r| Some(r.get::<i64, _>(0).to_string().as_str()) == doc["node_pid"].as_str());
+    .filter(|r| Some(r.get::<i64, _>(0)) == node_pid);
     if let Some(r) = started {
         let enabled: bool = r.get(3);
         let model: Option<String> = r.get(4);
@@ -1346,6 +1397,10 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
     Ok(doc)
 }
 
+/// The states of a delivery (the `deliveries.state` column), as `status`
+/// counts them.
+const DELIVERY_STATES: [&str; 4] = ["pending", "sent", "dead", "dropped"];
+
 /// `esorisk status` calls queued jobs a problem once they have been due
 /// this long: scoring takes seconds, so only stuck or swamped workers leave
 /// a job waiting for minutes.
@@ -1357,15 +1412,16 @@ fn print_status(doc: &serde_json::Value) {
         serde_json::Value::Null => "-".into(),
         v => v.to_string(),
     };
-    match doc["node_pid"].as_str() {
-        Some(pid) => println!(
-            "node: running (process {pid}{})",
+    match doc["node_running"].as_bool() {
+        Some(true) => println!(
+            "node: running (process {}{})",
+            text("node_pid"),
             match doc["started_at"].as_str() {
                 Some(t) => format!(", esorisk {}, since {t}", text("node_version")),
                 None => String::new(),
             }
         ),
-        None => println!("node: not running"),
+        _ => println!("node: not running"),
     }
     match doc["scoring"].as_str() {
         Some("on") => println!("scoring: model {}", text("model")),
@@ -1394,9 +1450,13 @@ fn print_status(doc: &serde_json::Value) {
         return;
     }
     println!(
-        "studies: {} ({} instances, {} MiB); last instance received {}",
+        "studies: {} ({}, {} MiB); last instance received {}",
         text("studies"),
-        text("instances"),
+        counted(
+            doc["instances"].as_u64().unwrap_or(0),
+            "instance",
+            "instances"
+        ),
         text("stored_mb"),
         text("last_received_at")
     );
@@ -1409,17 +1469,11 @@ fn print_status(doc: &serde_json::Value) {
     };
     println!(
         "jobs: {}{}",
-        counts(
-            "jobs",
-            &["queued", "running", "succeeded", "failed", "dead"]
-        ),
+        counts("jobs", &esorisk::pipeline::jobs::STATES),
         match doc["last_job_finished_at"].as_str() {
             Some(t) => format!("; the last finished {t}"),
             None => String::new(),
         }
     );
-    println!(
-        "deliveries: {}",
-        counts("deliveries", &["pending", "sent", "dead", "dropped"])
-    );
+    println!("deliveries: {}", counts("deliveries", &DELIVERY_STATES));
 }

@@ -2749,3 +2749,150 @@ fn errors_are_printed_once() {
     assert_eq!(lines.len(), 1, "{err}");
     assert!(lines[0].contains("ERROR"), "a log line: {err}");
 }
+
+/// A data directory's jobs, outputs and deliveries written as the pipeline
+/// writes them, for the admin commands to read without scoring anything:
+/// job 1 of study 1.2.826.0.1.1 succeeded and sent its SR and RT Structure
+/// Set to TPS; job 2 of study 1.2.826.0.1.2 failed, and its not-scored SR
+/// is dead at PACS.
+fn record_jobs(db: &Path) {
+    execute(
+        db,
+        "INSERT INTO jobs (id, study_instance_uid, input_key, input_uids, model_version, state, \
+         attempts, max_attempts, created_at, finished_at, error, risk) VALUES \
+         (1, '1.2.826.0.1.1', 'k1', '[\"1.2.826.0.1.1.1\",\"1.2.826.0.1.1.2\"]', 'm', 'succeeded', \
+          1, 3, strftime('%Y-%m-%dT%H:%M:%fZ','now'), strftime('%Y-%m-%dT%H:%M:%fZ','now'), NULL, 0.25), \
+         (2, '1.2.826.0.1.2', 'k2', '[\"1.2.826.0.1.2.1\"]', 'm', 'failed', \
+          1, 3, strftime('%Y-%m-%dT%H:%M:%fZ','now'), strftime('%Y-%m-%dT%H:%M:%fZ','now'), \
+          'no ROI recognised as the esophagus', NULL); \
+         INSERT INTO outputs (sop_instance_uid, job_id, study_instance_uid, series_instance_uid, \
+         sop_class_uid, kind, file_path, created_at) VALUES \
+         ('1.2.826.0.1.1.9', 1, '1.2.826.0.1.1', '1.2.826.0.1.1.8', '1.2.840.10008.5.1.4.1.1.88.33', 'sr', \
+          'out/1.2.826.0.1.1/1.2.826.0.1.1.9.dcm', strftime('%Y-%m-%dT%H:%M:%fZ','now')), \
+         ('1.2.826.0.1.1.10', 1, '1.2.826.0.1.1', '1.2.826.0.1.1.7', '1.2.840.10008.5.1.4.1.1.481.3', 'rtstruct', \
+          'out/1.2.826.0.1.1/1.2.826.0.1.1.10.dcm', strftime('%Y-%m-%dT%H:%M:%fZ','now')), \
+         ('1.2.826.0.1.2.9', 2, '1.2.826.0.1.2', '1.2.826.0.1.2.8', '1.2.840.10008.5.1.4.1.1.88.33', 'sr-not-scored', \
+          'out/1.2.826.0.1.2/1.2.826.0.1.2.9.dcm', strftime('%Y-%m-%dT%H:%M:%fZ','now')); \
+         INSERT INTO deliveries (job_id, sop_instance_uid, destination, state, attempts, \
+         next_attempt_at, last_error, sent_at) VALUES \
+         (1, '1.2.826.0.1.1.9', 'TPS@tps:104', 'sent', 1, strftime('%Y-%m-%dT%H:%M:%fZ','now'), NULL, \
+          strftime('%Y-%m-%dT%H:%M:%fZ','now')), \
+         (1, '1.2.826.0.1.1.10', 'TPS@tps:104', 'sent', 1, strftime('%Y-%m-%dT%H:%M:%fZ','now'), NULL, \
+          strftime('%Y-%m-%dT%H:%M:%fZ','now')), \
+         (2, '1.2.826.0.1.2.9', 'PACS@pacs:104', 'dead', 5, strftime('%Y-%m-%dT%H:%M:%fZ','now'), \
+          'connection refused', NULL);",
+    );
+}
+
+/// `esorisk jobs` lists the deliveries of the jobs its filters select
+/// (`--state` as `--study`), and its JSON gives the input UIDs as an array.
+#[test]
+fn job_filters_apply_to_the_deliveries_listed() {
+    let node = TestNode::start(&[]);
+    record_jobs(&node.db_path());
+    let failed = on_node(&node, &["jobs", "--state", "failed"]);
+    assert!(
+        failed.contains("job    2  failed")
+            && failed.contains(
+                "deliveries to PACS@pacs:104: 1 dead (job 2; last error: connection refused)"
+            ),
+        "{failed}"
+    );
+    assert!(
+        !failed.contains("TPS@") && !failed.contains("job    1"),
+        "the succeeded job's deliveries are not the failed jobs': {failed}"
+    );
+    let succeeded = on_node(&node, &["jobs", "--state", "succeeded"]);
+    assert!(
+        succeeded.contains("deliveries to TPS@tps:104: 2 sent") && !succeeded.contains("PACS@"),
+        "{succeeded}"
+    );
+    let of_study = on_node(&node, &["jobs", "--study", "1.2.826.0.1.2"]);
+    assert!(
+        of_study.contains("PACS@") && !of_study.contains("TPS@"),
+        "{of_study}"
+    );
+    let both = on_node(
+        &node,
+        &["jobs", "--state", "succeeded", "--study", "1.2.826.0.1.2"],
+    );
+    assert!(!both.contains("deliveries to"), "{both}");
+    let all = on_node(&node, &["jobs"]);
+    assert!(all.contains("TPS@") && all.contains("PACS@"), "{all}");
+
+    let v: serde_json::Value =
+        serde_json::from_str(&on_node(&node, &["jobs", "--state", "failed", "--json"]))
+            .expect("JSON");
+    assert_eq!(v["jobs"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(
+        v["jobs"][0]["input_uids"],
+        serde_json::json!(["1.2.826.0.1.2.1"]),
+        "{v}"
+    );
+    assert_eq!(v["deliveries"].as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(v["deliveries"][0]["destination"], "PACS@pacs:104", "{v}");
+    assert_eq!(v["deliveries"][0]["jobs"], serde_json::json!([2]), "{v}");
+    let v: serde_json::Value =
+        serde_json::from_str(&on_node(&node, &["jobs", "--json"])).expect("JSON");
+    assert_eq!(
+        v["jobs"][1]["input_uids"],
+        serde_json::json!(["1.2.826.0.1.1.1", "1.2.826.0.1.1.2"]),
+        "{v}"
+    );
+}
+
+/// `status --json` for a monitoring system: every job and delivery state
+/// with its count, 0 included, and the node's process id as a number; the
+/// text says "1 dead delivery", and `--check` names its 1 problem once.
+#[test]
+fn status_json_lists_every_state_and_the_pid_as_a_number() {
+    let node = TestNode::start(&[]);
+    let v: serde_json::Value =
+        serde_json::from_str(&on_node(&node, &["status", "--json"])).expect("JSON");
+    assert_eq!(v["node_running"], true, "{v}");
+    assert_eq!(v["node_pid"], serde_json::json!(node.pid()), "{v}");
+    assert_eq!(
+        v["jobs"],
+        serde_json::json!({"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "dead": 0}),
+        "{v}"
+    );
+    assert_eq!(
+        v["deliveries"],
+        serde_json::json!({"pending": 0, "sent": 0, "dead": 0, "dropped": 0}),
+        "{v}"
+    );
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+    record_jobs(&node.db_path());
+    let v: serde_json::Value =
+        serde_json::from_str(&on_node(&node, &["status", "--json"])).expect("JSON");
+    assert_eq!(
+        v["jobs"],
+        serde_json::json!({"queued": 0, "running": 0, "succeeded": 1, "failed": 1, "dead": 0}),
+        "{v}"
+    );
+    assert_eq!(
+        v["deliveries"],
+        serde_json::json!({"pending": 0, "sent": 2, "dead": 1, "dropped": 0}),
+        "{v}"
+    );
+    let said = on_node(&node, &["status"]);
+    assert!(
+        said.contains(&format!("node: running (process {}, esorisk ", node.pid()))
+            && said.contains("problem: 1 dead delivery (esorisk jobs names its job;"),
+        "{said}"
+    );
+    let check = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["status", "--check"])
+        .env("ESORISK__STORAGE__DATA_DIR", &node.data_dir)
+        .output()
+        .expect("esorisk runs");
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    assert_eq!(
+        err.matches("esorisk: 1 problem (see esorisk status)")
+            .count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains("ERROR"), "{err}");
+}

@@ -363,6 +363,53 @@ async fn send_all(
     out
 }
 
+/// Deliveries counted per destination and state, with the last error of
+/// each group (`esorisk jobs`), of the jobs that `state` and `study` select
+/// (all jobs when both are `None`): what `esorisk jobs --state failed`
+/// lists beside the failed jobs is their deliveries, not those of every
+/// job. The job list's `--limit` does not apply, so that every dead
+/// delivery of the selected jobs is still named with its job.
+pub async fn summary(
+    pool: &sqlx::SqlitePool,
+    state: Option<&str>,
+    study: Option<&str>,
+) -> sqlx::Result<Vec<jobs::DeliverySummary>> {
+    const OF_JOBS: &str = "(SELECT id FROM jobs WHERE (?1 IS NULL OR state = ?1) \
+                           AND (?2 IS NULL OR study_instance_uid = ?2))";
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT destination, state, count(*), \
+         (SELECT last_error FROM deliveries e WHERE e.destination = d.destination \
+          AND e.state = d.state AND e.last_error IS NOT NULL AND e.job_id IN {OF_JOBS} \
+          ORDER BY e.id DESC LIMIT 1), \
+         CASE WHEN state = 'sent' THEN '' ELSE group_concat(DISTINCT job_id) END \
+         FROM deliveries d WHERE d.job_id IN {OF_JOBS} \
+         GROUP BY destination, state ORDER BY destination, state"
+    )))
+    .bind(state)
+    .bind(study)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let ids: Option<String> = r.get(4);
+            let mut ids: Vec<i64> = ids
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|i| i.trim().parse().ok())
+                .collect();
+            ids.sort_unstable();
+            jobs::DeliverySummary {
+                destination: r.get(0),
+                state: r.get(1),
+                count: r.get(2),
+                last_error: r.get(3),
+                jobs: ids,
+            }
+        })
+        .collect())
+}
+
 /// Associate with `d` as a delivery would and send a C-ECHO: how long the
 /// round took, or why it failed.
 pub async fn echo(

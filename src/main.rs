@@ -77,14 +77,20 @@ enum Command {
     },
     /// Have the pipeline look at studies again (after installing a new
     /// model): each is scored again if its inputs or the model differ from
-    /// its last job's.
+    /// its last job's. Name the studies, or give --received-within-days
+    /// (one or the other).
+    #[command(group(
+        clap::ArgGroup::new("which")
+            .required(true)
+            .args(["studies", "received_within_days"])
+    ))]
     Rescore {
-        /// Study Instance UIDs.
-        #[arg(required_unless_present = "received_within_days")]
+        /// Study Instance UIDs (or --received-within-days instead).
+        #[arg(value_name = "STUDY_UID")]
         studies: Vec<String>,
         /// Instead of UIDs: every study whose last instance arrived within
         /// this many days.
-        #[arg(long, conflicts_with = "studies")]
+        #[arg(long, value_name = "DAYS")]
         received_within_days: Option<f64>,
     },
     /// Queue a dead or failed job again (its dead deliveries too), or send
@@ -316,7 +322,9 @@ enum Command {
         tolerance: f64,
     },
     /// Write synthetic CT / RT objects (valid structure, no realistic anatomy)
-    /// for trying the node and for benchmarks.
+    /// for trying the receiver and for benchmarks. The node stores a
+    /// `study` but does not score it (its dose barely meets its esophagus):
+    /// `esorisk synth` writes studies that are scored.
     GenTestData {
         #[arg(long)]
         out: PathBuf,
@@ -532,12 +540,22 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             match done? {
                 Retried::Job => println!("job {job} queued again"),
                 Retried::Deliveries(n) => println!(
-                    "job {job}: {n} {}deliveries queued again",
-                    if resend { "" } else { "dead " }
+                    "job {job}: {} queued again",
+                    if resend {
+                        counted(n, "delivery", "deliveries")
+                    } else {
+                        counted(n, "dead delivery", "dead deliveries")
+                    }
                 ),
                 Retried::NoSuchJob => return Err(format!("no job {job} (see esorisk jobs)").into()),
                 Retried::Dropped(n) => println!(
-                    "job {job}: {n} dead deliveries dropped: their destinations no longer take them (pipeline.destinations)"
+                    "job {job}: {} dropped: {} (pipeline.destinations)",
+                    counted(n, "dead delivery", "dead deliveries"),
+                    if n == 1 {
+                        "its destination no longer takes it"
+                    } else {
+                        "their destinations no longer take them"
+                    }
                 ),
                 Retried::Nothing => {
                     return Err(format!(
@@ -622,8 +640,8 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             }
             if failed > 0 {
                 return Err(format!(
-                    "{failed} of {} destinations did not answer C-ECHO with success",
-                    dests.len()
+                    "{failed} of {} did not answer C-ECHO with success",
+                    counted(dests.len() as u64, "destination", "destinations")
                 )
                 .into());
             }
@@ -677,13 +695,16 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 )
                 .await?;
                 println!(
-                    "removed {} studies, {} instances, {:.1} MB",
-                    r.studies,
-                    r.instances,
+                    "removed {}, {}, {:.1} MB",
+                    counted(r.studies as u64, "study", "studies"),
+                    counted(r.instances as u64, "instance", "instances"),
                     r.bytes as f64 / 1e6
                 );
             } else {
-                println!("{} studies would be removed", removable.len());
+                println!(
+                    "{} would be removed",
+                    counted(removable.len() as u64, "study", "studies")
+                );
             }
             index.close().await;
         }
@@ -1183,7 +1204,11 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 "thorax" => esorisk::rt::phantom::write(&esorisk::rt::phantom::thorax(), &out)?,
                 _ => esorisk::testgen::write_set(&out, &kind, count, size, mbytes, seed)?,
             };
-            println!("wrote {} files to {}", paths.len(), out.display());
+            println!(
+                "wrote {} to {}",
+                counted(paths.len() as u64, "file", "files"),
+                out.display()
+            );
         }
     }
     Ok(())
@@ -1357,8 +1382,13 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
         if enabled && model.is_none() {
             let queued = jobs.get("queued").and_then(|n| n.as_i64()).unwrap_or(0);
             problems.push(format!(
-                "the node scores nothing: no risk model ({}); {queued} job(s) wait queued. Install the model at model.path and restart the node",
-                error.as_deref().unwrap_or("not loaded")
+                "the node scores nothing: no risk model ({}); {} queued. Install the model at model.path and restart the node",
+                error.as_deref().unwrap_or("not loaded"),
+                if queued == 1 {
+                    "1 job waits".to_string()
+                } else {
+                    format!("{queued} jobs wait")
+                }
             ));
         }
         if model.is_some() {
@@ -1375,9 +1405,15 @@ async fn status(settings: &Settings) -> Result<serde_json::Value, Box<dyn std::e
             .await?;
             let n: i64 = waiting.get(0);
             if n > 0 {
+                let since = waiting.get::<Option<String>, _>(1).unwrap_or_default();
                 problems.push(format!(
-                    "{n} queued job(s) have been due for more than {STALE_QUEUE_MINUTES} minutes (the oldest since {}): the scoring workers are stuck or far behind; see the node's log",
-                    waiting.get::<Option<String>, _>(1).unwrap_or_default()
+                    "{} been due for more than {STALE_QUEUE_MINUTES} minutes ({}since {since}): the scoring workers are stuck or far behind; see the node's log",
+                    if n == 1 {
+                        "1 queued job has".to_string()
+                    } else {
+                        format!("{n} queued jobs have")
+                    },
+                    if n == 1 { "" } else { "the oldest " }
                 ));
             }
         }

@@ -1505,7 +1505,10 @@ fn print_status(doc: &serde_json::Value) {
     };
     println!(
         "jobs: {}{}",
-        counts("jobs", &esorisk::pipeline::jobs::STATES),
+        counts(
+            "jobs",
+            &["queued", "running", "succeeded", "failed", "dead"]
+        ),
         match doc["last_job_finished_at"].as_str() {
             Some(t) => format!("; the last finished {t}"),
             None => String::new(),

@@ -2849,11 +2849,24 @@ fn status_json_lists_every_state_and_the_pid_as_a_number() {
         serde_json::from_str(&on_node(&node, &["status", "--json"])).expect("JSON");
     assert_eq!(v["node_running"], true, "{v}");
     assert_eq!(v["node_pid"], serde_json::json!(node.pid()), "{v}");
-    assert_eq!(
-        v["jobs"],
-        serde_json::json!({"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "dead": 0}),
-        "{v}"
-    );
+    // Each state a job can be in, as a number.
+    let job_counts = |v: &serde_json::Value, succeeded: i64, failed: i64| {
+        let states = esorisk::pipeline::jobs::STATES;
+        assert_eq!(
+            v["jobs"].as_object().map(|o| o.len()),
+            Some(states.len()),
+            "{v}"
+        );
+        for s in states {
+            let want = match s {
+                "succeeded" => succeeded,
+                "failed" => failed,
+                _ => 0,
+            };
+            assert_eq!(v["jobs"][s].as_i64(), Some(want), "{s}: {v}");
+        }
+    };
+    job_counts(&v, 0, 0);
     assert_eq!(
         v["deliveries"],
         serde_json::json!({"pending": 0, "sent": 0, "dead": 0, "dropped": 0}),
@@ -2863,11 +2876,7 @@ fn status_json_lists_every_state_and_the_pid_as_a_number() {
     record_jobs(&node.db_path());
     let v: serde_json::Value =
         serde_json::from_str(&on_node(&node, &["status", "--json"])).expect("JSON");
-    assert_eq!(
-        v["jobs"],
-        serde_json::json!({"queued": 0, "running": 0, "succeeded": 1, "failed": 1, "dead": 0}),
-        "{v}"
-    );
+    job_counts(&v, 1, 1);
     assert_eq!(
         v["deliveries"],
         serde_json::json!({"pending": 0, "sent": 2, "dead": 1, "dropped": 0}),
@@ -2893,4 +2902,56 @@ fn status_json_lists_every_state_and_the_pid_as_a_number() {
         "{err}"
     );
     assert!(!err.contains("ERROR"), "{err}");
+}
+
+/// Counts agree with their nouns ("1 study would be removed"), and
+/// `rescore` without arguments names both ways of choosing studies.
+#[test]
+fn counts_agree_and_rescore_names_its_option() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ct = tmp.path().join("ct");
+    let ct_dir = ct.to_str().unwrap_or_default();
+    let said = run(
+        &[
+            "gen-test-data",
+            "--kind",
+            "ct",
+            "--size",
+            "64",
+            "--out",
+            ct_dir,
+        ],
+        &[],
+    );
+    assert!(said.contains("wrote 1 file to"), "{said}");
+    let file = std::fs::read_dir(&ct)
+        .expect("ct dir")
+        .flatten()
+        .map(|e| e.path())
+        .next()
+        .expect("a CT file");
+    let node = TestNode::start(&[]);
+    let out = storescu(&node, &[], &[&file]);
+    assert!(out.status.success(), "{}", text(&out));
+    let data_dir = node.data_dir.to_str().unwrap_or_default();
+    let said = run(
+        &["purge", "--older-than", "0", "--dry-run"],
+        &[
+            ("ESORISK__STORAGE__DATA_DIR", data_dir),
+            ("ESORISK__PIPELINE__ENABLED", "false"),
+        ],
+    );
+    assert!(said.contains("1 study would be removed"), "{said}");
+    let said = on_node(&node, &["status"]);
+    assert!(said.contains("studies: 1 (1 instance, "), "{said}");
+    let usage = Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .arg("rescore")
+        .output()
+        .expect("esorisk runs");
+    let err = String::from_utf8_lossy(&usage.stderr);
+    assert_eq!(usage.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("<STUDY_UID|--received-within-days <DAYS>>"),
+        "{err}"
+    );
 }

@@ -1830,3 +1830,98 @@ fn a_registered_frame_of_reference_blocks_only_the_rois_drawn_in_it() {
     assert!(kept.iter().all(|r| r.info.name != "Heart"));
     assert_noted(&s.problems, &["another frame of reference", "\"Heart\""]);
 }
+
+/// A Referenced Structure Set Sequence of one item naming `ss`.
+fn structure_set_reference(ss: &str) -> dicom_core::DataElement<dicom_object::InMemDicomObject> {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let mut item = dicom_object::InMemDicomObject::new_empty();
+    put_text(
+        &mut item,
+        tags::REFERENCED_SOP_CLASS_UID,
+        VR::UI,
+        "1.2.840.10008.5.1.4.1.1.481.3",
+    );
+    put_text(&mut item, tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, ss);
+    dicom_core::DataElement::new(
+        tags::REFERENCED_STRUCTURE_SET_SEQUENCE,
+        VR::SQ,
+        dicom_core::value::DataSetSequence::from(vec![item]),
+    )
+}
+
+/// A dose that names an RT Plan that was not received is not scored with
+/// another plan's prescription and fractions, nor a plan with another
+/// structure set than the one it names; objects that name nothing are
+/// still linked to the only one present.
+#[test]
+fn a_plan_or_structure_set_named_but_not_received_blocks() {
+    use dicom_dictionary_std::tags;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = phantom::write(&small_thorax(), &tmp.path().join("s")).expect("write");
+    let (plan_path, dose_path) = (
+        file_named(&files, "rtplan.dcm"),
+        file_named(&files, "rtdose.dcm"),
+    );
+    let load = || study::load(&files, &DoseOptions::default()).expect("load");
+    let (plan0, dose0) = (
+        dicom_object::open_file(&plan_path).expect("plan"),
+        dicom_object::open_file(&dose_path).expect("dose"),
+    );
+
+    // The dose names a plan that did not come; another is present.
+    let missing = uid::generate();
+    let mut dose = dose0.clone();
+    dose.put(plan_reference(&missing, None));
+    dose.write_to_file(&dose_path).expect("write");
+    let s = load();
+    assert_eq!(
+        s.blocking_problem(),
+        Some(
+            format!(
+                "the RT Dose was computed for RT Plan {missing}, which has not been received: its prescription and fractionation are unknown; send that plan"
+            )
+            .as_str()
+        ),
+        "{:?}",
+        s.problems
+    );
+    // A dose that names no plan is still read with the only plan present.
+    let mut dose = dose0.clone();
+    assert!(dose.remove_element(tags::REFERENCED_RT_PLAN_SEQUENCE));
+    dose.write_to_file(&dose_path).expect("write");
+    let s = load();
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    assert!(s.plan.is_some());
+    assert!(
+        s.links
+            .iter()
+            .any(|l| l.contains("used without a reference")),
+        "{:?}",
+        s.links
+    );
+    dose0.write_to_file(&dose_path).expect("write");
+
+    // The plan names a structure set that did not come; another is present.
+    let missing = uid::generate();
+    let mut plan = plan0.clone();
+    plan.put(structure_set_reference(&missing));
+    plan.write_to_file(&plan_path).expect("write");
+    let s = load();
+    let blocked = s.blocking_problem().unwrap_or_default();
+    assert!(
+        blocked.starts_with(&format!(
+            "the RT Plan was planned on RT Structure Set {missing}, which has not been received"
+        )) && blocked.ends_with("send that structure set"),
+        "{blocked}"
+    );
+    // `inspect` still shows the structures present.
+    assert!(s.structures.is_some());
+    // A plan that names no structure set: the only one present is used.
+    let mut plan = plan0.clone();
+    assert!(plan.remove_element(tags::REFERENCED_STRUCTURE_SET_SEQUENCE));
+    plan.write_to_file(&plan_path).expect("write");
+    let s = load();
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    assert!(s.structures.is_some());
+}

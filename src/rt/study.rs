@@ -269,17 +269,43 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             Some(p)
         }
         None => {
-            if let Some(u) = referenced.first() {
+            let mut named: Vec<&str> = Vec::new();
+            for u in &referenced {
+                if !named.contains(&u.as_str()) {
+                    named.push(u);
+                }
+            }
+            if !named.is_empty() && !plans.is_empty() {
+                // Another plan's prescription and fractions are not this
+                // dose's: the plan it names must come.
+                block(
+                    &mut problems,
+                    &mut blocking,
+                    format!(
+                        "the RT Dose was computed for RT Plan {}, which has not been received: its prescription and fractionation are unknown; send that plan",
+                        named.join(" and ")
+                    ),
+                );
+            } else if let Some(u) = named.first() {
                 problems.push(format!(
                     "the RT Dose refers to RT Plan {u}, which is not among the input files"
                 ));
             }
             if plans.len() == 1 {
-                links.push(format!(
-                    "RT Plan {} is the only plan present; used without a reference",
-                    plans[0].sop_instance_uid
-                ));
+                links.push(if named.is_empty() {
+                    format!(
+                        "RT Plan {} is the only plan present; used without a reference",
+                        plans[0].sop_instance_uid
+                    )
+                } else {
+                    format!(
+                        "RT Plan {} is the only plan present and not the one the dose names; shown, not scored",
+                        plans[0].sop_instance_uid
+                    )
+                });
                 Some(plans[0].clone())
+            } else if !named.is_empty() && plans.len() > 1 {
+                None
             } else {
                 if plans.len() > 1 {
                     problems.push(format!(
@@ -422,9 +448,12 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
                 links.push(format!("fraction dose × {n} planned fractions"));
             }
             None => {
+                // A plan that did not come is the reason, when it is one.
                 return Err(RtError::Study {
-                    what: "the RT Dose is one fraction's dose and the number of fractions is unknown (no RT Plan)".into(),
-                })
+                    what: blocking.first().cloned().unwrap_or_else(|| {
+                        "the RT Dose is one fraction's dose and the number of fractions is unknown (no RT Plan)".into()
+                    }),
+                });
             }
         }
         d
@@ -469,8 +498,32 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         }
         None => {
             if let Some(u) = &wanted {
-                problems.push(format!("the RT Plan refers to RT Structure Set {u}, which is not among the input files"));
+                if structure_sets.is_empty() {
+                    problems.push(format!("the RT Plan refers to RT Structure Set {u}, which is not among the input files"));
+                } else {
+                    // Contours edited or redrawn after planning are not
+                    // the ones the dose was planned on.
+                    block(
+                        &mut problems,
+                        &mut blocking,
+                        format!(
+                            "the RT Plan was planned on RT Structure Set {u}, which has not been received: the structure set(s) present ({}) may not hold the contours the dose was planned on; send that structure set",
+                            structure_sets
+                                .iter()
+                                .map(|s| s.sop_instance_uid.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    );
+                }
             }
+            // How a structure set taken without the plan's reference is
+            // linked: used, or (the plan names another) only shown.
+            let unreferenced = if wanted.is_some() {
+                "shown, not scored (the RT Plan names another)"
+            } else {
+                "used without a reference"
+            };
             // esorisk's own structure sets (a returned learned ROI among
             // the files) are no candidates while a planning one is there.
             let planning: Vec<usize> = (0..structure_sets.len())
@@ -484,14 +537,14 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             };
             if structure_sets.len() == 1 {
                 links.push(format!(
-                    "RT Structure Set {} is the only one present; used without a reference",
+                    "RT Structure Set {} is the only one present; {unreferenced}",
                     structure_sets[0].sop_instance_uid
                 ));
                 structure_sets.pop()
             } else if let [i] = planning[..] {
                 let chosen = structure_sets.swap_remove(i);
                 links.push(format!(
-                    "RT Structure Set {} is the only one not written by esorisk; used without a reference",
+                    "RT Structure Set {} is the only one not written by esorisk; {unreferenced}",
                     chosen.sop_instance_uid
                 ));
                 problems.push(format!(
@@ -499,6 +552,8 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
                     uids(&structure_sets)
                 ));
                 Some(chosen)
+            } else if wanted.is_some() && !structure_sets.is_empty() {
+                None
             } else {
                 block(
                     &mut problems,

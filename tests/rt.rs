@@ -1925,3 +1925,91 @@ fn a_plan_or_structure_set_named_but_not_received_blocks() {
     assert!(s.blocking.is_empty(), "{:?}", s.blocking);
     assert!(s.structures.is_some());
 }
+
+/// Of plans with their own doses the note names each with its approval
+/// and UID; a plan newer than the scored one whose dose was not sent (a
+/// replan) is named, an older one or a REJECTED one is not.
+#[test]
+fn a_newer_plan_without_a_dose_is_named() {
+    use dicom_core::VR;
+    use dicom_dictionary_std::tags;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let files = phantom::write(&small_thorax(), &tmp.path().join("base")).expect("write");
+    let (plan_path, dose_path) = (
+        file_named(&files, "rtplan.dcm"),
+        file_named(&files, "rtdose.dcm"),
+    );
+    let base_uid = text_of(
+        &dicom_object::open_file(&plan_path).expect("plan"),
+        tags::SOP_INSTANCE_UID,
+    );
+    // The base files, the base plan dated 2025-01-01 and APPROVED, and a
+    // second plan, with its own dose when `with_dose`.
+    let study_with = |name: &str, date: &str, approval: &str, with_dose: bool| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for f in &files {
+            std::fs::copy(f, dir.join(f.file_name().expect("name"))).expect("copy");
+        }
+        let mut base = dicom_object::open_file(&plan_path).expect("plan");
+        put_text(&mut base, tags::RT_PLAN_DATE, VR::DA, "20250101");
+        put_text(&mut base, tags::APPROVAL_STATUS, VR::CS, "APPROVED");
+        base.write_to_file(dir.join("rtplan.dcm")).expect("write");
+        let mut plan = dicom_object::open_file(&plan_path).expect("plan");
+        let uid = new_instance(&mut plan);
+        put_text(&mut plan, tags::RT_PLAN_LABEL, VR::SH, name);
+        put_text(&mut plan, tags::RT_PLAN_DATE, VR::DA, date);
+        put_text(&mut plan, tags::RT_PLAN_TIME, VR::TM, "143000");
+        put_text(&mut plan, tags::APPROVAL_STATUS, VR::CS, approval);
+        plan.write_to_file(dir.join("rtplan-2.dcm")).expect("write");
+        if with_dose {
+            let mut dose = dicom_object::open_file(&dose_path).expect("dose");
+            new_instance(&mut dose);
+            dose.put(plan_reference(&uid, None));
+            dose.write_to_file(dir.join("rtdose-2.dcm")).expect("write");
+        }
+        let s = study::load(&[dir], &DoseOptions::default()).expect("load");
+        (s, uid)
+    };
+
+    // Both with doses: the note says each plan's status and UID.
+    let (s, newer) = study_with("NEWER", "20250301", "UNAPPROVED", true);
+    assert_noted(
+        &s.problems,
+        &[
+            "2 RT Plans with their own doses",
+            &format!("\"NEWER\" (2025-03-01 14:30, UNAPPROVED, {newer})"),
+            &format!("(2025-01-01 12:00, APPROVED, {base_uid})"),
+            "the latest, \"NEWER\", is scored",
+        ],
+    );
+
+    // A replan without its dose: the base plan is scored, and the replan named.
+    let (s, replan) = study_with("REPLAN", "20250301", "UNAPPROVED", false);
+    assert_eq!(
+        s.plan.as_ref().map(|p| p.sop_instance_uid.as_str()),
+        Some(base_uid.as_str())
+    );
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    assert_noted(
+        &s.problems,
+        &[
+            &format!(
+                "RT Plan \"REPLAN\" (2025-03-01 14:30, UNAPPROVED, {replan}) has no RT Dose among the inputs: it is not scored; the scored plan is "
+            ),
+            &format!("(2025-01-01 12:00, APPROVED, {base_uid})"),
+        ],
+    );
+    // An older plan without a dose, or a REJECTED newer one, is no question.
+    for (name, date, approval) in [
+        ("OLDER", "20241201", "APPROVED"),
+        ("DISCARDED", "20250301", "REJECTED"),
+    ] {
+        let (s, _) = study_with(name, date, approval, false);
+        assert!(
+            !s.problems.iter().any(|p| p.contains("has no RT Dose")),
+            "{name}: {:?}",
+            s.problems
+        );
+    }
+}

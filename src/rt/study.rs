@@ -322,6 +322,13 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
 
     if let Some(p) = plan
         .as_ref()
+        .filter(|p| referenced.contains(&p.sop_instance_uid))
+    {
+        newer_without_dose(p, &plans, &referenced, &mut problems);
+    }
+
+    if let Some(p) = plan
+        .as_ref()
         .filter(|p| course.is_none() && p.fraction_groups > 1)
     {
         problems.push(format!(
@@ -839,16 +846,7 @@ fn choose_plan<'a>(
                     && with_dose.iter().any(|q| &q.sop_instance_uid == uid)
             })
         });
-        let named: Vec<String> = with_dose
-            .iter()
-            .map(|p| {
-                format!(
-                    "{:?} ({})",
-                    p.label.as_deref().unwrap_or(&p.sop_instance_uid),
-                    p.date_time.as_deref().unwrap_or("no date")
-                )
-            })
-            .collect();
+        let named: Vec<String> = with_dose.iter().map(|p| plan_named(p)).collect();
         if course {
             let what = format!(
                 "the study holds a course of {} RT Plans ({}) that name each other PRIOR or CONCURRENT: its dose is their sum, not one plan's; send the sum as one RT Dose (MULTI_PLAN)",
@@ -872,10 +870,10 @@ fn choose_plan<'a>(
             block(problems, blocking, what);
         }
         problems.push(format!(
-            "{} RT Plans with their own doses: {}; the latest, {:?}, is scored",
+            "{} RT Plans with their own doses: {}; the latest, {}, is scored",
             named.len(),
             named.join(", "),
-            latest.label.as_deref().unwrap_or(&latest.sop_instance_uid)
+            plan_label(latest)
         ));
     }
     with_dose.last().copied()
@@ -917,4 +915,78 @@ fn check_beams(doses: &[RtDose], problems: &mut Vec<String>) -> Result<(), RtErr
         ));
     }
     Ok(())
+}
+
+/// A plan by its label (quoted), else its UID.
+fn plan_label(p: &RtPlan) -> String {
+    match &p.label {
+        Some(l) => format!("{l:?}"),
+        None => format!("RT Plan {}", p.sop_instance_uid),
+    }
+}
+
+/// A plan as a note names it: label, date, approval and UID, which is what
+/// a physicist needs to find it in the planning system.
+fn plan_named(p: &RtPlan) -> String {
+    let date = p
+        .date_time
+        .as_deref()
+        .map_or("no date".to_string(), readable_date);
+    let approval = p.approval.as_deref().unwrap_or("no Approval Status");
+    match &p.label {
+        Some(l) => format!("{l:?} ({date}, {approval}, {})", p.sop_instance_uid),
+        None => format!("RT Plan {} ({date}, {approval})", p.sop_instance_uid),
+    }
+}
+
+/// `YYYYMMDDHHMMSS…` as `YYYY-MM-DD HH:MM` (the date alone when the time
+/// is midnight or absent); anything else as it is.
+fn readable_date(d: &str) -> String {
+    let digits =
+        |r: std::ops::Range<usize>| d.get(r).filter(|s| s.bytes().all(|b| b.is_ascii_digit()));
+    match (digits(0..4), digits(4..6), digits(6..8)) {
+        (Some(y), Some(m), Some(day)) => match (digits(8..10), digits(10..12)) {
+            (Some(h), Some(min)) if (h, min) != ("00", "00") => format!("{y}-{m}-{day} {h}:{min}"),
+            _ => format!("{y}-{m}-{day}"),
+        },
+        _ => d.to_string(),
+    }
+}
+
+/// Plans newer than the scored one that no dose among the inputs belongs
+/// to: a replan whose dose was not sent is not scored, and the physicist
+/// should know that the risk is the older plan's. REJECTED plans and those
+/// the scored plan names as its PREDECESSOR are no such question; plans
+/// without a date cannot be compared.
+fn newer_without_dose(
+    scored: &RtPlan,
+    plans: &[RtPlan],
+    referenced: &[String],
+    problems: &mut Vec<String>,
+) {
+    let Some(when) = scored.date_time.as_ref() else {
+        return;
+    };
+    let scored_when = (when, scored.created.as_ref());
+    for p in plans {
+        let Some(date) = p.date_time.as_ref() else {
+            continue;
+        };
+        let replaced = scored
+            .related
+            .iter()
+            .any(|(u, r)| u == &p.sop_instance_uid && r == "PREDECESSOR");
+        if referenced.contains(&p.sop_instance_uid)
+            || p.approval.as_deref() == Some("REJECTED")
+            || replaced
+            || (date, p.created.as_ref()) <= scored_when
+        {
+            continue;
+        }
+        problems.push(format!(
+            "RT Plan {} has no RT Dose among the inputs: it is not scored; the scored plan is {}",
+            plan_named(p),
+            plan_named(scored)
+        ));
+    }
 }

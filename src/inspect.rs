@@ -116,9 +116,17 @@ pub fn text(study: &Study, a: &Analysis) -> String {
     );
     let _ = writeln!(
         o,
-        "  {} dose, {:?} summation, {} units, maximum {:.2} Gy",
-        d.info.dose_type,
-        d.info.summation,
+        "  {} dose, {} summation, {} units, maximum {:.2} Gy",
+        if d.info.dose_type.is_empty() {
+            "untyped"
+        } else {
+            &d.info.dose_type
+        },
+        if d.info.summation.to_string().is_empty() {
+            "no".to_string()
+        } else {
+            d.info.summation.to_string()
+        },
         d.info.units,
         d.max_gy()
     );

@@ -2013,3 +2013,106 @@ fn a_newer_plan_without_a_dose_is_named() {
         );
     }
 }
+
+/// A dose of zero everywhere is refused; a maximum far below or above the
+/// prescription is scored with a note that says both and why it may be.
+#[test]
+fn a_dose_far_from_its_prescription_is_noted_and_a_zero_dose_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut p = small_thorax();
+    let files = phantom::write(&p, &tmp.path().join("s")).expect("write");
+    let dose_path = file_named(&files, "rtdose.dcm");
+    let original = dicom_object::open_file(&dose_path).expect("dose");
+    let load = || study::load(&files, &DoseOptions::default()).expect("load");
+    // The phantom's maximum is its prescription, 60 Gy.
+    for (factor, says) in [
+        (1.0 / 30.0, "is less than half the prescription (60.00 Gy)"),
+        (0.55, ""),
+        (1.9, ""),
+        (2.5, "is more than twice the prescription (60.00 Gy)"),
+    ] {
+        let mut d = original.clone();
+        scale_dose(&mut d, factor);
+        d.write_to_file(&dose_path).expect("write");
+        let s = load();
+        assert!(s.blocking.is_empty(), "{factor}: {:?}", s.blocking);
+        let noted: Vec<&String> = s
+            .problems
+            .iter()
+            .filter(|p| p.starts_with("the RT Dose's maximum"))
+            .collect();
+        if says.is_empty() {
+            assert!(noted.is_empty(), "{factor}: {noted:?}");
+        } else {
+            assert_eq!(noted.len(), 1, "{factor}: {:?}", s.problems);
+            assert!(
+                noted[0].contains(says) && noted[0].contains(&format!("{:.2} Gy", 60.0 * factor)),
+                "{factor}: {}",
+                noted[0]
+            );
+        }
+    }
+    p.gy.iter_mut().for_each(|v| *v = 0.0);
+    let files = phantom::write(&p, &tmp.path().join("zero")).expect("write");
+    let s = study::load(&files, &DoseOptions::default()).expect("load");
+    let blocked = s.blocking_problem().unwrap_or_default();
+    assert!(
+        blocked.starts_with("the RT Dose (")
+            && blocked.ends_with("is zero everywhere: there is no dose to score"),
+        "{blocked}"
+    );
+}
+
+/// A Dose Summation Type that is empty or unknown is named in words; a
+/// dose without a Dose Type, or with another than PHYSICAL or EFFECTIVE,
+/// is read with a note.
+#[test]
+fn summation_and_dose_type_are_said_in_words() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let grid = Grid::uniform([0.0, 0.0, 0.0], [2.0, 2.0, 2.0], [8, 8, 4]);
+    let h = StudyHeader::new("WORDS");
+    let write_dose = |name: &str, enc: &DoseEncoding| {
+        let dir = tmp.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        write::rt_dose(&h, &grid, &vec![2.0; grid.len()], enc)
+            .write_to_file(dir.join("d.dcm"))
+            .expect("dose");
+        dir
+    };
+    for (summation, says) in [
+        ("", "has an empty Dose Summation Type (\"\")"),
+        ("RECORD", "has an unknown Dose Summation Type (\"RECORD\")"),
+    ] {
+        let dir = write_dose(
+            &format!("summation-{summation}"),
+            &DoseEncoding {
+                summation,
+                ..Default::default()
+            },
+        );
+        let err = study::load(&[dir], &DoseOptions::default()).expect_err("refused");
+        let e = err.to_string();
+        assert!(e.contains(says) && !e.contains("Other("), "{e}");
+    }
+    for (dose_type, says) in [
+        ("", "the RT Dose has no Dose Type (PHYSICAL or EFFECTIVE): it is read as a physical dose"),
+        ("BIOLOGICAL", "the RT Dose's Dose Type is \"BIOLOGICAL\", neither PHYSICAL nor EFFECTIVE: it is read as a physical dose"),
+    ] {
+        let dir = write_dose(
+            &format!("type-{dose_type}"),
+            &DoseEncoding {
+                dose_type,
+                ..Default::default()
+            },
+        );
+        let s = study::load(&[dir], &DoseOptions::default()).expect("load");
+        assert_noted(&s.problems, &[says]);
+    }
+    let dir = write_dose("physical", &DoseEncoding::default());
+    let s = study::load(&[dir], &DoseOptions::default()).expect("load");
+    assert!(
+        !s.problems.iter().any(|p| p.contains("Dose Type")),
+        "{:?}",
+        s.problems
+    );
+}

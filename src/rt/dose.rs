@@ -37,6 +37,20 @@ impl Summation {
     }
 }
 
+/// The Dose Summation Type as DICOM spells it (an unknown one as it came).
+impl std::fmt::Display for Summation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Summation::Plan => "PLAN",
+            Summation::MultiPlan => "MULTI_PLAN",
+            Summation::Fraction => "FRACTION",
+            Summation::Beam => "BEAM",
+            Summation::Brachy => "BRACHY",
+            Summation::Other(s) => s,
+        })
+    }
+}
+
 /// Settings for reading doses.
 #[derive(Debug, Clone, Default)]
 pub struct DoseOptions {

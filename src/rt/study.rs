@@ -465,14 +465,29 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
         }
         d
     } else {
-        let d = candidates.swap_remove(0);
+        // Neither a whole plan's, beams' nor a fraction's: a Dose Summation
+        // Type esorisk does not know (or none), among these doses.
+        let d = candidates
+            .iter()
+            .find(|d| matches!(d.info.summation, Summation::Other(_)))
+            .unwrap_or(&candidates[0]);
+        let said = match d.info.summation.to_string().as_str() {
+            "" => "an empty Dose Summation Type (\"\")".to_string(),
+            other => format!("an unknown Dose Summation Type (\"{other}\")"),
+        };
         return Err(RtError::Study {
             what: format!(
-                "RT Dose {} has summation type {:?}, which does not describe a whole plan",
-                d.info.sop_instance_uid, d.info.summation
+                "RT Dose {} has {said}, which does not say whether it is a whole plan's dose, a fraction's or a beam's (esorisk reads PLAN, MULTI_PLAN, FRACTION, BEAM and BRACHY)",
+                d.info.sop_instance_uid
             ),
         });
     };
+    // Only the dose's own plan (by reference, or the one plan when the dose
+    // names none) says what the dose should reach.
+    let own_plan = plan
+        .as_ref()
+        .filter(|p| referenced.is_empty() || referenced.contains(&p.sop_instance_uid));
+    check_dose(&dose, own_plan, &mut problems, &mut blocking);
 
     // The structure set: referenced by the plan, else the only one.
     let wanted = plan
@@ -988,5 +1003,58 @@ fn newer_without_dose(
             plan_named(p),
             plan_named(scored)
         ));
+    }
+}
+
+/// Below this share of the prescription a dose's maximum is not the plan's
+/// (one fraction's dose sent as the plan's, typically); no plan delivers
+/// less than its prescription anywhere.
+const MAX_BELOW_RX: f64 = 0.5;
+/// Above this multiple of the prescription a dose's maximum is no plan's
+/// own (the synthetic 3D-CRT plans run to about 1.4 times, SBRT plans
+/// prescribed to a low isodose to about 1.7 times).
+const MAX_ABOVE_RX: f64 = 2.0;
+
+/// The dose itself, against its plan: a dose of zero everywhere is no
+/// dose (refused); a maximum far below or above the prescription, and a
+/// Dose Type that is neither PHYSICAL nor EFFECTIVE, are noted.
+fn check_dose(
+    dose: &RtDose,
+    plan: Option<&RtPlan>,
+    problems: &mut Vec<String>,
+    blocking: &mut Vec<String>,
+) {
+    let max = f64::from(dose.max_gy());
+    if max <= 0.0 {
+        block(
+            problems,
+            blocking,
+            format!(
+                "the RT Dose ({}) is zero everywhere: there is no dose to score",
+                dose.info.sop_instance_uid
+            ),
+        );
+        return;
+    }
+    if let Some(rx) = plan.and_then(|p| p.prescription_gy).filter(|r| *r > 0.0) {
+        if max < MAX_BELOW_RX * rx {
+            problems.push(format!(
+                "the RT Dose's maximum, {max:.2} Gy, is less than half the prescription ({rx:.2} Gy): most likely one fraction's (or one beam's) dose was sent as the whole plan's, or the prescription is not this dose's; the risk is computed from the dose as received"
+            ));
+        } else if max > MAX_ABOVE_RX * rx {
+            problems.push(format!(
+                "the RT Dose's maximum, {max:.2} Gy, is more than twice the prescription ({rx:.2} Gy): most likely the dose holds more than this plan (a sum over plans or a dose counted twice), its Dose Grid Scaling is wrong, or the prescription is not this dose's; the risk is computed from the dose as received"
+            ));
+        }
+    }
+    match dose.info.dose_type.as_str() {
+        "PHYSICAL" | "EFFECTIVE" => {}
+        "" => problems.push(
+            "the RT Dose has no Dose Type (PHYSICAL or EFFECTIVE): it is read as a physical dose"
+                .into(),
+        ),
+        other => problems.push(format!(
+            "the RT Dose's Dose Type is {other:?}, neither PHYSICAL nor EFFECTIVE: it is read as a physical dose"
+        )),
     }
 }

@@ -2014,6 +2014,58 @@ fn a_newer_plan_without_a_dose_is_named() {
     }
 }
 
+/// An esophagus that the dose grid covers in part is scored with a note
+/// that says how much is left out, and `esorisk predict` prints it.
+#[test]
+fn an_esophagus_partly_outside_the_dose_grid_is_noted() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // The dose grid starts at z = −100 mm; the esophagus's slabs reach from
+    // −151.25 to 101.25 mm: 51.25 of its 252.5 mm (20.3 %) are outside.
+    let p = phantom::thorax_on(Grid::uniform(
+        [-120.0, -120.0, -100.0],
+        [5.0, 5.0, 5.0],
+        [48, 48, 44],
+    ));
+    let dir = tmp.path().join("s");
+    let files = phantom::write(&p, &dir).expect("write");
+    let s = study::load(&files, &DoseOptions::default()).expect("load");
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    let note = s
+        .problems
+        .iter()
+        .find(|p| p.starts_with("the dose grid leaves out "))
+        .unwrap_or_else(|| panic!("no note: {:?}", s.problems));
+    assert!(
+        note.starts_with("the dose grid leaves out 20 % of the esophagus \"Esophagus\" (")
+            && note.ends_with(" cm³); its dose there counts as 0 Gy"),
+        "{note}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_esorisk"))
+        .args(["predict", "--json", "--device", "cpu"])
+        .arg(&dir)
+        .output()
+        .expect("esorisk predict");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(
+        v["problems"]
+            .as_array()
+            .expect("problems")
+            .iter()
+            .any(|p| p.as_str() == Some(note.as_str())),
+        "{v}"
+    );
+
+    // Wholly inside: nothing is said.
+    let files = phantom::write(&small_thorax(), &tmp.path().join("inside")).expect("write");
+    let s = study::load(&files, &DoseOptions::default()).expect("load");
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+}
+
 /// A dose of zero everywhere is refused; a maximum far below or above the
 /// prescription is scored with a note that says both and why it may be.
 #[test]
@@ -2060,6 +2112,71 @@ fn a_dose_far_from_its_prescription_is_noted_and_a_zero_dose_refused() {
         blocked.starts_with("the RT Dose (")
             && blocked.ends_with("is zero everywhere: there is no dose to score"),
         "{blocked}"
+    );
+}
+
+/// Esophagus contours with planes missing inside, repeated contours (which
+/// would cancel under even-odd) and a contour too short to be the thoracic
+/// esophagus: each is said; the repeated contours are dropped, so the risk
+/// is the one of the contours without them.
+#[test]
+fn esophagus_contour_gaps_copies_and_short_contours_are_noted() {
+    fn esophagus(p: &mut phantom::Phantom) -> &mut esorisk::rt::write::RoiSpec {
+        p.rois
+            .iter_mut()
+            .find(|r| r.name == "Esophagus")
+            .expect("esophagus")
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = shipped_model();
+    let load = |p: &phantom::Phantom, name: &str| {
+        let files = phantom::write(p, &tmp.path().join(name)).expect("write");
+        study::load(&files, &DoseOptions::default()).expect("load")
+    };
+    let base = load(&small_thorax(), "base");
+    let base_risk = model.score(&base).expect("score").risk;
+
+    // Five planes (z = −100 to −90 mm) left out.
+    let mut p = small_thorax();
+    esophagus(&mut p).planes.drain(20..25);
+    let s = load(&p, "gap");
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    assert_noted(
+        &s.problems,
+        &[
+            "the esophagus ROI \"Esophagus\" has no contour on 5 plane(s) inside its extent (z = -100.0 to -90.0 mm)",
+            "left out",
+        ],
+    );
+
+    // Every contour twice: without the copies dropped the esophagus would
+    // be empty and the study refused.
+    let mut p = small_thorax();
+    for plane in &mut esophagus(&mut p).planes {
+        let c = plane.polygons[0].clone();
+        plane.polygons.push(c);
+    }
+    let s = load(&p, "twice");
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    assert_noted(
+        &s.problems,
+        &[
+            "the esophagus ROI \"Esophagus\": 101 contour(s) that repeat another of the same plane point for point (101 planes from z = -150.0 to 100.0 mm) were dropped",
+        ],
+    );
+    assert_eq!(model.score(&s).expect("scored").risk, base_risk);
+
+    // 17 planes, 42.5 mm.
+    let mut p = small_thorax();
+    esophagus(&mut p).planes.retain(|c| c.z.abs() <= 20.0);
+    let s = load(&p, "short");
+    assert!(s.blocking.is_empty(), "{:?}", s.blocking);
+    assert_noted(
+        &s.problems,
+        &[
+            "the esophagus ROI \"Esophagus\" is contoured over 42 mm only (z = -21.2 to 21.2 mm)",
+            "unreliable",
+        ],
     );
 }
 

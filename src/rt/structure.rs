@@ -170,14 +170,40 @@ pub fn from_object(obj: &FileDicomObject<InMemDicomObject>) -> Result<StructureS
             }
         }
         polys.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // A contour repeated point for point on its plane (a contour pasted
+        // twice, an export that writes a plane again) would be its own hole
+        // under even-odd and erase the organ there: the copies are dropped.
+        let mut duplicates: Vec<f64> = Vec::new();
         for (z, p) in polys {
             match roi.planes.last_mut() {
-                Some(last) if (last.z - z).abs() < 0.05 => last.polygons.push(p),
+                Some(last) if (last.z - z).abs() < 0.05 => {
+                    if last.polygons.contains(&p) {
+                        duplicates.push(z);
+                    } else {
+                        last.polygons.push(p);
+                    }
+                }
                 _ => roi.planes.push(ContourPlane {
                     z,
                     polygons: vec![p],
                 }),
             }
+        }
+        if let (Some(lo), Some(hi)) = (duplicates.first(), duplicates.last()) {
+            let planes = duplicates
+                .windows(2)
+                .filter(|w| w[1] - w[0] >= 0.05)
+                .count()
+                + 1;
+            roi.info.notes.push(format!(
+                "{} contour(s) that repeat another of the same plane point for point ({}) were dropped: under the even-odd rule each copy would cancel its original",
+                duplicates.len(),
+                if planes == 1 {
+                    format!("z = {lo:.1} mm")
+                } else {
+                    format!("{planes} planes from z = {lo:.1} to {hi:.1} mm")
+                }
+            ));
         }
         roi.info.planes = roi.planes.len();
     }
@@ -250,18 +276,53 @@ impl Roi {
         }
     }
 
-    /// Half the slab each contour plane stands for.
-    fn half_slab(&self, grid: &Grid) -> f64 {
-        if self.planes.len() < 2 {
-            let k = grid
-                .fz(self.planes.first().map(|p| p.z).unwrap_or(0.0))
-                .map(|f| f.round() as usize)
-                .unwrap_or(0);
-            return grid.dz(k.min(grid.nz().saturating_sub(1))) / 2.0;
-        }
+    /// The ROI's contour spacing: the median distance between its planes
+    /// (None for fewer than two).
+    pub fn contour_spacing(&self) -> Option<f64> {
         let mut d: Vec<f64> = self.planes.windows(2).map(|w| w[1].z - w[0].z).collect();
         d.sort_by(f64::total_cmp);
-        d[d.len() / 2] / 2.0
+        d.get(d.len() / 2).copied()
+    }
+
+    /// Half the slab each contour plane stands for.
+    fn half_slab(&self, grid: &Grid) -> f64 {
+        if let Some(s) = self.contour_spacing() {
+            return s / 2.0;
+        }
+        let k = grid
+            .fz(self.planes.first().map(|p| p.z).unwrap_or(0.0))
+            .map(|f| f.round() as usize)
+            .unwrap_or(0);
+        grid.dz(k.min(grid.nz().saturating_sub(1))) / 2.0
+    }
+
+    /// Where the ROI begins and ends in z (mm) under the slab rule: half a
+    /// slab beyond its first and last contour planes (a single plane's slab
+    /// is `grid`'s plane thickness there).
+    pub fn z_extent(&self, grid: &Grid) -> Option<(f64, f64)> {
+        let half = self.half_slab(grid);
+        Some((self.planes.first()?.z - half, self.planes.last()?.z + half))
+    }
+
+    /// Planes left without a contour inside the ROI's extent: each gap
+    /// between contour planes wider than 1.5 contour spacings, as (planes
+    /// missing, z of the first and of the last missing plane). The slab rule
+    /// reaches only half a spacing from each contour, so the volume in such
+    /// a gap is not part of the ROI.
+    pub fn contour_gaps(&self) -> Vec<(usize, f64, f64)> {
+        let Some(s) = self.contour_spacing().filter(|s| *s > 0.0) else {
+            return Vec::new();
+        };
+        self.planes
+            .windows(2)
+            .filter_map(|w| {
+                let d = w[1].z - w[0].z;
+                (d > 1.5 * s).then(|| {
+                    let missing = ((d / s).round() as usize).saturating_sub(1).max(1);
+                    (missing, w[0].z + s, w[1].z - s)
+                })
+            })
+            .collect()
     }
 
     /// The contour plane that stands for height z, if any.

@@ -665,6 +665,9 @@ pub fn load(inputs: &[PathBuf], options: &DoseOptions) -> Result<Study, RtError>
             ct_for.len() - ct_images
         ));
     }
+    if let Some(ss) = &structures {
+        check_esophagus(&dose, ss, &mut problems);
+    }
     Ok(Study {
         study_instance_uid: study_uids.first().cloned(),
         patient_id,
@@ -1057,4 +1060,92 @@ fn check_dose(
             "the RT Dose's Dose Type is {other:?}, neither PHYSICAL nor EFFECTIVE: it is read as a physical dose"
         )),
     }
+}
+
+/// An esophagus shorter than this (mm) is not the whole thoracic
+/// esophagus the model learned from.
+const SHORT_ESOPHAGUS_MM: f64 = 50.0;
+
+/// What about the esophagus contour changes the risk without refusing it:
+/// its ROI's own notes (contours skipped or dropped), planes left without a
+/// contour inside it, a contour too short to be the thoracic esophagus, and
+/// a part of it that the dose grid leaves out (counted at 0 Gy). The ROI is
+/// the one scoring measures; when none or several match, scoring refuses
+/// the study with that reason and nothing is said here.
+fn check_esophagus(dose: &RtDose, ss: &StructureSet, problems: &mut Vec<String>) {
+    use super::names::{match_organ, Organ};
+    let Some(m) = match_organ(Organ::Esophagus, &ss.rois).filter(|m| m.tied.is_empty()) else {
+        return;
+    };
+    let Some(roi) = ss
+        .rois
+        .iter()
+        .find(|r| r.info.number == m.roi_number)
+        .filter(|r| !r.planes.is_empty())
+    else {
+        return;
+    };
+    let name = &roi.info.name;
+    for n in &roi.info.notes {
+        problems.push(format!("the esophagus ROI {name:?}: {n}"));
+    }
+    let gaps = roi.contour_gaps();
+    if !gaps.is_empty() {
+        let missing: usize = gaps.iter().map(|g| g.0).sum();
+        let where_: Vec<String> = gaps
+            .iter()
+            .map(|&(n, lo, hi)| {
+                if n == 1 {
+                    format!("z = {lo:.1} mm")
+                } else {
+                    format!("z = {lo:.1} to {hi:.1} mm")
+                }
+            })
+            .collect();
+        problems.push(format!(
+            "the esophagus ROI {name:?} has no contour on {missing} plane(s) inside its extent ({}): the volume there is left out of the esophagus",
+            where_.join(", ")
+        ));
+    }
+    if let Some((lo, hi)) = roi.z_extent(&dose.grid) {
+        if hi - lo < SHORT_ESOPHAGUS_MM {
+            problems.push(format!(
+                "the esophagus ROI {name:?} is contoured over {:.0} mm only (z = {lo:.1} to {hi:.1} mm): the model was trained on contours of the whole thoracic esophagus, and its risk for so short a contour is unreliable",
+                hi - lo
+            ));
+        }
+    }
+    if let Some((total, outside)) = outside_dose_grid(roi, dose) {
+        let share = outside / total;
+        if share >= 0.01 || outside >= 0.1 {
+            let pct = 100.0 * share;
+            problems.push(format!(
+                "the dose grid leaves out {} % of the esophagus {name:?} ({outside:.1} cm³); its dose there counts as 0 Gy",
+                if pct < 10.0 {
+                    format!("{pct:.1}")
+                } else {
+                    format!("{pct:.0}")
+                }
+            ));
+        }
+    }
+}
+
+/// The ROI's volume and the part of it outside the dose grid (cm³), from
+/// 4³ sample points per voxel as the DVH counts them; None when the ROI and
+/// the dose grid do not lie together (scoring refuses that with the reason).
+fn outside_dose_grid(roi: &super::structure::Roi, dose: &RtDose) -> Option<(f64, f64)> {
+    const N: usize = 4;
+    let grid = super::analysis::analysis_grid(&dose.grid, &[roi]).ok()?;
+    let per_sample: Vec<f64> = (0..grid.nz())
+        .map(|k| grid.voxel_cc(k) / (N * N * N) as f64)
+        .collect();
+    let (mut total, mut outside) = (0.0, 0.0);
+    roi.for_each_sample(&grid, N, |k, x, y, z| {
+        total += per_sample[k];
+        if dose.grid.interpolate(&dose.gy, x, y, z).is_none() {
+            outside += per_sample[k];
+        }
+    });
+    (total > 0.0).then_some((total, outside))
 }

@@ -1137,7 +1137,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 println!("{}", serde_json::to_string_pretty(&j)?);
             } else {
                 print!("{}", esorisk::model::infer::text(&m, &study, &s));
-                for p in &study.problems {
+                for p in study.problems.iter().chain(&s.notes) {
                     println!("note: {p}");
                 }
                 println!("scored in {:.2} s", started.elapsed().as_secs_f64());

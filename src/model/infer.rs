@@ -150,6 +150,30 @@ pub struct Score {
     pub roi_z_mm: Option<(f64, f64)>,
     /// The fused dosiomic features, raw values in the learned ROI.
     pub dosiomics: Vec<(String, Option<f64>)>,
+    /// What the reader of this risk should know about the model on this
+    /// study (carried beside the study's own notes).
+    pub notes: Vec<String>,
+}
+
+/// Dose per fraction (Gy) above which a schedule is hypofractionated for
+/// [`schedule_note`].
+pub const HYPOFRACTIONATED_GY: f64 = 3.0;
+
+/// The shipped models' risk falls where it should rise for hypofractionated
+/// schedules (docs/RESULTS.md, "Stability"): in the cohorts they were
+/// trained on, such schedules came only as peripheral SBRT plans. Said on
+/// every such study, whatever the risk.
+pub fn schedule_note(prescription_gy: Option<f64>, fractions: Option<u32>) -> Option<String> {
+    let (rx, n) = (prescription_gy?, fractions?);
+    let per_fraction = rx / f64::from(n.max(1));
+    (per_fraction > HYPOFRACTIONATED_GY).then(|| {
+        format!(
+            "the plan gives {per_fraction:.1} Gy per fraction ({rx:.1} Gy in {n}): for \
+             hypofractionated schedules the model's risk does not rise with the EQD2 as it \
+             should (it saw them only in peripheral SBRT plans), so read the DVH metrics, \
+             not the risk"
+        )
+    })
 }
 
 pub(crate) fn read_card(dir: &Path) -> Result<ModelCard, String> {
@@ -516,6 +540,12 @@ impl RiskModel {
             dosiomics: raw,
             prepared_grid: g.clone(),
             roi,
+            notes: schedule_note(
+                study.plan.as_ref().and_then(|p| p.prescription_gy),
+                p.patient.fractions,
+            )
+            .into_iter()
+            .collect(),
         })
     }
 }
@@ -654,4 +684,19 @@ pub fn text(m: &RiskModel, study: &Study, s: &Score) -> String {
     }
     o.push_str("\nResearch result from a model trained on synthetic data; not for clinical use.\n");
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hypofractionated_schedules_are_noted() {
+        assert!(schedule_note(Some(60.0), Some(30)).is_none());
+        assert!(schedule_note(Some(45.0), Some(15)).is_none());
+        assert!(schedule_note(Some(60.0), None).is_none());
+        let n = schedule_note(Some(55.0), Some(5)).expect("SBRT");
+        assert!(n.starts_with("the plan gives 11.0 Gy per fraction (55.0 Gy in 5)"));
+        assert!(schedule_note(Some(60.0), Some(15)).is_some());
+    }
 }

@@ -487,6 +487,13 @@ fn rust_client_and_bad_data_sets() {
         );
         std::fs::remove_file(blocked_dir).expect("remove blocker");
         assoc.release().await.expect("release");
+        // The log names who echoed from where, and whom an association
+        // called; an instance's line gives the time it waited for the index
+        // apart from the time making its file durable.
+        node.assert_logged(&["C-ECHO", "calling_ae=\"RUSTSCU\"", "called_ae=\"ESORISK\"", "peer=127.0.0.1:"]);
+        node.assert_logged(&["association ended", "calling_ae=\"RUSTSCU\"", "called_ae=\"ESORISK\"", "outcome=released"]);
+        node.assert_logged(&["instance stored", "replaced=true", "store_ms=", "index_wait_ms="]);
+        assert!(!node.log().contains(" index_ms="), "{}", node.log());
 
         // Dropped in the middle of a data set: nothing kept.
         let mut assoc = send::associate(&node.addr(), "RUSTSCU", AE, &contexts)

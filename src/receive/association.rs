@@ -197,8 +197,7 @@ pub async fn serve<S>(
                         pc_id,
                         abstract_syntax,
                         ts,
-                        &calling_ae,
-                        &called_ae,
+                        (&calling_ae, &called_ae, peer),
                         &mut spare,
                     ) {
                         Action::Respond(rsp) => {
@@ -311,23 +310,23 @@ enum Action {
     Nothing,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `who`: the calling and called AE titles and the peer's address.
 fn handle_command(
     ctx: &Context,
     cmd: Command,
     pc_id: u8,
     abstract_syntax: &str,
     transfer_syntax: &str,
-    calling_ae: &str,
-    called_ae: &str,
+    who: (&str, &str, SocketAddr),
     spare: &mut Option<Spare>,
 ) -> Action {
+    let (calling_ae, called_ae, peer) = who;
     if ctx.fault == "panic-in-association" {
         panic!("fault injected by dicom.fault");
     }
     match cmd.command_field {
         dimse::C_ECHO_RQ => {
-            info!(calling_ae, "C-ECHO");
+            info!(calling_ae, called_ae, %peer, "C-ECHO");
             Action::Respond(Command::echo_response(&cmd))
         }
         dimse::C_STORE_RQ => {
@@ -514,8 +513,13 @@ async fn finish_instance(
     };
     let new_file = !checked.stored().replaced;
     let relative_path = checked.stored().relative_path.clone();
+    // store_ms: making the file durable; index_wait_ms: what the response
+    // waited for the index after that (a new file's row is committed
+    // while the file is made durable, so this is usually near 0; a
+    // replacing file's row is written after it).
+    let ms = |t: std::time::Instant| t.elapsed().as_secs_f64() * 1e3;
     let t_store = std::time::Instant::now();
-    let (persisted, indexed) = if new_file {
+    let (persisted, indexed, index_wait_ms) = if new_file {
         let pending = match ctx.index.submit(record).await {
             Ok(pending) => pending,
             Err(e) => {
@@ -527,19 +531,21 @@ async fn finish_instance(
             }
         };
         let persisted = persist(checked).await;
-        let store_ms = t_store.elapsed().as_secs_f64() * 1e3;
-        (persisted.map(|s| (s, store_ms)), pending.wait().await)
+        let store_ms = ms(t_store);
+        let t_index = std::time::Instant::now();
+        let indexed = pending.wait().await;
+        (persisted.map(|s| (s, store_ms)), indexed, ms(t_index))
     } else {
         match persist(checked).await {
             Ok(stored) => {
-                let store_ms = t_store.elapsed().as_secs_f64() * 1e3;
+                let store_ms = ms(t_store);
+                let t_index = std::time::Instant::now();
                 let indexed = ctx.index.record(record).await;
-                (Ok((stored, store_ms)), indexed)
+                (Ok((stored, store_ms)), indexed, ms(t_index))
             }
-            Err(e) => (Err(e), Ok(Default::default())),
+            Err(e) => (Err(e), Ok(Default::default()), 0.0),
         }
     };
-    let index_ms = t_store.elapsed().as_secs_f64() * 1e3;
     let (stored, store_ms) = match persisted {
         Ok(p) => p,
         Err(e) => {
@@ -564,7 +570,7 @@ async fn finish_instance(
                 calling_ae, %peer, sop_class = sop::name(&sop_class), sop_instance_uid = %sop_instance,
                 study_uid = %study_uid, series_uid = %series_uid, bytes = stored.size_bytes,
                 replaced = indexed.replaced, store_ms = format!("{store_ms:.2}"),
-                index_ms = format!("{index_ms:.2}"),
+                index_wait_ms = format!("{index_wait_ms:.2}"),
                 total_ms = format!("{:.2}", started.elapsed().as_secs_f64() * 1e3), "instance stored"
             );
             Command::store_response(&rq, status::SUCCESS, None)

@@ -532,8 +532,8 @@ async fn run_association<S>(
         let _ = tokio::time::timeout(Duration::from_secs(1), assoc.send(&abort)).await;
     }
     info!(
-        calling_ae, %peer, stored = summary.stored, failed = summary.failed, bytes = summary.bytes,
-        outcome = %summary.outcome, "association ended"
+        calling_ae, called_ae, %peer, stored = summary.stored, failed = summary.failed,
+        bytes = summary.bytes, outcome = %summary.outcome, "association ended"
     );
     if let Some(id) = row {
         if let Err(e) = ctx

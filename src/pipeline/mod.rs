@@ -642,12 +642,7 @@ fn score_job(
         esophagus_v70_pct: eso.map(|s| s.physical.v70_pct),
         roi_volume_cc: Some(score.roi_volume_cc),
         roi_mean_gy: score.roi_mean_gy,
-        features: score
-            .dosiomics
-            .iter()
-            .filter_map(|(n, v)| v.map(|v| (n.clone(), v)))
-            .take(5)
-            .collect(),
+        features: reported_features(&score.dosiomics),
         rtstruct_ref: Some((rs_series.clone(), rs_uid.clone())),
         predecessor: predecessor.clone(),
         notes: study.problems.clone(),
@@ -681,6 +676,18 @@ fn score_job(
         "job timings"
     );
     outcome
+}
+
+/// The fused dosiomic features as the SR lists them: every feature of the
+/// model, in the model's order (docs/CONFORMANCE.md, section 8.2). One that
+/// could not be measured in the learned ROI (the model used its training
+/// median) is listed too, as not a number, so that the list always names
+/// what the model read.
+fn reported_features(features: &[(String, Option<f64>)]) -> Vec<(String, f64)> {
+    features
+        .iter()
+        .map(|(n, v)| (n.clone(), v.unwrap_or(f64::NAN)))
+        .collect()
 }
 
 /// A failed scoring; with `pipeline.not_scored_sr` an SR saying why is
@@ -860,4 +867,24 @@ fn destinations(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SR lists every feature the model read, in the model's order,
+    /// one that could not be measured included (as not a number), not the
+    /// first few measured ones.
+    #[test]
+    fn the_sr_lists_every_fused_feature_in_the_models_order() {
+        let features: Vec<(String, Option<f64>)> = (0..8)
+            .map(|i| (format!("f{i}"), (i != 2).then_some(i as f64)))
+            .collect();
+        let listed = reported_features(&features);
+        let names: Vec<&str> = listed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"]);
+        assert!(listed[2].1.is_nan());
+        assert_eq!(listed[7].1, 7.0);
+    }
 }

@@ -165,6 +165,8 @@ pub struct PipelineSettings {
     pub tls: ClientTlsSettings,
     pub delivery_max_attempts: u32,
     pub delivery_retry_base_seconds: u64,
+    /// The longest wait between two tries of a delivery.
+    pub delivery_retry_max_seconds: u64,
     /// How long to wait for a destination's C-STORE response.
     #[serde(default = "sixty")]
     pub delivery_response_seconds: u64,
@@ -403,6 +405,12 @@ impl Settings {
             if n == 0 {
                 return Err(invalid(key, &n, "at least 1"));
             }
+        }
+        if pl.delivery_retry_max_seconds < pl.delivery_retry_base_seconds {
+            return Err(invalid(
+                "pipeline.delivery_retry_max_seconds",
+                "at least pipeline.delivery_retry_base_seconds",
+            ));
         }
         if !["", "panic-in-scoring", "panic-in-delivery"].contains(&pl.fault.as_str()) {
             return Err(invalid(

@@ -124,7 +124,10 @@ async fn start_due(ctx: &Context, busy: &mut HashMap<String, Sending>) -> Result
 async fn record_finished(ctx: &Context, busy: &mut HashMap<String, Sending>, abort: bool) {
     let (max, base) = (
         i64::from(ctx.settings.delivery_max_attempts),
-        ctx.settings.delivery_retry_base_seconds,
+        (
+            ctx.settings.delivery_retry_base_seconds,
+            ctx.settings.delivery_retry_max_seconds,
+        ),
     );
     let ended: Vec<String> = busy
         .iter()
@@ -442,7 +445,7 @@ async fn record(
     dest: &str,
     r: Result<Option<String>, Failure>,
     max: i64,
-    base: u64,
+    (base, cap): (u64, u64),
 ) -> sqlx::Result<()> {
     let attempts = d.attempts + 1;
     // (message, whether the delivery ends dead now)
@@ -493,7 +496,7 @@ async fn record(
             .await
         }
         Err((e, false)) => {
-            let delay = base as f64 * 2f64.powi((attempts - 1) as i32);
+            let delay = jobs::backoff_seconds(base, attempts, cap);
             sqlx::query("UPDATE deliveries SET attempts = ?, last_error = ?, next_attempt_at = ? WHERE id = ?")
                 .bind(attempts)
                 .bind(&e)

@@ -219,6 +219,13 @@ pub enum Outcome {
     Transient(String),
 }
 
+/// The wait before the next try after failed try number `attempt` (from
+/// 1): `base` doubled at each try, at most `cap`.
+pub fn backoff_seconds(base: u64, attempt: i64, cap: u64) -> f64 {
+    let doublings = attempt.clamp(1, 64) - 1;
+    (base as f64 * 2f64.powi(doublings as i32)).min(cap as f64)
+}
+
 /// Record the end of a claimed job, in a transaction of its own.
 pub async fn finish(
     pool: &SqlitePool,
@@ -285,7 +292,7 @@ pub async fn finish_in(
             (r, "dead", why)
         }
         Outcome::Transient(reason) => {
-            let delay = retry_base_secs as f64 * 2f64.powi((j.attempts.max(1) - 1) as i32);
+            let delay = backoff_seconds(retry_base_secs, j.attempts, u64::MAX);
             let r = sqlx::query(concat!(
                 "UPDATE jobs SET state = 'queued', error = ?, not_before = ?, worker = NULL, \
                  lease_expires_at = NULL",
@@ -607,6 +614,44 @@ pub async fn latest_sr(pool: &SqlitePool, study: &str) -> sqlx::Result<Option<(S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The delivery defaults keep trying a destination that is down for
+    /// hours: 5 s doubling to 30 min, then every 30 min, the last try
+    /// about a day after the first (config/default.toml).
+    #[test]
+    fn deliveries_back_off_to_the_cap_and_keep_trying_for_a_day() {
+        let s = crate::config::Settings::load(None).expect("defaults");
+        let pl = &s.pipeline;
+        let (base, cap) = (
+            pl.delivery_retry_base_seconds,
+            pl.delivery_retry_max_seconds,
+        );
+        let waits: Vec<f64> = (1..i64::from(pl.delivery_max_attempts))
+            .map(|a| backoff_seconds(base, a, cap))
+            .collect();
+        assert_eq!(&waits[..3], &[5.0, 10.0, 20.0]);
+        assert!(waits.iter().all(|w| *w <= 1800.0), "{waits:?}");
+        assert_eq!(waits.last().copied(), Some(1800.0));
+        let window_h = waits.iter().sum::<f64>() / 3600.0;
+        assert!((23.0..=26.0).contains(&window_h), "{window_h} h");
+        // A job's retries have no cap.
+        assert_eq!(backoff_seconds(5, 3, u64::MAX), 20.0);
+        assert_eq!(backoff_seconds(5, 0, u64::MAX), 5.0);
+        // A cap under the first wait is a mistake, refused at start.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cap.toml");
+        std::fs::write(
+            &path,
+            "[pipeline]\ndelivery_retry_base_seconds = 60\ndelivery_retry_max_seconds = 30\n",
+        )
+        .expect("write");
+        let err = crate::config::Settings::load(Some(&path)).expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("pipeline.delivery_retry_max_seconds"),
+            "{err}"
+        );
+    }
 
     async fn all_events(pool: &SqlitePool, id: i64) -> Vec<String> {
         sqlx::query("SELECT event FROM job_events WHERE job_id = ? ORDER BY id")

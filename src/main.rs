@@ -441,6 +441,12 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 index.close().await;
                 return Ok(());
             }
+            if listed.is_empty() {
+                match state.is_some() || study.is_some() {
+                    true => println!("no job matches"),
+                    false => println!("no jobs"),
+                }
+            }
             for j in listed.iter().rev() {
                 println!(
                     "job {:>4}  {:<9}  study {}  attempts {}/{}  created {}  {}",

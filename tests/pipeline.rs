@@ -416,6 +416,17 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     let s =
         esorisk::rt::study::load(std::slice::from_ref(&study), &Default::default()).expect("study");
     let score = m.score(&s).expect("scorable");
+    // The SR lists every fused feature, in the model's order.
+    let listed: Vec<String> = dump
+        .lines()
+        .filter(|l| l.contains("ESR0002"))
+        .filter_map(|l| l.split("=\"").nth(1))
+        .filter_map(|v| v.split(" = ").next())
+        .map(str::to_string)
+        .collect();
+    let fused: Vec<String> = score.dosiomics.iter().map(|(n, _)| n.clone()).collect();
+    assert!(!fused.is_empty());
+    assert_eq!(listed, fused, "{dump}");
     let ss = esorisk::rt::structure::read(&rs).expect("RTSTRUCT reads");
     let roi = ss
         .rois
@@ -489,10 +500,9 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
         "{of_study}"
     );
     let of_other = on_node(&node, &["jobs", "--study", "1.2.3"]);
-    assert!(
-        !of_other.contains("job ") && !of_other.contains("deliveries to"),
-        "{of_other}"
-    );
+    assert_eq!(of_other.trim(), "no job matches", "{of_other}");
+    let of_state = on_node(&node, &["jobs", "--state", "dead"]);
+    assert!(of_state.starts_with("no job matches\n"), "{of_state}");
     // `esorisk studies` says where the study stands: looked at since its
     // last instance (the echoes above), and its job.
     let listing = on_node(&node, &["studies"]);

@@ -409,7 +409,11 @@ impl Settings {
         if pl.delivery_retry_max_seconds < pl.delivery_retry_base_seconds {
             return Err(invalid(
                 "pipeline.delivery_retry_max_seconds",
-                "at least pipeline.delivery_retry_base_seconds",
+                &pl.delivery_retry_max_seconds,
+                &format!(
+                    "at least pipeline.delivery_retry_base_seconds ({})",
+                    pl.delivery_retry_base_seconds
+                ),
             ));
         }
         if !["", "panic-in-scoring", "panic-in-delivery"].contains(&pl.fault.as_str()) {

@@ -215,6 +215,7 @@ fn returned_objects_validate_and_read_back() {
         esophagus_v50_pct: Some(12.25),
         esophagus_v60_pct: Some(0.0),
         esophagus_v70_pct: Some(0.0),
+        esophagus_lkb_ntcp: Some(0.1875),
         roi_volume_cc: Some(4.321),
         roi_mean_gy: Some(41.75),
         features: vec![
@@ -243,6 +244,7 @@ fn returned_objects_validate_and_read_back() {
         CODING_SCHEME,
         "23.45678",
         "(ESR0016,99ESORISK,\"Esophagus V70Gy\")=\"0\"",
+        "(ESR0017,99ESORISK,\"Esophagus LKB NTCP\")=\"0.1875\"",
         "glcm_joint_entropy = 5.4321",
         "Research result from a model trained on synthetic data",
         "(ESR0001,99ESORISK,\"Probability of grade >= 2 radiation esophagitis\")=\"0.2345\"",

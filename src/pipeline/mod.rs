@@ -640,12 +640,13 @@ fn score_job(
         esophagus_v50_pct: eso.map(|s| s.physical.v50_pct),
         esophagus_v60_pct: eso.map(|s| s.physical.v60_pct),
         esophagus_v70_pct: eso.map(|s| s.physical.v70_pct),
+        esophagus_lkb_ntcp: eso.and_then(|s| s.lkb.as_ref()).map(|l| l.ntcp),
         roi_volume_cc: Some(score.roi_volume_cc),
         roi_mean_gy: score.roi_mean_gy,
         features: reported_features(&score.dosiomics),
         rtstruct_ref: Some((rs_series.clone(), rs_uid.clone())),
         predecessor: predecessor.clone(),
-        notes: study.problems.clone(),
+        notes: study.problems.iter().chain(&score.notes).cloned().collect(),
     };
     let sr = match report::sr::risk_sr(&inputs, &report) {
         Ok(o) => o,

@@ -92,6 +92,10 @@ pub const ESOPHAGUS_V35: Code = Code("ESR0011", CODING_SCHEME, "Esophagus V35Gy"
 pub const ESOPHAGUS_V50: Code = Code("ESR0012", CODING_SCHEME, "Esophagus V50Gy");
 pub const ESOPHAGUS_V60: Code = Code("ESR0013", CODING_SCHEME, "Esophagus V60Gy");
 pub const ESOPHAGUS_V70: Code = Code("ESR0016", CODING_SCHEME, "Esophagus V70Gy");
+/// The published LKB NTCP of the esophagus (Belderbos 2005 parameters, on
+/// the EQD2 dose when the fractions are known), 0..1: a reference model the
+/// reader can set the risk beside.
+pub const ESOPHAGUS_LKB: Code = Code("ESR0017", CODING_SCHEME, "Esophagus LKB NTCP");
 /// Volume of the learned ROI (cm³).
 pub const ROI_VOLUME: Code = Code("ESR0014", CODING_SCHEME, "Learned ROI volume");
 /// Mean dose to the learned ROI (Gy).
@@ -143,6 +147,8 @@ pub struct RiskReport {
     pub esophagus_v50_pct: Option<f64>,
     pub esophagus_v60_pct: Option<f64>,
     pub esophagus_v70_pct: Option<f64>,
+    /// [`ESOPHAGUS_LKB`], 0..1.
+    pub esophagus_lkb_ntcp: Option<f64>,
     pub roi_volume_cc: Option<f64>,
     pub roi_mean_gy: Option<f64>,
     /// The model's most influential features, in order: (name, value).
@@ -178,6 +184,7 @@ pub fn risk_sr(
         (ESOPHAGUS_V50, result.esophagus_v50_pct, PERCENT),
         (ESOPHAGUS_V60, result.esophagus_v60_pct, PERCENT),
         (ESOPHAGUS_V70, result.esophagus_v70_pct, PERCENT),
+        (ESOPHAGUS_LKB, result.esophagus_lkb_ntcp, NO_UNITS),
         (ROI_VOLUME, result.roi_volume_cc, CUBIC_CM),
         (ROI_DMEAN, result.roi_mean_gy, GRAY),
     ];
@@ -502,6 +509,7 @@ mod tests {
             ESOPHAGUS_V50,
             ESOPHAGUS_V60,
             ESOPHAGUS_V70,
+            ESOPHAGUS_LKB,
             ROI_VOLUME,
             ROI_DMEAN,
             ROI_IDENTIFIER,

@@ -101,7 +101,19 @@ async fn start_due(ctx: &Context, busy: &mut HashMap<String, Sending>) -> Result
         });
     }
     let fault = ctx.settings.fault == "panic-in-delivery";
+    let backoff = (
+        ctx.settings.delivery_retry_base_seconds,
+        ctx.settings.delivery_retry_max_seconds,
+    );
     for (dest, due) in by_dest {
+        let due = match claim(&ctx.pool, due, backoff).await {
+            Ok(due) if due.is_empty() => continue,
+            Ok(due) => due,
+            Err(e) => {
+                warn!(destination = %dest, "cannot record a delivery attempt, so nothing is sent: {e}");
+                continue;
+            }
+        };
         let (d, ae, files) = (dest.clone(), ctx.ae_title.clone(), due.clone());
         let tls = ctx.tls.clone();
         let wait = Duration::from_secs(ctx.settings.delivery_response_seconds.max(1));
@@ -114,6 +126,40 @@ async fn start_due(ctx: &Context, busy: &mut HashMap<String, Sending>) -> Result
         busy.insert(dest, Sending { due, task });
     }
     Ok(())
+}
+
+/// Count the attempt of each delivery about to be sent and move its next try
+/// back by the back-off, in one transaction, before anything is sent. A
+/// result that then cannot be recorded (a full disk, a database that cannot
+/// be written) leaves the delivery waiting out its back-off with the attempt
+/// counted, instead of sent again at every poll for as long as that lasts,
+/// and its attempts still run out. Deliveries changed since they were read
+/// (`esorisk retry`, another start) are left out.
+async fn claim(
+    pool: &sqlx::SqlitePool,
+    due: Vec<Due>,
+    (base, cap): (u64, u64),
+) -> sqlx::Result<Vec<Due>> {
+    let mut tx = pool.begin().await?;
+    let mut claimed = Vec::with_capacity(due.len());
+    for d in due {
+        let next = at_offset(jobs::backoff_seconds(base, d.attempts + 1, cap));
+        let changed = sqlx::query(
+            "UPDATE deliveries SET attempts = attempts + 1, next_attempt_at = ? \
+             WHERE id = ? AND state = 'pending' AND attempts = ?",
+        )
+        .bind(next)
+        .bind(d.id)
+        .bind(d.attempts)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            claimed.push(d);
+        }
+    }
+    tx.commit().await?;
+    Ok(claimed)
 }
 
 /// Record the results of the associations that ended. A panic in one (a
@@ -448,6 +494,9 @@ async fn record(
     (base, cap): (u64, u64),
 ) -> sqlx::Result<()> {
     let attempts = d.attempts + 1;
+    // The delivery's new state and the event that records it are one
+    // transaction: the job's history never lacks a delivery's end.
+    let mut tx = pool.begin().await?;
     // (message, whether the delivery ends dead now)
     let r = r.map_err(|f| (f.message, f.permanent || attempts >= max));
     match r {
@@ -458,7 +507,7 @@ async fn record(
                 .bind(now())
                 .bind(&warning)
                 .bind(d.id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
             let detail = match &warning {
                 Some(w) => {
@@ -470,7 +519,7 @@ async fn record(
                     format!("{} to {dest}", d.sop)
                 }
             };
-            jobs::event(pool, d.job_id, "sent", &detail).await
+            jobs::event(&mut *tx, d.job_id, "sent", &detail).await?;
         }
         Err((e, true)) => {
             let why = if attempts >= max {
@@ -484,16 +533,16 @@ async fn record(
             .bind(attempts)
             .bind(&why)
             .bind(d.id)
-            .execute(pool)
+            .execute(&mut *tx)
             .await?;
             warn!(job = d.job_id, study = %d.study, object = d.object(), sop = %d.sop, destination = dest, "delivery dead: {why}");
             jobs::event(
-                pool,
+                &mut *tx,
                 d.job_id,
                 "delivery-dead",
                 &format!("{} to {dest}: {why}", d.sop),
             )
-            .await
+            .await?;
         }
         Err((e, false)) => {
             let delay = jobs::backoff_seconds(base, attempts, cap);
@@ -502,16 +551,67 @@ async fn record(
                 .bind(&e)
                 .bind(at_offset(delay))
                 .bind(d.id)
-                .execute(pool)
+                .execute(&mut *tx)
                 .await?;
             warn!(job = d.job_id, study = %d.study, object = d.object(), sop = %d.sop, destination = dest, "delivery failed, retry in {delay:.0} s: {e}");
             jobs::event(
-                pool,
+                &mut *tx,
                 d.job_id,
                 "delivery-retry",
                 &format!("{} to {dest} in {delay:.0} s: {e}", d.sop),
             )
-            .await
+            .await?;
         }
+    }
+    tx.commit().await
+}
+
+#[cfg(test)]
+mod claim_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_attempt_is_counted_before_it_is_sent_and_only_once() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let index = crate::index::Index::open(&dir.path().join("index.sqlite"))
+            .await
+            .expect("open");
+        let pool = index.pool().clone();
+        for sql in [
+            "INSERT INTO jobs (id, study_instance_uid, input_key, input_uids, model_version, \
+             state, max_attempts, created_at) VALUES (1, '1.2', 'k', '[]', 'm', 'succeeded', 3, 'then')",
+            "INSERT INTO outputs VALUES ('1.2.3', 1, '1.2', '1.2.4', '1.2.840.10008.5.1.4.1.1.88.33', \
+             'sr', 'out/1.2/1.2.3.dcm', 'then')",
+            "INSERT INTO deliveries (id, job_id, sop_instance_uid, destination, state, attempts, \
+             next_attempt_at) VALUES (7, 1, '1.2.3', 'TPS@127.0.0.1:104', 'pending', 2, '2000-01-01')",
+        ] {
+            sqlx::query(sql).execute(&pool).await.expect(sql);
+        }
+        let due = || Due {
+            id: 7,
+            job_id: 1,
+            sop: "1.2.3".into(),
+            study: "1.2".into(),
+            kind: "sr".into(),
+            path: PathBuf::from("out/1.2/1.2.3.dcm"),
+            attempts: 2,
+        };
+        let claimed = claim(&pool, vec![due()], (5, 1800)).await.expect("claim");
+        assert_eq!(claimed.len(), 1);
+        let (attempts, next): (i64, String) =
+            sqlx::query_as("SELECT attempts, next_attempt_at FROM deliveries WHERE id = 7")
+                .fetch_one(&pool)
+                .await
+                .expect("row");
+        // The third attempt is counted, and the next waits out its back-off
+        // (20 s) even if this one's result is never recorded.
+        assert_eq!(attempts, 3);
+        assert!(next > now(), "{next}");
+        // A second claim from the same stale read takes nothing.
+        assert!(claim(&pool, vec![due()], (5, 1800))
+            .await
+            .expect("claim")
+            .is_empty());
+        index.close().await;
     }
 }

@@ -55,8 +55,8 @@ enum Command {
     /// Show the scoring jobs and their deliveries; --follow tails the job
     /// events.
     Jobs {
-        /// Only jobs in this state: queued, running, succeeded, failed,
-        /// dead (and only their deliveries).
+        /// Only jobs in this state: queued, running, succeeded, unchanged,
+        /// failed, dead (and only their deliveries).
         #[arg(long)]
         state: Option<String>,
         /// Only the jobs of this study (Study Instance UID), and their
@@ -398,10 +398,10 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             let tls = esorisk::pipeline::client_tls(&pl.tls, pl.uses_tls())?;
             let node = Node::start(settings).await?;
             let pool = node.index().pool().clone();
-            let ctx = pipeline_settings
-                .pipeline
-                .enabled
-                .then(|| esorisk::pipeline::context(&pipeline_settings, pool.clone(), tls));
+            let receiving = Some(node.receiving());
+            let ctx = pipeline_settings.pipeline.enabled.then(|| {
+                esorisk::pipeline::context(&pipeline_settings, pool.clone(), tls, receiving)
+            });
             if let Err(e) = esorisk::pipeline::record_start(&pool, ctx.as_ref()).await {
                 tracing::error!("cannot record the node's start for esorisk status: {e}");
             }

@@ -2973,3 +2973,312 @@ fn counts_agree_and_rescore_names_its_option() {
         "{err}"
     );
 }
+
+/// Store `files` over one association that offers each SOP class in
+/// transfer syntax `ts` only (the files must be in it).
+fn send_only_in(node: &TestNode, files: &[PathBuf], ts: &str) {
+    use esorisk::send::{self, DicomFile};
+    let files: Vec<DicomFile> = files
+        .iter()
+        .map(|f| DicomFile::read(f).expect("read"))
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let contexts: Vec<(&str, Vec<&str>)> = files
+            .iter()
+            .map(|f| (f.sop_class_uid.as_str(), vec![ts]))
+            .collect();
+        let mut assoc = send::associate(&node.addr(), "BIGPACS", common::AE, &contexts)
+            .await
+            .expect("associate");
+        for (id, f) in files.iter().enumerate() {
+            assert_eq!(f.transfer_syntax_uid, ts);
+            let rsp = send::store(&mut assoc, id as u16 + 1, f)
+                .await
+                .expect("store");
+            assert_eq!(rsp.status, Some(0), "{rsp:?}");
+        }
+        assoc.release().await.expect("release");
+    });
+}
+
+/// The state and error of job `id`, once it has ended.
+fn job_end(db: &Path, id: i64) -> (String, String) {
+    wait_until(&format!("job {id} ended"), 180, || {
+        count(
+            db,
+            &format!(
+                "SELECT count(*) FROM jobs WHERE id = {id} AND state NOT IN ('queued', 'running')"
+            ),
+        ) == 1
+    });
+    let row = query(
+        db,
+        &format!("SELECT state, error FROM jobs WHERE id = {id}"),
+    );
+    (
+        row[0][0].clone().unwrap_or_default(),
+        row[0][1].clone().unwrap_or_default(),
+    )
+}
+
+/// A result already sent is not sent again: the same instances re-sent by
+/// a PACS in another transfer syntax (other file bytes, so a new job), or a
+/// revised RT Plan arriving without its dose (the old plan and dose are
+/// still what is scored), give a job that scores the same inputs to the
+/// same result and ends `unchanged`, saying so, with nothing written or
+/// sent.
+#[test]
+fn the_same_inputs_and_result_are_not_sent_twice() {
+    use dicom_dictionary_std::tags;
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = patient(&tmp.path().join("in"), "41", false);
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let node = start_node(&node_env(model, rx.port));
+    let db = node.db_path();
+    push(&node, &study);
+    wait_until("the SR and RT Structure Set", 180, || rx.files().len() >= 2);
+    wait_until("both deliveries sent", 60, || {
+        count(&db, "SELECT count(*) FROM deliveries WHERE state = 'sent'") == 2
+    });
+    assert_eq!(job_end(&db, 1).0, "succeeded");
+    let study_uid = common::uids(&study.join("rtdose.dcm")).study;
+    let why = "same inputs and result as job 1: nothing sent";
+
+    // The same instances from a PACS that sends Implicit VR Little Endian,
+    // then from one that sends Explicit VR Big Endian: every file is
+    // replaced by other bytes, and each time a new job scores them.
+    let out = storescu(&node, &["+sd", "+r", "-xi"], &[&study]);
+    assert!(out.status.success(), "{}", text(&out));
+    let big = tmp.path().join("big-endian");
+    std::fs::create_dir_all(&big).expect("dir");
+    let converted: Vec<PathBuf> = ["rtplan.dcm", "rtstruct.dcm", "rtdose.dcm"]
+        .iter()
+        .map(|f| {
+            let to = big.join(f);
+            let from = study.join(f);
+            let out = dcmtk(
+                "dcmconv",
+                &[
+                    "+tb",
+                    from.to_str().unwrap_or_default(),
+                    to.to_str().unwrap_or_default(),
+                ],
+            );
+            assert!(out.status.success(), "{}", text(&out));
+            to
+        })
+        .collect();
+    let mut jobs_ended = 1;
+    for ts in ["1.2.840.10008.1.2", "1.2.840.10008.1.2.2"] {
+        if ts == "1.2.840.10008.1.2.2" {
+            send_only_in(&node, &converted, ts);
+        }
+        let stored = query(&db, "SELECT modality, transfer_syntax_uid FROM instances");
+        assert!(
+            stored.iter().all(|r| r[1].as_deref() == Some(ts)),
+            "{stored:?}"
+        );
+        jobs_ended += 1;
+        let (state, error) = job_end(&db, jobs_ended);
+        assert_eq!(state, "unchanged", "job {jobs_ended} ({ts}): {error}");
+        assert!(error.starts_with(why), "{error}");
+    }
+
+    // A revised plan without its dose: the dose still names the first plan,
+    // which is what is scored.
+    let revised = tmp.path().join("revised");
+    std::fs::create_dir_all(&revised).expect("dir");
+    let plan = revised.join("rtplan.dcm");
+    std::fs::copy(study.join("rtplan.dcm"), &plan).expect("copy");
+    edit(&plan, |o| {
+        let u = esorisk::uid::generate();
+        put_str(o, tags::SOP_INSTANCE_UID, dicom_core::VR::UI, &u);
+        o.meta_mut().media_storage_sop_instance_uid = u;
+        put_str(o, tags::RT_PLAN_LABEL, dicom_core::VR::SH, "revised");
+    });
+    push(&node, &revised);
+    let (state, error) = job_end(&db, 4);
+    assert_eq!(state, "unchanged", "{error}");
+    assert!(error.starts_with(why), "{error}");
+
+    // Nothing more was written or sent, and every record says why.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(rx.files().len(), 2, "{:?}", rx.files());
+    assert_eq!(count(&db, "SELECT count(*) FROM outputs"), 2);
+    assert_eq!(count(&db, "SELECT count(*) FROM deliveries"), 2);
+    assert_eq!(
+        count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM job_events WHERE event = 'unchanged' AND detail LIKE '%{why}%'"
+            )
+        ),
+        3
+    );
+    let listed = on_node(&node, &["jobs"]);
+    assert!(
+        listed.contains("job    2  unchanged") && listed.contains(&format!("reason: {why}")),
+        "{listed}"
+    );
+    let unchanged = on_node(&node, &["jobs", "--state", "unchanged"]);
+    assert_eq!(unchanged.matches("  unchanged  ").count(), 3, "{unchanged}");
+    let studies = on_node(&node, &["studies", "--study", &study_uid]);
+    assert!(
+        studies.contains(&format!("; job 4 unchanged: {why}")),
+        "{studies}"
+    );
+    node.assert_logged(&["nothing sent", "same_as=1", &study_uid]);
+}
+
+/// A study is not stable while an association that stored an instance of
+/// it is open: a planning system that sends the plan, then takes its time
+/// over the dose on the same association, does not get its study scored
+/// (nor queued) without the dose, and the stable time counts from the end
+/// of the association. `esorisk studies` and the log (once per change) say
+/// that it is still being received.
+#[test]
+fn a_study_is_not_queued_while_an_association_storing_it_is_open() {
+    use esorisk::send::{self, DicomFile};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = patient(&tmp.path().join("in"), "43", false);
+    // No model: the job, once queued, waits.
+    let mut env = node_env(&tmp.path().join("no-model"), free_port());
+    env.push(("ESORISK__PIPELINE__STABLE_SECONDS".into(), "2".into()));
+    let node = start_node(&env);
+    let db = node.db_path();
+    assert_eq!(on_node(&node, &["jobs"]).trim(), "no jobs");
+    let study_uid = common::uids(&study.join("rtdose.dcm")).study;
+    let read = |name: &str| DicomFile::read(&study.join(name)).expect("read");
+    let (plan, rs, dose) = (read("rtplan.dcm"), read("rtstruct.dcm"), read("rtdose.dcm"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let quiet = Duration::from_secs(5);
+    let released = rt.block_on(async {
+        let contexts: Vec<(&str, Vec<&str>)> = [&plan, &rs, &dose]
+            .iter()
+            .map(|f| {
+                (
+                    f.sop_class_uid.as_str(),
+                    vec![f.transfer_syntax_uid.as_str()],
+                )
+            })
+            .collect();
+        let mut assoc = send::associate(&node.addr(), "SLOWTPS", common::AE, &contexts)
+            .await
+            .expect("associate");
+        for (id, f) in [(1, &plan), (2, &rs)] {
+            let rsp = send::store(&mut assoc, id, f).await.expect("store");
+            assert_eq!(rsp.status, Some(0), "{rsp:?}");
+        }
+        tokio::time::sleep(quiet).await;
+        let checked = query(&db, "SELECT outcome, waiting FROM study_checks");
+        assert_eq!(
+            checked[0][0].as_deref(),
+            Some("still being received: an association that stored instances of it is open"),
+            "{checked:?}"
+        );
+        assert_eq!(checked[0][1].as_deref(), Some("1"));
+        let listed = on_node(&node, &["studies"]);
+        assert!(
+            listed.contains("scoring: still being received: an association"),
+            "{listed}"
+        );
+        // The dose completes the study; the association stays open.
+        let rsp = send::store(&mut assoc, 3, &dose).await.expect("store");
+        assert_eq!(rsp.status, Some(0), "{rsp:?}");
+        tokio::time::sleep(quiet).await;
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM jobs"),
+            0,
+            "queued while open"
+        );
+        assoc.release().await.expect("release");
+        std::time::Instant::now()
+    });
+    wait_until("the job queued", 30, || {
+        count(&db, "SELECT count(*) FROM jobs") == 1
+    });
+    let after = released.elapsed();
+    assert!(
+        after >= Duration::from_millis(1900),
+        "queued {after:?} after the association ended, within the stable time"
+    );
+    let checked = query(&db, "SELECT outcome, waiting FROM study_checks");
+    assert_eq!(
+        checked[0][0].as_deref(),
+        Some("queued job 1"),
+        "{checked:?}"
+    );
+    assert_eq!(checked[0][1].as_deref(), Some("0"));
+    // One line per change, not one per poll: the plan and structure set,
+    // then the dose.
+    node.assert_logged(&["study complete and stable: job queued", &study_uid]);
+    let open = node
+        .log()
+        .lines()
+        .filter(|l| {
+            l.contains("study still being received: an association") && l.contains(&study_uid)
+        })
+        .count();
+    assert_eq!(open, 2, "{}", node.log());
+}
+
+/// Results go back to the sender of the RT Dose scored, not to whoever
+/// sent the study's latest instance (here a CT simulator sending the CT
+/// slices after the planning system sent the plan).
+#[test]
+fn results_go_back_to_the_sender_of_the_rt_dose() {
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let study = patient(&tmp.path().join("in"), "45", true);
+    let rx = Receiver::start(&tmp.path().join("back"));
+    let mut env = node_env(model, rx.port);
+    env.push(("ESORISK__PIPELINE__DESTINATIONS".into(), String::new()));
+    env.push((
+        "ESORISK__PIPELINE__SEND_BACK_PORT".into(),
+        rx.port.to_string(),
+    ));
+    env.push(("ESORISK__PIPELINE__STABLE_SECONDS".into(), "4".into()));
+    let node = start_node(&env);
+    let rt_files: Vec<PathBuf> = ["rtplan.dcm", "rtstruct.dcm", "rtdose.dcm"]
+        .iter()
+        .map(|f| study.join(f))
+        .collect();
+    let refs: Vec<&Path> = rt_files.iter().map(PathBuf::as_path).collect();
+    let out = storescu(&node, &["-aet", "PLANNER"], &refs);
+    assert!(out.status.success(), "{}", text(&out));
+    let cts: Vec<PathBuf> = std::fs::read_dir(&study)
+        .expect("study")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("ct_"))
+        })
+        .collect();
+    let refs: Vec<&Path> = cts.iter().map(PathBuf::as_path).collect();
+    let out = storescu(&node, &["-aet", "CTSIM"], &refs);
+    assert!(out.status.success(), "{}", text(&out));
+    let db = node.db_path();
+    let latest = query(
+        &db,
+        "SELECT calling_ae FROM instances ORDER BY received_at DESC LIMIT 1",
+    );
+    assert_eq!(latest[0][0].as_deref(), Some("CTSIM"));
+    wait_until("the results sent back", 180, || rx.files().len() >= 2);
+    wait_until("the deliveries recorded", 60, || {
+        count(&db, "SELECT count(*) FROM deliveries WHERE state = 'sent'") == 2
+    });
+    let to = query(&db, "SELECT DISTINCT destination FROM deliveries");
+    assert_eq!(
+        to,
+        vec![vec![Some(format!("PLANNER@127.0.0.1:{}", rx.port))]]
+    );
+}

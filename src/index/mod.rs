@@ -135,7 +135,7 @@ macro_rules! removable_study {
     SELECT s.study_instance_uid FROM studies s
     WHERE s.last_received_at < ?1
       AND (?2 = 0 OR EXISTS (SELECT 1 FROM study_checks c WHERE c.study_instance_uid = s.study_instance_uid
-                             AND c.last_received_at = s.last_received_at))
+                             AND c.last_received_at = s.last_received_at AND c.waiting = 0))
       AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_instance_uid = s.study_instance_uid
                       AND j.state IN ('queued', 'running'))
       AND NOT EXISTS (SELECT 1 FROM deliveries d JOIN outputs o ON o.sop_instance_uid = d.sop_instance_uid

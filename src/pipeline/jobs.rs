@@ -203,7 +203,27 @@ pub async fn heartbeat(
 }
 
 /// The states a job can be in.
-pub const STATES: [&str; 5] = ["queued", "running", "succeeded", "failed", "dead"];
+pub const STATES: [&str; 6] = [
+    "queued",
+    "running",
+    "succeeded",
+    "unchanged",
+    "failed",
+    "dead",
+];
+
+/// What a scoring used and gave, to tell a result already sent from a new
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scored {
+    /// The SOP Instance UIDs of the inputs the scoring used (the RT
+    /// Dose(s), RT Plan(s), RT Structure Set and CT slices), sorted, as a
+    /// JSON array.
+    pub used_uids: String,
+    /// SHA-256 (hex) of the result: the risk's bits, the learned ROI and
+    /// the values the SR reports.
+    pub result_digest: String,
+}
 
 /// How a job ended.
 pub enum Outcome {
@@ -212,6 +232,14 @@ pub enum Outcome {
         sr_uid: String,
         rtstruct_uid: String,
         predecessor: Option<String>,
+        scored: Scored,
+    },
+    /// Scored, with the same inputs, model and result as job `same_as`,
+    /// whose outputs were the study's last: nothing written or sent.
+    Unchanged {
+        risk: f64,
+        same_as: i64,
+        scored: Scored,
     },
     /// The study cannot be scored: not retried.
     Failed(String),
@@ -260,10 +288,12 @@ pub async fn finish_in(
             sr_uid,
             rtstruct_uid,
             predecessor,
+            scored,
         } => {
             let r = sqlx::query(concat!(
                 "UPDATE jobs SET state = 'succeeded', finished_at = ?, risk = ?, sr_uid = ?, \
-                 rtstruct_uid = ?, predecessor_sr_uid = ?, error = NULL, lease_expires_at = NULL",
+                 rtstruct_uid = ?, predecessor_sr_uid = ?, used_uids = ?, result_digest = ?, \
+                 error = NULL, lease_expires_at = NULL",
                 ours!()
             ))
             .bind(&n)
@@ -271,6 +301,8 @@ pub async fn finish_in(
             .bind(sr_uid)
             .bind(rtstruct_uid)
             .bind(predecessor)
+            .bind(&scored.used_uids)
+            .bind(&scored.result_digest)
             .bind(j.id)
             .bind(worker)
             .bind(j.attempts)
@@ -280,6 +312,34 @@ pub async fn finish_in(
                 r.rows_affected(),
                 "succeeded",
                 format!("risk {risk:.3}; SR {sr_uid}"),
+            )
+        }
+        // The risk stays in the event; the job's row keeps the reason, so
+        // that `esorisk jobs` and `esorisk studies` say why nothing went.
+        Outcome::Unchanged {
+            risk,
+            same_as,
+            scored,
+        } => {
+            let why = unchanged_reason(*same_as);
+            let r = sqlx::query(concat!(
+                "UPDATE jobs SET state = 'unchanged', finished_at = ?, error = ?, used_uids = ?, \
+                 result_digest = ?, lease_expires_at = NULL",
+                ours!()
+            ))
+            .bind(&n)
+            .bind(&why)
+            .bind(&scored.used_uids)
+            .bind(&scored.result_digest)
+            .bind(j.id)
+            .bind(worker)
+            .bind(j.attempts)
+            .execute(&mut *tx)
+            .await?;
+            (
+                r.rows_affected(),
+                "unchanged",
+                format!("risk {risk:.3}; {why}"),
             )
         }
         Outcome::Failed(reason) => {
@@ -317,6 +377,58 @@ pub async fn finish_in(
     }
     event(&mut *tx, j.id, ev, &detail).await?;
     Ok(true)
+}
+
+/// Why an unchanged job sent nothing.
+pub fn unchanged_reason(same_as: i64) -> String {
+    format!(
+        "same inputs and result as job {same_as}: nothing sent (its results stand; esorisk retry {same_as} --resend sends them again)"
+    )
+}
+
+/// Begin the end of a claimed job in `tx`: take the database's write lock
+/// for the rest of the transaction (so that what it reads next, the
+/// study's last result, cannot change before it commits) and check that
+/// the job is still this attempt's. False when it is not.
+pub async fn hold(tx: &mut sqlx::SqliteConnection, j: &Job, worker: &str) -> sqlx::Result<bool> {
+    let r = sqlx::query(concat!("UPDATE jobs SET heartbeat_at = ?", ours!()))
+        .bind(now())
+        .bind(j.id)
+        .bind(worker)
+        .bind(j.attempts)
+        .execute(&mut *tx)
+        .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// The job whose outputs were the study's last written (by when it ended),
+/// if it succeeded with the same model, used the same inputs and gave the
+/// same result as `scored`: then `j` has nothing new to send. A study whose
+/// last outputs were an SR saying it could not be scored, or the results
+/// of another model, gets new ones.
+pub async fn same_as_last_sent(
+    tx: &mut sqlx::SqliteConnection,
+    j: &Job,
+    scored: &Scored,
+) -> sqlx::Result<Option<i64>> {
+    let last = sqlx::query(
+        "SELECT id, state, model_version, used_uids, result_digest FROM jobs WHERE study_instance_uid = ? \
+         AND id <> ? AND id IN (SELECT job_id FROM outputs WHERE study_instance_uid = ?) \
+         ORDER BY finished_at DESC, id DESC LIMIT 1",
+    )
+    .bind(&j.study_instance_uid)
+    .bind(j.id)
+    .bind(&j.study_instance_uid)
+    .fetch_optional(&mut *tx)
+    .await?;
+    Ok(last
+        .filter(|r| {
+            r.get::<String, _>(1) == "succeeded"
+                && r.get::<String, _>(2) == j.model_version
+                && r.get::<Option<String>, _>(3).as_deref() == Some(scored.used_uids.as_str())
+                && r.get::<Option<String>, _>(4).as_deref() == Some(scored.result_digest.as_str())
+        })
+        .map(|r| r.get(0)))
 }
 
 /// Take back running jobs whose lease expired (their worker crashed or the
@@ -615,6 +727,193 @@ pub async fn latest_sr(pool: &SqlitePool, study: &str) -> sqlx::Result<Option<(S
 mod tests {
     use super::*;
 
+    /// A job ends unchanged only against the study's last written outputs,
+    /// and only when they are a success of the same model with the same
+    /// inputs used and the same result; the end is recorded under the
+    /// job's guard, with the reason for `esorisk jobs`.
+    #[tokio::test]
+    async fn a_job_is_unchanged_only_against_the_last_success_sent() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let index = crate::index::Index::open(&tmp.path().join("index.sqlite"))
+            .await
+            .expect("index");
+        let pool = index.pool();
+        let scored = |used: &str, digest: &str| Scored {
+            used_uids: used.into(),
+            result_digest: digest.into(),
+        };
+        // Queue, claim and end a job of study 1.2.3 with `end`, writing an
+        // output for it unless it ends unchanged.
+        let run = |key: &'static str, model: &'static str| async move {
+            enqueue(pool, "1.2.3", key, &["1.2.3.4".into()], model, 3)
+                .await
+                .expect("enqueue")
+                .expect("job");
+            claim(pool, "w", 60, model)
+                .await
+                .expect("claim")
+                .expect("job")
+        };
+        let write = |job: &Job, end: Outcome| {
+            let job = job.clone();
+            async move {
+                let mut tx = pool.begin().await.expect("tx");
+                assert!(hold(&mut tx, &job, "w").await.expect("hold"));
+                if !matches!(end, Outcome::Unchanged { .. }) {
+                    sqlx::query(
+                        "INSERT INTO outputs VALUES (?, ?, '1.2.3', '1.2.3.6', '1.2', 'sr', 'out/x.dcm', 'now')",
+                    )
+                    .bind(format!("1.2.3.{}", 100 + job.id))
+                    .bind(job.id)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("output");
+                }
+                assert!(finish_in(&mut tx, &job, "w", &end, 1).await.expect("end"));
+                tx.commit().await.expect("commit");
+            }
+        };
+        let same = |job: &Job, s: Scored| {
+            let job = job.clone();
+            async move {
+                let mut tx = pool.begin().await.expect("tx");
+                assert!(hold(&mut tx, &job, "w").await.expect("hold"));
+                same_as_last_sent(&mut tx, &job, &s).await.expect("look")
+            }
+        };
+        let success = |s: Scored| Outcome::Succeeded {
+            risk: 0.25,
+            sr_uid: "1.2.3.5".into(),
+            rtstruct_uid: "1.2.3.9".into(),
+            predecessor: None,
+            scored: s,
+        };
+        let first = run("k1", "m").await;
+        assert_eq!(
+            same(&first, scored("[\"a\"]", "d")).await,
+            None,
+            "no result yet"
+        );
+        write(&first, success(scored("[\"a\"]", "d"))).await;
+
+        let second = run("k2", "m").await;
+        assert_eq!(same(&second, scored("[\"a\"]", "d")).await, Some(first.id));
+        assert_eq!(
+            same(&second, scored("[\"a\"]", "e")).await,
+            None,
+            "another result"
+        );
+        assert_eq!(
+            same(&second, scored("[\"a\",\"b\"]", "d")).await,
+            None,
+            "other inputs"
+        );
+        let end = Outcome::Unchanged {
+            risk: 0.25,
+            same_as: first.id,
+            scored: scored("[\"a\"]", "d"),
+        };
+        write(&second, end).await;
+        let listed = list(pool, Some("unchanged"), None, 0).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].risk, None);
+        assert!(
+            listed[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("same inputs and result as job 1: nothing sent")),
+            "{:?}",
+            listed[0].error
+        );
+        let events = all_events(pool, second.id).await;
+        assert_eq!(events.last().map(String::as_str), Some("unchanged"));
+
+        // Another model's result of the same inputs is new.
+        let other_model = run("k3", "m2").await;
+        assert_eq!(same(&other_model, scored("[\"a\"]", "d")).await, None);
+        // So is any result after an SR saying the study was not scored.
+        let not_scored = run("k4", "m").await;
+        write(&not_scored, Outcome::Failed("no esophagus".into())).await;
+        let after = run("k5", "m").await;
+        assert_eq!(same(&after, scored("[\"a\"]", "d")).await, None);
+    }
+
+    /// A database of the schema before `unchanged` jobs, with jobs that
+    /// events, outputs and deliveries reference (foreign keys on, as the
+    /// node opens it), keeps every row through the migration, and then
+    /// takes unchanged jobs and refuses an unknown state or a dangling
+    /// reference as before.
+    #[tokio::test]
+    async fn the_unchanged_state_migrates_a_database_with_jobs_and_their_references() {
+        use sqlx::sqlite::SqliteConnectOptions;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let earlier = tmp.path().join("migrations");
+        std::fs::create_dir_all(&earlier).expect("dir");
+        let all = concat!(env!("CARGO_MANIFEST_DIR"), "/migrations");
+        for f in std::fs::read_dir(all).expect("migrations").flatten() {
+            let name = f.file_name().to_string_lossy().to_string();
+            if name.as_str() < "20261129000001" {
+                std::fs::copy(f.path(), earlier.join(&name)).expect("copy");
+            }
+        }
+        let db = tmp.path().join("esorisk.db");
+        let options = SqliteConnectOptions::new()
+            .filename(&db)
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.expect("db");
+        sqlx::migrate::Migrator::new(earlier.as_path())
+            .await
+            .expect("earlier migrations")
+            .run(&pool)
+            .await
+            .expect("earlier schema");
+        let id = enqueue(&pool, "1.2.3", "key", &["1.2.3.4".into()], "m", 3)
+            .await
+            .expect("enqueue")
+            .expect("job");
+        for sql in [
+            "UPDATE jobs SET state = 'succeeded', risk = 0.25, sr_uid = '1.2.3.5' WHERE id = 1",
+            "INSERT INTO outputs VALUES ('1.2.3.5', 1, '1.2.3', '1.2.3.6', '1.2.840.10008.5.1.4.1.1.88.33', 'sr', 'out/1.2.3/1.2.3.5.dcm', 'now')",
+            "INSERT INTO deliveries (job_id, sop_instance_uid, destination, state, next_attempt_at) VALUES (1, '1.2.3.5', 'TPS@h:104', 'sent', 'now')",
+            "INSERT INTO study_checks VALUES ('1.2.3', 'then', 'now', 'queued job 1')",
+        ] {
+            sqlx::query(sql).execute(&pool).await.expect(sql);
+        }
+        pool.close().await;
+
+        let index = crate::index::Index::open(&db).await.expect("migrated");
+        let pool = index.pool();
+        let row: (String, f64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT state, risk, (SELECT count(*) FROM job_events), (SELECT count(*) FROM outputs), \
+             (SELECT count(*) FROM deliveries), (SELECT count(*) FROM study_checks) FROM jobs WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("rows");
+        assert_eq!(row, ("succeeded".into(), 0.25, 1, 1, 1, 1));
+        let second = enqueue(pool, "1.2.3", "key2", &["1.2.3.4".into()], "m", 3)
+            .await
+            .expect("enqueue")
+            .expect("job");
+        assert_eq!(second, 2);
+        sqlx::query("UPDATE jobs SET state = 'unchanged' WHERE id = 2")
+            .execute(pool)
+            .await
+            .expect("the new state");
+        assert!(sqlx::query("UPDATE jobs SET state = 'other' WHERE id = 2")
+            .execute(pool)
+            .await
+            .is_err());
+        assert!(
+            sqlx::query("INSERT INTO job_events (job_id, at, event) VALUES (99, 'now', 'x')")
+                .execute(pool)
+                .await
+                .is_err()
+        );
+    }
+
     /// The delivery defaults keep trying a destination that is down for
     /// hours: 5 s doubling to 30 min, then every 30 min, the last try
     /// about a day after the first (config/default.toml).
@@ -704,6 +1003,10 @@ mod tests {
             sr_uid: sr.into(),
             rtstruct_uid: "1.2.3.9".into(),
             predecessor: None,
+            scored: Scored {
+                used_uids: "[]".into(),
+                result_digest: String::new(),
+            },
         };
         let late = finish(pool, &first, "worker-0", &done("1.2.3.5"), 1)
             .await

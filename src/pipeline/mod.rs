@@ -22,6 +22,7 @@ use tracing::{error, info, warn};
 use crate::config::{Destination, PipelineSettings};
 use crate::index::{at_offset, now};
 use crate::model::infer::RiskModel;
+use crate::receive::receiving::{Receipt, Receiving};
 use crate::report::sr::RiskReport;
 use crate::report::{self, ReportInputs};
 use crate::rt::analysis;
@@ -45,6 +46,10 @@ pub struct Context {
     pub model_error: Option<String>,
     /// For destinations over TLS (`pipeline.tls`); `None` when none is.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The receiver's record of the studies open associations store into
+    /// ([`crate::receive::Node::receiving`]): such a study is not stable.
+    /// `None`: a pipeline without a receiver in the same process.
+    pub receiving: Option<Arc<Receiving>>,
 }
 
 /// The TLS configuration for deliveries (`pipeline.tls`) when `needed`
@@ -64,10 +69,12 @@ pub fn client_tls(
 
 /// The pipeline's context from the settings: the model is loaded once here
 /// (a missing or unreadable model is logged; studies then wait queued).
+/// `receiving` is the node's record of the studies being received.
 pub fn context(
     settings: &crate::config::Settings,
     pool: SqlitePool,
     tls: Option<Arc<rustls::ClientConfig>>,
+    receiving: Option<Arc<Receiving>>,
 ) -> Context {
     let model = crate::model::train::device(&settings.model.device)
         .and_then(|dev| RiskModel::load_or_builtin(&settings.model.path, &dev));
@@ -92,6 +99,7 @@ pub fn context(
         model_version,
         model_error,
         tls,
+        receiving,
     }
 }
 
@@ -251,13 +259,85 @@ pub struct Input {
     pub path: PathBuf,
 }
 
+/// What the watcher concluded about a study, recorded in `study_checks`
+/// (`esorisk studies` shows it) and logged once per change.
+enum Conclusion {
+    /// An association that stored instances of it is open, or ended less
+    /// than the stable time ago: looked at again at every poll
+    /// (`study_checks.waiting`) until it is stable.
+    Receiving {
+        open: bool,
+    },
+    /// It lacks these modalities.
+    Incomplete(Vec<&'static str>),
+    /// Its inputs cannot be read (a file removed by hand): recorded, so that
+    /// it is looked at again when it changes, not at every poll.
+    Unreadable(String),
+    Queued(i64),
+    /// A job (id and state, when still known) has these inputs and model.
+    Unchanged(Option<(i64, String)>),
+}
+
+impl Conclusion {
+    /// The `study_checks` outcome.
+    fn outcome(&self) -> String {
+        match self {
+            Conclusion::Receiving { open: true } => {
+                "still being received: an association that stored instances of it is open".into()
+            }
+            Conclusion::Receiving { open: false } => {
+                "still being received: the association that stored instances of it ended less than pipeline.stable_seconds ago".into()
+            }
+            Conclusion::Incomplete(missing) => format!("incomplete: no {}", missing.join(", ")),
+            Conclusion::Unreadable(e) => format!("cannot read the inputs: {e}"),
+            Conclusion::Queued(id) => format!("queued job {id}"),
+            Conclusion::Unchanged(Some((id, state))) => {
+                format!("unchanged: job {id} ({state}) has these inputs and this model")
+            }
+            Conclusion::Unchanged(None) => "unchanged: a job has these inputs and this model".into(),
+        }
+    }
+
+    /// One line for the admin, naming the study.
+    fn log(&self, study: &str) {
+        match self {
+            Conclusion::Receiving { open: true } => info!(
+                study = %study,
+                "study still being received: an association that stored instances of it is open; looked at once it has ended and pipeline.stable_seconds have passed"
+            ),
+            Conclusion::Receiving { open: false } => info!(
+                study = %study,
+                "study still being received: the association that stored instances of it ended less than pipeline.stable_seconds ago"
+            ),
+            Conclusion::Incomplete(missing) => info!(
+                study = %study,
+                missing = %missing.join(", "),
+                "study stable but incomplete: scored once it holds an RT Dose, an RT Plan and an RT Structure Set"
+            ),
+            // Logged as a warning where it is found.
+            Conclusion::Unreadable(_) => {}
+            Conclusion::Queued(id) => {
+                info!(study = %study, job = id, "study complete and stable: job queued")
+            }
+            Conclusion::Unchanged(job) => info!(
+                study = %study,
+                job = job.as_ref().map(|j| j.0),
+                "study stable and unchanged: a job has these inputs and this model; not queued again"
+            ),
+        }
+    }
+}
+
 /// Queue a job for every study that changed, is stable, and holds an RT
-/// Dose, an RT Plan and an RT Structure Set.
+/// Dose, an RT Plan and an RT Structure Set. A study that an open
+/// association stores into is left alone, and its stable time counts from
+/// the end of that association.
 pub async fn check_studies(ctx: &Context) -> Result<(), String> {
     let rows = sqlx::query(
-        "SELECT s.study_instance_uid, s.last_received_at FROM studies s \
+        "SELECT s.study_instance_uid, s.last_received_at, c.last_received_at, c.outcome FROM studies s \
          LEFT JOIN study_checks c ON c.study_instance_uid = s.study_instance_uid \
-         WHERE s.last_received_at <= ? AND (c.last_received_at IS NULL OR c.last_received_at <> s.last_received_at)",
+         WHERE s.last_received_at <= ? AND (c.last_received_at IS NULL \
+         OR c.last_received_at <> s.last_received_at OR c.waiting = 1)",
     )
     .bind(at_offset(-(ctx.settings.stable_seconds as f64)))
     .fetch_all(&ctx.pool)
@@ -266,61 +346,73 @@ pub async fn check_studies(ctx: &Context) -> Result<(), String> {
     for r in rows {
         let study: String = r.get(0);
         let last: String = r.get(1);
-        let outcome = match study_inputs(ctx, &study).await {
-            Ok(inputs) => {
-                // esorisk's own RT Structure Sets, sent back by a PACS that
-                // forwards the whole study, are stored but are no inputs:
-                // counted, each would be a new job and a new one, for ever.
-                let inputs = tokio::task::spawn_blocking(move || {
-                    inputs
-                        .into_iter()
-                        .filter(|i| i.modality != "RTSTRUCT" || !written_by_esorisk(&i.path))
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .map_err(|e| e.to_string())?;
-                let has = |m: &str| inputs.iter().any(|i| i.modality == m);
-                let missing: Vec<&str> = ["RTDOSE", "RTPLAN", "RTSTRUCT"]
-                    .into_iter()
-                    .filter(|m| !has(m))
-                    .collect();
-                if !missing.is_empty() {
-                    format!("incomplete: no {}", missing.join(", "))
-                } else {
-                    let rt: Vec<Input> =
-                        inputs.into_iter().filter(|i| i.modality != "CT").collect();
-                    let version = ctx.model_version.clone();
-                    let rt2 = rt.clone();
-                    let key = tokio::task::spawn_blocking(move || input_key(&version, &rt2))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    match key {
-                        // Recorded, so that the study is looked at again
-                        // when it changes, not at every poll.
-                        Err(e) => {
-                            warn!(study = %study, "cannot read the inputs: {e}");
-                            format!("cannot read the inputs: {e}")
-                        }
-                        Ok(key) => queue(ctx, &study, &key, &rt).await?,
-                    }
-                }
-            }
-            Err(e) => return Err(e),
+        let before: (Option<String>, Option<String>) = (r.get(2), r.get(3));
+        let conclusion = match ctx.receiving.as_ref().map(|rc| rc.receipt(&study)) {
+            Some(Receipt::Open) => Conclusion::Receiving { open: true },
+            Some(Receipt::Ended(_)) => Conclusion::Receiving { open: false },
+            Some(Receipt::Idle) | None => conclude(ctx, &study).await?,
         };
+        let outcome = conclusion.outcome();
+        // Once per change: a study waiting for its association is looked
+        // at every poll, and logged when what is concluded changes.
+        if before.0.as_deref() != Some(last.as_str()) || before.1.as_deref() != Some(&outcome) {
+            conclusion.log(&study);
+        }
+        let waiting = matches!(conclusion, Conclusion::Receiving { .. });
         sqlx::query(
-            "INSERT INTO study_checks (study_instance_uid, last_received_at, checked_at, outcome) VALUES (?, ?, ?, ?) \
+            "INSERT INTO study_checks (study_instance_uid, last_received_at, checked_at, outcome, waiting) \
+             VALUES (?, ?, ?, ?, ?) \
              ON CONFLICT(study_instance_uid) DO UPDATE SET last_received_at = excluded.last_received_at, \
-             checked_at = excluded.checked_at, outcome = excluded.outcome",
+             checked_at = excluded.checked_at, outcome = excluded.outcome, waiting = excluded.waiting",
         )
         .bind(&study)
         .bind(&last)
         .bind(now())
         .bind(&outcome)
+        .bind(waiting)
         .execute(&ctx.pool)
         .await
         .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Look at a stable study that no association is storing into: queue a job
+/// when it is complete and its inputs are new.
+async fn conclude(ctx: &Context, study: &str) -> Result<Conclusion, String> {
+    let inputs = study_inputs(ctx, study).await?;
+    // esorisk's own RT Structure Sets, sent back by a PACS that forwards
+    // the whole study, are stored but are no inputs: counted, each would
+    // be a new job and a new one, for ever.
+    let inputs = tokio::task::spawn_blocking(move || {
+        inputs
+            .into_iter()
+            .filter(|i| i.modality != "RTSTRUCT" || !written_by_esorisk(&i.path))
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let has = |m: &str| inputs.iter().any(|i| i.modality == m);
+    let missing: Vec<&'static str> = ["RTDOSE", "RTPLAN", "RTSTRUCT"]
+        .into_iter()
+        .filter(|m| !has(m))
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Conclusion::Incomplete(missing));
+    }
+    let rt: Vec<Input> = inputs.into_iter().filter(|i| i.modality != "CT").collect();
+    let version = ctx.model_version.clone();
+    let rt2 = rt.clone();
+    let key = tokio::task::spawn_blocking(move || input_key(&version, &rt2))
+        .await
+        .map_err(|e| e.to_string())?;
+    match key {
+        Err(e) => {
+            warn!(study = %study, "cannot read the inputs: {e}");
+            Ok(Conclusion::Unreadable(e.to_string()))
+        }
+        Ok(key) => queue(ctx, study, &key, &rt).await,
+    }
 }
 
 /// `esorisk rescore`: forget what the watcher concluded about `studies`,
@@ -348,10 +440,10 @@ pub async fn rescore(pool: &SqlitePool, studies: &[String]) -> sqlx::Result<Vec<
 }
 
 /// Queue a job for a complete study's RT inputs (`key` their hash) unless
-/// one has them already; the outcome for `study_checks`.
-async fn queue(ctx: &Context, study: &str, key: &str, rt: &[Input]) -> Result<String, String> {
+/// one has them already.
+async fn queue(ctx: &Context, study: &str, key: &str, rt: &[Input]) -> Result<Conclusion, String> {
     let uids: Vec<String> = rt.iter().map(|i| i.sop_instance_uid.clone()).collect();
-    match jobs::enqueue(
+    let queued = jobs::enqueue(
         &ctx.pool,
         study,
         key,
@@ -360,19 +452,13 @@ async fn queue(ctx: &Context, study: &str, key: &str, rt: &[Input]) -> Result<St
         ctx.settings.max_attempts,
     )
     .await
-    {
-        Ok(Some(id)) => {
-            info!(study = %study, job = id, "study complete and stable: job queued");
-            Ok(format!("queued job {id}"))
-        }
-        Ok(None) => match jobs::with_input_key(&ctx.pool, key).await {
-            Ok(Some((id, state))) => Ok(format!(
-                "unchanged: job {id} ({state}) has these inputs and this model"
-            )),
-            Ok(None) => Ok("unchanged: a job has these inputs and this model".into()),
-            Err(e) => Err(e.to_string()),
-        },
-        Err(e) => Err(e.to_string()),
+    .map_err(|e| e.to_string())?;
+    match queued {
+        Some(id) => Ok(Conclusion::Queued(id)),
+        None => jobs::with_input_key(&ctx.pool, key)
+            .await
+            .map(Conclusion::Unchanged)
+            .map_err(|e| e.to_string()),
     }
 }
 
@@ -487,6 +573,13 @@ fn work(ctx: Arc<Context>, stop: Arc<AtomicBool>, rt: tokio::runtime::Handle, na
             Outcome::Succeeded { risk, .. } => {
                 info!(job = job.id, study = %job.study_instance_uid, risk, "scored")
             }
+            Outcome::Unchanged { risk, same_as, .. } => info!(
+                job = job.id,
+                study = %job.study_instance_uid,
+                risk,
+                same_as,
+                "scored: same inputs and result as job {same_as}: nothing sent"
+            ),
             Outcome::Failed(e) => {
                 warn!(job = job.id, study = %job.study_instance_uid, "not scorable: {e}")
             }
@@ -560,6 +653,11 @@ fn score_job(
         .filter(|i| wanted.contains(&i.sop_instance_uid))
         .map(|i| i.path.clone())
         .collect();
+    let doses: Vec<String> = inputs
+        .iter()
+        .filter(|i| i.modality == "RTDOSE" && wanted.contains(&i.sop_instance_uid))
+        .map(|i| i.sop_instance_uid.clone())
+        .collect();
     if inputs.is_empty() {
         return Outcome::Failed(
             "the study is no longer stored (removed by storage.retention_days or esorisk purge); send it again to score it".into(),
@@ -616,6 +714,23 @@ fn score_job(
         Ok(i) => i,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
+    // The same inputs and result as the SR last sent for the study (the
+    // study sent again in another transfer syntax, a revised plan without
+    // its dose, a file replaced before an earlier job ran): nothing to
+    // write or send.
+    let scored = scored(&study, &score, eso, &inputs, &doses);
+    match rt.block_on(end_if_unchanged(ctx, job, score.risk, &scored)) {
+        Ok(Some(same_as)) => {
+            *recorded = true;
+            return Outcome::Unchanged {
+                risk: score.risk,
+                same_as,
+                scored,
+            };
+        }
+        Ok(None) => {}
+        Err(e) => return Outcome::Transient(e),
+    }
     let rtstruct = match report::rtstruct::learned_roi_rtstruct(
         &inputs,
         &score.prepared_grid,
@@ -660,9 +775,21 @@ fn score_job(
         sr_uid,
         rtstruct_uid: rs_uid,
         predecessor: predecessor.map(|p| p.1),
+        scored: scored.clone(),
     };
-    if let Err(e) = store_outputs(ctx, rt, job, &outputs, &objects, &outcome) {
-        return Outcome::Transient(e);
+    let dose = Some(study.dose.info.sop_instance_uid.as_str());
+    match store_outputs(ctx, rt, job, &outputs, dose, &outcome) {
+        Ok(None) => {}
+        // Another job sent this result while this one was writing.
+        Ok(Some(same_as)) => {
+            *recorded = true;
+            return Outcome::Unchanged {
+                risk: score.risk,
+                same_as,
+                scored,
+            };
+        }
+        Err(e) => return Outcome::Transient(e),
     }
     *recorded = true;
     let ms = |d: Duration| d.as_millis() as u64;
@@ -711,8 +838,8 @@ fn fail_with_optional_sr(
         if let Ok(inputs) = ReportInputs::from_objects(&objects) {
             let sr = report::sr::not_scored_sr(&inputs, reason);
             let outcome = Outcome::Failed(reason.to_string());
-            match store_outputs(ctx, rt, job, &[(sr, "sr-not-scored")], &objects, &outcome) {
-                Ok(()) => *recorded = true,
+            match store_outputs(ctx, rt, job, &[(sr, "sr-not-scored")], None, &outcome) {
+                Ok(_) => *recorded = true,
                 Err(e) => warn!(job = job.id, "cannot store the not-scored SR: {e}"),
             }
             return outcome;
@@ -726,15 +853,19 @@ fn attr(o: &FileDicomObject<InMemDicomObject>, tag: dicom_core::Tag) -> String {
 }
 
 /// Write outputs under `out/<study>/`, fsynced, then index them and queue
-/// their deliveries in one transaction.
+/// their deliveries in one transaction with the job's end. `dose`: the SOP
+/// Instance UID of the RT Dose scored, whose sender gets the results back
+/// (`pipeline.send_back_port`). A success whose result another job sent
+/// meanwhile (two workers, the same result) ends unchanged instead, its
+/// files removed: `Some(that job)`.
 fn store_outputs(
     ctx: &Context,
     rt: &tokio::runtime::Handle,
     job: &Job,
     outputs: &[(FileDicomObject<InMemDicomObject>, &str)],
-    inputs: &[FileDicomObject<InMemDicomObject>],
+    dose: Option<&str>,
     end: &Outcome,
-) -> Result<(), String> {
+) -> Result<Option<i64>, String> {
     crate::uid::validate(&job.study_instance_uid).map_err(|e| e.to_string())?;
     let rel_dir = Path::new("out").join(&job.study_instance_uid);
     let dir = ctx.data_dir.join(&rel_dir);
@@ -769,9 +900,26 @@ fn store_outputs(
             .and_then(|f| f.sync_all())
             .map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    let destinations = destinations(ctx, rt, &job.study_instance_uid, inputs);
-    let ours = rt.block_on(async {
+    let destinations = destinations(ctx, rt, job, dose);
+    let worker = job.worker.as_deref().unwrap_or_default();
+    let ended = rt.block_on(async {
         let mut tx = ctx.pool.begin().await?;
+        if !jobs::hold(&mut tx, job, worker).await? {
+            return Ok(Ended::NotOurs);
+        }
+        if let Outcome::Succeeded { risk, scored, .. } = end {
+            if let Some(same_as) = jobs::same_as_last_sent(&mut tx, job, scored).await? {
+                let unchanged = Outcome::Unchanged {
+                    risk: *risk,
+                    same_as,
+                    scored: scored.clone(),
+                };
+                jobs::finish_in(&mut tx, job, worker, &unchanged, ctx.settings.retry_base_seconds)
+                    .await?;
+                tx.commit().await?;
+                return Ok(Ended::Unchanged(same_as));
+            }
+        }
         let n = now();
         for (sop, series, class, kind, path) in &rows {
             sqlx::query(
@@ -803,68 +951,216 @@ fn store_outputs(
         }
         // The job's end goes in with its outputs: a crash between the two
         // would otherwise score the job again and send a second SR. And
-        // only while the job is still this attempt's: after a lapsed
-        // lease another worker may hold it, and its outputs are the ones.
-        let worker = job.worker.as_deref().unwrap_or_default();
-        let ours =
-            jobs::finish_in(&mut tx, job, worker, end, ctx.settings.retry_base_seconds).await?;
-        if ours {
-            tx.commit().await?;
-        }
-        Ok::<bool, sqlx::Error>(ours)
-    });
-    match ours {
-        Ok(true) => Ok(()),
-        Ok(false) | Err(_) => {
-            for (_, _, _, _, path) in &rows {
-                let _ = std::fs::remove_file(ctx.data_dir.join(path));
+        // only while the job is still this attempt's (checked by `hold`
+        // above, under the write lock): after a lapsed lease another worker
+        // may hold it, and its outputs are the ones.
+        match jobs::finish_in(&mut tx, job, worker, end, ctx.settings.retry_base_seconds).await? {
+            true => {
+                tx.commit().await?;
+                Ok::<Ended, sqlx::Error>(Ended::Stored)
             }
-            Err(match ours {
-                Err(e) => e.to_string(),
-                _ => "the job is no longer this attempt's (its lease lapsed and another worker took it); its outputs were discarded".into(),
-            })
+            false => Ok(Ended::NotOurs),
+        }
+    });
+    let discard = || {
+        for (_, _, _, _, path) in &rows {
+            let _ = std::fs::remove_file(ctx.data_dir.join(path));
+        }
+    };
+    match ended {
+        Ok(Ended::Stored) => Ok(None),
+        Ok(Ended::Unchanged(same_as)) => {
+            discard();
+            Ok(Some(same_as))
+        }
+        Ok(Ended::NotOurs) => {
+            discard();
+            Err(NOT_OURS.into())
+        }
+        Err(e) => {
+            discard();
+            Err(e.to_string())
         }
     }
 }
 
-/// The configured destinations, plus the sender when `send_back_port` is set.
+/// How [`store_outputs`] ended.
+enum Ended {
+    Stored,
+    /// Another job has the same inputs and result, and its outputs were the
+    /// study's last.
+    Unchanged(i64),
+    /// The job is no longer this attempt's.
+    NotOurs,
+}
+
+/// Why an attempt records nothing after its lease lapsed.
+const NOT_OURS: &str = "the job is no longer this attempt's (its lease lapsed and another worker took it); its outputs were discarded";
+
+/// End `job` as unchanged, in one transaction under its guard, if its
+/// result is the one last sent for its study: `Some(that job)`. Nothing is
+/// written when it is not.
+async fn end_if_unchanged(
+    ctx: &Context,
+    job: &Job,
+    risk: f64,
+    scored: &jobs::Scored,
+) -> Result<Option<i64>, String> {
+    let worker = job.worker.as_deref().unwrap_or_default();
+    let run = async {
+        let mut tx = ctx.pool.begin().await?;
+        if !jobs::hold(&mut tx, job, worker).await? {
+            return Ok(Err(NOT_OURS.to_string()));
+        }
+        let Some(same_as) = jobs::same_as_last_sent(&mut tx, job, scored).await? else {
+            tx.rollback().await?;
+            return Ok(Ok(None));
+        };
+        let end = Outcome::Unchanged {
+            risk,
+            same_as,
+            scored: scored.clone(),
+        };
+        if !jobs::finish_in(&mut tx, job, worker, &end, ctx.settings.retry_base_seconds).await? {
+            return Ok(Err(NOT_OURS.to_string()));
+        }
+        tx.commit().await?;
+        Ok::<_, sqlx::Error>(Ok(Some(same_as)))
+    };
+    run.await.map_err(|e| e.to_string())?
+}
+
+/// What a scoring used and gave ([`jobs::Scored`]). Used: the RT Dose
+/// scored (with the beam doses summed into it: its notes name them, of
+/// `doses`, the job's RT Doses), the RT Plan and the plans the dose names
+/// (a course's sum), the RT Structure Set, and the CT slices the returned
+/// contours are linked to. Given: the risk (its bits), the learned ROI on
+/// its grid, the fused features and the esophagus dose metrics the SR
+/// reports.
+fn scored(
+    study: &crate::rt::study::Study,
+    score: &crate::model::infer::Score,
+    eso: Option<&analysis::StructureDvh>,
+    report: &ReportInputs,
+    doses: &[String],
+) -> jobs::Scored {
+    let info = &study.dose.info;
+    let named = |uid: &str| {
+        info.notes.iter().any(|n| {
+            n.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .any(|t| t == uid)
+        })
+    };
+    let mut used: Vec<String> = doses
+        .iter()
+        .filter(|u| **u == info.sop_instance_uid || named(u))
+        .cloned()
+        .collect();
+    used.push(info.sop_instance_uid.clone());
+    used.extend(info.referenced_plan_uids.iter().cloned());
+    used.extend(study.plan.iter().map(|p| p.sop_instance_uid.clone()));
+    used.extend(study.structures.iter().map(|s| s.sop_instance_uid.clone()));
+    used.extend(report.ct_slices.iter().map(|c| c.sop_instance_uid.clone()));
+    used.sort();
+    used.dedup();
+
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    let mut num = |v: f64| h.update(v.to_bits().to_le_bytes());
+    num(score.risk);
+    let g = &score.prepared_grid;
+    for v in [g.x0, g.y0, g.dx, g.dy, g.nx as f64, g.ny as f64] {
+        num(v);
+    }
+    for z in &g.z {
+        num(*z);
+    }
+    num(score.roi_volume_cc);
+    num(score.roi_mean_gy.unwrap_or(f64::NAN));
+    for (_, v) in &score.dosiomics {
+        num(v.unwrap_or(f64::NAN));
+    }
+    if let Some(s) = eso {
+        let p = &s.physical;
+        for v in [p.mean_gy, p.v35_pct, p.v50_pct, p.v60_pct, p.v70_pct] {
+            num(v);
+        }
+    }
+    for (n, _) in &score.dosiomics {
+        h.update(n.as_bytes());
+        h.update([0]);
+    }
+    h.update((score.roi.len() as u64).to_le_bytes());
+    let mut bits = vec![0u8; score.roi.len().div_ceil(8)];
+    for (i, _) in score.roi.iter().enumerate().filter(|(_, &m)| m) {
+        bits[i / 8] |= 1 << (i % 8);
+    }
+    h.update(&bits);
+    let digest: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    jobs::Scored {
+        used_uids: serde_json::to_string(&used).unwrap_or_else(|_| "[]".into()),
+        result_digest: digest,
+    }
+}
+
+/// The configured destinations, plus, when `send_back_port` is set, the
+/// sender of the RT Dose scored (`dose`; for a study not scored, the
+/// latest received of the job's RT Doses): its calling AE title at the
+/// address it connected from. Not the sender of the study's latest
+/// instance, which may be a CT simulator or a PACS forwarding the
+/// returned RT Structure Set. A dose whose sender is unknown (indexed
+/// from the store after a crash) sends nothing back.
 fn destinations(
     ctx: &Context,
     rt: &tokio::runtime::Handle,
-    study: &str,
-    _inputs: &[FileDicomObject<InMemDicomObject>],
+    job: &Job,
+    dose: Option<&str>,
 ) -> Vec<Destination> {
     let mut out = ctx.settings.destinations.clone();
     if ctx.settings.send_back_port != 0 {
         let row = rt.block_on(
             sqlx::query(
-                "SELECT calling_ae, peer_address FROM instances WHERE study_instance_uid = ? \
-                 AND calling_ae IS NOT NULL ORDER BY received_at DESC LIMIT 1",
+                "SELECT calling_ae, peer_address FROM instances WHERE study_instance_uid = ?1 \
+                 AND modality = 'RTDOSE' AND calling_ae IS NOT NULL \
+                 AND sop_instance_uid IN (SELECT value FROM json_each(?2)) \
+                 ORDER BY sop_instance_uid = ?3 DESC, received_at DESC LIMIT 1",
             )
-            .bind(study)
+            .bind(&job.study_instance_uid)
+            .bind(&job.input_uids)
+            .bind(dose.unwrap_or_default())
             .fetch_optional(&ctx.pool),
         );
-        if let Ok(Some(r)) = row {
-            let ae: String = r.get(0);
-            let peer: Option<String> = r.get(1);
-            let host = peer.as_deref().and_then(|p| {
-                p.parse::<std::net::SocketAddr>()
-                    .ok()
-                    .map(|a| a.ip().to_string())
-                    .or(Some(p.to_string()))
-            });
-            if let Some(host) = host {
-                let d = Destination {
-                    ae_title: crate::config::wire_ae_title(&ae).to_string(),
-                    host,
-                    port: ctx.settings.send_back_port,
-                    tls: ctx.settings.send_back_tls,
-                    objects: Vec::new(),
-                };
-                if !out.iter().any(|o| o.key() == d.key()) {
-                    out.push(d);
+        match row {
+            Ok(Some(r)) => {
+                let ae: String = r.get(0);
+                let peer: Option<String> = r.get(1);
+                let host = peer.as_deref().map(|p| {
+                    p.parse::<std::net::SocketAddr>()
+                        .map(|a| a.ip().to_string())
+                        .unwrap_or_else(|_| p.to_string())
+                });
+                if let Some(host) = host {
+                    let d = Destination {
+                        ae_title: crate::config::wire_ae_title(&ae).to_string(),
+                        host,
+                        port: ctx.settings.send_back_port,
+                        tls: ctx.settings.send_back_tls,
+                        objects: Vec::new(),
+                    };
+                    if !out.iter().any(|o| o.key() == d.key()) {
+                        out.push(d);
+                    }
                 }
             }
+            Ok(None) => warn!(
+                job = job.id,
+                study = %job.study_instance_uid,
+                "the sender of the RT Dose is not known (indexed from the store after a crash): the results are not sent back (pipeline.send_back_port)"
+            ),
+            Err(e) => warn!(
+                job = job.id,
+                "cannot look up the sender of the RT Dose: {e}"
+            ),
         }
     }
     out

@@ -39,6 +39,9 @@ pub struct Context {
     /// Shared with the removal of old studies; `None` when the node removes
     /// none (`storage.retention_days = 0`), so the receive path skips it.
     pub gate: Option<Arc<crate::retention::Gate>>,
+    /// Shared with the pipeline's watcher: the studies open associations
+    /// store into.
+    pub receiving: Arc<super::receiving::Receiving>,
 }
 
 /// Totals for the association log.
@@ -48,6 +51,9 @@ pub struct Summary {
     pub failed: u64,
     pub bytes: u64,
     pub outcome: String,
+    /// The studies this association began to store instances of, each
+    /// counted once in [`Context::receiving`] until the association ends.
+    pub studies: std::collections::HashSet<String>,
 }
 
 /// Where the data set of the current C-STORE goes.
@@ -504,6 +510,14 @@ async fn finish_instance(
         }
         None => None,
     };
+    // From here on the study counts as being received until this
+    // association ends, whatever becomes of this instance.
+    if let Some(study) = checked.stored().header.study_instance_uid.as_deref() {
+        if !summary.studies.contains(study) {
+            summary.studies.insert(study.to_string());
+            ctx.receiving.opened(study);
+        }
+    }
     let record = InstanceRecord {
         stored: checked.stored().clone(),
         calling_ae: Some(calling_ae.to_string()),

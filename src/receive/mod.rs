@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod association;
+pub mod receiving;
 pub mod sop;
 pub mod wire;
 
@@ -154,6 +155,9 @@ impl Node {
             read_timeout: Duration::from_secs(settings.dicom.read_timeout_secs.max(1)),
             fault: settings.dicom.fault.clone(),
             gate: (settings.storage.retention_days > 0).then(Default::default),
+            receiving: Arc::new(receiving::Receiving::new(Duration::from_secs(
+                settings.pipeline.stable_seconds,
+            ))),
         });
         Ok(Node {
             settings,
@@ -170,6 +174,12 @@ impl Node {
 
     pub fn index(&self) -> &Index {
         &self.ctx.index
+    }
+
+    /// The studies open associations store into, for the pipeline's
+    /// watcher ([`crate::pipeline::context`]).
+    pub fn receiving(&self) -> Arc<receiving::Receiving> {
+        self.ctx.receiving.clone()
     }
 
     /// Serve until `shutdown` completes, then stop accepting, let running
@@ -531,6 +541,8 @@ async fn run_association<S>(
         };
         let _ = tokio::time::timeout(Duration::from_secs(1), assoc.send(&abort)).await;
     }
+    // The studies it stored into start counting their stable time now.
+    ctx.receiving.ended(&summary.studies);
     info!(
         calling_ae, called_ae, %peer, stored = summary.stored, failed = summary.failed,
         bytes = summary.bytes, outcome = %summary.outcome, "association ended"

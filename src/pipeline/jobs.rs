@@ -405,7 +405,9 @@ pub async fn hold(tx: &mut sqlx::SqliteConnection, j: &Job, worker: &str) -> sql
 /// if it succeeded with the same model, used the same inputs and gave the
 /// same result as `scored`: then `j` has nothing new to send. A study whose
 /// last outputs were an SR saying it could not be scored, or the results
-/// of another model, gets new ones.
+/// of another model, gets new ones; so does a study removed (retention,
+/// purge: its jobs' keys are marked `:removed:`, and their output files
+/// are gone) and sent again.
 pub async fn same_as_last_sent(
     tx: &mut sqlx::SqliteConnection,
     j: &Job,
@@ -414,6 +416,7 @@ pub async fn same_as_last_sent(
     let last = sqlx::query(
         "SELECT id, state, model_version, used_uids, result_digest FROM jobs WHERE study_instance_uid = ? \
          AND id <> ? AND id IN (SELECT job_id FROM outputs WHERE study_instance_uid = ?) \
+         AND input_key NOT LIKE '%:removed:%' \
          ORDER BY finished_at DESC, id DESC LIMIT 1",
     )
     .bind(&j.study_instance_uid)
@@ -836,6 +839,16 @@ mod tests {
         write(&not_scored, Outcome::Failed("no esophagus".into())).await;
         let after = run("k5", "m").await;
         assert_eq!(same(&after, scored("[\"a\"]", "d")).await, None);
+        // A study removed and sent again gets its results again.
+        write(&after, success(scored("[\"a\"]", "d"))).await;
+        let again = run("k6", "m").await;
+        assert_eq!(same(&again, scored("[\"a\"]", "d")).await, Some(after.id));
+        sqlx::query("UPDATE jobs SET input_key = input_key || ':removed:' || id WHERE id <> ?")
+            .bind(again.id)
+            .execute(pool)
+            .await
+            .expect("removed");
+        assert_eq!(same(&again, scored("[\"a\"]", "d")).await, None);
     }
 
     /// A database of the schema before `unchanged` jobs, with jobs that

@@ -3160,6 +3160,22 @@ fn a_study_is_not_queued_while_an_association_storing_it_is_open() {
         .build()
         .expect("runtime");
     let quiet = Duration::from_secs(5);
+    // First the structure set alone: incomplete, said once.
+    let out = storescu(&node, &[], &[&study.join("rtstruct.dcm")]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("the study found incomplete", 30, || {
+        query(&db, "SELECT outcome FROM study_checks")
+            .first()
+            .is_some_and(|r| r[0].as_deref() == Some("incomplete: no RTDOSE, RTPLAN"))
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let incomplete = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("study stable but incomplete") && l.contains(&study_uid))
+            .filter(|l| l.contains("missing=RTDOSE, RTPLAN"))
+            .count()
+    };
+    assert_eq!(incomplete(&node.log()), 1, "{}", node.log());
     let released = rt.block_on(async {
         let contexts: Vec<(&str, Vec<&str>)> = [&plan, &rs, &dose]
             .iter()

@@ -1511,10 +1511,7 @@ fn print_status(doc: &serde_json::Value) {
     };
     println!(
         "jobs: {}{}",
-        counts(
-            "jobs",
-            &["queued", "running", "succeeded", "failed", "dead"]
-        ),
+        counts("jobs", &esorisk::pipeline::jobs::STATES),
         match doc["last_job_finished_at"].as_str() {
             Some(t) => format!("; the last finished {t}"),
             None => String::new(),

@@ -540,7 +540,7 @@ fn a_pushed_study_comes_back_as_sr_and_rtstruct() {
     assert!(said.contains("scoring: model "), "{said}");
     assert!(
         said.contains(
-            "jobs: 0 queued, 0 running, 1 succeeded, 0 failed, 0 dead; the last finished 20"
+            "jobs: 0 queued, 0 running, 1 succeeded, 0 unchanged, 0 failed, 0 dead; the last finished 20"
         ),
         "{said}"
     );

@@ -104,6 +104,8 @@ pub async fn enqueue(
     max_attempts: u32,
 ) -> sqlx::Result<Option<i64>> {
     let uids = serde_json::to_string(input_uids).unwrap_or_else(|_| "[]".into());
+    // The job and its first event together: no job without its history.
+    let mut tx = pool.begin().await?;
     let id: Option<i64> = sqlx::query_scalar(
         "INSERT INTO jobs (study_instance_uid, input_key, input_uids, model_version, state, \
          max_attempts, created_at) VALUES (?, ?, ?, ?, 'queued', ?, ?) \
@@ -115,17 +117,18 @@ pub async fn enqueue(
     .bind(model_version)
     .bind(i64::from(max_attempts))
     .bind(now())
-    .fetch_optional(pool)
+    .fetch_optional(&mut *tx)
     .await?;
     if let Some(id) = id {
         event(
-            pool,
+            &mut *tx,
             id,
             "queued",
             &format!("{} input instances", input_uids.len()),
         )
         .await?;
     }
+    tx.commit().await?;
     Ok(id)
 }
 

@@ -3298,3 +3298,74 @@ fn results_go_back_to_the_sender_of_the_rt_dose() {
         vec![vec![Some(format!("PLANNER@127.0.0.1:{}", rx.port))]]
     );
 }
+
+/// A job whose study's files change after it was queued (the same RT Dose
+/// sent again with other values) scores nothing for the files it was queued
+/// for and gives up their key: the new files are scored by a job of their
+/// own, and when the first files come back they are scored again, so the
+/// newest SR always describes the files the study holds.
+#[test]
+fn a_job_whose_files_changed_after_it_was_queued_scores_nothing_and_releases_them() {
+    use dicom_dictionary_std::tags;
+    use esorisk::rt::write::put_str;
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let mut env = node_env(model, rx.port);
+    env.push(("ESORISK__PIPELINE__HOLD_CLAIMED_SECONDS".into(), "6".into()));
+    let node = start_node(&env);
+    let first = patient(&tmp.path().join("a"), "41", false);
+    // The same dose instance with 10 % more dose everywhere.
+    let second = tmp.path().join("b");
+    std::fs::create_dir_all(&second).expect("dir");
+    let mut dose = dicom_object::open_file(first.join("rtdose.dcm")).expect("dose");
+    let scaling: f64 = get_str(&dose, tags::DOSE_GRID_SCALING)
+        .parse()
+        .expect("scaling");
+    put_str(
+        &mut dose,
+        tags::DOSE_GRID_SCALING,
+        dicom_core::VR::DS,
+        &format!("{:.8e}", scaling * 1.1),
+    );
+    dose.write_to_file(second.join("rtdose.dcm"))
+        .expect("write");
+    let db = node.db_path();
+
+    push(&node, &first);
+    wait_until("the first job to be claimed", 120, || {
+        count(&db, "SELECT count(*) FROM jobs WHERE state = 'running'") == 1
+    });
+    push(&node, &second);
+    wait_until("the first job to end", 120, || {
+        count(
+            &db,
+            "SELECT count(*) FROM jobs WHERE id = 1 AND state = 'failed'",
+        ) == 1
+    });
+    let why = query(&db, "SELECT error, input_key FROM jobs WHERE id = 1");
+    let error = why[0][0].clone().unwrap_or_default();
+    assert!(
+        error.contains("changed after this job was queued"),
+        "{error}"
+    );
+    assert!(
+        why[0][1]
+            .as_deref()
+            .unwrap_or_default()
+            .ends_with(":superseded:1"),
+        "{why:?}"
+    );
+    wait_until("the changed files scored", 120, || rx.files().len() >= 2);
+    // The first files again: scored again, not "unchanged".
+    push(&node, &first);
+    wait_until("the first files scored again", 120, || {
+        rx.files().len() >= 4
+    });
+    let jobs = query(&db, "SELECT id, state, CAST(risk AS TEXT) FROM jobs ORDER BY id");
+    assert_eq!(jobs.len(), 3, "{jobs:?}");
+    assert_eq!(jobs[1][1].as_deref(), Some("succeeded"), "{jobs:?}");
+    assert_eq!(jobs[2][1].as_deref(), Some("succeeded"), "{jobs:?}");
+    assert!(jobs[1][2].is_some(), "{jobs:?}");
+    assert_ne!(jobs[1][2], jobs[2][2], "two doses, two risks: {jobs:?}");
+}

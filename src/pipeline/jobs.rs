@@ -55,6 +55,9 @@ pub struct Job {
     pub sr_uid: Option<String>,
     pub rtstruct_uid: Option<String>,
     pub input_uids: String,
+    /// Hash of the model version and the input files the job was queued
+    /// for (with `:superseded:<id>` or `:removed:` when it gave it up).
+    pub input_key: String,
     pub worker: Option<String>,
 }
 
@@ -73,6 +76,7 @@ fn job(r: &sqlx::sqlite::SqliteRow) -> Job {
         risk: r.get("risk"),
         sr_uid: r.get("sr_uid"),
         rtstruct_uid: r.get("rtstruct_uid"),
+        input_key: r.get("input_key"),
         input_uids: r.get("input_uids"),
         worker: r.get("worker"),
     }

@@ -381,17 +381,9 @@ pub async fn check_studies(ctx: &Context) -> Result<(), String> {
 /// when it is complete and its inputs are new.
 async fn conclude(ctx: &Context, study: &str) -> Result<Conclusion, String> {
     let inputs = study_inputs(ctx, study).await?;
-    // esorisk's own RT Structure Sets, sent back by a PACS that forwards
-    // the whole study, are stored but are no inputs: counted, each would
-    // be a new job and a new one, for ever.
-    let inputs = tokio::task::spawn_blocking(move || {
-        inputs
-            .into_iter()
-            .filter(|i| i.modality != "RTSTRUCT" || !written_by_esorisk(&i.path))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .map_err(|e| e.to_string())?;
+    let inputs = tokio::task::spawn_blocking(move || without_own_structure_sets(inputs))
+        .await
+        .map_err(|e| e.to_string())?;
     let has = |m: &str| inputs.iter().any(|i| i.modality == m);
     let missing: Vec<&'static str> = ["RTDOSE", "RTPLAN", "RTSTRUCT"]
         .into_iter()
@@ -413,6 +405,56 @@ async fn conclude(ctx: &Context, study: &str) -> Result<Conclusion, String> {
         }
         Ok(key) => queue(ctx, study, &key, &rt).await,
     }
+}
+
+/// esorisk's own RT Structure Sets, sent back by a PACS that forwards the
+/// whole study, are stored but are no inputs: counted, each would be a new
+/// job and a new one, for ever.
+fn without_own_structure_sets(inputs: Vec<Input>) -> Vec<Input> {
+    inputs
+        .into_iter()
+        .filter(|i| i.modality != "RTSTRUCT" || !written_by_esorisk(&i.path))
+        .collect()
+}
+
+/// Whether the study's RT inputs are still the files a job was queued for
+/// (its `input_key`, computed as [`conclude`] does). The same SOP Instance
+/// sent again with other content, or an RT instance added, after the job
+/// was queued makes the job stand for files it would not score: scored,
+/// its key would then say that the queued files were scored, and when
+/// they came back they would never be.
+fn still_queued_inputs(job: &Job, inputs: &[Input]) -> std::io::Result<bool> {
+    let rt: Vec<Input> = without_own_structure_sets(inputs.to_vec())
+        .into_iter()
+        .filter(|i| i.modality != "CT")
+        .collect();
+    Ok(input_key(&job.model_version, &rt)? == job.input_key)
+}
+
+/// End a job whose study's files changed after it was queued (see
+/// [`still_queued_inputs`]): nothing is scored or sent, the watcher queues
+/// the files as they are now, and the job gives up its key so that the
+/// files it was queued for are scored again if they come back.
+fn superseded(ctx: &Context, rt: &tokio::runtime::Handle, job: &Job) -> Outcome {
+    let released = rt.block_on(
+        sqlx::query(
+            "UPDATE jobs SET input_key = input_key || ':superseded:' || id \
+             WHERE id = ? AND worker = ? AND attempts = ?",
+        )
+        .bind(job.id)
+        .bind(&job.worker)
+        .bind(job.attempts)
+        .execute(&ctx.pool),
+    );
+    if let Err(e) = released {
+        return Outcome::Transient(e.to_string());
+    }
+    Outcome::Failed(
+        "the study's files changed after this job was queued (an instance sent again with \
+         other content, or a new one): nothing is scored for the files it was queued for; \
+         the job queued for the files as they are now scores them"
+            .into(),
+    )
 }
 
 /// `esorisk rescore`: forget what the watcher concluded about `studies`,
@@ -668,6 +710,11 @@ fn score_job(
             "input instances of this job were replaced or removed; a newer job covers them".into(),
         );
     }
+    match still_queued_inputs(job, &inputs) {
+        Ok(true) => {}
+        Ok(false) => return superseded(ctx, rt, job),
+        Err(e) => return Outcome::Transient(format!("cannot read the inputs: {e}")),
+    }
     let ct_paths: Vec<PathBuf> = inputs
         .iter()
         .filter(|i| i.modality == "CT")
@@ -777,6 +824,17 @@ fn score_job(
         predecessor: predecessor.map(|p| p.1),
         scored: scored.clone(),
     };
+    // A file replaced while the job read it: the next attempt finds out.
+    match rt
+        .block_on(study_inputs(ctx, &job.study_instance_uid))
+        .and_then(|now| still_queued_inputs(job, &now).map_err(|e| e.to_string()))
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return Outcome::Transient("the study's files changed while this job read them".into())
+        }
+        Err(e) => return Outcome::Transient(format!("cannot read the inputs: {e}")),
+    }
     let dose = Some(study.dose.info.sop_instance_uid.as_str());
     match store_outputs(ctx, rt, job, &outputs, dose, &outcome) {
         Ok(None) => {}

@@ -3133,6 +3133,77 @@ fn the_same_inputs_and_result_are_not_sent_twice() {
         "{studies}"
     );
     node.assert_logged(&["nothing sent", "same_as=1", &study_uid]);
+
+    // The revised plan's dose comes after all (with the plan, dated): the
+    // revised plan is scored,
+    // and the SR's evidence lists the objects the score used, not the first
+    // plan and dose, which the study still holds.
+    let revised_plan = common::uids(&plan).sop;
+    let first_plan = common::uids(&study.join("rtplan.dcm")).sop;
+    let first_dose = common::uids(&study.join("rtdose.dcm")).sop;
+    let later = tmp.path().join("revised-dose");
+    std::fs::create_dir_all(&later).expect("dir");
+    let dose = later.join("rtdose.dcm");
+    std::fs::copy(study.join("rtdose.dcm"), &dose).expect("copy");
+    let new_dose = esorisk::uid::generate();
+    edit(&dose, |o| {
+        put_str(o, tags::SOP_INSTANCE_UID, dicom_core::VR::UI, &new_dose);
+        o.meta_mut().media_storage_sop_instance_uid = new_dose.clone();
+        let item = dicom_object::InMemDicomObject::from_element_iter([
+            dicom_core::DataElement::new(
+                tags::REFERENCED_SOP_CLASS_UID,
+                dicom_core::VR::UI,
+                dicom_core::PrimitiveValue::from("1.2.840.10008.5.1.4.1.1.481.5"),
+            ),
+            dicom_core::DataElement::new(
+                tags::REFERENCED_SOP_INSTANCE_UID,
+                dicom_core::VR::UI,
+                dicom_core::PrimitiveValue::from(revised_plan.as_str()),
+            ),
+        ]);
+        o.put(dicom_core::DataElement::new(
+            tags::REFERENCED_RT_PLAN_SEQUENCE,
+            dicom_core::VR::SQ,
+            dicom_core::value::DataSetSequence::from(vec![item]),
+        ));
+    });
+    // Dated after the first, as a revision is.
+    let dated = later.join("rtplan.dcm");
+    std::fs::copy(&plan, &dated).expect("copy");
+    edit(&dated, |o| {
+        put_str(o, tags::RT_PLAN_DATE, dicom_core::VR::DA, "20260102");
+    });
+    push(&node, &later);
+    let (state, error) = job_end(&db, 5);
+    assert_eq!(state, "succeeded", "{error}");
+    wait_until("the revised plan's results", 120, || rx.files().len() >= 4);
+    let sr = rx
+        .files()
+        .into_iter()
+        .map(|f| dicom_object::open_file(&f).expect("output"))
+        .find(|o| {
+            get_str(o, tags::MODALITY) == "SR"
+                && get_str(o, tags::SOP_INSTANCE_UID)
+                    != query(&db, "SELECT sr_uid FROM jobs WHERE id = 1")[0][0]
+                        .clone()
+                        .unwrap_or_default()
+        })
+        .expect("the second SR");
+    let listed: Vec<String> =
+        esorisk::rt::attr::items(&sr, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE)
+            .iter()
+            .flat_map(|st| esorisk::rt::attr::items(st, tags::REFERENCED_SERIES_SEQUENCE))
+            .flat_map(|se| esorisk::rt::attr::items(se, tags::REFERENCED_SOP_SEQUENCE))
+            .filter_map(|r| esorisk::rt::attr::string(r, tags::REFERENCED_SOP_INSTANCE_UID))
+            .collect();
+    assert!(
+        listed.contains(&revised_plan) && listed.contains(&new_dose),
+        "{listed:?}"
+    );
+    assert!(
+        !listed.contains(&first_plan) && !listed.contains(&first_dose),
+        "{listed:?}"
+    );
 }
 
 /// A study is not stable while an association that stored an instance of
@@ -3362,7 +3433,10 @@ fn a_job_whose_files_changed_after_it_was_queued_scores_nothing_and_releases_the
     wait_until("the first files scored again", 120, || {
         rx.files().len() >= 4
     });
-    let jobs = query(&db, "SELECT id, state, CAST(risk AS TEXT) FROM jobs ORDER BY id");
+    let jobs = query(
+        &db,
+        "SELECT id, state, CAST(risk AS TEXT) FROM jobs ORDER BY id",
+    );
     assert_eq!(jobs.len(), 3, "{jobs:?}");
     assert_eq!(jobs[1][1].as_deref(), Some("succeeded"), "{jobs:?}");
     assert_eq!(jobs[2][1].as_deref(), Some("succeeded"), "{jobs:?}");

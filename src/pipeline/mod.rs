@@ -750,9 +750,19 @@ fn score_job(
         .iter()
         .find(|s| s.organ == Some(Organ::Esophagus));
     let t_dvh = t0.elapsed();
+    // The evidence lists what the score used: the other plans and doses
+    // the study holds are not.
+    let used = used_rt_uids(&study, &doses);
     let mut objects = Vec::new();
-    for p in rt_paths.iter().chain(&ct_paths) {
+    for (p, rt_object) in rt_paths
+        .iter()
+        .map(|p| (p, true))
+        .chain(ct_paths.iter().map(|p| (p, false)))
+    {
         match open_header(p) {
+            Ok(o)
+                if rt_object
+                    && !used.contains(&attr(&o, dicom_dictionary_std::tags::SOP_INSTANCE_UID)) => {}
             Ok(o) => objects.push(o),
             Err(e) => return Outcome::Transient(e),
         }
@@ -1088,20 +1098,10 @@ async fn end_if_unchanged(
     run.await.map_err(|e| e.to_string())?
 }
 
-/// What a scoring used and gave ([`jobs::Scored`]). Used: the RT Dose
-/// scored (with the beam doses summed into it: its notes name them, of
-/// `doses`, the job's RT Doses), the RT Plan and the plans the dose names
-/// (a course's sum), the RT Structure Set, and the CT slices the returned
-/// contours are linked to. Given: the risk (its bits), the learned ROI on
-/// its grid, the fused features and the esophagus dose metrics the SR
-/// reports.
-fn scored(
-    study: &crate::rt::study::Study,
-    score: &crate::model::infer::Score,
-    eso: Option<&analysis::StructureDvh>,
-    report: &ReportInputs,
-    doses: &[String],
-) -> jobs::Scored {
+/// The SOP Instance UIDs of the RT objects a study's score used: the dose
+/// (or the beam doses it sums, which its notes name), its plan(s) and the
+/// structure set; not the other plans and doses the study holds.
+fn used_rt_uids(study: &crate::rt::study::Study, doses: &[String]) -> Vec<String> {
     let info = &study.dose.info;
     let named = |uid: &str| {
         info.notes.iter().any(|n| {
@@ -1118,6 +1118,24 @@ fn scored(
     used.extend(info.referenced_plan_uids.iter().cloned());
     used.extend(study.plan.iter().map(|p| p.sop_instance_uid.clone()));
     used.extend(study.structures.iter().map(|s| s.sop_instance_uid.clone()));
+    used
+}
+
+/// What a scoring used and gave ([`jobs::Scored`]). Used: the RT Dose
+/// scored (with the beam doses summed into it: its notes name them, of
+/// `doses`, the job's RT Doses), the RT Plan and the plans the dose names
+/// (a course's sum), the RT Structure Set, and the CT slices the returned
+/// contours are linked to. Given: the risk (its bits), the learned ROI on
+/// its grid, the fused features and the esophagus dose metrics the SR
+/// reports.
+fn scored(
+    study: &crate::rt::study::Study,
+    score: &crate::model::infer::Score,
+    eso: Option<&analysis::StructureDvh>,
+    report: &ReportInputs,
+    doses: &[String],
+) -> jobs::Scored {
+    let mut used = used_rt_uids(study, doses);
     used.extend(report.ct_slices.iter().map(|c| c.sop_instance_uid.clone()));
     used.sort();
     used.dedup();

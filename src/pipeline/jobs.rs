@@ -55,8 +55,9 @@ pub struct Job {
     pub sr_uid: Option<String>,
     pub rtstruct_uid: Option<String>,
     pub input_uids: String,
-    /// Hash of the model version and the input files the job was queued
-    /// for (with `:superseded:<id>` or `:removed:` when it gave it up).
+    /// `<files>-<model>`: hashes of the input files the job was queued for
+    /// and of the model version that queued it (with `:superseded:<id>` or
+    /// `:removed:<id>` when the job gave the key up).
     pub input_key: String,
     pub worker: Option<String>,
 }

@@ -428,7 +428,7 @@ fn still_queued_inputs(job: &Job, inputs: &[Input]) -> std::io::Result<bool> {
         .into_iter()
         .filter(|i| i.modality != "CT")
         .collect();
-    Ok(input_key(&job.model_version, &rt)? == job.input_key)
+    Ok(job.input_key.split('-').next() == Some(files_key(&rt)?.as_str()))
 }
 
 /// End a job whose study's files changed after it was queued (see
@@ -532,6 +532,16 @@ pub async fn study_inputs(ctx: &Context, study: &str) -> Result<Vec<Input>, Stri
 fn input_key(model_version: &str, inputs: &[Input]) -> std::io::Result<String> {
     let mut h = crate::hash::Fnv::default();
     h.update(model_version.as_bytes());
+    Ok(format!("{}-{:016x}", files_key(inputs)?, h.finish()))
+}
+
+/// The files' part of an input key: a hash of each input's SOP Instance UID
+/// and file. Kept apart from the model's part because a job takes the
+/// version of the model that claims it (one queued by a node without a
+/// model, or before the model was replaced), while its files stay those it
+/// was queued for.
+fn files_key(inputs: &[Input]) -> std::io::Result<String> {
+    let mut h = crate::hash::Fnv::default();
     for i in inputs {
         h.update(i.sop_instance_uid.as_bytes());
         h.update_file(&i.path)

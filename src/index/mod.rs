@@ -474,10 +474,12 @@ impl Index {
         .bind(&now)
         .bind(ended)
         .bind(outcome)
-        .fetch_one(&self.pool)
+        // All rows: see `instance_upsert` (a commit that fails at the end of
+        // the statement is reported only there).
+        .fetch_all(&self.pool)
         .await
         .context(DbSnafu)?;
-        Ok(row.get(0))
+        Ok(row.first().map_or(0, |r| r.get(0)))
     }
 
     /// Delete the association log rows that started before `before` (a
@@ -1203,9 +1205,16 @@ async fn instance_upsert(
     .bind(r.called_ae.as_deref())
     .bind(r.peer_address.as_deref())
     .bind(&r.received_at)
-    .fetch_one(&mut *conn)
+    // All rows, not the first: outside a transaction SQLite commits the
+    // statement when it is stepped to its end, and a commit that fails
+    // there (a full disk) is reported only to whoever steps that far.
+    // `fetch_one` stops at the first row and its drop discards that error,
+    // so the instance would be acknowledged without its row.
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(row.get(0))
+    row.first()
+        .map(|r| r.get(0))
+        .ok_or(sqlx::Error::RowNotFound)
 }
 
 #[cfg(test)]

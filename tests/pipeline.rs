@@ -3443,3 +3443,58 @@ fn a_job_whose_files_changed_after_it_was_queued_scores_nothing_and_releases_the
     assert!(jobs[1][2].is_some(), "{jobs:?}");
     assert_ne!(jobs[1][2], jobs[2][2], "two doses, two risks: {jobs:?}");
 }
+
+/// Files scored, replaced by others that are scored, and then sent back
+/// (A, B, A): the results the destination holds are B's, so A is scored
+/// and sent again, not taken for unchanged.
+#[test]
+fn files_that_come_back_after_others_were_scored_are_scored_again() {
+    use dicom_dictionary_std::tags;
+    use esorisk::rt::write::put_str;
+    let model = tiny_model();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start(&tmp.path().join("tps"));
+    let node = start_node(&node_env(model, rx.port));
+    let first = patient(&tmp.path().join("a"), "44", false);
+    let second = tmp.path().join("b");
+    std::fs::create_dir_all(&second).expect("dir");
+    let mut dose = dicom_object::open_file(first.join("rtdose.dcm")).expect("dose");
+    let scaling: f64 = get_str(&dose, tags::DOSE_GRID_SCALING)
+        .parse()
+        .expect("scaling");
+    put_str(
+        &mut dose,
+        tags::DOSE_GRID_SCALING,
+        dicom_core::VR::DS,
+        &format!("{:.8e}", scaling * 1.1),
+    );
+    dose.write_to_file(second.join("rtdose.dcm"))
+        .expect("write");
+    let db = node.db_path();
+    let ended = |n: i64| {
+        wait_until(&format!("{n} jobs succeeded"), 120, || {
+            count(&db, "SELECT count(*) FROM jobs WHERE state = 'succeeded'") == n
+        })
+    };
+    push(&node, &first);
+    ended(1);
+    push(&node, &second);
+    ended(2);
+    push(&node, &first);
+    ended(3);
+    wait_until("three SRs and structure sets", 60, || rx.files().len() >= 6);
+    let risks = query(
+        &db,
+        "SELECT CAST(risk AS TEXT), input_key FROM jobs ORDER BY id",
+    );
+    assert_eq!(risks.len(), 3, "{risks:?}");
+    assert_eq!(risks[0][0], risks[2][0], "A scored alike twice: {risks:?}");
+    assert_ne!(risks[0][0], risks[1][0], "{risks:?}");
+    assert!(
+        risks[0][1]
+            .as_deref()
+            .unwrap_or_default()
+            .ends_with(":superseded:1"),
+        "{risks:?}"
+    );
+}

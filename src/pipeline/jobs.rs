@@ -137,6 +137,29 @@ pub async fn enqueue(
     Ok(id)
 }
 
+/// When the job holding `key` ended with results (succeeded, or unchanged)
+/// but is not the study's latest such job, the study's files went back to
+/// inputs scored before, after others were scored: the results last sent
+/// describe the others. The old job gives up the key, so that the inputs
+/// are queued, and scored, again. Returns whether it did.
+pub async fn release_if_not_current(
+    pool: &SqlitePool,
+    study: &str,
+    key: &str,
+) -> sqlx::Result<bool> {
+    let r = sqlx::query(
+        "UPDATE jobs SET input_key = input_key || ':superseded:' || id \
+         WHERE input_key = ?1 AND study_instance_uid = ?2 AND state IN ('succeeded', 'unchanged') \
+         AND id <> (SELECT max(id) FROM jobs WHERE study_instance_uid = ?2 \
+                    AND state IN ('succeeded', 'unchanged'))",
+    )
+    .bind(key)
+    .bind(study)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
 /// The job (id, state) holding an input key, if any.
 pub async fn with_input_key(
     pool: &SqlitePool,

@@ -485,6 +485,11 @@ pub async fn rescore(pool: &SqlitePool, studies: &[String]) -> sqlx::Result<Vec<
 /// one has them already.
 async fn queue(ctx: &Context, study: &str, key: &str, rt: &[Input]) -> Result<Conclusion, String> {
     let uids: Vec<String> = rt.iter().map(|i| i.sop_instance_uid.clone()).collect();
+    // Files scored before, then replaced and scored, and now back (A, B,
+    // A): the results the destinations hold are B's, so A is scored again.
+    jobs::release_if_not_current(&ctx.pool, study, key)
+        .await
+        .map_err(|e| e.to_string())?;
     let queued = jobs::enqueue(
         &ctx.pool,
         study,

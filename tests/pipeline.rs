@@ -3377,8 +3377,6 @@ fn results_go_back_to_the_sender_of_the_rt_dose() {
 /// newest SR always describes the files the study holds.
 #[test]
 fn a_job_whose_files_changed_after_it_was_queued_scores_nothing_and_releases_them() {
-    use dicom_dictionary_std::tags;
-    use esorisk::rt::write::put_str;
     let model = tiny_model();
     let tmp = tempfile::tempdir().expect("tmp");
     let rx = Receiver::start(&tmp.path().join("tps"));
@@ -3387,20 +3385,7 @@ fn a_job_whose_files_changed_after_it_was_queued_scores_nothing_and_releases_the
     let node = start_node(&env);
     let first = patient(&tmp.path().join("a"), "41", false);
     // The same dose instance with 10 % more dose everywhere.
-    let second = tmp.path().join("b");
-    std::fs::create_dir_all(&second).expect("dir");
-    let mut dose = dicom_object::open_file(first.join("rtdose.dcm")).expect("dose");
-    let scaling: f64 = get_str(&dose, tags::DOSE_GRID_SCALING)
-        .parse()
-        .expect("scaling");
-    put_str(
-        &mut dose,
-        tags::DOSE_GRID_SCALING,
-        dicom_core::VR::DS,
-        &format!("{:.8e}", scaling * 1.1),
-    );
-    dose.write_to_file(second.join("rtdose.dcm"))
-        .expect("write");
+    let second = scaled_dose(&first, &tmp.path().join("b"), 1.1);
     let db = node.db_path();
 
     push(&node, &first);
@@ -3449,27 +3434,13 @@ fn a_job_whose_files_changed_after_it_was_queued_scores_nothing_and_releases_the
 /// and sent again, not taken for unchanged.
 #[test]
 fn files_that_come_back_after_others_were_scored_are_scored_again() {
-    use dicom_dictionary_std::tags;
-    use esorisk::rt::write::put_str;
     let model = tiny_model();
     let tmp = tempfile::tempdir().expect("tmp");
     let rx = Receiver::start(&tmp.path().join("tps"));
     let node = start_node(&node_env(model, rx.port));
     let first = patient(&tmp.path().join("a"), "44", false);
-    let second = tmp.path().join("b");
-    std::fs::create_dir_all(&second).expect("dir");
-    let mut dose = dicom_object::open_file(first.join("rtdose.dcm")).expect("dose");
-    let scaling: f64 = get_str(&dose, tags::DOSE_GRID_SCALING)
-        .parse()
-        .expect("scaling");
-    put_str(
-        &mut dose,
-        tags::DOSE_GRID_SCALING,
-        dicom_core::VR::DS,
-        &format!("{:.8e}", scaling * 1.1),
-    );
-    dose.write_to_file(second.join("rtdose.dcm"))
-        .expect("write");
+    // The same dose instance with 10 % more dose everywhere.
+    let second = scaled_dose(&first, &tmp.path().join("b"), 1.1);
     let db = node.db_path();
     let ended = |n: i64| {
         wait_until(&format!("{n} jobs succeeded"), 120, || {
@@ -3497,4 +3468,23 @@ fn files_that_come_back_after_others_were_scored_are_scored_again() {
             .ends_with(":superseded:1"),
         "{risks:?}"
     );
+}
+
+/// The RT Dose of `study` with every dose multiplied by `factor`, as the
+/// same instance (same SOP Instance UID), alone in `dir`.
+fn scaled_dose(study: &Path, dir: &Path, factor: f64) -> PathBuf {
+    use dicom_dictionary_std::tags;
+    std::fs::create_dir_all(dir).expect("dir");
+    let mut dose = dicom_object::open_file(study.join("rtdose.dcm")).expect("dose");
+    let scaling: f64 = get_str(&dose, tags::DOSE_GRID_SCALING)
+        .parse()
+        .expect("scaling");
+    esorisk::rt::write::put_str(
+        &mut dose,
+        tags::DOSE_GRID_SCALING,
+        dicom_core::VR::DS,
+        &format!("{:.8e}", scaling * factor),
+    );
+    dose.write_to_file(dir.join("rtdose.dcm")).expect("write");
+    dir.to_path_buf()
 }

@@ -257,6 +257,9 @@ pub struct Input {
     pub sop_instance_uid: String,
     pub modality: String,
     pub path: PathBuf,
+    /// How often the instance was received: a file replaced by a re-send
+    /// counts one more.
+    pub receive_count: i64,
 }
 
 /// What the watcher concluded about a study, recorded in `study_checks`
@@ -431,6 +434,16 @@ fn still_queued_inputs(job: &Job, inputs: &[Input]) -> std::io::Result<bool> {
     Ok(job.input_key.split('-').next() == Some(files_key(&rt)?.as_str()))
 }
 
+/// Each RT input's SOP Instance UID and how often it was received: what
+/// changes when a file is replaced or an instance added.
+fn receipts(inputs: &[Input]) -> Vec<(&str, i64)> {
+    inputs
+        .iter()
+        .filter(|i| i.modality != "CT")
+        .map(|i| (i.sop_instance_uid.as_str(), i.receive_count))
+        .collect()
+}
+
 /// End a job whose study's files changed after it was queued (see
 /// [`still_queued_inputs`]): nothing is scored or sent, the watcher queues
 /// the files as they are now, and the job gives up its key so that the
@@ -513,7 +526,7 @@ async fn queue(ctx: &Context, study: &str, key: &str, rt: &[Input]) -> Result<Co
 /// node wrote itself (an output sent back to it).
 pub async fn study_inputs(ctx: &Context, study: &str) -> Result<Vec<Input>, String> {
     let rows = sqlx::query(
-        "SELECT sop_instance_uid, COALESCE(modality, ''), file_path FROM instances \
+        "SELECT sop_instance_uid, COALESCE(modality, ''), file_path, receive_count FROM instances \
          WHERE study_instance_uid = ? AND modality IN ('RTDOSE', 'RTPLAN', 'RTSTRUCT', 'CT') \
          AND sop_instance_uid NOT IN (SELECT sop_instance_uid FROM outputs) ORDER BY sop_instance_uid",
     )
@@ -527,6 +540,7 @@ pub async fn study_inputs(ctx: &Context, study: &str) -> Result<Vec<Input>, Stri
             sop_instance_uid: r.get(0),
             modality: r.get(1),
             path: ctx.data_dir.join(r.get::<String, _>(2)),
+            receive_count: r.get(3),
         })
         .collect())
 }
@@ -730,6 +744,7 @@ fn score_job(
         Ok(false) => return superseded(ctx, rt, job),
         Err(e) => return Outcome::Transient(format!("cannot read the inputs: {e}")),
     }
+    let checked = receipts(&inputs);
     let ct_paths: Vec<PathBuf> = inputs
         .iter()
         .filter(|i| i.modality == "CT")
@@ -849,13 +864,12 @@ fn score_job(
         predecessor: predecessor.map(|p| p.1),
         scored: scored.clone(),
     };
-    // A file replaced while the job read it: the next attempt finds out.
-    match rt
-        .block_on(study_inputs(ctx, &job.study_instance_uid))
-        .and_then(|now| still_queued_inputs(job, &now).map_err(|e| e.to_string()))
-    {
-        Ok(true) => {}
-        Ok(false) => {
+    // A file replaced, or an instance added, while the job read them: the
+    // next attempt finds out. The index says so without reading the files
+    // again (a re-send is counted in the instance's row).
+    match rt.block_on(study_inputs(ctx, &job.study_instance_uid)) {
+        Ok(now) if receipts(&now) == checked => {}
+        Ok(_) => {
             return Outcome::Transient("the study's files changed while this job read them".into())
         }
         Err(e) => return Outcome::Transient(format!("cannot read the inputs: {e}")),

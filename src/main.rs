@@ -212,6 +212,15 @@ enum Command {
         /// (sparser: within one standard error of it).
         #[arg(long, default_value = "min")]
         lambda_rule: esorisk::dosiomics::model::LambdaRule,
+        /// Stability screen: also measure every training patient's
+        /// features with the dose scaled by 1 ± this, and leave out the
+        /// features that do not follow the dose smoothly (0: no screen).
+        #[arg(long, default_value_t = 0.02)]
+        stability_scale: f64,
+        /// A feature whose mean second difference over the three scalings
+        /// exceeds this share of its SD between patients is left out.
+        #[arg(long, default_value_t = 0.05)]
+        max_instability: f64,
     },
     /// Train the DGD model (and, with --ablations, its ablations) on a
     /// synthetic cohort; settings from the [train] section.
@@ -921,6 +930,8 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             bootstrap,
             seed,
             lambda_rule,
+            stability_scale,
+            max_instability,
         } => {
             use esorisk::dosiomics::search;
             let o = search::SearchOptions {
@@ -933,8 +944,16 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 bootstrap,
                 seed,
                 lambda_rule,
+                stability_scale,
+                max_instability,
                 ..Default::default()
             };
+            if !(0.0..0.5).contains(&stability_scale) || max_instability.is_nan() {
+                return Err(format!(
+                    "--stability-scale {stability_scale}: a share of the dose from 0 (no screen) to below 0.5; --max-instability {max_instability}: a number"
+                )
+                .into());
+            }
             let out = out.unwrap_or_else(|| cohort.join("roi-search"));
             std::fs::create_dir_all(&out)?;
             let model_out = model_out.unwrap_or_else(|| settings.dosiomics.model.clone());
@@ -943,7 +962,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             let patients = search::read_labels(&cohort)?;
             let features = search::cohort_features(&cohort, &patients, &o);
             let t_features = started.elapsed().as_secs_f64();
-            let [csv, png, eval_csv, features_csv, txt] = search::outputs(&out);
+            let [csv, png, eval_csv, features_csv, txt, stability_csv] = search::outputs(&out);
             search::write_features_csv(&features_csv, &patients, &features)?;
             let (report, model) = search::search(&patients, &features, &o, &cohort)?;
             let text = report.text();
@@ -951,16 +970,18 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             std::fs::write(&txt, &text)?;
             std::fs::write(&csv, report.csv())?;
             std::fs::write(&eval_csv, report.evaluation_csv())?;
+            std::fs::write(&stability_csv, report.stability_csv())?;
             report.png(&png)?;
             model.save(&model_out)?;
             println!(
-                "\nfeatures {t_features:.1} s, search {:.1} s; wrote {}, {}, {}, {}, {} and the model {}",
+                "\nfeatures {t_features:.1} s, search {:.1} s; wrote {}, {}, {}, {}, {}, {} and the model {}",
                 started.elapsed().as_secs_f64() - t_features,
                 txt.display(),
                 csv.display(),
                 png.display(),
                 eval_csv.display(),
                 features_csv.display(),
+                stability_csv.display(),
                 model_out.display()
             );
         }

@@ -213,13 +213,52 @@ fn roi_search_is_deterministic_and_saves_a_loadable_model() {
     assert_eq!(a.ranking.len(), CANDIDATES.len());
     assert!(a.ranking.windows(2).all(|w| w[0].cv_auc >= w[1].cv_auc));
     assert_eq!(a.best, model_a.roi);
+    // The stability screen measured the training patients at three dose
+    // scalings: the mean dose of the whole esophagus scales with the dose
+    // (no second difference), the histogram's steepest-fall bin jumps and
+    // is left out, and the model holds no feature above the threshold.
+    let names = dosiomics::feature_names();
+    let col = |n: &str| names.iter().position(|x| x == n).expect("feature");
+    let whole = CANDIDATES
+        .iter()
+        .position(|c| c.name == "esophagus")
+        .expect("esophagus");
+    let inst = &a.instability[whole];
+    let mean = inst[col("original_firstorder_Mean")].expect("measured");
+    assert!(mean < 1e-6, "mean dose instability {mean}");
+    let jump = inst[col("original_histogram_MinimumGradientGreyLevel")].expect("measured");
+    assert!(
+        jump > o.max_instability,
+        "steepest-fall bin instability {jump}"
+    );
+    let best_idx = CANDIDATES
+        .iter()
+        .position(|c| c.name == a.best)
+        .expect("best");
+    let screen = model_a.stability.as_ref().expect("screen recorded");
+    assert!(!screen.excluded.is_empty());
+    for f in &model_a.model.features {
+        let x = a.instability[best_idx][col(&f.name)].unwrap_or(0.0);
+        assert!(x <= o.max_instability, "{} kept at {x}", f.name);
+        assert!(!screen.excluded.iter().any(|(n, _)| *n == f.name));
+    }
+    assert!(a.stability_csv().lines().count() > names.len());
+    // Without the screen nothing is measured twice and nothing is left out.
+    let off = SearchOptions {
+        stability_scale: 0.0,
+        ..o.clone()
+    };
+    let plain = search::cohort_features(dir.path(), &patients, &off);
+    assert!(plain.iter().all(|f| f.scaled.is_empty()));
+    let (c, model_c) = search::search(&patients, &plain, &off, dir.path()).expect("search");
+    assert!(c.instability.is_empty() && model_c.stability.is_none());
+    assert!(c.ranking.iter().all(|r| r.unstable == 0));
     // The saved file loads back to the same model and predicts.
     let path = dir.path().join("models/dosiomics.json");
     model_a.save(&path).expect("save");
     let loaded = DosiomicsModelFile::load(&path).expect("load");
     assert_eq!(loaded, model_a);
     assert!(loaded.intended_use.contains("synthetic"));
-    let names = dosiomics::feature_names();
     let index = names
         .iter()
         .enumerate()

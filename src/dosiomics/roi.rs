@@ -170,6 +170,33 @@ impl PatientDose {
         [self.grid.nz(), self.grid.ny, self.grid.nx]
     }
 
+    /// The same patient with the dose multiplied by `factor` (EQD2
+    /// recomputed from the scaled physical dose), as a plan a few percent
+    /// hotter or colder would be read: the masks that follow the dose
+    /// (`esophagus_ge40gy`, …) follow it here too.
+    pub fn scaled(&self, factor: f64, alpha_beta: f64) -> PatientDose {
+        let physical: Vec<f32> = self
+            .physical
+            .iter()
+            .map(|&d| (f64::from(d) * factor) as f32)
+            .collect();
+        let eqd2 = self
+            .fractions
+            .map(|n| dvh::eqd2_grid(&physical, f64::from(n), alpha_beta));
+        PatientDose {
+            grid: self.grid.clone(),
+            spacing: self.spacing,
+            physical,
+            eqd2,
+            esophagus: self.esophagus.clone(),
+            ptv: self.ptv.clone(),
+            esophagus_name: self.esophagus_name.clone(),
+            ptv_name: self.ptv_name.clone(),
+            fractions: self.fractions,
+            esophagus_outside_dose: self.esophagus_outside_dose,
+        }
+    }
+
     /// The dose features read.
     pub fn dose(&self, kind: DoseKind) -> Option<&[f32]> {
         match kind {
@@ -579,6 +606,36 @@ mod tests {
         assert!(candidate("esophagus_circ50gy_eqd2")
             .and_then(|c| c.mask(&p))
             .is_none());
+    }
+
+    /// A plan scaled by 5 %: every dose moves, the EQD2 is computed again
+    /// from the scaled dose (not scaled itself), and the isodose candidates
+    /// take in the voxels that crossed their level.
+    #[test]
+    fn a_scaled_dose_moves_the_isodose_regions() {
+        let mut p = PatientDose::for_test(
+            Grid::uniform([0.0; 3], [1.0, 1.0, 1.0], [3, 1, 1]),
+            [1.0, 1.0, 1.0],
+            vec![20.0, 38.5, 45.0],
+            vec![true; 3],
+        );
+        p.fractions = Some(30);
+        p.eqd2 = Some(dvh::eqd2_grid(&p.physical, 30.0, 10.0));
+        let ge40 = |p: &PatientDose| {
+            candidate("esophagus_ge40gy")
+                .and_then(|c| c.mask(p))
+                .unwrap_or_default()
+        };
+        assert_eq!(ge40(&p), [false, false, true]);
+        let hot = p.scaled(1.05, 10.0);
+        assert_eq!(hot.physical, [21.0, 40.425, 47.25]);
+        assert_eq!(ge40(&hot), [false, true, true]);
+        let eqd2 = hot.eqd2.as_deref().unwrap_or_default();
+        let expected = dvh::eqd2_grid(&hot.physical, 30.0, 10.0);
+        assert_eq!(eqd2, expected.as_slice());
+        // 47.25 Gy in 30 fractions: 1.575 Gy each, EQD2 below the dose.
+        assert!((f64::from(eqd2[2]) - 47.25 * (1.575 + 10.0) / 12.0).abs() < 1e-3);
+        assert_eq!(hot.esophagus, p.esophagus);
     }
 
     #[test]

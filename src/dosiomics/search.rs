@@ -31,6 +31,16 @@ pub struct SearchOptions {
     pub seed: u64,
     pub threads: usize,
     pub lambda_rule: model::LambdaRule,
+    /// The stability screen: every training patient's features are also
+    /// measured with the dose scaled by 1 − `stability_scale` and
+    /// 1 + `stability_scale`; 0 turns the screen off.
+    pub stability_scale: f64,
+    /// A feature whose [`instability`] exceeds this is not offered to the
+    /// LASSO. A risk should follow the dose smoothly; features such as the
+    /// histogram's steepest-fall bin (an arg-min) jump between distant
+    /// values when the dose moves by 1 %, and a model fusing them gives
+    /// risks that fall as the dose rises.
+    pub max_instability: f64,
 }
 
 impl Default for SearchOptions {
@@ -46,6 +56,8 @@ impl Default for SearchOptions {
             seed: 20261126,
             lambda_rule: model::LambdaRule::Min,
             threads: crate::par::threads(),
+            stability_scale: 0.02,
+            max_instability: 0.05,
         }
     }
 }
@@ -138,6 +150,10 @@ pub struct PatientFeatures {
     /// Per candidate: Dice against the saved truth mask (when the truth
     /// region is not empty).
     pub dice: Vec<Option<f64>>,
+    /// Per candidate, for training patients when the stability screen is
+    /// on: the features with the dose scaled by 1 − h and 1 + h (see
+    /// [`SearchOptions::stability_scale`]); empty otherwise.
+    pub scaled: Vec<[Option<Vec<Option<f64>>>; 2]>,
     /// Why the patient has no features at all.
     pub error: Option<String>,
 }
@@ -153,6 +169,7 @@ pub fn patient_features(
     let fail = |e: String| PatientFeatures {
         rois: vec![None; CANDIDATES.len()],
         dice: vec![None; CANDIDATES.len()],
+        scaled: Vec::new(),
         error: Some(e),
     };
     let study = match crate::rt::study::load(&[dir.join(&p.patient_id)], &DoseOptions::default()) {
@@ -171,15 +188,89 @@ pub fn patient_features(
             (Some(m), Some(t)) if t.iter().any(|&v| v) => Some(roi::dice(m, t)),
             _ => None,
         });
-        out.rois
-            .push(mask.and_then(|m| pd.volume(&m, o.dose, 4)).map(|v| {
-                extract(&v, o.discretisation())
-                    .into_iter()
-                    .map(|f| f.value)
-                    .collect()
-            }));
+        out.rois.push(roi_features(&pd, mask.as_deref(), o));
+    }
+    if o.stability_scale > 0.0 && p.split == "train" {
+        let lo = pd.scaled(1.0 - o.stability_scale, o.alpha_beta);
+        let hi = pd.scaled(1.0 + o.stability_scale, o.alpha_beta);
+        out.scaled = CANDIDATES
+            .iter()
+            .map(|c| [&lo, &hi].map(|q| roi_features(q, c.mask(q).as_deref(), o)))
+            .collect();
     }
     out
+}
+
+/// The features of one region, in `feature_names()` order; `None` when the
+/// region is not defined.
+fn roi_features(
+    pd: &PatientDose,
+    mask: Option<&[bool]>,
+    o: &SearchOptions,
+) -> Option<Vec<Option<f64>>> {
+    let v = pd.volume(mask?, o.dose, 4)?;
+    Some(
+        extract(&v, o.discretisation())
+            .into_iter()
+            .map(|f| f.value)
+            .collect(),
+    )
+}
+
+/// How far each feature of candidate `c_idx` is from following the dose
+/// smoothly: over the training patients measured at three dose scalings
+/// (1 − h, 1, 1 + h), the mean of |f(1 + h) − 2 f(1) + f(1 − h)| divided by
+/// the feature's SD between patients at 1. A feature that follows the dose
+/// smoothly has a second difference of order h², near 0; one with a jump
+/// inside the window has the jump's size. `None` where fewer than two
+/// patients have all three values; 0 for a constant feature.
+pub fn instability(
+    c_idx: usize,
+    train: &[usize],
+    features: &[PatientFeatures],
+    n_features: usize,
+) -> Vec<Option<f64>> {
+    (0..n_features)
+        .map(|j| {
+            let mut base = Vec::new();
+            let mut second = Vec::new();
+            for &i in train {
+                let f = &features[i];
+                let (Some(Some(r0)), Some([Some(lo), Some(hi)])) =
+                    (f.rois.get(c_idx), f.scaled.get(c_idx))
+                else {
+                    continue;
+                };
+                let (Some(a), Some(b), Some(c)) = (lo[j], r0[j], hi[j]) else {
+                    continue;
+                };
+                if a.is_finite() && b.is_finite() && c.is_finite() {
+                    base.push(b);
+                    second.push((c - 2.0 * b + a).abs());
+                }
+            }
+            if base.len() < 2 {
+                return None;
+            }
+            let n = base.len() as f64;
+            let mean = base.iter().sum::<f64>() / n;
+            let sd = (base.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
+            Some(if sd > 0.0 {
+                second.iter().sum::<f64>() / n / sd
+            } else {
+                0.0
+            })
+        })
+        .collect()
+}
+
+/// `row` with the features flagged in `unstable` made missing, so the
+/// LASSO's missing-value rule drops them.
+fn screened(row: &[Option<f64>], unstable: &[bool]) -> Vec<Option<f64>> {
+    row.iter()
+        .zip(unstable)
+        .map(|(v, &u)| if u { None } else { *v })
+        .collect()
 }
 
 /// The truth mask of a synthetic patient on `g` (a patient's feature grid
@@ -346,6 +437,8 @@ pub struct RoiResult {
     pub ci: AucCi,
     /// Features kept by the LASSO when fitted on the whole training split.
     pub selected: usize,
+    /// Features left out by the stability screen.
+    pub unstable: usize,
     /// Training patients for whom the region is empty.
     pub empty_share: f64,
     /// Mean Dice against the truth masks (patients whose truth is not empty).
@@ -372,7 +465,23 @@ pub struct DosiomicsModelFile {
     pub resample_mm: Option<f64>,
     pub model: LogisticModel,
     pub training: TrainingInfo,
+    /// The stability screen of the search that wrote this file; absent in
+    /// files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stability: Option<StabilityScreen>,
     pub intended_use: String,
+}
+
+/// What the stability screen of `roi-search` left out of the optimal ROI's
+/// candidate features, and with which settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StabilityScreen {
+    /// The dose was scaled by 1 ± this.
+    pub dose_scale: f64,
+    pub max_instability: f64,
+    /// The features of the optimal ROI above `max_instability`, with their
+    /// instability.
+    pub excluded: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -474,6 +583,10 @@ pub struct SearchReport {
     pub best: String,
     pub evaluation: Vec<EvalRow>,
     pub excluded: Vec<(String, String)>,
+    /// Per candidate (CANDIDATES order), per feature: its [`instability`];
+    /// empty when the screen was off.
+    pub instability: Vec<Vec<Option<f64>>>,
+    pub max_instability: f64,
 }
 
 /// Rank the candidates and fit the winner. `features` is in `patients`
@@ -506,11 +619,37 @@ pub fn search(
         ..FitOptions::default()
     };
     let labels: Vec<bool> = train.iter().map(|&i| patients[i].label).collect();
+    let instability: Vec<Vec<Option<f64>>> = if o.stability_scale > 0.0 {
+        (0..CANDIDATES.len())
+            .map(|c| instability(c, &train, features, names.len()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let unstable: Vec<Vec<bool>> = (0..CANDIDATES.len())
+        .map(|c| match instability.get(c) {
+            Some(v) => v
+                .iter()
+                .map(|x| x.is_some_and(|x| x > o.max_instability))
+                .collect(),
+            None => vec![false; names.len()],
+        })
+        .collect();
     // Candidates are independent: rank them `threads` at a time.
     let mut ranking: Vec<RoiResult> = crate::par::map(
         CANDIDATES.len(),
         o.threads,
-        |c_idx| rank_candidate(c_idx, &train, &labels, features, &names, o, &fit_opts),
+        |c_idx| {
+            rank_candidate(
+                c_idx,
+                &train,
+                &labels,
+                features,
+                &unstable[c_idx],
+                o,
+                &fit_opts,
+            )
+        },
         |_| {},
     )
     .into_iter()
@@ -526,9 +665,19 @@ pub fn search(
         .ok_or("internal: best ROI not a candidate")?;
     let rows: Vec<Vec<Option<f64>>> = train
         .iter()
-        .filter_map(|&i| features[i].rois[best_idx].clone())
+        .filter_map(|&i| features[i].rois[best_idx].as_deref())
+        .map(|r| screened(r, &unstable[best_idx]))
         .collect();
     let fitted = model::fit(&rows, &labels, &names, &fit_opts);
+    let stability = instability.get(best_idx).map(|v| StabilityScreen {
+        dose_scale: o.stability_scale,
+        max_instability: o.max_instability,
+        excluded: names
+            .iter()
+            .zip(v)
+            .filter_map(|(n, x)| x.filter(|&x| x > o.max_instability).map(|x| (n.clone(), x)))
+            .collect(),
+    });
     let (generator, cohort_seed) = cohort_origin(cohort);
     let file = DosiomicsModelFile {
         format: MODEL_FORMAT.into(),
@@ -551,6 +700,7 @@ pub fn search(
             lambda_rule: o.lambda_rule,
             seed: o.seed,
         },
+        stability,
         intended_use: "Research only; not a medical device. Trained on synthetic phantom-hospital \
                        data generated by `esorisk synth`, not on patients."
             .into(),
@@ -562,6 +712,8 @@ pub fn search(
             ranking,
             evaluation,
             excluded,
+            instability,
+            max_instability: o.max_instability,
         },
         file,
     ))
@@ -575,14 +727,19 @@ fn rank_candidate(
     train: &[usize],
     labels: &[bool],
     features: &[PatientFeatures],
-    names: &[String],
+    unstable: &[bool],
     o: &SearchOptions,
     fit_opts: &FitOptions,
 ) -> Option<RoiResult> {
     let c = &CANDIDATES[c_idx];
+    let names = &feature_names();
     let rows: Option<Vec<Vec<Option<f64>>>> = train
         .iter()
-        .map(|&i| features[i].rois[c_idx].clone())
+        .map(|&i| {
+            features[i].rois[c_idx]
+                .as_deref()
+                .map(|r| screened(r, unstable))
+        })
         .collect();
     let Some(rows) = rows else {
         tracing::info!(
@@ -611,6 +768,7 @@ fn rank_candidate(
         cv_auc_sd: cv_sd,
         ci,
         selected: full.features.len(),
+        unstable: unstable.iter().filter(|&&u| u).count(),
         empty_share: empty as f64 / rows.len() as f64,
         dice: (!dice.is_empty()).then(|| dice.iter().sum::<f64>() / dice.len() as f64),
         patients: rows.len(),
@@ -755,11 +913,11 @@ impl SearchReport {
     /// The ranking as a text table.
     pub fn text(&self) -> String {
         let mut s = String::from(
-            "rank  ROI                      CV AUC (sd)     95% CI         features  empty  Dice\n",
+            "rank  ROI                      CV AUC (sd)     95% CI         features  unstable  empty  Dice\n",
         );
         for (i, r) in self.ranking.iter().enumerate() {
             s.push_str(&format!(
-                "{:>4}  {:<24} {:.3} ({:.3})   {:.3}-{:.3}    {:>8}  {:>4.0}%  {}\n",
+                "{:>4}  {:<24} {:.3} ({:.3})   {:.3}-{:.3}    {:>8}  {:>8}  {:>4.0}%  {}\n",
                 i + 1,
                 r.roi,
                 r.cv_auc,
@@ -767,13 +925,36 @@ impl SearchReport {
                 r.ci.lo,
                 r.ci.hi,
                 r.selected,
+                r.unstable,
                 100.0 * r.empty_share,
                 r.dice
                     .map(|d| format!("{d:.3}"))
                     .unwrap_or_else(|| "-".into())
             ));
         }
-        s.push_str(&format!("\noptimal ROI: {}\n\n", self.best));
+        s.push_str(&format!("\noptimal ROI: {}\n", self.best));
+        if let Some(v) = CANDIDATES
+            .iter()
+            .position(|c| c.name == self.best)
+            .and_then(|b| self.instability.get(b))
+        {
+            let names = feature_names();
+            let mut left: Vec<(&String, f64)> = names
+                .iter()
+                .zip(v)
+                .filter_map(|(n, x)| x.filter(|&x| x > self.max_instability).map(|x| (n, x)))
+                .collect();
+            left.sort_by(|a, b| b.1.total_cmp(&a.1));
+            s.push_str(&format!(
+                "stability screen: {} of its features left out (instability above {}):\n",
+                left.len(),
+                self.max_instability
+            ));
+            for (n, x) in left {
+                s.push_str(&format!("  {n:<56} {x:.3}\n"));
+            }
+        }
+        s.push('\n');
         s.push_str(
             "model                            group                   n   events  AUC (95% CI)\n",
         );
@@ -795,11 +976,11 @@ impl SearchReport {
     /// The ranking as CSV.
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "rank,roi,cv_auc,cv_auc_sd,ci_lo,ci_hi,selected_features,empty_share,dice,patients,description\n",
+            "rank,roi,cv_auc,cv_auc_sd,ci_lo,ci_hi,selected_features,unstable_features,empty_share,dice,patients,description\n",
         );
         for (i, r) in self.ranking.iter().enumerate() {
             s.push_str(&format!(
-                "{},{},{:.4},{:.4},{:.4},{:.4},{},{:.4},{},{},\"{}\"\n",
+                "{},{},{:.4},{:.4},{:.4},{:.4},{},{},{:.4},{},{},\"{}\"\n",
                 i + 1,
                 r.roi,
                 r.cv_auc,
@@ -807,11 +988,29 @@ impl SearchReport {
                 r.ci.lo,
                 r.ci.hi,
                 r.selected,
+                r.unstable,
                 r.empty_share,
                 r.dice.map(|d| format!("{d:.4}")).unwrap_or_default(),
                 r.patients,
                 r.description
             ));
+        }
+        s
+    }
+
+    /// Every candidate's every feature with its instability, as CSV.
+    pub fn stability_csv(&self) -> String {
+        let names = feature_names();
+        let mut s = String::from("roi,feature,instability,left_out\n");
+        for (c, v) in CANDIDATES.iter().zip(&self.instability) {
+            for (n, x) in names.iter().zip(v) {
+                let Some(x) = x else { continue };
+                s.push_str(&format!(
+                    "{},{n},{x:.6},{}\n",
+                    c.name,
+                    u8::from(*x > self.max_instability)
+                ));
+            }
         }
         s
     }
@@ -893,12 +1092,63 @@ impl SearchReport {
 }
 
 /// Where `roi-search` writes its table, chart and feature table.
-pub fn outputs(out: &Path) -> [PathBuf; 5] {
+pub fn outputs(out: &Path) -> [PathBuf; 6] {
     [
         out.join("roi-search.csv"),
         out.join("roi-search.png"),
         out.join("evaluation.csv"),
         out.join("features.csv"),
         out.join("roi-search.txt"),
+        out.join("stability.csv"),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One training patient whose two features, measured at the three dose
+    /// scalings, are `linear` (follows the dose) and `step` (jumps).
+    fn patient(linear: [f64; 3], step: [f64; 3]) -> PatientFeatures {
+        let row = |k: usize| Some(vec![Some(linear[k]), Some(step[k])]);
+        PatientFeatures {
+            rois: vec![row(1)],
+            dice: vec![None],
+            scaled: vec![[row(0), row(2)]],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn instability_is_zero_for_a_feature_that_follows_the_dose() {
+        let features: Vec<PatientFeatures> = (0..10)
+            .map(|i| {
+                let d = 40.0 + 2.0 * i as f64;
+                // The step feature jumps by 10 for every other patient,
+                // between the scalings.
+                let jump = if i % 2 == 0 { 10.0 } else { 0.0 };
+                patient([0.98 * d, d, 1.02 * d], [d, d + jump, d + jump])
+            })
+            .collect();
+        let train: Vec<usize> = (0..10).collect();
+        let x = instability(0, &train, &features, 2);
+        let linear = x[0].unwrap_or(f64::NAN);
+        assert!(linear.abs() < 1e-9, "{linear}");
+        // Mean |second difference| 5; SD between patients of d + jump ≈ 7.4.
+        let step = x[1].unwrap_or(f64::NAN);
+        assert!(step > 0.5 && step < 1.0, "{step}");
+        // A patient without the scaled measurements does not count; with
+        // fewer than two patients there is no figure.
+        let mut one = features[..1].to_vec();
+        one.push(PatientFeatures {
+            scaled: Vec::new(),
+            ..features[1].clone()
+        });
+        assert_eq!(instability(0, &[0, 1], &one, 2), vec![None, None]);
+        // Screening makes the flagged features missing.
+        assert_eq!(
+            screened(&[Some(1.0), Some(2.0)], &[false, true]),
+            vec![Some(1.0), None]
+        );
+    }
 }

@@ -1065,7 +1065,12 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             extra_cohort,
         } => {
             use esorisk::model::{evaluate, infer::RiskModel, train};
-            esorisk::inspect::load_font()?;
+            // Said at once rather than after the scoring; the tables do
+            // not need a font and are written anyway.
+            let font = esorisk::inspect::load_font();
+            if let Err(e) = &font {
+                eprintln!("esorisk: {e}: the tables will be written, the plots will not");
+            }
             let dev = train::device(device.as_deref().unwrap_or(&settings.model.device))?;
             let main_model = RiskModel::load(&model, &dev)?;
             let dosio = main_model.card.dosiomics.clone();
@@ -1103,6 +1108,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             std::fs::write(out.join("evaluation.md"), &md)?;
             std::fs::write(out.join("evaluation.csv"), ev.csv())?;
             std::fs::write(out.join("predictions.csv"), ev.predictions_csv())?;
+            font.map_err(|e| format!("tables written to {}; no plots: {e}", out.display()))?;
             ev.plots(&out.join("roc.png"), &out.join("calibration.png"))?;
             println!("\nwritten to {}", out.display());
         }

@@ -209,7 +209,7 @@ fn returned_objects_validate_and_read_back() {
     let result = RiskReport {
         risk: 0.2345,
         model_name: "esorisk dosiomics".into(),
-        model_version: "dosiomics-v1".into(),
+        model_version: "dosiomics-v2".into(),
         esophagus_dmean_gy: Some(23.45678),
         esophagus_v35_pct: Some(31.5),
         esophagus_v50_pct: Some(12.25),
@@ -601,7 +601,7 @@ fn esorisk_s_own_text_in_the_returned_objects_is_ascii() {
     let result = RiskReport {
         risk: 0.25,
         model_name: "DGD (dosiomics in the predicted ROI)".into(),
-        model_version: "dgd-v1".into(),
+        model_version: "dgd-v2".into(),
         features: vec![("glcm_joint_entropy".into(), 5.25)],
         // Notes and reasons come worded from the rest of esorisk, with
         // its typographic characters.

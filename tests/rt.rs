@@ -751,12 +751,12 @@ fn small_thorax() -> phantom::Phantom {
 
 /// The model `esorisk serve` ships with.
 fn shipped_model() -> esorisk::model::infer::RiskModel {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dgd-v1");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/dgd-v2");
     esorisk::model::infer::RiskModel::load(&dir, &candle_core::Device::Cpu).expect("shipped model")
 }
 
 /// The shipped model is built into the binary: the same version and the
-/// same risk as from `models/dgd-v1`, and `esorisk predict` run away from
+/// same risk as from `models/dgd-v2`, and `esorisk predict` run away from
 /// the repository (where the default, relative `model.path` is not) scores
 /// with it.
 #[test]

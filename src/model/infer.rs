@@ -199,9 +199,9 @@ fn parse_card(text: &str, origin: &str) -> Result<ModelCard, String> {
 /// the shipped model it names is also built into the binary: a node or
 /// `predict` started elsewhere (an installed binary, a service without
 /// the repository) still scores, with the same version.
-pub const BUILTIN_PATH: &str = "models/dgd-v1";
-const BUILTIN_CARD: &str = include_str!("../../models/dgd-v1/card.json");
-const BUILTIN_WEIGHTS: &[u8] = include_bytes!("../../models/dgd-v1/model.safetensors");
+pub const BUILTIN_PATH: &str = "models/dgd-v2";
+const BUILTIN_CARD: &str = include_str!("../../models/dgd-v2/card.json");
+const BUILTIN_WEIGHTS: &[u8] = include_bytes!("../../models/dgd-v2/model.safetensors");
 
 /// The weights of a safetensors file's bytes into `varmap`'s variables.
 fn load_weights(varmap: &candle_nn::VarMap, bytes: &[u8], device: &Device) -> Result<(), String> {

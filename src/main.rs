@@ -948,9 +948,15 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                 max_instability,
                 ..Default::default()
             };
-            if !(0.0..0.5).contains(&stability_scale) || max_instability.is_nan() {
+            if !(0.0..0.5).contains(&stability_scale) {
                 return Err(format!(
-                    "--stability-scale {stability_scale}: a share of the dose from 0 (no screen) to below 0.5; --max-instability {max_instability}: a number"
+                    "--stability-scale {stability_scale}: a share of the dose from 0 (no screen) to below 0.5"
+                )
+                .into());
+            }
+            if max_instability.is_nan() || max_instability < 0.0 {
+                return Err(format!(
+                    "--max-instability {max_instability}: a share of a feature's SD, 0 or more"
                 )
                 .into());
             }

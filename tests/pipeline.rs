@@ -2736,6 +2736,20 @@ fn errors_are_printed_once() {
         ),
         (&["retry", "99"], "no job 99 (see esorisk jobs)"),
         (&["echo"], "no destination: name one"),
+        (
+            &[
+                "roi-search",
+                "--cohort",
+                "nowhere",
+                "--stability-scale",
+                "0.7",
+            ],
+            "--stability-scale 0.7: a share of the dose",
+        ),
+        (
+            &["roi-search", "--cohort", "nowhere", "--max-instability=-1"],
+            "--max-instability -1: a share of a feature's SD",
+        ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_esorisk"))
             .args(args)

@@ -963,7 +963,14 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             let out = out.unwrap_or_else(|| cohort.join("roi-search"));
             std::fs::create_dir_all(&out)?;
             let model_out = model_out.unwrap_or_else(|| settings.dosiomics.model.clone());
-            esorisk::inspect::load_font()?;
+            // As in `evaluate`: said at once, and everything but the chart
+            // is written without a font.
+            let font = esorisk::inspect::load_font();
+            if let Err(e) = &font {
+                eprintln!(
+                    "esorisk: {e}: the tables and the model will be written, the chart will not"
+                );
+            }
             let started = std::time::Instant::now();
             let patients = search::read_labels(&cohort)?;
             let features = search::cohort_features(&cohort, &patients, &o);
@@ -977,8 +984,14 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
             std::fs::write(&csv, report.csv())?;
             std::fs::write(&eval_csv, report.evaluation_csv())?;
             std::fs::write(&stability_csv, report.stability_csv())?;
-            report.png(&png)?;
             model.save(&model_out)?;
+            font.map_err(|e| {
+                format!(
+                    "tables and the model written ({}); no chart: {e}",
+                    model_out.display()
+                )
+            })?;
+            report.png(&png)?;
             println!(
                 "\nfeatures {t_features:.1} s, search {:.1} s; wrote {}, {}, {}, {}, {}, {} and the model {}",
                 started.elapsed().as_secs_f64() - t_features,

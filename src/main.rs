@@ -1059,6 +1059,7 @@ async fn run(command: Command, settings: Settings) -> Result<(), Box<dyn std::er
                     cohort: &cohort,
                     model: &dosio,
                     threads,
+                    min_roi_cc: c.min_fusion_roi_cc,
                 };
                 let t = train::train(&ds, &c, &dev, &dir.join("model.safetensors"), &source)?;
                 let card = infer::card(&c, &t, &ds, &dosio, &cohort, &dir)?;

@@ -2269,9 +2269,17 @@ fn the_fusion_head_trains_on_predicted_roi_features_and_calibrates() {
         .matches("features re-measured in the predicted ROI of")
         .count();
     assert_eq!(n, 2, "{log}");
+    // The embedded minimum for the learned ROI holds in training (said
+    // with every re-measuring) and goes into the card for inference.
+    assert_eq!(
+        log.matches("under 3 cc read in the target ROI").count(),
+        2,
+        "{log}"
+    );
     let card: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(model.join("card.json")).expect("card"))
             .expect("json");
+    assert_eq!(card["min_fusion_roi_cc"], 3.0);
     assert_eq!(card["fusion_roi"], "predicted");
     assert_eq!(card["train"]["fusion_features"], "predicted");
     // Training picked the ROI threshold the head's features were measured at.

@@ -839,6 +839,56 @@ fn the_shipped_risk_rises_with_the_dose_of_mid_range_patients() {
     }
 }
 
+/// A learned ROI under the card's `min_fusion_roi_cc` gives way to the
+/// rule-defined ROI: the head then reads what it reads with
+/// `fusion_roi = rule`, the score says where it read, and a note tells the
+/// physicist why.
+#[test]
+fn a_learned_roi_too_small_gives_way_to_the_rule_defined_roi() {
+    use esorisk::model::infer::FusionRoi;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let cohort = tmp.path().join("hospital1");
+    esorisk::synth::generate_cohort(
+        &cohort,
+        &[(esorisk::synth::Hospital::preset("hospital1"), 3)],
+        4242,
+        235.0 / 336.0,
+        false,
+    )
+    .expect("synth");
+    let s = study::load(&[cohort.join("H1-0003")], &DoseOptions::default()).expect("load");
+    let mut model = shipped_model();
+    let own = model.score(&s).expect("score");
+    assert_eq!(own.fusion_roi, FusionRoi::Predicted);
+    assert!(own.roi_volume_cc > 5.0, "{}", own.roi_volume_cc);
+    assert!(!own.notes.iter().any(|n| n.contains("rule-defined ROI")));
+
+    model.card.min_fusion_roi_cc = Some(1e6);
+    let guarded = model.score(&s).expect("score");
+    assert_eq!(guarded.fusion_roi, FusionRoi::Rule);
+    let note = guarded
+        .notes
+        .iter()
+        .find(|n| n.contains("rule-defined ROI"))
+        .expect("a note on the small ROI");
+    assert!(note.contains("smaller than the 1000000.0 cc"), "{note}");
+    assert!(
+        note.contains("reads its dosiomic features in the rule-defined ROI"),
+        "{note}"
+    );
+    // The learned ROI itself is still the one returned.
+    assert_eq!(guarded.roi, own.roi);
+
+    model.card.min_fusion_roi_cc = None;
+    model.card.fusion_roi = FusionRoi::Rule;
+    let rule = model.score(&s).expect("score");
+    assert_eq!(guarded.risk, rule.risk);
+    assert_ne!(
+        rule.risk, own.risk,
+        "the two regions give the head other features"
+    );
+}
+
 /// Files damaged on disk — bytes overwritten in the header or the values,
 /// numbers turned into other text, files cut short — are read as errors or
 /// as problems of the study, never as a panic, all the way through the

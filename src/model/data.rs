@@ -363,6 +363,16 @@ impl Prepared {
     }
 }
 
+/// Whether a learned ROI on `p`'s grid is under `min_cc` (empty counts):
+/// too small for the fused shape and texture features, which then come
+/// from the rule-defined ROI. Never, without a minimum.
+pub fn too_small(roi: &[bool], p: &PatientDose, min_cc: Option<f64>) -> bool {
+    min_cc.is_some_and(|min| {
+        let voxel_cc = p.spacing.iter().product::<f64>() / 1000.0;
+        (roi.iter().filter(|&&m| m).count() as f64) * voxel_cc < min
+    })
+}
+
 fn support_on(p: &PatientDose, model: &DosiomicsModelFile) -> Vec<bool> {
     roi::candidate(&model.roi)
         .map(|c| c.support(p))
@@ -397,6 +407,19 @@ pub fn sample(
 mod tests {
     use super::*;
     use crate::rt::grid::Grid;
+
+    #[test]
+    fn too_small_counts_the_volume_and_an_empty_roi() {
+        let p = tube_patient();
+        let grid = &p.patient;
+        // 2 mm voxels: 0.008 cc each.
+        let mut roi = vec![false; grid.grid.len()];
+        assert!(!too_small(&roi, grid, None), "no minimum, never too small");
+        assert!(too_small(&roi, grid, Some(0.001)), "empty is too small");
+        roi.iter_mut().take(100).for_each(|m| *m = true);
+        assert!(!too_small(&roi, grid, Some(0.8)));
+        assert!(too_small(&roi, grid, Some(0.81)));
+    }
 
     #[test]
     fn prescription_scale_is_log_of_the_ratio_to_60_gy() {

@@ -50,6 +50,17 @@ pub struct ModelCard {
     /// (`esorisk calibrate` fits it; 0.5 when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub roi_threshold: Option<f64>,
+    /// Smallest learned ROI (cc, on the feature grid) the fused features
+    /// are measured in. Below it, or where the learned ROI is empty, they
+    /// are measured in the rule-defined ROI instead, the region the
+    /// learned one stands for. Absent: always in the learned ROI.
+    ///
+    /// Why: a region of a few voxels has shape and texture features that
+    /// jump with every small change of the dose (one seed's risk for a
+    /// patient with a one-voxel ROI fell from 23 % to 1 % when the dose
+    /// rose 2 %; docs/RESULTS.md, "Small learned ROIs").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_fusion_roi_cc: Option<f64>,
     /// A seed ensemble (`esorisk ensemble`): the model directories, relative
     /// to this card's, whose networks score together. Each member scores as
     /// it would alone (its own learned ROI, at its own threshold, feeds its
@@ -150,6 +161,9 @@ pub struct Score {
     pub roi_z_mm: Option<(f64, f64)>,
     /// The fused dosiomic features, raw values in the learned ROI.
     pub dosiomics: Vec<(String, Option<f64>)>,
+    /// Where the fusion head read its features (for an ensemble, where
+    /// the first member read them).
+    pub fusion_roi: FusionRoi,
     /// What the reader of this risk should know about the model on this
     /// study (carried beside the study's own notes).
     pub notes: Vec<String>,
@@ -229,6 +243,10 @@ fn version(card: &ModelCard, mut h: crate::hash::Fnv) -> String {
     }
     if let Some(t) = card.roi_threshold {
         h.update(format!("roi {t:e}").as_bytes());
+    }
+    // So does the smallest learned ROI the head reads its features in.
+    if let Some(m) = card.min_fusion_roi_cc {
+        h.update(format!("min roi {m:e}").as_bytes());
     }
     // So does the voxel size the features are measured on.
     if let Some(r) = card.dosiomics.resample_mm {
@@ -461,6 +479,7 @@ impl RiskModel {
         // of the optimal ROI), the fused features, the logit.
         let mut member_logits = Vec::new();
         let mut seg_logits = Vec::new();
+        let mut read_from = None;
         for (m, e) in self.members.iter().zip(&es) {
             let own_roi = match &support {
                 Some((_, on_features)) => {
@@ -472,7 +491,9 @@ impl RiskModel {
                 None => rule_roi(),
             };
             let mut side = if self.card.variant.fusion() {
-                let row = match self.card.fusion_roi {
+                let read = self.fusion_region(&own_roi, p.features());
+                read_from.get_or_insert(read);
+                let row = match read {
                     FusionRoi::Predicted => measure(&own_roi),
                     FusionRoi::Rule => measure(&rule_roi()),
                 };
@@ -531,6 +552,24 @@ impl RiskModel {
             zhi = zhi.max(z);
         }
         let raw = model.selected(&learned);
+        let mut notes: Vec<String> = schedule_note(
+            study.plan.as_ref().and_then(|p| p.prescription_gy),
+            p.patient.fractions,
+        )
+        .into_iter()
+        .collect();
+        if let (Some(FusionRoi::Rule), FusionRoi::Predicted, Some(min)) =
+            (read_from, self.card.fusion_roi, self.card.min_fusion_roi_cc)
+        {
+            let voxel_cc = p.features().spacing.iter().product::<f64>() / 1000.0;
+            let cc = |r: &[bool]| r.iter().filter(|&&m| m).count() as f64 * voxel_cc;
+            notes.push(small_roi_note(
+                cc(&roi_features),
+                min,
+                &model.roi_description,
+                cc(&rule_roi()),
+            ));
+        }
         Ok(Score {
             risk,
             roi_voxels: voxels,
@@ -538,15 +577,52 @@ impl RiskModel {
             roi_mean_gy: (voxels > 0).then(|| sum / voxels as f64),
             roi_z_mm: (voxels > 0).then_some((zhi, zlo)),
             dosiomics: raw,
+            fusion_roi: read_from.unwrap_or(self.card.fusion_roi),
             prepared_grid: g.clone(),
             roi,
-            notes: schedule_note(
-                study.plan.as_ref().and_then(|p| p.prescription_gy),
-                p.patient.fractions,
-            )
-            .into_iter()
-            .collect(),
+            notes,
         })
+    }
+
+    /// Where one member's head reads its features, given its learned ROI
+    /// on the feature grid: the card's choice, except that a learned ROI
+    /// under `min_fusion_roi_cc` gives way to the rule-defined one.
+    fn fusion_region(
+        &self,
+        learned: &[bool],
+        on: &crate::dosiomics::roi::PatientDose,
+    ) -> FusionRoi {
+        match self.card.fusion_roi {
+            FusionRoi::Predicted if data::too_small(learned, on, self.card.min_fusion_roi_cc) => {
+                FusionRoi::Rule
+            }
+            r => r,
+        }
+    }
+}
+
+/// Said when the head read its features in the rule-defined ROI because
+/// the learned one was too small (`ModelCard::min_fusion_roi_cc`), and
+/// what that region held (cc).
+pub fn small_roi_note(learned_cc: f64, min_cc: f64, rule: &str, rule_cc: f64) -> String {
+    let learned = if learned_cc > 0.0 {
+        format!(
+            "The learned ROI ({learned_cc:.1} cc) is smaller than the {min_cc:.1} cc its shape and \
+             texture features need"
+        )
+    } else {
+        "The learned ROI is empty".to_string()
+    };
+    if rule_cc > 0.0 {
+        format!(
+            "{learned}; the risk reads its dosiomic features in the rule-defined ROI ({rule}, \
+             {rule_cc:.1} cc) instead."
+        )
+    } else {
+        format!(
+            "{learned}, and the rule-defined ROI ({rule}) is empty: the dosiomic features take \
+             the training medians, and the risk rests on the dose distribution alone."
+        )
     }
 }
 
@@ -645,6 +721,9 @@ pub fn card(
         },
         calibration: None,
         roi_threshold: t.roi_threshold,
+        min_fusion_roi_cc: cfg
+            .min_fusion_roi_cc
+            .filter(|&m| m > 0.0 && cfg.fusion_features == train::FusionFeatures::Predicted),
         members: Vec::new(),
         restarts: t.restarts,
         init_seed: (t.restarts > 0).then_some(t.init_seed),
@@ -698,5 +777,27 @@ mod tests {
         let n = schedule_note(Some(55.0), Some(5)).expect("SBRT");
         assert!(n.starts_with("the plan gives 11.0 Gy per fraction (55.0 Gy in 5)"));
         assert!(schedule_note(Some(60.0), Some(15)).is_some());
+    }
+
+    #[test]
+    fn the_small_roi_note_says_where_the_features_came_from() {
+        let rule = "esophagus voxels within 10 mm of the PTV";
+        let n = small_roi_note(0.4, 3.0, rule, 12.5);
+        assert!(
+            n.starts_with("The learned ROI (0.4 cc) is smaller than the 3.0 cc"),
+            "{n}"
+        );
+        assert!(n.contains("in the rule-defined ROI (esophagus voxels within 10 mm of the PTV, 12.5 cc) instead"), "{n}");
+        let n = small_roi_note(0.0, 3.0, rule, 12.5);
+        assert!(
+            n.starts_with("The learned ROI is empty; the risk reads"),
+            "{n}"
+        );
+        let n = small_roi_note(0.4, 3.0, rule, 0.0);
+        assert!(
+            n.contains("is empty: the dosiomic features take the training medians"),
+            "{n}"
+        );
+        assert!(!n.contains("instead"), "{n}");
     }
 }

@@ -99,6 +99,11 @@ pub struct TrainConfig {
     /// Where the fusion head's dosiomic features are measured in training.
     #[serde(default)]
     pub fusion_features: FusionFeatures,
+    /// With predicted-ROI features: a learned ROI smaller than this (cc)
+    /// gives way to the target ROI, in training as at inference
+    /// (`ModelCard::min_fusion_roi_cc`). Absent or 0: none does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_fusion_roi_cc: Option<f64>,
     pub net: NetConfig,
     pub input: InputConfig,
 }
@@ -123,6 +128,8 @@ pub struct FeatureSource<'a> {
     pub cohort: &'a Path,
     pub model: &'a crate::dosiomics::search::DosiomicsModelFile,
     pub threads: usize,
+    /// `TrainConfig::min_fusion_roi_cc`.
+    pub min_roi_cc: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -142,6 +149,7 @@ impl Default for TrainConfig {
             dose_scale: 0.03,
             variant: Variant::Dgd,
             fusion_features: FusionFeatures::Target,
+            min_fusion_roi_cc: None,
             net: NetConfig::default(),
             input: InputConfig::default(),
         }
@@ -395,6 +403,17 @@ fn crop_dice(ds: &Dataset, idx: &[usize], logits: &[f32], t: f64) -> f64 {
 /// (mean Dice on the patient grid, as the node maps them back); returns
 /// the threshold and how many ROIs were empty (their features fall back to
 /// the model's medians).
+/// What one re-measuring of the fused features found.
+struct Refreshed {
+    /// The learned ROI's probability threshold.
+    threshold: f64,
+    /// Patients whose learned ROI was empty.
+    empty: usize,
+    /// Patients whose learned ROI was under the minimum (empty ones
+    /// included), whose features were read in the target ROI.
+    small: usize,
+}
+
 fn refresh_predicted(
     net: &Dgd,
     ds: &mut Dataset,
@@ -402,7 +421,7 @@ fn refresh_predicted(
     fit: usize,
     dev: &Device,
     src: &FeatureSource,
-) -> Result<(f64, usize), String> {
+) -> Result<Refreshed, String> {
     let [d, h, w] = ds.input.size;
     let v = d * h * w;
     // The head's output is not needed here; the pass is the same.
@@ -456,26 +475,35 @@ fn refresh_predicted(
         src.threads,
         |n| {
             prepare(n).map(|p| {
-                let roi = p.feature_roi_from_logits(
+                let mut roi = p.feature_roi_from_logits(
                     &logits[n * v..(n + 1) * v],
                     data::roi_cut(threshold),
                     &p.feature_roi_support(src.model),
                 );
                 let empty = !roi.iter().any(|&m| m);
+                let small = data::too_small(&roi, p.features(), src.min_roi_cc);
+                if small {
+                    roi = p.feature_optimal_roi(src.model);
+                }
                 let row = src.model.measure(p.features(), &roi);
-                (data::Prepared::dosiomics(&row, src.model), empty)
+                (data::Prepared::dosiomics(&row, src.model), empty, small)
             })
         },
         |_| {},
     );
     let f = ds.n_dosiomics;
-    let mut empty = 0;
+    let (mut empty, mut small) = (0, 0);
     for (&i, r) in idx.iter().zip(rows) {
-        let (row, e) = r?;
+        let (row, e, s) = r?;
         ds.dosiomics[i * f..(i + 1) * f].copy_from_slice(&row[..f]);
         empty += usize::from(e);
+        small += usize::from(s);
     }
-    Ok((threshold, empty))
+    Ok(Refreshed {
+        threshold,
+        empty,
+        small,
+    })
 }
 
 /// Train `cfg.variant` on the training split, early-stopping on the
@@ -633,12 +661,21 @@ fn train_from(
         }
         if let Some(w) = work.as_mut() {
             let t = Instant::now();
-            let (thr, empty) = refresh_predicted(&net, w, &measured, train_idx.len(), dev, source)?;
+            let r = refresh_predicted(&net, w, &measured, train_idx.len(), dev, source)?;
+            let small = match source.min_roi_cc {
+                Some(min) if min > 0.0 => {
+                    format!(", {} under {min} cc read in the target ROI", r.small)
+                }
+                _ => String::new(),
+            };
             eprintln!(
-                "\rfeatures re-measured in the predicted ROI of {} patients (threshold {thr}, {empty} empty) in {:.0} s",
+                "\rfeatures re-measured in the predicted ROI of {} patients (threshold {}, {} empty{small}) in {:.0} s",
                 measured.len(),
+                r.threshold,
+                r.empty,
                 t.elapsed().as_secs_f64()
             );
+            let thr = r.threshold;
             threshold = Some(thr);
         }
         let (logits, seg) = predict_logits(

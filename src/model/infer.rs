@@ -58,7 +58,7 @@ pub struct ModelCard {
     /// Why: a region of a few voxels has shape and texture features that
     /// jump with every small change of the dose (one seed's risk for a
     /// patient with a one-voxel ROI fell from 23 % to 1 % when the dose
-    /// rose 2 %; docs/RESULTS.md, "Small learned ROIs").
+    /// rose 2 %; docs/RESULTS.md, "The revised card").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_fusion_roi_cc: Option<f64>,
     /// A seed ensemble (`esorisk ensemble`): the model directories, relative

@@ -397,12 +397,6 @@ fn crop_dice(ds: &Dataset, idx: &[usize], logits: &[f32], t: f64) -> f64 {
     sum / n.max(1) as f64
 }
 
-/// Measure the fusion features of `idx` in the ROI the network predicts
-/// now (in place of the dataset's rows), at the threshold whose learned
-/// ROIs best match the optimal ROI of the first `fit` patients of `idx`
-/// (mean Dice on the patient grid, as the node maps them back); returns
-/// the threshold and how many ROIs were empty (their features fall back to
-/// the model's medians).
 /// What one re-measuring of the fused features found.
 struct Refreshed {
     /// The learned ROI's probability threshold.
@@ -414,6 +408,12 @@ struct Refreshed {
     small: usize,
 }
 
+/// Measure the fusion features of `idx` in the ROI the network predicts
+/// now (in place of the dataset's rows), at the threshold whose learned
+/// ROIs best match the optimal ROI of the first `fit` patients of `idx`
+/// (mean Dice on the patient grid, as the node maps them back); returns
+/// the threshold and how many ROIs were empty (their features fall back to
+/// the model's medians) or under the minimum.
 fn refresh_predicted(
     net: &Dgd,
     ds: &mut Dataset,
@@ -675,8 +675,7 @@ fn train_from(
                 r.empty,
                 t.elapsed().as_secs_f64()
             );
-            let thr = r.threshold;
-            threshold = Some(thr);
+            threshold = Some(r.threshold);
         }
         let (logits, seg) = predict_logits(
             &net,

@@ -809,14 +809,9 @@ fn the_shipped_risk_rises_with_the_dose_of_mid_range_patients() {
         ("hospital3", 2, 777, "H3-0002"),
     ] {
         let patient = phantom_hospital(tmp.path(), hospital, n, seed).join(id);
-        let risks: Vec<f64> = DOSE_FACTORS
+        let risks: Vec<f64> = dose_scaled_scores(&model, &patient, tmp.path())
             .iter()
-            .map(|&f| {
-                model
-                    .score(&scaled_study(&patient, tmp.path(), f))
-                    .expect("score")
-                    .risk
-            })
+            .map(|s| s.risk)
             .collect();
         assert!(
             risks.windows(2).all(|w| w[1] >= w[0]),
@@ -838,14 +833,7 @@ fn the_shipped_risk_of_a_small_learned_roi_is_steady_in_the_dose() {
     let tmp = tempfile::tempdir().expect("tmp");
     let model = shipped_model();
     let patient = phantom_hospital(tmp.path(), "hospital1", 4, 4242).join("H1-0004");
-    let scores: Vec<_> = DOSE_FACTORS
-        .iter()
-        .map(|&f| {
-            model
-                .score(&scaled_study(&patient, tmp.path(), f))
-                .expect("score")
-        })
-        .collect();
+    let scores = dose_scaled_scores(&model, &patient, tmp.path());
     let risks: Vec<f64> = scores.iter().map(|s| s.risk).collect();
     assert!(
         scores.iter().all(|s| s.fusion_roi == FusionRoi::Rule),
@@ -874,6 +862,19 @@ fn phantom_hospital(dir: &Path, hospital: &str, n: usize, seed: u64) -> std::pat
     )
     .expect("synth");
     cohort
+}
+
+/// The model's scores of a synthetic patient with its RT Dose scaled by
+/// each of `DOSE_FACTORS` (studies written under `dir`).
+fn dose_scaled_scores(
+    model: &esorisk::model::infer::RiskModel,
+    patient: &Path,
+    dir: &Path,
+) -> Vec<esorisk::model::infer::Score> {
+    DOSE_FACTORS
+        .iter()
+        .map(|&f| model.score(&scaled_study(patient, dir, f)).expect("score"))
+        .collect()
 }
 
 /// A synthetic patient's study with its RT Dose scaled by `factor`

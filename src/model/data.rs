@@ -367,10 +367,12 @@ impl Prepared {
 /// too small for the fused shape and texture features, which then come
 /// from the rule-defined ROI. Never, without a minimum.
 pub fn too_small(roi: &[bool], p: &PatientDose, min_cc: Option<f64>) -> bool {
-    min_cc.is_some_and(|min| {
-        let voxel_cc = p.spacing.iter().product::<f64>() / 1000.0;
-        (roi.iter().filter(|&&m| m).count() as f64) * voxel_cc < min
-    })
+    min_cc.is_some_and(|min| roi_cc(roi, p) < min)
+}
+
+/// The volume (cc) of a mask on `p`'s grid.
+pub fn roi_cc(roi: &[bool], p: &PatientDose) -> f64 {
+    roi.iter().filter(|&&m| m).count() as f64 * p.spacing.iter().product::<f64>() / 1000.0
 }
 
 fn support_on(p: &PatientDose, model: &DosiomicsModelFile) -> Vec<bool> {

@@ -561,13 +561,11 @@ impl RiskModel {
         if let (Some(FusionRoi::Rule), FusionRoi::Predicted, Some(min)) =
             (read_from, self.card.fusion_roi, self.card.min_fusion_roi_cc)
         {
-            let voxel_cc = p.features().spacing.iter().product::<f64>() / 1000.0;
-            let cc = |r: &[bool]| r.iter().filter(|&&m| m).count() as f64 * voxel_cc;
             notes.push(small_roi_note(
-                cc(&roi_features),
+                data::roi_cc(&roi_features, p.features()),
                 min,
                 &model.roi_description,
-                cc(&rule_roi()),
+                data::roi_cc(&rule_roi(), p.features()),
             ));
         }
         Ok(Score {
